@@ -1,0 +1,108 @@
+//! The `prism` command line: parses arguments, runs one command, maps the
+//! outcome to an exit code. Commands print for people on stdout, problems
+//! on stderr.
+
+mod status;
+mod table;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::store::StoreError;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the command failed (state store, network, a node)
+  2  bad usage, or fleet.toml is invalid (nothing was changed)";
+
+/// Prism runs your containers on cheap EC2 spot instances (or any machines
+/// with sshd and Docker) and keeps them running when instances are taken away.
+#[derive(Debug, Parser)]
+#[command(name = "prism", version, after_help = EXIT_CODES, propagate_version = true)]
+pub struct Cli {
+    /// The fleet file: desired state of nodes, apps and the proxy.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "PRISM_CONFIG",
+        default_value = "fleet.toml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check fleet.toml: syntax, keys, units and cross-field rules.
+    ///
+    /// Every problem is reported with file, line, column and the field's
+    /// path. Nothing is contacted and nothing is changed.
+    #[command(after_help = EXIT_CODES)]
+    Validate,
+
+    /// Show nodes and containers as last recorded in the state store.
+    ///
+    /// Reads the state file named by fleet.toml ([fleet] state); contacts no
+    /// node. A fleet that was never reconciled has no state yet.
+    #[command(after_help = EXIT_CODES)]
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Why a command failed, which decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Output(#[from] std::io::Error),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Validate => validate::run(&cli.config),
+        Command::Status { json } => Config::load(&cli.config)
+            .map_err(Failure::from)
+            .and_then(|config| status::run(&config, *json)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`prism status | head`) is not a failure.
+        Err(Failure::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        // Located config problems carry their own "error:" prefixes.
+        Err(Failure::Config(ConfigError::Invalid(invalid))) => {
+            eprintln!("{invalid}");
+            ExitCode::from(2)
+        }
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}

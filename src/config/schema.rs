@@ -1,0 +1,354 @@
+//! The shape of fleet.toml, as serde reads it. Every table denies unknown
+//! keys so a typo is an error, never a silently ignored setting.
+//! Cross-field rules live in `validate.rs`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+use super::units::{Bytes, Interval, Millicores};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    pub fleet: FleetSection,
+    #[serde(default)]
+    pub ssh: Ssh,
+    pub discovery: Discovery,
+    #[serde(default)]
+    pub proxy: Proxy,
+    /// Credentials per registry host, e.g. `[registries."ghcr.io"]`.
+    #[serde(default)]
+    pub registries: BTreeMap<String, Registry>,
+    #[serde(default)]
+    pub apps: BTreeMap<String, App>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    /// Instances tagged `prism:fleet = <name>` belong to this fleet.
+    pub name: String,
+    /// The SQLite state file; relative paths are taken from fleet.toml's folder.
+    #[serde(default = "default_state")]
+    pub state: PathBuf,
+    /// Memory kept free on every node for Docker, sshd and the OS.
+    #[serde(default = "default_reserve_memory")]
+    pub reserve_memory: Bytes,
+    /// CPU kept free on every node.
+    #[serde(default = "default_reserve_cpu")]
+    pub reserve_cpu: Millicores,
+}
+
+fn default_state() -> PathBuf {
+    PathBuf::from("prism.db")
+}
+fn default_reserve_memory() -> Bytes {
+    Bytes(256 << 20)
+}
+fn default_reserve_cpu() -> Millicores {
+    Millicores(100)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    #[serde(default = "default_ssh_user")]
+    pub user: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// A private key file; without it Prism uses the ssh-agent (SSH_AUTH_SOCK).
+    pub identity: Option<PathBuf>,
+    #[serde(default)]
+    pub host_keys: HostKeyPolicy,
+    /// The OpenSSH known_hosts file read when `host_keys = "known_hosts"`.
+    pub known_hosts: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Interval,
+    /// A jump host for nodes in a private subnet.
+    pub bastion: Option<Bastion>,
+}
+
+impl Default for Ssh {
+    fn default() -> Self {
+        Ssh {
+            user: default_ssh_user(),
+            port: default_ssh_port(),
+            identity: None,
+            host_keys: HostKeyPolicy::default(),
+            known_hosts: None,
+            connect_timeout: default_connect_timeout(),
+            bastion: None,
+        }
+    }
+}
+
+fn default_ssh_user() -> String {
+    "root".into()
+}
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_connect_timeout() -> Interval {
+    Interval(std::time::Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostKeyPolicy {
+    /// Trust the first key seen for an instance id, refuse any later change.
+    #[default]
+    Pin,
+    /// Check keys against an OpenSSH known_hosts file.
+    KnownHosts,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bastion {
+    pub address: String,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    pub provider: Provider,
+    /// ec2: the region; without it the standard AWS chain decides (AWS_REGION, profile).
+    pub region: Option<String>,
+    /// ec2: an endpoint override (moto, LocalStack).
+    pub endpoint: Option<String>,
+    /// ec2: a named profile from the shared AWS config.
+    pub profile: Option<String>,
+    /// ec2: tags an instance must carry; default `prism:fleet = <fleet.name>`.
+    pub tags: Option<BTreeMap<String, String>>,
+    /// ec2: which address Prism connects to (default private).
+    pub address: Option<AddressKind>,
+    /// static: the machines.
+    #[serde(default)]
+    pub nodes: Vec<StaticNode>,
+    /// The memory of each node, when known ahead; Prism uses the smaller of
+    /// this and what a node reports.
+    pub node_memory: Option<Bytes>,
+    pub node_cpus: Option<Millicores>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Ec2,
+    Static,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressKind {
+    #[default]
+    Private,
+    Public,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticNode {
+    pub name: String,
+    pub address: String,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub zone: Option<String>,
+    pub memory: Option<Bytes>,
+    pub cpus: Option<Millicores>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Loopback-only admin listener (/healthz, /metrics).
+    #[serde(default = "default_admin")]
+    pub admin: String,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy {
+            listen: default_listen(),
+            admin: default_admin(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:80".into()
+}
+fn default_admin() -> String {
+    "127.0.0.1:9090".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    pub username: String,
+    /// Name of an environment variable of the operator holding the password.
+    pub password_env: Option<String>,
+    /// A file holding the password (first line).
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    #[serde(default)]
+    pub jobs: BTreeMap<String, Job>,
+}
+
+fn default_instances() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, EnvValue>,
+    /// Variables whose values come from the operator's environment or a
+    /// file, never from fleet.toml, and never reach argv or logs.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// The container port the service listens on; published on the node.
+    pub port: Option<u16>,
+    /// Host names (optionally with a path prefix) the proxy routes here.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default = "default_memory")]
+    pub memory: Bytes,
+    pub cpu: Option<Millicores>,
+    pub health: Option<Health>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// `name:/path` (a local Docker volume) or `/host/path:/path`, `:ro` optional.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+}
+
+fn default_memory() -> Bytes {
+    Bytes(128 << 20)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// An environment variable of the operator process.
+    pub env: Option<String>,
+    /// A file on the operator box.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// An HTTP path; 2xx and 3xx are healthy.
+    pub http: Option<String>,
+    /// A TCP port that must accept connections.
+    pub tcp: Option<u16>,
+    /// A command run in the container; exit 0 is healthy.
+    pub cmd: Option<Vec<String>>,
+    /// The port for `http`; default the service's port.
+    pub port: Option<u16>,
+    #[serde(default = "default_health_interval")]
+    pub interval: Interval,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Interval,
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Failures during this time after start do not count.
+    pub start_period: Option<Interval>,
+}
+
+fn default_health_interval() -> Interval {
+    Interval(std::time::Duration::from_secs(5))
+}
+fn default_health_timeout() -> Interval {
+    Interval(std::time::Duration::from_secs(2))
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    #[default]
+    UnlessStopped,
+    OnFailure,
+    No,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    /// Standard five-field cron: minute hour day-of-month month day-of-week.
+    pub schedule: String,
+    /// Run in this service's image with its env and secrets...
+    pub service: Option<String>,
+    /// ...or in this image.
+    pub image: Option<String>,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, EnvValue>,
+    pub memory: Option<Bytes>,
+    /// A run still going after this is stopped.
+    pub timeout: Option<Interval>,
+}
+
+/// An environment value; TOML numbers and booleans are accepted and kept as
+/// the text the container sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvValue(pub String);
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,731 @@
+//! Rules that span fields: names, references, duplicates, cycles and
+//! whether a pod can fit on any node at all. Pure: reads the parsed fleet,
+//! returns every problem found, not only the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use croner::parser::{CronParser, Seconds};
+
+use super::diagnostic::{Diagnostic, FieldPath, nearest};
+use super::schema::{App, Fleet, Provider, Service};
+use super::units::{Bytes, Millicores};
+
+/// Docker refuses memory limits under 6 MiB.
+const MIN_MEMORY: Bytes = Bytes(6 << 20);
+
+pub fn validate(fleet: &Fleet) -> Vec<Diagnostic> {
+    let mut v = Checker::default();
+    v.fleet_section(fleet);
+    v.discovery(fleet);
+    v.ssh(fleet);
+    v.proxy(fleet);
+    v.registries(fleet);
+    for (name, app) in &fleet.apps {
+        v.app(name, app);
+    }
+    v.duplicate_hosts(fleet);
+    v.capacity(fleet);
+    v.problems
+}
+
+/// Parses a five-field cron expression the way the job scheduler will.
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    if expr.split_whitespace().count() != 5 && !expr.trim_start().starts_with('@') {
+        return Err(format!(
+            "{expr:?} is not a cron expression of five fields (minute hour day-of-month month day-of-week), e.g. \"*/5 * * * *\""
+        ));
+    }
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .build()
+        .parse(expr)
+        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))
+}
+
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Diagnostic>,
+}
+
+impl Checker {
+    fn err(&mut self, path: FieldPath, message: impl Into<String>) {
+        self.problems.push(Diagnostic::new(path, message));
+    }
+
+    fn err_help(&mut self, path: FieldPath, message: impl Into<String>, help: impl Into<String>) {
+        self.problems
+            .push(Diagnostic::new(path, message).with_help(help));
+    }
+
+    fn fleet_section(&mut self, fleet: &Fleet) {
+        let name = &fleet.fleet.name;
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            self.err(
+                FieldPath::of(["fleet", "name"]),
+                format!("{name:?} is not a usable fleet name: use 1 to 63 letters, digits, '-', '_' or '.'"),
+            );
+        }
+    }
+
+    fn discovery(&mut self, fleet: &Fleet) {
+        let d = &fleet.discovery;
+        let at = FieldPath::of(["discovery"]);
+        match d.provider {
+            Provider::Ec2 => {
+                if !d.nodes.is_empty() {
+                    self.err_help(
+                        at.key("nodes"),
+                        "nodes only apply to provider = \"static\"",
+                        "EC2 instances are found by their tags; remove the list or set provider = \"static\"",
+                    );
+                }
+                if let Some(endpoint) = &d.endpoint
+                    && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                {
+                    self.err(
+                        at.key("endpoint"),
+                        format!("expected an http:// or https:// URL, found {endpoint:?}"),
+                    );
+                }
+                if let Some(tags) = &d.tags {
+                    if tags.is_empty() {
+                        self.err(
+                            at.key("tags"),
+                            "an empty tag filter would match every instance in the account",
+                        );
+                    }
+                    for key in tags.keys().filter(|k| k.trim().is_empty()) {
+                        self.err(at.key("tags").key(key.as_str()), "tag keys cannot be empty");
+                    }
+                }
+            }
+            Provider::Static => {
+                let ec2_only = [
+                    ("region", d.region.is_some()),
+                    ("endpoint", d.endpoint.is_some()),
+                    ("profile", d.profile.is_some()),
+                    ("tags", d.tags.is_some()),
+                    ("address", d.address.is_some()),
+                ];
+                for (key, set) in ec2_only {
+                    if set {
+                        self.err(
+                            at.key(key),
+                            format!("{key} only applies to provider = \"ec2\""),
+                        );
+                    }
+                }
+                if d.nodes.is_empty() {
+                    self.err_help(
+                        at.key("provider"),
+                        "provider = \"static\" needs at least one node",
+                        "add [[discovery.nodes]] tables with name and address",
+                    );
+                }
+                let mut names = BTreeSet::new();
+                let mut addresses = BTreeSet::new();
+                for (i, node) in d.nodes.iter().enumerate() {
+                    let here = at.key("nodes").index(i);
+                    if !is_dns_label(&node.name) {
+                        self.err(
+                            here.key("name"),
+                            format!("{:?} is not a usable node name: use lowercase letters, digits and '-'", node.name),
+                        );
+                    }
+                    if !names.insert(node.name.as_str()) {
+                        self.err(
+                            here.key("name"),
+                            format!("node name {:?} is used twice", node.name),
+                        );
+                    }
+                    if node.address.trim().is_empty() || node.address.contains(char::is_whitespace)
+                    {
+                        self.err(
+                            here.key("address"),
+                            format!("{:?} is not a host name or IP address", node.address),
+                        );
+                    }
+                    if !addresses.insert(node.address.as_str()) {
+                        self.err(
+                            here.key("address"),
+                            format!("address {:?} is listed twice", node.address),
+                        );
+                    }
+                    if node.port == Some(0) {
+                        self.err(here.key("port"), "port must be between 1 and 65535");
+                    }
+                }
+            }
+        }
+    }
+
+    fn ssh(&mut self, fleet: &Fleet) {
+        let ssh = &fleet.ssh;
+        if ssh.user.trim().is_empty() {
+            self.err(FieldPath::of(["ssh", "user"]), "user cannot be empty");
+        }
+        if ssh.port == 0 {
+            self.err(
+                FieldPath::of(["ssh", "port"]),
+                "port must be between 1 and 65535",
+            );
+        }
+        if ssh.known_hosts.is_some() && ssh.host_keys == super::schema::HostKeyPolicy::Pin {
+            self.err_help(
+                FieldPath::of(["ssh", "known_hosts"]),
+                "known_hosts is only read when host_keys = \"known_hosts\"",
+                "set host_keys = \"known_hosts\" to check keys against this file",
+            );
+        }
+    }
+
+    fn proxy(&mut self, fleet: &Fleet) {
+        let p = &fleet.proxy;
+        if let Err(e) = p.listen.parse::<SocketAddr>() {
+            self.err(
+                FieldPath::of(["proxy", "listen"]),
+                format!(
+                    "expected an address and port such as \"0.0.0.0:80\", found {:?} ({e})",
+                    p.listen
+                ),
+            );
+        }
+        match p.admin.parse::<SocketAddr>() {
+            Ok(addr) if !addr.ip().is_loopback() => self.err(
+                FieldPath::of(["proxy", "admin"]),
+                format!("the admin listener must be on loopback (127.0.0.1 or ::1), found {addr}"),
+            ),
+            Ok(_) => {}
+            Err(e) => self.err(
+                FieldPath::of(["proxy", "admin"]),
+                format!(
+                    "expected an address and port such as \"127.0.0.1:9090\", found {:?} ({e})",
+                    p.admin
+                ),
+            ),
+        }
+    }
+
+    fn registries(&mut self, fleet: &Fleet) {
+        for (host, reg) in &fleet.registries {
+            let at = FieldPath::of(["registries"]).key(host.as_str());
+            match (&reg.password_env, &reg.password_file) {
+                (Some(_), Some(_)) => self.err(at.key("password_file"), "set password_env or password_file, not both"),
+                (None, None) => self.err_help(
+                    at,
+                    "a registry needs password_env or password_file",
+                    "passwords are never written in fleet.toml: name an environment variable or a file",
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    fn app(&mut self, name: &str, app: &App) {
+        let at = FieldPath::of(["apps", name]);
+        if !is_dns_label(name) {
+            self.err(
+                at.clone(),
+                format!("{name:?} is not a usable app name: use lowercase letters, digits and '-', starting with a letter"),
+            );
+        }
+        if app.services.is_empty() && app.jobs.is_empty() {
+            self.err_help(
+                at.clone(),
+                "the app has no services and no jobs",
+                format!("add a [apps.{name}.services.NAME] table"),
+            );
+        }
+        for (svc_name, svc) in &app.services {
+            self.service(
+                &at.key("services").key(svc_name.as_str()),
+                svc_name,
+                svc,
+                app,
+            );
+        }
+        self.depends_on_cycles(&at, app);
+        for (job_name, job) in &app.jobs {
+            let jat = at.key("jobs").key(job_name.as_str());
+            if !is_dns_label(job_name) {
+                self.err(jat.clone(), format!("{job_name:?} is not a usable job name: use lowercase letters, digits and '-'"));
+            }
+            if let Err(e) = parse_cron(&job.schedule) {
+                self.err(jat.key("schedule"), e);
+            }
+            match (&job.service, &job.image) {
+                (Some(_), Some(_)) => self.err(jat.key("image"), "set service or image, not both"),
+                (None, None) => self.err_help(
+                    jat.clone(),
+                    "a job needs service or image",
+                    "service = \"web\" runs it in that service's image with its env",
+                ),
+                (Some(svc), None) if !app.services.contains_key(svc) => {
+                    let msg = format!("no service {svc:?} in app {name:?}");
+                    match nearest(svc, app.services.keys().map(String::as_str)) {
+                        Some(near) => self.err_help(
+                            jat.key("service"),
+                            msg,
+                            format!("did you mean `{near}`?"),
+                        ),
+                        None => self.err(jat.key("service"), msg),
+                    }
+                }
+                _ => {}
+            }
+            if let Some(image) = &job.image {
+                self.image(&jat.key("image"), image);
+            }
+            if job.command.is_empty() {
+                self.err(jat.key("command"), "command cannot be empty");
+            }
+            self.env_keys(&jat.key("env"), job.env.keys());
+            if let Some(mem) = job.memory
+                && mem < MIN_MEMORY
+            {
+                self.err(
+                    jat.key("memory"),
+                    format!("{mem} is below Docker's minimum of {MIN_MEMORY}"),
+                );
+            }
+        }
+    }
+
+    fn image(&mut self, at: &FieldPath, image: &str) {
+        if image.trim().is_empty() || image.contains(char::is_whitespace) {
+            self.err(
+                at.clone(),
+                format!(
+                    "{image:?} is not an image reference such as \"registry.example.com/blog:1.4\""
+                ),
+            );
+        }
+    }
+
+    fn env_keys<'a>(&mut self, at: &FieldPath, keys: impl Iterator<Item = &'a String>) {
+        for key in keys {
+            let mut chars = key.chars();
+            let ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                self.err(
+                    at.key(key.as_str()),
+                    format!("{key:?} is not a valid environment variable name"),
+                );
+            }
+        }
+    }
+
+    fn service(&mut self, at: &FieldPath, name: &str, svc: &Service, app: &App) {
+        if !is_dns_label(name) {
+            self.err(
+                at.clone(),
+                format!("{name:?} is not a usable service name: use lowercase letters, digits and '-', starting with a letter"),
+            );
+        }
+        self.image(&at.key("image"), &svc.image);
+        if svc.command.as_ref().is_some_and(Vec::is_empty) {
+            self.err(
+                at.key("command"),
+                "command cannot be empty; leave it out to use the image's own",
+            );
+        }
+        self.env_keys(&at.key("env"), svc.env.keys());
+        self.env_keys(&at.key("secrets"), svc.secrets.keys());
+        for (key, src) in &svc.secrets {
+            let sat = at.key("secrets").key(key.as_str());
+            match (&src.env, &src.file) {
+                (Some(_), Some(_)) => self.err(sat, "set env or file, not both"),
+                (None, None) => self.err_help(
+                    sat,
+                    "a secret needs env or file",
+                    "e.g. { env = \"BLOG_APP_KEY\" } reads it from the operator's environment",
+                ),
+                _ => {}
+            }
+            if svc.env.contains_key(key) {
+                self.err(
+                    at.key("env").key(key.as_str()),
+                    format!("{key} is set both in env and in secrets"),
+                );
+            }
+        }
+        if svc.port == Some(0) {
+            self.err(at.key("port"), "port must be between 1 and 65535");
+        }
+        if !svc.hosts.is_empty() && svc.port.is_none() {
+            self.err_help(
+                at.key("hosts"),
+                "hosts need a port to route to",
+                "set port = the port the service listens on",
+            );
+        }
+        for (i, host) in svc.hosts.iter().enumerate() {
+            if let Err(e) = check_host(host) {
+                self.err(at.key("hosts").index(i), e);
+            }
+        }
+        if svc.memory < MIN_MEMORY {
+            self.err(
+                at.key("memory"),
+                format!("{} is below Docker's minimum of {MIN_MEMORY}", svc.memory),
+            );
+        }
+        if let Some(h) = &svc.health {
+            self.health(&at.key("health"), svc, h, app);
+        }
+        for (i, dep) in svc.depends_on.iter().enumerate() {
+            let dat = at.key("depends_on").index(i);
+            if dep == name {
+                self.err(dat, format!("{name} cannot depend on itself"));
+            } else if !app.services.contains_key(dep) {
+                let msg = format!("no service {dep:?} in this app");
+                match nearest(dep, app.services.keys().map(String::as_str)) {
+                    Some(near) => self.err_help(dat, msg, format!("did you mean `{near}`?")),
+                    None => self.err(dat, msg),
+                }
+            }
+        }
+        for (i, vol) in svc.volumes.iter().enumerate() {
+            if let Err(e) = check_volume(vol) {
+                self.err(at.key("volumes").index(i), e);
+            }
+        }
+    }
+
+    fn health(&mut self, at: &FieldPath, svc: &Service, h: &super::schema::Health, app: &App) {
+        let kinds = [h.http.is_some(), h.tcp.is_some(), h.cmd.is_some()];
+        match kinds.iter().filter(|k| **k).count() {
+            0 => self.err_help(
+                at.clone(),
+                "a health check needs one of http, tcp or cmd",
+                "e.g. health = { http = \"/up\" }",
+            ),
+            1 => {}
+            _ => self.err(at.clone(), "set only one of http, tcp or cmd"),
+        }
+        let exposed: BTreeSet<u16> = app.services.values().filter_map(|s| s.port).collect();
+        if let Some(path) = &h.http {
+            if !path.starts_with('/') {
+                self.err(
+                    at.key("http"),
+                    format!("expected a path starting with '/', found {path:?}"),
+                );
+            }
+            match h.port.or(svc.port) {
+                None => self.err_help(
+                    at.key("http"),
+                    "an http health check needs a port",
+                    "set port on the service or health.port",
+                ),
+                Some(port) if h.port.is_some() && !exposed.contains(&port) => {
+                    self.err(
+                        at.key("port"),
+                        format!("no service of this app exposes port {port}"),
+                    );
+                }
+                Some(_) => {}
+            }
+        } else if h.port.is_some() {
+            self.err(
+                at.key("port"),
+                "port only applies to http checks; tcp names its own port",
+            );
+        }
+        if let Some(port) = h.tcp
+            && !exposed.contains(&port)
+        {
+            self.err(
+                at.key("tcp"),
+                format!("no service of this app exposes port {port}"),
+            );
+        }
+        if h.cmd.as_ref().is_some_and(Vec::is_empty) {
+            self.err(at.key("cmd"), "cmd cannot be empty");
+        }
+        if h.timeout > h.interval {
+            self.err(
+                at.key("timeout"),
+                format!(
+                    "timeout ({}) is longer than interval ({}); checks would overlap",
+                    h.timeout, h.interval
+                ),
+            );
+        }
+        for (key, n) in [
+            ("healthy_threshold", h.healthy_threshold),
+            ("unhealthy_threshold", h.unhealthy_threshold),
+        ] {
+            if n == 0 {
+                self.err(at.key(key), "must be at least 1");
+            }
+        }
+    }
+
+    fn depends_on_cycles(&mut self, at: &FieldPath, app: &App) {
+        // Depth-first search; a back edge is a cycle, reported once at the
+        // service where it closes.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Active,
+            Done,
+        }
+        fn visit<'a>(
+            name: &'a str,
+            app: &'a App,
+            marks: &mut BTreeMap<&'a str, Mark>,
+            stack: &mut Vec<&'a str>,
+            cycles: &mut Vec<Vec<&'a str>>,
+        ) {
+            marks.insert(name, Mark::Active);
+            stack.push(name);
+            if let Some(svc) = app.services.get(name) {
+                for dep in &svc.depends_on {
+                    let Some((key, _)) = app.services.get_key_value(dep) else {
+                        continue;
+                    };
+                    match marks.get(key.as_str()).copied().unwrap_or(Mark::New) {
+                        Mark::New => visit(key, app, marks, stack, cycles),
+                        Mark::Active if key != name => {
+                            let from = stack.iter().position(|s| *s == key).unwrap_or(0);
+                            let mut cycle = stack[from..].to_vec();
+                            cycle.push(key);
+                            cycles.push(cycle);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            stack.pop();
+            marks.insert(name, Mark::Done);
+        }
+        let mut marks = BTreeMap::new();
+        let mut cycles = Vec::new();
+        for name in app.services.keys() {
+            if marks.get(name.as_str()).copied().unwrap_or(Mark::New) == Mark::New {
+                visit(name, app, &mut marks, &mut Vec::new(), &mut cycles);
+            }
+        }
+        for cycle in cycles {
+            let first = cycle[0];
+            self.err(
+                at.key("services").key(first).key("depends_on"),
+                format!("depends_on forms a cycle: {}", cycle.join(" -> ")),
+            );
+        }
+    }
+
+    fn duplicate_hosts(&mut self, fleet: &Fleet) {
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (app_name, app) in &fleet.apps {
+            for (svc_name, svc) in &app.services {
+                for (i, host) in svc.hosts.iter().enumerate() {
+                    let owner = format!("apps.{app_name}.services.{svc_name}");
+                    let key = host.to_ascii_lowercase();
+                    if let Some(first) = seen.get(&key) {
+                        self.err(
+                            FieldPath::of(["apps", app_name, "services", svc_name, "hosts"])
+                                .index(i),
+                            format!("host {host:?} is already routed to {first}"),
+                        );
+                    } else {
+                        seen.insert(key, owner);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A pod runs on one node, so the sum of its services must fit the
+    /// largest node there can be, less the reserve.
+    fn capacity(&mut self, fleet: &Fleet) {
+        let d = &fleet.discovery;
+        let largest_memory = match d.provider {
+            Provider::Static => d
+                .nodes
+                .iter()
+                .filter_map(|n| n.memory.or(d.node_memory))
+                .max(),
+            Provider::Ec2 => d.node_memory,
+        };
+        let largest_cpu = match d.provider {
+            Provider::Static => d.nodes.iter().filter_map(|n| n.cpus.or(d.node_cpus)).max(),
+            Provider::Ec2 => d.node_cpus,
+        };
+        let reserve_mem = fleet.fleet.reserve_memory;
+        let reserve_cpu = fleet.fleet.reserve_cpu;
+        for (name, app) in &fleet.apps {
+            let need: u64 = app.services.values().map(|s| s.memory.0).sum();
+            if let Some(node) = largest_memory {
+                let room = Bytes(node.0.saturating_sub(reserve_mem.0));
+                if need > room.0 {
+                    let parts: Vec<String> = app
+                        .services
+                        .iter()
+                        .map(|(n, s)| format!("{n} {}", s.memory))
+                        .collect();
+                    self.err_help(
+                        FieldPath::of(["apps", name]),
+                        format!(
+                            "one instance needs {} of memory ({}), but no node can hold more than {room} ({node} less the {reserve_mem} reserve)",
+                            Bytes(need),
+                            parts.join(" + "),
+                        ),
+                        "lower the services' memory, or use larger nodes",
+                    );
+                }
+            }
+            let need_cpu: u64 = app
+                .services
+                .values()
+                .filter_map(|s| s.cpu)
+                .map(|c| c.0)
+                .sum();
+            if let Some(node) = largest_cpu {
+                let room = Millicores(node.0.saturating_sub(reserve_cpu.0));
+                if need_cpu > room.0 {
+                    self.err(
+                        FieldPath::of(["apps", name]),
+                        format!("one instance needs {} CPU, but no node can give more than {room} ({node} less the {reserve_cpu} reserve)", Millicores(need_cpu)),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Names that end up in container names and DNS on the app's network.
+fn is_dns_label(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && s.len() <= 40
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.ends_with('-')
+}
+
+/// `example.com`, `*.example.com`, optionally followed by a path prefix.
+fn check_host(host: &str) -> Result<(), String> {
+    let (name, path) = match host.find('/') {
+        Some(i) => host.split_at(i),
+        None => (host, ""),
+    };
+    let bare = name.strip_prefix("*.").unwrap_or(name);
+    let labels_ok = !bare.is_empty()
+        && bare.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !labels_ok || name.contains(':') {
+        return Err(format!(
+            "{host:?} is not a host name such as \"blog.example.com\" or \"*.example.com\" (no scheme or port)"
+        ));
+    }
+    if path.contains(char::is_whitespace) {
+        return Err(format!("the path in {host:?} cannot contain spaces"));
+    }
+    Ok(())
+}
+
+/// `name:/path`, `/host/path:/path`, with an optional `:ro` or `:rw`.
+fn check_volume(vol: &str) -> Result<(), String> {
+    let parts: Vec<&str> = vol.split(':').collect();
+    let (src, dst) = match parts.as_slice() {
+        [src, dst] | [src, dst, "ro" | "rw"] => (*src, *dst),
+        _ => {
+            return Err(format!(
+                "expected \"name:/path\" or \"/host/path:/path\" (optionally \":ro\"), found {vol:?}"
+            ));
+        }
+    };
+    if !dst.starts_with('/') {
+        return Err(format!("the container path in {vol:?} must be absolute"));
+    }
+    let named = src
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && src
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !(named || src.starts_with('/')) {
+        return Err(format!(
+            "the source in {vol:?} must be a volume name or an absolute host path"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_takes_five_fields_and_macros() {
+        assert!(parse_cron("* * * * *").is_ok());
+        assert!(parse_cron("*/5 2 * * 1-5").is_ok());
+        assert!(parse_cron("@hourly").is_ok());
+        assert!(
+            parse_cron("0 * * * * *")
+                .unwrap_err()
+                .contains("five fields")
+        );
+        assert!(parse_cron("61 * * * *").is_err());
+        assert!(parse_cron("every minute").is_err());
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "blog.example.com",
+            "*.example.com",
+            "example.com/api",
+            "localhost",
+        ] {
+            assert!(check_host(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://blog.example.com",
+            "blog.example.com:80",
+            "",
+            "*.",
+            "a..b",
+            "-a.com",
+            "a_b.com",
+        ] {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn volumes() {
+        for ok in ["data:/var/lib/data", "/srv/blog:/data:ro", "cache_1:/c:rw"] {
+            assert!(check_volume(ok).is_ok(), "{ok}");
+        }
+        for bad in ["data", "data:relative", "../x:/y", "a:/b:rx", "a:/b:ro:x"] {
+            assert!(check_volume(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns_label("blog"));
+        assert!(is_dns_label("blog-2"));
+        assert!(!is_dns_label("Blog"));
+        assert!(!is_dns_label("2blog"));
+        assert!(!is_dns_label("blog-"));
+        assert!(!is_dns_label("blog_web"));
+        assert!(!is_dns_label(""));
+    }
+}

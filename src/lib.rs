@@ -1,0 +1,5 @@
+//! Prism: containers on cheap spot instances that survive preemption.
+
+pub mod cli;
+pub mod config;
+pub mod store;

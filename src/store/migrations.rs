@@ -1,0 +1,182 @@
+//! Schema migrations, by version. `PRAGMA user_version` records how far a
+//! file has come; each step runs in its own transaction, so a crash leaves
+//! the file at a whole version.
+
+use rusqlite::Connection;
+
+/// Append only: a released step is never edited, a change is a new step.
+const STEPS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE nodes (
+        id            TEXT PRIMARY KEY,  -- EC2 instance id, or the static node's name
+        name          TEXT NOT NULL,
+        address       TEXT NOT NULL,
+        provider      TEXT NOT NULL,     -- ec2 | static
+        zone          TEXT,
+        instance_type TEXT,
+        lifecycle     TEXT NOT NULL,     -- spot | on-demand | static
+        state         TEXT NOT NULL,
+        condition     TEXT,              -- why it is not ready, when it is not
+        docker_version TEXT,
+        memory_total  INTEGER,
+        memory_free   INTEGER,
+        cpus          INTEGER,           -- millicores
+        first_seen    INTEGER NOT NULL,  -- unix ms
+        last_seen     INTEGER NOT NULL,
+        last_probe    INTEGER
+    );
+    CREATE TABLE containers (
+        node_id     TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        app         TEXT NOT NULL,
+        service     TEXT NOT NULL,
+        instance    INTEGER NOT NULL,
+        image       TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        health      TEXT,
+        restarts    INTEGER NOT NULL DEFAULT 0,
+        ports       TEXT NOT NULL DEFAULT '',
+        started_at  INTEGER,
+        spec_hash   TEXT,
+        observed_at INTEGER NOT NULL,
+        PRIMARY KEY (node_id, name)
+    );
+    CREATE TABLE placements (
+        app       TEXT NOT NULL,
+        instance  INTEGER NOT NULL,
+        node_id   TEXT NOT NULL,
+        placed_at INTEGER NOT NULL,
+        PRIMARY KEY (app, instance)
+    );
+    CREATE TABLE events (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at      INTEGER NOT NULL,
+        level   TEXT NOT NULL,
+        kind    TEXT NOT NULL,
+        node_id TEXT,
+        app     TEXT,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX events_at ON events (at);
+    CREATE TABLE host_keys (
+        instance_id TEXT PRIMARY KEY,
+        algorithm   TEXT NOT NULL,
+        public_key  TEXT NOT NULL,       -- OpenSSH base64
+        fingerprint TEXT NOT NULL,       -- SHA256:...
+        first_seen  INTEGER NOT NULL,
+        last_seen   INTEGER NOT NULL
+    );
+    CREATE TABLE apply_lock (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        holder       TEXT NOT NULL,
+        pid          INTEGER NOT NULL,
+        host         TEXT NOT NULL,
+        acquired_at  INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL
+    );
+    "#,
+];
+
+pub const LATEST: i64 = STEPS.len() as i64;
+
+#[derive(Debug)]
+pub enum Error {
+    TooNew { found: i64, known: i64 },
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Sql(e)
+    }
+}
+
+/// Brings the file to the latest version; returns the version it was at.
+pub fn migrate(conn: &mut Connection) -> Result<i64, Error> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > LATEST {
+        return Err(Error::TooNew {
+            found,
+            known: LATEST,
+        });
+    }
+    for (i, step) in STEPS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the lock.
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now > i as i64 {
+            continue;
+        }
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    #[test]
+    fn migrates_an_empty_file_to_latest() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        assert_eq!(migrate(&mut conn).expect("migrate"), 0);
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, LATEST);
+        assert_eq!(
+            tables(&conn),
+            [
+                "apply_lock",
+                "containers",
+                "events",
+                "host_keys",
+                "nodes",
+                "placements"
+            ]
+        );
+    }
+
+    #[test]
+    fn migrating_twice_changes_nothing() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate(&mut conn).expect("first");
+        conn.execute(
+            "INSERT INTO events (at, level, kind, message) VALUES (1, 'info', 'k', 'kept')",
+            [],
+        )
+        .expect("insert");
+        assert_eq!(migrate(&mut conn).expect("second"), LATEST);
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_newer_file_is_refused() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.pragma_update(None, "user_version", LATEST + 3)
+            .expect("set");
+        match migrate(&mut conn) {
+            Err(Error::TooNew { found, known }) => {
+                assert_eq!(found, LATEST + 3);
+                assert_eq!(known, LATEST);
+            }
+            other => panic!("expected TooNew, got {other:?}"),
+        }
+    }
+}
