@@ -75,6 +75,8 @@ pub struct Diagnostic {
     pub help: Option<String>,
     /// Byte range in the file, when the problem has a place.
     pub span: Option<Range<usize>>,
+    /// The problem is the key's name, not its value: point at the key.
+    pub at_key: bool,
 }
 
 impl Diagnostic {
@@ -84,7 +86,13 @@ impl Diagnostic {
             message: message.into(),
             help: None,
             span: None,
+            at_key: false,
         }
+    }
+
+    pub fn at_key(mut self) -> Self {
+        self.at_key = true;
+        self
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
@@ -206,28 +214,37 @@ fn write_snippet(f: &mut fmt::Formatter<'_>, text: &str, span: &Range<usize>) ->
 /// Finds where a path lives in the parsed document: the value's span (for
 /// a `[table]` its header), or the deepest enclosing one when the field
 /// itself is absent.
-pub fn locate(root: &Spanned<DeTable<'_>>, path: &FieldPath) -> Option<Range<usize>> {
+/// With `at_key`, the last key's own span instead of its value's.
+pub fn locate(root: &Spanned<DeTable<'_>>, path: &FieldPath, at_key: bool) -> Option<Range<usize>> {
     let mut span = None;
     let mut here: Option<&DeValue<'_>> = None;
-    for seg in &path.0 {
+    let last = path.0.len().saturating_sub(1);
+    for (depth, seg) in path.0.iter().enumerate() {
         let next = match (seg, here) {
             (Seg::Key(k), None) => find_key(root.get_ref(), k),
             (Seg::Key(k), Some(DeValue::Table(t))) => find_key(t, k),
-            (Seg::Index(i), Some(DeValue::Array(items))) => items.get(*i),
+            (Seg::Index(i), Some(DeValue::Array(items))) => items.get(*i).map(|v| (v.span(), v)),
             _ => None,
         };
-        let Some(next) = next else { break };
-        span = Some(next.span());
+        let Some((key_span, next)) = next else { break };
+        span = Some(if at_key && depth == last {
+            key_span
+        } else {
+            next.span()
+        });
         here = Some(next.get_ref());
     }
     span
 }
 
-fn find_key<'a, 'i>(table: &'a DeTable<'i>, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+fn find_key<'a, 'i>(
+    table: &'a DeTable<'i>,
+    key: &str,
+) -> Option<(Range<usize>, &'a Spanned<DeValue<'i>>)> {
     table
         .iter()
         .find(|(k, _)| k.get_ref().as_ref() == key)
-        .map(|(_, v)| v)
+        .map(|(k, v)| (k.span(), v))
 }
 
 /// The closest candidate to a mistyped name, if any is close enough.

@@ -1,6 +1,8 @@
 //! fleet.toml: the desired state, read and checked before anything else runs.
-//! `load` either returns a fleet that passed every check or every problem
-//! found, each located in the file; nothing half-valid gets through.
+//! `load` either returns a fleet that passed every check or the problems,
+//! each located in the file: the first structural one (syntax, an unknown
+//! key, a wrong type), else every cross-field one. Nothing half-valid gets
+//! through.
 
 mod diagnostic;
 mod schema;
@@ -71,7 +73,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Fleet, Invalid> {
         let inner = e.into_inner();
         let message = inner.message().to_owned();
         let mut d = Diagnostic::new(path.clone(), tidy(&message));
-        d.span = inner.span().or_else(|| locate(&root, &path));
+        d.span = inner.span().or_else(|| locate(&root, &path, false));
         d.help = suggestion_for(&message);
         invalid(vec![d])
     })?;
@@ -80,7 +82,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Fleet, Invalid> {
         return Ok(fleet);
     }
     for p in &mut problems {
-        p.span = locate(&root, &p.path);
+        p.span = locate(&root, &p.path, p.at_key);
     }
     problems.sort_by_key(|p| p.span.as_ref().map_or(usize::MAX, |s| s.start));
     Err(invalid(problems))
@@ -110,9 +112,19 @@ fn serde_path(path: &serde_path_to_error::Path) -> FieldPath {
 
 /// serde's wording, made to read as Prism's ("unknown field" is a key in TOML).
 fn tidy(message: &str) -> String {
-    message
+    let mut text = message
         .replace("unknown field", "unknown key")
         .replace("missing field", "missing key")
+        .replace("expected u16", "expected a port number from 1 to 65535")
+        .replace("expected u32", "expected a whole number, 0 or more")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a map", "expected a table")
         .trim()
-        .to_owned()
+        .to_owned();
+    // "expected struct SecretSource": the reader wrote TOML, not Rust.
+    if let Some(i) = text.find("expected struct ") {
+        text.truncate(i);
+        text.push_str("expected a table");
+    }
+    text
 }

@@ -270,8 +270,8 @@ pub struct Health {
     pub port: Option<u16>,
     #[serde(default = "default_health_interval")]
     pub interval: Interval,
-    #[serde(default = "default_health_timeout")]
-    pub timeout: Interval,
+    /// Default: 2s, or the interval when that is shorter.
+    pub timeout: Option<Interval>,
     #[serde(default = "default_healthy_threshold")]
     pub healthy_threshold: u32,
     #[serde(default = "default_unhealthy_threshold")]
@@ -283,8 +283,11 @@ pub struct Health {
 fn default_health_interval() -> Interval {
     Interval(std::time::Duration::from_secs(5))
 }
-fn default_health_timeout() -> Interval {
-    Interval(std::time::Duration::from_secs(2))
+impl Health {
+    pub fn timeout(&self) -> Interval {
+        self.timeout
+            .unwrap_or(Interval(std::time::Duration::from_secs(2)).min(self.interval))
+    }
 }
 fn default_healthy_threshold() -> u32 {
     2

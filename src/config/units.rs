@@ -93,9 +93,10 @@ impl FromStr for Millicores {
             None => (t, 1000.0),
         };
         match num.trim().parse::<f64>() {
-            Ok(v) if v.is_finite() && v > 0.0 && v * scale < 1e9 => {
+            Ok(v) if v.is_finite() && (v * scale).round() >= 1.0 && v * scale < 1e9 => {
                 Ok(Millicores((v * scale).round() as u64))
             }
+            Ok(v) if v > 0.0 => Err(format!("CPU must be at least 1m, found {s:?}")),
             Ok(_) => Err(format!("CPU must be more than zero, found {s:?}")),
             Err(_) => Err(format!("expected {CPU_EXPECTED}, found {s:?}")),
         }
@@ -116,6 +117,9 @@ impl FromStr for Interval {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        if !s.trim().is_empty() && s.trim().chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return Err(format!("{s:?} has no unit; write {DURATION_EXPECTED}"));
+        }
         match humantime::parse_duration(s.trim()) {
             Ok(d) if d.is_zero() => Err(format!("duration must be more than zero, found {s:?}")),
             Ok(d) => Ok(Interval(d)),
@@ -261,6 +265,13 @@ mod tests {
         assert_eq!("2".parse::<Millicores>(), Ok(Millicores(2000)));
         assert_eq!("1.25".parse::<Millicores>(), Ok(Millicores(1250)));
         assert!("0".parse::<Millicores>().is_err());
+        assert!(
+            "0.4m"
+                .parse::<Millicores>()
+                .unwrap_err()
+                .contains("at least 1m")
+        );
+        assert!("0.0004".parse::<Millicores>().is_err());
         assert!("-1".parse::<Millicores>().is_err());
         assert!("lots".parse::<Millicores>().is_err());
         assert_eq!(Millicores(1500).to_string(), "1500m");

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use croner::parser::{CronParser, Seconds};
 
 use super::diagnostic::{Diagnostic, FieldPath, nearest};
-use super::schema::{App, Fleet, Provider, Service};
+use super::schema::{App, Fleet, Health, Provider, Service};
 use super::units::{Bytes, Millicores};
 
 /// Docker refuses memory limits under 6 MiB.
@@ -101,7 +101,13 @@ impl Checker {
                         );
                     }
                     for key in tags.keys().filter(|k| k.trim().is_empty()) {
-                        self.err(at.key("tags").key(key.as_str()), "tag keys cannot be empty");
+                        self.problems.push(
+                            Diagnostic::new(
+                                at.key("tags").key(key.as_str()),
+                                "tag keys cannot be empty",
+                            )
+                            .at_key(),
+                        );
                     }
                 }
             }
@@ -133,10 +139,7 @@ impl Checker {
                 for (i, node) in d.nodes.iter().enumerate() {
                     let here = at.key("nodes").index(i);
                     if !is_dns_label(&node.name) {
-                        self.err(
-                            here.key("name"),
-                            format!("{:?} is not a usable node name: use lowercase letters, digits and '-'", node.name),
-                        );
+                        self.err(here.key("name"), name_rule("node", &node.name));
                     }
                     if !names.insert(node.name.as_str()) {
                         self.err(
@@ -230,10 +233,7 @@ impl Checker {
     fn app(&mut self, name: &str, app: &App) {
         let at = FieldPath::of(["apps", name]);
         if !is_dns_label(name) {
-            self.err(
-                at.clone(),
-                format!("{name:?} is not a usable app name: use lowercase letters, digits and '-', starting with a letter"),
-            );
+            self.err(at.clone(), name_rule("app", name));
         }
         if app.services.is_empty() && app.jobs.is_empty() {
             self.err_help(
@@ -254,7 +254,7 @@ impl Checker {
         for (job_name, job) in &app.jobs {
             let jat = at.key("jobs").key(job_name.as_str());
             if !is_dns_label(job_name) {
-                self.err(jat.clone(), format!("{job_name:?} is not a usable job name: use lowercase letters, digits and '-'"));
+                self.err(jat.clone(), name_rule("job", job_name));
             }
             if let Err(e) = parse_cron(&job.schedule) {
                 self.err(jat.key("schedule"), e);
@@ -316,9 +316,14 @@ impl Checker {
                 .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
-                self.err(
-                    at.key(key.as_str()),
-                    format!("{key:?} is not a valid environment variable name"),
+                self.problems.push(
+                    Diagnostic::new(
+                        at.key(key.as_str()),
+                        format!(
+                            "{key:?} is not a valid environment variable name: use letters, digits and '_', not starting with a digit"
+                        ),
+                    )
+                    .at_key(),
                 );
             }
         }
@@ -326,10 +331,7 @@ impl Checker {
 
     fn service(&mut self, at: &FieldPath, name: &str, svc: &Service, app: &App) {
         if !is_dns_label(name) {
-            self.err(
-                at.clone(),
-                format!("{name:?} is not a usable service name: use lowercase letters, digits and '-', starting with a letter"),
-            );
+            self.err(at.clone(), name_rule("service", name));
         }
         self.image(&at.key("image"), &svc.image);
         if svc.command.as_ref().is_some_and(Vec::is_empty) {
@@ -401,7 +403,7 @@ impl Checker {
         }
     }
 
-    fn health(&mut self, at: &FieldPath, svc: &Service, h: &super::schema::Health, app: &App) {
+    fn health(&mut self, at: &FieldPath, svc: &Service, h: &Health, app: &App) {
         let kinds = [h.http.is_some(), h.tcp.is_some(), h.cmd.is_some()];
         match kinds.iter().filter(|k| **k).count() {
             0 => self.err_help(
@@ -451,12 +453,14 @@ impl Checker {
         if h.cmd.as_ref().is_some_and(Vec::is_empty) {
             self.err(at.key("cmd"), "cmd cannot be empty");
         }
-        if h.timeout > h.interval {
+        if let Some(timeout) = h.timeout
+            && timeout > h.interval
+        {
             self.err(
                 at.key("timeout"),
                 format!(
-                    "timeout ({}) is longer than interval ({}); checks would overlap",
-                    h.timeout, h.interval
+                    "timeout ({timeout}) is longer than interval ({}); checks would overlap",
+                    h.interval
                 ),
             );
         }
@@ -601,6 +605,12 @@ impl Checker {
             }
         }
     }
+}
+
+fn name_rule(what: &str, name: &str) -> String {
+    format!(
+        "{name:?} is not a usable {what} name: use 1 to 40 lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+    )
 }
 
 /// Names that end up in container names and DNS on the app's network.

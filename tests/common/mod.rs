@@ -1,0 +1,315 @@
+//! Helpers for the tests that run against the local lab (`lab/lab up`).
+//!
+//! The lab's own state, `.lab/lab.json`, says which nodes exist; its path
+//! comes from `PRISM_LAB_DIR` or defaults to `<crate>/.lab`. A lab that is
+//! not up makes every test fail, telling to run `lab/lab up`.
+
+// Each test binary uses its own share of these helpers.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use aws_sdk_ec2::types::Filter;
+use serde::Deserialize;
+
+pub const NOT_UP: &str = "the lab is not up: run `lab/lab up` (as root) first";
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub index: u32,
+    pub address: String,
+    pub az: String,
+    pub container: String,
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Moto {
+    url: String,
+    region: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Registry {
+    testapp_image: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Decoys {
+    pub not_ours: Option<String>,
+    pub terminated: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LabJson {
+    nodes: Vec<Node>,
+    moto: Moto,
+    registry: Registry,
+    #[serde(default)]
+    decoys: Decoys,
+}
+
+/// The lab as `.lab/lab.json` describes it.
+#[derive(Debug)]
+pub struct Lab {
+    pub dir: PathBuf,
+    pub nodes: Vec<Node>,
+    pub moto_url: String,
+    pub region: String,
+    pub testapp_image: String,
+    pub decoys: Decoys,
+}
+
+pub fn lab_dir() -> PathBuf {
+    match std::env::var_os("PRISM_LAB_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".lab"),
+    }
+}
+
+impl Lab {
+    /// Reads the lab's state and checks that its EC2 endpoint answers.
+    /// Panics, telling to run `lab/lab up`, when the lab is not up.
+    pub fn load() -> Lab {
+        match Self::try_load() {
+            Ok(lab) => lab,
+            Err(e) => panic!("{NOT_UP} ({e:#})"),
+        }
+    }
+
+    fn try_load() -> Result<Lab> {
+        let dir = lab_dir();
+        let path = dir.join("lab.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let json: LabJson = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not the lab's state", path.display()))?;
+        ensure!(
+            !json.nodes.is_empty(),
+            "{} lists no live node",
+            path.display()
+        );
+        for file in ["id_ed25519", "known_hosts"] {
+            ensure!(
+                dir.join(file).exists(),
+                "{} is missing",
+                dir.join(file).display()
+            );
+        }
+        let moto: SocketAddr = json
+            .moto
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .with_context(|| format!("moto url {:?} in lab.json", json.moto.url))?;
+        TcpStream::connect_timeout(&moto, Duration::from_secs(2))
+            .with_context(|| format!("the lab's EC2 endpoint (moto) at {moto} does not answer"))?;
+        Ok(Lab {
+            dir,
+            nodes: json.nodes,
+            moto_url: json.moto.url,
+            region: json.moto.region,
+            testapp_image: json.registry.testapp_image,
+            decoys: json.decoys,
+        })
+    }
+
+    pub fn identity(&self) -> PathBuf {
+        self.dir.join("id_ed25519")
+    }
+
+    /// `ssh root@addr remote` with the lab's known_hosts and strict host key
+    /// checking; `identity` picks the key offered (and only that key).
+    pub fn ssh_with(&self, identity: &Path, addr: &str, remote: &str) -> Output {
+        let known_hosts = self.dir.join("known_hosts");
+        Command::new("ssh")
+            .arg("-F")
+            .arg("/dev/null")
+            .arg("-i")
+            .arg(identity)
+            .args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
+            .args(["-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
+            .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"])
+            .arg(format!("root@{addr}"))
+            .arg(remote)
+            .output()
+            .expect("cannot run ssh (is openssh-client installed? lab/lab install)")
+    }
+
+    /// Runs `remote` on a node as root with the lab's key; fails with what
+    /// ssh printed unless it exits 0. Returns stdout.
+    pub fn ssh(&self, addr: &str, remote: &str) -> Result<String> {
+        let out = self.ssh_with(&self.identity(), addr, remote);
+        if !out.status.success() {
+            bail!(
+                "ssh root@{addr} {remote:?} exited {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub async fn ec2(&self) -> aws_sdk_ec2::Client {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(self.region.clone()))
+            .endpoint_url(&self.moto_url)
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "lab",
+                "lab",
+                None,
+                None,
+                "prism-lab",
+            ))
+            .load()
+            .await;
+        aws_sdk_ec2::Client::new(&conf)
+    }
+}
+
+/// What a test needs to know of an EC2 instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    pub address: Option<String>,
+    pub az: Option<String>,
+    pub state: Option<String>,
+    pub spot: bool,
+}
+
+/// Running instances tagged `prism:fleet=lab`, every page of them, by id.
+pub async fn fleet_instances(client: &aws_sdk_ec2::Client) -> Result<BTreeMap<String, Instance>> {
+    let mut pages = client
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:prism:fleet")
+                .values("lab")
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("running")
+                .build(),
+        )
+        .into_paginator()
+        .page_size(5)
+        .send();
+    let mut found = BTreeMap::new();
+    while let Some(page) = pages.next().await {
+        let page = page.context("DescribeInstances on the lab's EC2 endpoint")?;
+        for inst in page.reservations().iter().flat_map(|r| r.instances()) {
+            let i = instance(inst)?;
+            found.insert(i.id.clone(), i);
+        }
+    }
+    Ok(found)
+}
+
+/// One instance by id, whatever its state.
+pub async fn describe_instance(client: &aws_sdk_ec2::Client, id: &str) -> Result<Instance> {
+    let out = client
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .with_context(|| format!("DescribeInstances {id}"))?;
+    let inst = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .ok_or_else(|| anyhow!("EC2 does not know instance {id}"))?;
+    instance(inst)
+}
+
+fn instance(inst: &aws_sdk_ec2::types::Instance) -> Result<Instance> {
+    Ok(Instance {
+        id: inst
+            .instance_id()
+            .ok_or_else(|| anyhow!("an instance without an id"))?
+            .to_string(),
+        address: inst.private_ip_address().map(str::to_string),
+        az: inst
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .map(str::to_string),
+        state: inst
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string()),
+        spot: inst.instance_lifecycle().map(|l| l.as_str()) == Some("spot"),
+    })
+}
+
+/// Runs `lab/lab args`; fails with its stderr unless it exits 0.
+pub fn lab_cmd(args: &[&str]) -> Result<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("lab")
+        .join("lab");
+    let out = Command::new(&script)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "lab/lab {} exited {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The status code of `GET path` on addr, or an error if nothing answers
+/// in HTTP within `timeout`.
+pub fn http_status(addr: &str, path: &str, timeout: Duration) -> Result<u16> {
+    let sock: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&sock, timeout).with_context(|| format!("connect {addr}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .context("set_read_timeout")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: lab.test\r\nConnection: close\r\n\r\n"
+    )
+    .with_context(|| format!("send a request to {addr}"))?;
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .with_context(|| format!("read the reply of {addr}"))?;
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("{addr} answered no HTTP status line: {reply:?}"))?;
+    Ok(status)
+}
+
+/// Retries `f` until it returns Ok or `limit` passes; then the last error.
+pub fn retry<T>(limit: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if start.elapsed() >= limit => {
+                return Err(e.context(format!("still failing after {limit:?}")));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
