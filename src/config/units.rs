@@ -154,17 +154,16 @@ impl<T: FromStr<Err = String>> Visitor<'_> for UnitVisitor<T> {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        if self.accept_number {
-            v.to_string().parse().map_err(E::custom)
-        } else {
-            Err(E::custom(format!(
-                "expected {}, found the bare number {v}; write it as a string with a unit",
-                self.expected
-            )))
-        }
+        self.number(v)
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        self.number(v)
+    }
+}
+
+impl<T: FromStr<Err = String>> UnitVisitor<T> {
+    fn number<E: de::Error>(self, v: impl fmt::Display) -> Result<T, E> {
         if self.accept_number {
             v.to_string().parse().map_err(E::custom)
         } else {

@@ -51,6 +51,16 @@ impl fmt::Display for LockInfo {
     }
 }
 
+fn lock_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LockInfo> {
+    Ok(LockInfo {
+        role: r.get(0)?,
+        pid: r.get(1)?,
+        host: r.get(2)?,
+        acquired_at: r.get(3)?,
+        heartbeat_at: r.get(4)?,
+    })
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -77,15 +87,7 @@ impl Store {
             .query_row(
                 "SELECT holder, pid, host, acquired_at, heartbeat_at FROM apply_lock WHERE id = 1",
                 [],
-                |r| {
-                    Ok(LockInfo {
-                        role: r.get(0)?,
-                        pid: r.get(1)?,
-                        host: r.get(2)?,
-                        acquired_at: r.get(3)?,
-                        heartbeat_at: r.get(4)?,
-                    })
-                },
+                lock_from_row,
             )
             .optional()
             .map_err(err)?;
@@ -147,15 +149,7 @@ impl Store {
             .query_row(
                 "SELECT holder, pid, host, acquired_at, heartbeat_at FROM apply_lock WHERE id = 1",
                 [],
-                |r| {
-                    Ok(LockInfo {
-                        role: r.get(0)?,
-                        pid: r.get(1)?,
-                        host: r.get(2)?,
-                        acquired_at: r.get(3)?,
-                        heartbeat_at: r.get(4)?,
-                    })
-                },
+                lock_from_row,
             )
             .optional()
             .map_err(|e| self.sql(e))
