@@ -313,3 +313,63 @@ pub fn retry<T>(limit: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> 
         }
     }
 }
+
+/// Prism's SSH pieces pointed at the lab.
+pub mod prism_ssh {
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use prism::ssh::{ConnectOptions, Credentials, HostKeys, Pool, SshSettings, Target};
+    use prism::store::Store;
+
+    use super::{Lab, Node};
+
+    pub fn target(node: &Node) -> Target {
+        Target {
+            id: node
+                .instance_id
+                .clone()
+                .unwrap_or_else(|| node.name.clone()),
+            address: node.address.clone(),
+            port: 22,
+            user: "root".into(),
+        }
+    }
+
+    pub fn settings(credentials: Credentials, host_keys: HostKeys) -> SshSettings {
+        SshSettings {
+            credentials,
+            host_keys,
+            connect: ConnectOptions::default(),
+            max_backoff: std::time::Duration::from_secs(1),
+        }
+    }
+
+    pub fn lab_key(lab: &Lab) -> Credentials {
+        Credentials::key_file(&lab.identity()).expect("the lab key loads")
+    }
+
+    /// A pool that checks host keys against the lab's known_hosts.
+    pub fn known_hosts_pool(lab: &Lab) -> Pool {
+        Pool::new(
+            settings(
+                lab_key(lab),
+                HostKeys::KnownHosts(lab.dir.join("known_hosts")),
+            ),
+            None,
+        )
+    }
+
+    /// A pool that pins host keys in a state store at `file`.
+    pub fn pin_pool(lab: &Lab, file: &Path) -> (Pool, Arc<Mutex<Store>>) {
+        let store = Arc::new(Mutex::new(Store::open(file).expect("open the state store")));
+        (
+            Pool::new(settings(lab_key(lab), HostKeys::Pin), Some(store.clone())),
+            store,
+        )
+    }
+
+    pub fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+}

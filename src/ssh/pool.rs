@@ -1,0 +1,268 @@
+//! One live connection per node, reused across commands and reconciles.
+//! A dead connection is noticed and replaced; a node that keeps failing is
+//! retried with backoff so it never slows the others.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use russh::keys::PublicKey;
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::trust::{Trust, fingerprint};
+use super::{ExecLimits, HostKeys, Output, Session, SshError, SshSettings, Target};
+use crate::store::{Level, NewEvent, Store};
+
+#[derive(Default)]
+struct Slot {
+    session: Option<Arc<Session>>,
+    /// Where the live session goes; a new address means a new connection.
+    address: String,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<SshError>,
+}
+
+pub struct Pool {
+    settings: SshSettings,
+    /// Pins host keys (pin mode) and records trust events.
+    store: Option<Arc<Mutex<Store>>>,
+    slots: Mutex<HashMap<String, Arc<AsyncMutex<Slot>>>>,
+}
+
+impl Pool {
+    /// `store` is required for `HostKeys::Pin`: without one, nothing can be
+    /// pinned and every connection is refused.
+    pub fn new(settings: SshSettings, store: Option<Arc<Mutex<Store>>>) -> Pool {
+        Pool {
+            settings,
+            store,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, id: &str) -> Arc<AsyncMutex<Slot>> {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        slots.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// The node's live session, connecting if there is none.
+    pub async fn session(&self, target: &Target) -> Result<Arc<Session>, SshError> {
+        let slot = self.slot(&target.id);
+        let mut slot = slot.lock().await;
+        if let Some(session) = &slot.session {
+            if !session.is_closed() && slot.address == target.address {
+                return Ok(session.clone());
+            }
+            slot.session = None;
+        }
+        if let (Some(at), Some(err)) = (slot.retry_at, &slot.last_error)
+            && Instant::now() < at
+        {
+            return Err(err.clone());
+        }
+        match self.connect(target).await {
+            Ok(session) => {
+                let session = Arc::new(session);
+                *slot = Slot {
+                    session: Some(session.clone()),
+                    address: target.address.clone(),
+                    ..Slot::default()
+                };
+                Ok(session)
+            }
+            Err(err) => {
+                slot.failures += 1;
+                let backoff = Duration::from_millis(500 << slot.failures.min(5))
+                    .min(self.settings.max_backoff);
+                slot.retry_at = Some(Instant::now() + backoff);
+                slot.last_error = Some(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs argv on the node over its pooled connection; a connection found
+    /// dead is replaced once.
+    pub async fn exec(
+        &self,
+        target: &Target,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        limits: ExecLimits,
+    ) -> Result<Output, SshError> {
+        let session = self.session(target).await?;
+        match session.exec(argv, stdin, limits).await {
+            Err(SshError::Protocol { .. }) if session.is_closed() => {
+                self.forget(target).await;
+                self.session(target).await?.exec(argv, stdin, limits).await
+            }
+            result => result,
+        }
+    }
+
+    /// Drops the node's connection and its backoff (a node that was healed
+    /// or replaced).
+    pub async fn forget(&self, target: &Target) {
+        let slot = self.slot(&target.id);
+        let mut slot = slot.lock().await;
+        if let Some(session) = slot.session.take() {
+            session.close().await;
+        }
+        *slot = Slot::default();
+    }
+
+    /// Runs `f` for every target, at most `limit` at a time, results in
+    /// the order they finish. Each call carries its own timeouts, so a dead
+    /// node delays nobody else.
+    pub async fn fan_out<T, F, Fut>(
+        &self,
+        targets: &[Target],
+        limit: usize,
+        f: F,
+    ) -> Vec<(Target, T)>
+    where
+        F: Fn(Target) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        stream::iter(targets.iter().cloned())
+            .map(|t| {
+                let run = f(t.clone());
+                async move { (t, run.await) }
+            })
+            .buffer_unordered(limit.max(1))
+            .collect()
+            .await
+    }
+
+    fn trust_for(&self, target: &Target) -> Result<Trust, SshError> {
+        match &self.settings.host_keys {
+            HostKeys::KnownHosts(file) => Ok(Trust::KnownHosts {
+                file: file.clone(),
+                host: target.address.clone(),
+                port: target.port,
+            }),
+            HostKeys::Pin => {
+                let store = self.store()?;
+                let pinned = lock(store)
+                    .pinned_key(&target.id)
+                    .map_err(|e| self.unchecked(target, e.to_string()))?;
+                match pinned {
+                    None => Ok(Trust::FirstUse),
+                    Some(pin) => {
+                        let text = format!("{} {}", pin.algorithm, pin.public_key);
+                        PublicKey::from_openssh(&text)
+                            .map(Trust::Pinned)
+                            .map_err(|e| {
+                                self.unchecked(
+                                    target,
+                                    format!("the pinned key does not parse: {e}"),
+                                )
+                            })
+                    }
+                }
+            }
+        }
+    }
+
+    fn store(&self) -> Result<&Arc<Mutex<Store>>, SshError> {
+        self.store.as_ref().ok_or_else(|| {
+            SshError::Credentials("host_keys = \"pin\" needs the state store".into())
+        })
+    }
+
+    fn unchecked(&self, target: &Target, reason: String) -> SshError {
+        SshError::HostKeyUnchecked {
+            node: target.id.clone(),
+            reason,
+        }
+    }
+
+    async fn connect(&self, target: &Target) -> Result<Session, SshError> {
+        let trust = self.trust_for(target)?;
+        let result = Session::connect(
+            target,
+            trust,
+            &self.settings.credentials,
+            &self.settings.connect,
+        )
+        .await;
+        let session = match result {
+            Ok(session) => session,
+            Err(err) => {
+                if let SshError::HostKeyMismatch { offered, .. } = &err {
+                    self.event(
+                        NewEvent::new(
+                            Level::Error,
+                            "node.untrusted",
+                            format!(
+                                "host key changed for {} at {}: offered {offered}; refused",
+                                target.id, target.address
+                            ),
+                        )
+                        .node(target.id.clone()),
+                    );
+                }
+                return Err(err);
+            }
+        };
+        if session.needs_pin() {
+            self.pin(target, &session).await?;
+        }
+        Ok(session)
+    }
+
+    /// Records the first key seen; if another process pinned a different
+    /// one meanwhile, this connection is refused too.
+    async fn pin(&self, target: &Target, session: &Session) -> Result<(), SshError> {
+        let key = session.host_key();
+        let text = key
+            .to_openssh()
+            .map_err(|e| self.unchecked(target, format!("cannot encode host key: {e}")))?;
+        let mut parts = text.split_whitespace();
+        let (algorithm, body) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        let offered = fingerprint(key);
+        let pinned = lock(self.store()?)
+            .pin_key(&target.id, algorithm, body, &offered)
+            .map_err(|e| self.unchecked(target, e.to_string()))?;
+        if pinned.public_key != body {
+            session.close().await;
+            return Err(SshError::HostKeyMismatch {
+                node: target.id.clone(),
+                expected: pinned.fingerprint,
+                offered,
+            });
+        }
+        self.event(
+            NewEvent::info(
+                "node.host_key_pinned",
+                format!(
+                    "pinned host key {offered} for {} at {}",
+                    target.id, target.address
+                ),
+            )
+            .node(target.id.clone()),
+        );
+        Ok(())
+    }
+
+    fn event(&self, event: NewEvent) {
+        if let Some(store) = &self.store
+            && let Err(e) = lock(store).record_event(&event)
+        {
+            tracing::warn!(error = %e, "could not record an event");
+        }
+    }
+}
+
+fn lock(store: &Arc<Mutex<Store>>) -> std::sync::MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|poison| poison.into_inner())
+}
