@@ -14,8 +14,9 @@ use tokio::sync::Semaphore;
 use super::trust::{Trust, Verdict, fingerprint, judge};
 use super::{Credentials, SshError, Target};
 
-/// sshd's default MaxSessions is 10; stay below it.
-const CHANNELS_PER_CONNECTION: usize = 8;
+/// sshd's default MaxSessions is 10, and it frees a session slot a moment
+/// after the channel closes; stay well below it.
+const CHANNELS_PER_CONNECTION: usize = 6;
 
 /// What a command left behind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,7 +283,7 @@ impl Session {
                 node: self.node.clone(),
                 reason: e.to_string(),
             })?;
-        let mut channel = self.handle.channel_open_session().await.map_err(proto)?;
+        let mut channel = self.open_channel().await.map_err(proto)?;
         channel
             .exec(true, command.as_bytes())
             .await
@@ -310,6 +311,21 @@ impl Session {
             }
         }
         Ok(out)
+    }
+
+    /// Opens a session channel; a refusal (sshd still freeing the slot of
+    /// a channel that just closed) is retried briefly.
+    async fn open_channel(&self) -> Result<russh::Channel<client::Msg>, russh::Error> {
+        let mut attempt = 0;
+        loop {
+            match self.handle.channel_open_session().await {
+                Err(russh::Error::ChannelOpenFailure(_)) if attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     pub async fn close(&self) {
