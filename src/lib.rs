@@ -2,5 +2,6 @@
 
 pub mod cli;
 pub mod config;
+pub mod observe;
 pub mod ssh;
 pub mod store;

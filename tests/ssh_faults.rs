@@ -5,7 +5,6 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::prism_ssh::{argv, known_hosts_pool, pin_pool, target};
@@ -13,11 +12,7 @@ use common::{Lab, lab_cmd};
 use prism::ssh::{ExecLimits, SshError};
 
 /// One fault at a time: the tests of this file share the lab.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poison| poison.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn docker(args: &[&str]) -> std::process::Output {
     Command::new("docker")
@@ -44,7 +39,7 @@ fn short() -> ExecLimits {
 
 #[tokio::test]
 async fn a_paused_node_times_out_while_the_others_answer() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let lab = Lab::load();
     let pool = known_hosts_pool(&lab);
     let targets: Vec<_> = lab.nodes.iter().map(target).collect();
@@ -79,7 +74,7 @@ async fn a_paused_node_times_out_while_the_others_answer() {
 
 #[tokio::test]
 async fn a_partitioned_node_is_unreachable_while_the_others_answer() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let lab = Lab::load();
     let pool = known_hosts_pool(&lab);
     let cut = &lab.nodes[1];
@@ -106,7 +101,7 @@ async fn a_partitioned_node_is_unreachable_while_the_others_answer() {
 
 #[tokio::test]
 async fn a_changed_host_key_on_the_same_instance_is_refused() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let lab = Lab::load();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("state.db");
@@ -153,7 +148,7 @@ async fn a_changed_host_key_on_the_same_instance_is_refused() {
 
 #[tokio::test]
 async fn many_commands_share_one_connection_and_a_dropped_one_is_replaced() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let lab = Lab::load();
     let pool = known_hosts_pool(&lab);
     let node = &lab.nodes[0];

@@ -1,0 +1,247 @@
+//! The labels Prism puts on every container it runs, in one place: what
+//! `docker run` is given, what `docker ps` filters on and what is read back.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The fleet (`[fleet] name`) a container belongs to.
+pub const FLEET: &str = "prism.fleet";
+/// The app (`[apps.NAME]`).
+pub const APP: &str = "prism.app";
+/// The service within the app (`[apps.APP.services.NAME]`).
+pub const SERVICE: &str = "prism.service";
+/// The pod's instance number, decimal from 0.
+pub const INSTANCE: &str = "prism.instance";
+/// Hash of the service spec the container was created from.
+pub const SPEC: &str = "prism.spec";
+
+/// Every Prism label, in the order they are written and checked.
+pub const ALL: [&str; 5] = [FLEET, APP, SERVICE, INSTANCE, SPEC];
+
+/// `--filter label=prism.fleet=<fleet>`: the fleet's containers, for `docker ps`.
+pub fn fleet_filter_args(fleet: &str) -> Vec<String> {
+    vec!["--filter".to_owned(), format!("label={FLEET}={fleet}")]
+}
+
+/// A Prism container's identity, read from (or written to) its labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrismLabels {
+    pub fleet: String,
+    pub app: String,
+    pub service: String,
+    pub instance: u32,
+    pub spec: String,
+}
+
+impl PrismLabels {
+    /// `--label prism.fleet=… --label prism.app=… …` for `docker run`/`create`.
+    pub fn run_args(&self) -> Vec<String> {
+        let instance = self.instance.to_string();
+        let values = [
+            self.fleet.as_str(),
+            &self.app,
+            &self.service,
+            &instance,
+            &self.spec,
+        ];
+        ALL.iter()
+            .zip(values)
+            .flat_map(|(key, value)| ["--label".to_owned(), format!("{key}={value}")])
+            .collect()
+    }
+
+    /// Reads the five labels; every one must be present and non-empty, and
+    /// the instance a plain decimal number (as `run_args` writes it).
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Result<PrismLabels, LabelProblem> {
+        let get = |key: &'static str| match labels.get(key) {
+            None => Err(LabelProblem::Missing(key)),
+            Some(v) if v.is_empty() => Err(LabelProblem::Empty(key)),
+            Some(v) => Ok(v.clone()),
+        };
+        let fleet = get(FLEET)?;
+        let app = get(APP)?;
+        let service = get(SERVICE)?;
+        let raw_instance = get(INSTANCE)?;
+        let instance =
+            parse_instance(&raw_instance).ok_or(LabelProblem::BadInstance(raw_instance))?;
+        let spec = get(SPEC)?;
+        Ok(PrismLabels {
+            fleet,
+            app,
+            service,
+            instance,
+            spec,
+        })
+    }
+}
+
+/// Only what `u32::to_string` writes: no sign, no leading zero, no spaces.
+fn parse_instance(s: &str) -> Option<u32> {
+    let canonical = s.bytes().all(|c| c.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    if canonical { s.parse().ok() } else { None }
+}
+
+/// Whose a container is, by its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Started by Prism: all its labels are there and well formed.
+    Prism(PrismLabels),
+    /// Not Prism's to manage (made by hand, by another tool, or damaged):
+    /// report it, never touch it.
+    Foreign(LabelProblem),
+}
+
+impl Identity {
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Identity {
+        match PrismLabels::from_labels(labels) {
+            Ok(l) => Identity::Prism(l),
+            Err(p) => Identity::Foreign(p),
+        }
+    }
+
+    pub fn prism(&self) -> Option<&PrismLabels> {
+        match self {
+            Identity::Prism(l) => Some(l),
+            Identity::Foreign(_) => None,
+        }
+    }
+}
+
+/// The first thing wrong with a container's Prism labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelProblem {
+    Missing(&'static str),
+    Empty(&'static str),
+    /// `prism.instance` is not a plain decimal number.
+    BadInstance(String),
+}
+
+impl fmt::Display for LabelProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LabelProblem::Missing(key) => write!(f, "no label {key}"),
+            LabelProblem::Empty(key) => write!(f, "label {key} is empty"),
+            LabelProblem::BadInstance(v) => {
+                write!(f, "label {INSTANCE}={v:?} is not an instance number")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web0() -> PrismLabels {
+        PrismLabels {
+            fleet: "lab".into(),
+            app: "demo".into(),
+            service: "web".into(),
+            instance: 0,
+            spec: "abc123".into(),
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    /// Turns `--label k=v` args back into a label map.
+    fn from_run_args(args: &[String]) -> BTreeMap<String, String> {
+        args.chunks(2)
+            .map(|pair| {
+                assert_eq!(pair[0], "--label");
+                let (k, v) = pair[1].split_once('=').unwrap();
+                (k.to_owned(), v.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn run_args_round_trip() {
+        let labels = PrismLabels {
+            instance: 12,
+            ..web0()
+        };
+        let args = labels.run_args();
+        assert_eq!(
+            args,
+            [
+                "--label",
+                "prism.fleet=lab",
+                "--label",
+                "prism.app=demo",
+                "--label",
+                "prism.service=web",
+                "--label",
+                "prism.instance=12",
+                "--label",
+                "prism.spec=abc123"
+            ]
+        );
+        assert_eq!(PrismLabels::from_labels(&from_run_args(&args)), Ok(labels));
+    }
+
+    #[test]
+    fn filter_args() {
+        assert_eq!(
+            fleet_filter_args("lab"),
+            ["--filter", "label=prism.fleet=lab"]
+        );
+    }
+
+    #[test]
+    fn other_labels_are_ignored() {
+        let mut m = from_run_args(&web0().run_args());
+        m.insert("com.example.team".into(), "ops".into());
+        m.insert("prism.extra".into(), "x".into());
+        assert_eq!(Identity::from_labels(&m), Identity::Prism(web0()));
+    }
+
+    #[test]
+    fn problems_are_named() {
+        let full = from_run_args(&web0().run_args());
+        for key in ALL {
+            let mut m = full.clone();
+            m.remove(key);
+            assert_eq!(
+                PrismLabels::from_labels(&m),
+                Err(LabelProblem::Missing(key))
+            );
+            m.insert(key.into(), String::new());
+            assert_eq!(PrismLabels::from_labels(&m), Err(LabelProblem::Empty(key)));
+        }
+        assert_eq!(
+            Identity::from_labels(&map(&[])),
+            Identity::Foreign(LabelProblem::Missing(FLEET))
+        );
+        assert_eq!(
+            LabelProblem::Missing(SPEC).to_string(),
+            "no label prism.spec"
+        );
+    }
+
+    #[test]
+    fn instance_must_be_plain_decimal() {
+        let mut m = from_run_args(&web0().run_args());
+        for ok in [("0", 0), ("7", 7), ("4294967295", u32::MAX)] {
+            m.insert(INSTANCE.into(), ok.0.into());
+            assert_eq!(PrismLabels::from_labels(&m).map(|l| l.instance), Ok(ok.1));
+        }
+        for bad in ["x", "-1", "+1", "01", " 1", "1.0", "4294967296", "１"] {
+            m.insert(INSTANCE.into(), bad.into());
+            assert_eq!(
+                PrismLabels::from_labels(&m),
+                Err(LabelProblem::BadInstance(bad.into())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            LabelProblem::BadInstance("x".into()).to_string(),
+            "label prism.instance=\"x\" is not an instance number"
+        );
+    }
+}
