@@ -12,93 +12,11 @@ pub(crate) fn docker_time(s: &str) -> Result<Option<i64>, String> {
     Ok((ms != DOCKER_ZERO_MS).then_some(ms))
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` to epoch milliseconds.
+/// An RFC 3339 time to epoch milliseconds (fraction truncated).
 pub(crate) fn rfc3339_ms(s: &str) -> Result<i64, String> {
-    let bad = |why: &str| format!("{s:?} is not an RFC 3339 time ({why})");
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return Err(bad("too short"));
-    }
-    let shape_ok = b[4] == b'-'
-        && b[7] == b'-'
-        && matches!(b[10], b'T' | b't' | b' ')
-        && b[13] == b':'
-        && b[16] == b':';
-    if !shape_ok {
-        return Err(bad("expected YYYY-MM-DDTHH:MM:SS"));
-    }
-    // Bytes, not str slices: a multi-byte character must not panic.
-    let num = |from: usize, to: usize| -> Result<i64, String> {
-        b[from..to].iter().try_fold(0_i64, |n, c| {
-            if c.is_ascii_digit() {
-                Ok(n * 10 + i64::from(c - b'0'))
-            } else {
-                Err(bad("expected digits"))
-            }
-        })
-    };
-    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return Err(bad("no such date"));
-    }
-    if hour > 23 || minute > 59 || second > 60 {
-        return Err(bad("no such time of day"));
-    }
-
-    // b[17..19] are ASCII digits, so 19 is a character boundary.
-    let mut rest = &s[19..];
-    let mut millis = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad("empty fraction"));
-        }
-        // Milliseconds: the first three digits; the rest is truncated.
-        for (c, scale) in frac.bytes().take(digits.min(3)).zip([100, 10, 1]) {
-            millis += i64::from(c - b'0') * scale;
-        }
-        rest = &frac[digits..];
-    }
-    let offset_minutes = match rest.as_bytes() {
-        [b'Z' | b'z'] => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2]
-            if [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()) =>
-        {
-            let h = i64::from((h1 - b'0') * 10 + (h2 - b'0'));
-            let m = i64::from((m1 - b'0') * 10 + (m2 - b'0'));
-            if h > 23 || m > 59 {
-                return Err(bad("no such offset"));
-            }
-            let total = h * 60 + m;
-            if *sign == b'-' { -total } else { total }
-        }
-        _ => return Err(bad("expected Z or an offset such as +02:00")),
-    };
-
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
-    Ok(seconds * 1_000 + millis)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        4 | 6 | 9 | 11 => 30,
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e})"))
 }
 
 #[cfg(test)]
