@@ -8,35 +8,23 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::Lab;
-use common::prism_ssh::{argv, known_hosts_pool, lab_key, pin_pool, settings, target};
+use common::prism_ssh::{
+    argv, known_hosts_pool, lab_key, limits, pin_pool, run, run_everywhere, settings, target,
+};
 use prism::ssh::{Credentials, ExecLimits, HostKeys, Pool, SshError};
-
-fn limits() -> ExecLimits {
-    ExecLimits {
-        timeout: Duration::from_secs(20),
-        ..ExecLimits::default()
-    }
-}
 
 #[tokio::test]
 async fn every_node_runs_docker_with_key_auth_and_known_hosts() {
     let lab = Lab::load();
     let pool = known_hosts_pool(&lab);
     let targets: Vec<_> = lab.nodes.iter().map(target).collect();
-    let results = pool
-        .fan_out(&targets, 16, |t| {
-            let pool = &pool;
-            async move {
-                pool.exec(
-                    &t,
-                    &argv(&["docker", "version", "--format", "{{.Server.Version}}"]),
-                    None,
-                    limits(),
-                )
-                .await
-            }
-        })
-        .await;
+    let results = run_everywhere(
+        &pool,
+        &targets,
+        &["docker", "version", "--format", "{{.Server.Version}}"],
+        limits(20),
+    )
+    .await;
     assert_eq!(results.len(), targets.len());
     for (t, result) in results {
         let out = result.unwrap_or_else(|e| panic!("{}: {e}", t.address));
@@ -57,7 +45,7 @@ async fn a_host_missing_from_known_hosts_is_refused() {
     std::fs::write(&empty, "").expect("write");
     let pool = Pool::new(settings(lab_key(&lab), HostKeys::KnownHosts(empty)), None);
     let err = pool
-        .exec(&target(&lab.nodes[0]), &argv(&["true"]), None, limits())
+        .exec(&target(&lab.nodes[0]), &argv(&["true"]), None, limits(20))
         .await
         .expect_err("an unknown host key must be refused");
     assert!(matches!(err, SshError::HostKeyUnknown { .. }), "{err:?}");
@@ -105,7 +93,7 @@ async fn a_key_the_node_does_not_know_is_refused() {
         None,
     );
     let err = pool
-        .exec(&target(&lab.nodes[0]), &argv(&["true"]), None, limits())
+        .exec(&target(&lab.nodes[0]), &argv(&["true"]), None, limits(20))
         .await
         .expect_err("must be refused");
     assert!(matches!(err, SshError::AuthRefused { .. }), "{err:?}");
@@ -160,7 +148,12 @@ async fn the_ssh_agent_can_log_in() {
         None,
     );
     let out = pool
-        .exec(&target(&lab.nodes[0]), &argv(&["id", "-u"]), None, limits())
+        .exec(
+            &target(&lab.nodes[0]),
+            &argv(&["id", "-u"]),
+            None,
+            limits(20),
+        )
         .await
         .expect("agent login");
     assert_eq!(out.stdout_text().trim(), "0");
@@ -194,22 +187,11 @@ async fn arguments_arrive_byte_for_byte() {
         "#comment",
     ];
     for arg in nasty {
-        let out = pool
-            .exec(&node, &argv(&["printf", "%s", arg]), None, limits())
-            .await
-            .expect("exec");
+        let out = run(&pool, &node, &["printf", "%s", arg]).await;
         assert!(out.success(), "{arg:?}: {}", out.stderr_text());
         assert_eq!(out.stdout, arg.as_bytes(), "{arg:?} came back changed");
     }
-    let out = pool
-        .exec(
-            &node,
-            &argv(&["test", "-e", "/tmp/prism-pwned"]),
-            None,
-            limits(),
-        )
-        .await
-        .expect("exec");
+    let out = run(&pool, &node, &["test", "-e", "/tmp/prism-pwned"]).await;
     assert_eq!(
         out.status,
         Some(1),
@@ -222,15 +204,12 @@ async fn exit_codes_stderr_and_stdin() {
     let lab = Lab::load();
     let pool = known_hosts_pool(&lab);
     let node = target(&lab.nodes[0]);
-    let out = pool
-        .exec(
-            &node,
-            &argv(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
-            None,
-            limits(),
-        )
-        .await
-        .expect("exec");
+    let out = run(
+        &pool,
+        &node,
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+    )
+    .await;
     assert_eq!(out.status, Some(3));
     assert_eq!(out.stdout, b"out\n");
     assert_eq!(out.stderr, b"err\n");
@@ -238,7 +217,7 @@ async fn exit_codes_stderr_and_stdin() {
 
     let secret = b"s3cr3t value, never in argv\n";
     let out = pool
-        .exec(&node, &argv(&["cat"]), Some(secret), limits())
+        .exec(&node, &argv(&["cat"]), Some(secret), limits(20))
         .await
         .expect("exec with stdin");
     assert_eq!(out.stdout, secret);
@@ -249,22 +228,14 @@ async fn a_mebibyte_of_output_arrives_whole_and_the_cap_holds() {
     let lab = Lab::load();
     let pool = known_hosts_pool(&lab);
     let node = target(&lab.nodes[0]);
-    let out = pool
-        .exec(
-            &node,
-            &argv(&["head", "-c", "1048576", "/dev/urandom"]),
-            None,
-            limits(),
-        )
-        .await
-        .expect("exec");
+    let out = run(&pool, &node, &["head", "-c", "1048576", "/dev/urandom"]).await;
     assert!(out.success());
     assert_eq!(out.stdout.len(), 1 << 20);
     assert!(!out.truncated);
 
     let capped = ExecLimits {
         max_output: 1000,
-        ..limits()
+        ..limits(20)
     };
     let out = pool
         .exec(

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::prism_ssh::{argv, known_hosts_pool, pin_pool, target};
+use common::prism_ssh::{argv, known_hosts_pool, limits, pin_pool, run_everywhere, target};
 use common::{Lab, lab_cmd};
 use prism::ssh::{ExecLimits, SshError};
 
@@ -30,13 +30,6 @@ impl<F: FnMut()> Drop for Undo<F> {
     }
 }
 
-fn short() -> ExecLimits {
-    ExecLimits {
-        timeout: Duration::from_secs(2),
-        ..ExecLimits::default()
-    }
-}
-
 #[tokio::test]
 async fn a_paused_node_times_out_while_the_others_answer() {
     let _serial = SERIAL.lock().await;
@@ -53,12 +46,7 @@ async fn a_paused_node_times_out_while_the_others_answer() {
         docker(&["unpause", &paused.container]);
     });
     let started = Instant::now();
-    let results = pool
-        .fan_out(&targets, 16, |t| {
-            let pool = &pool;
-            async move { pool.exec(&t, &argv(&["true"]), None, short()).await }
-        })
-        .await;
+    let results = run_everywhere(&pool, &targets, &["true"], limits(2)).await;
     let elapsed = started.elapsed();
     for (t, result) in results {
         if t.address == paused.address {
@@ -83,12 +71,7 @@ async fn a_partitioned_node_is_unreachable_while_the_others_answer() {
         let _ = lab_cmd(&["heal", &cut.name]);
     });
     let targets: Vec<_> = lab.nodes.iter().map(target).collect();
-    let results = pool
-        .fan_out(&targets, 16, |t| {
-            let pool = &pool;
-            async move { pool.exec(&t, &argv(&["true"]), None, short()).await }
-        })
-        .await;
+    let results = run_everywhere(&pool, &targets, &["true"], limits(2)).await;
     for (t, result) in results {
         if t.address == cut.address {
             let err = result.expect_err("a partitioned node cannot answer");

@@ -319,7 +319,12 @@ pub mod prism_ssh {
     use std::path::Path;
     use std::sync::{Arc, Mutex};
 
-    use prism::ssh::{ConnectOptions, Credentials, HostKeys, Pool, SshSettings, Target};
+    use std::time::Duration;
+
+    use prism::ssh::{
+        ConnectOptions, Credentials, ExecLimits, HostKeys, Output, Pool, SshError, SshSettings,
+        Target,
+    };
     use prism::store::Store;
 
     use super::{Lab, Node};
@@ -371,5 +376,40 @@ pub mod prism_ssh {
 
     pub fn argv(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    pub fn limits(timeout_secs: u64) -> ExecLimits {
+        ExecLimits {
+            timeout: Duration::from_secs(timeout_secs),
+            ..ExecLimits::default()
+        }
+    }
+
+    /// Runs `args` on one node (20 s timeout); a transport error fails the test.
+    pub async fn run(pool: &Pool, node: &Target, args: &[&str]) -> Output {
+        pool.exec(node, &argv(args), None, limits(20))
+            .await
+            .unwrap_or_else(|e| panic!("{args:?} on {}: {e}", node.address))
+    }
+
+    /// Runs `args` on every node at once.
+    pub async fn run_everywhere(
+        pool: &Pool,
+        nodes: &[Target],
+        args: &[&str],
+        limits: ExecLimits,
+    ) -> Vec<(Target, Result<Output, SshError>)> {
+        let args = argv(args);
+        pool.fan_out(nodes, 16, |t| {
+            let args = &args;
+            async move {
+                let result = pool.exec(&t, args, None, limits).await;
+                (t, result)
+            }
+        })
+        .await
+        .into_iter()
+        .map(|(_, pair)| pair)
+        .collect()
     }
 }
