@@ -12,7 +12,7 @@ use std::time::Duration;
 
 pub use auth::Credentials;
 pub use error::SshError;
-pub use pool::Pool;
+pub use pool::{Pool, fan_out};
 pub use session::{ConnectOptions, ExecLimits, Output, Session, quote};
 pub use trust::{Trust, Verdict, fingerprint};
 

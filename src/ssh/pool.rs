@@ -117,29 +117,6 @@ impl Pool {
         *slot = Slot::default();
     }
 
-    /// Runs `f` for every target, at most `limit` at a time, results in
-    /// the order they finish. Each call carries its own timeouts, so a dead
-    /// node delays nobody else.
-    pub async fn fan_out<T, F, Fut>(
-        &self,
-        targets: &[Target],
-        limit: usize,
-        f: F,
-    ) -> Vec<(Target, T)>
-    where
-        F: Fn(Target) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        stream::iter(targets.iter().cloned())
-            .map(|t| {
-                let run = f(t.clone());
-                async move { (t, run.await) }
-            })
-            .buffer_unordered(limit.max(1))
-            .collect()
-            .await
-    }
-
     fn trust_for(&self, target: &Target) -> Result<Trust, SshError> {
         match &self.settings.host_keys {
             HostKeys::KnownHosts(file) => Ok(Trust::KnownHosts {
@@ -265,4 +242,22 @@ impl Pool {
 
 fn lock(store: &Arc<Mutex<Store>>) -> std::sync::MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// Runs `f` for every target, at most `limit` at a time, results in the
+/// order they finish. Each call carries its own timeouts, so a dead node
+/// delays nobody else.
+pub async fn fan_out<T, F, Fut>(targets: &[Target], limit: usize, f: F) -> Vec<(Target, T)>
+where
+    F: Fn(Target) -> Fut,
+    Fut: Future<Output = T>,
+{
+    stream::iter(targets.iter().cloned())
+        .map(|t| {
+            let run = f(t.clone());
+            async move { (t, run.await) }
+        })
+        .buffer_unordered(limit.max(1))
+        .collect()
+        .await
 }

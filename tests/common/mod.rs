@@ -400,16 +400,10 @@ pub mod prism_ssh {
         limits: ExecLimits,
     ) -> Vec<(Target, Result<Output, SshError>)> {
         let args = argv(args);
-        pool.fan_out(nodes, 16, |t| {
+        prism::ssh::fan_out(nodes, 16, |t| {
             let args = &args;
-            async move {
-                let result = pool.exec(&t, args, None, limits).await;
-                (t, result)
-            }
+            async move { pool.exec(&t, args, None, limits).await }
         })
         .await
-        .into_iter()
-        .map(|(_, pair)| pair)
-        .collect()
     }
 }
