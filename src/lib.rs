@@ -1,7 +1,9 @@
 //! Prism: containers on cheap spot instances that survive preemption.
 
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod observe;
+pub mod operator;
 pub mod ssh;
 pub mod store;

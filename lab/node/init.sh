@@ -32,6 +32,13 @@ mkdir -p /run/sshd
 /usr/sbin/sshd -o PasswordAuthentication=no || die "sshd did not start"
 say "sshd up on $(hostname)"
 
-# The inner dockerd is the node's engine. Its daemon reads images from the
-# lab's registry over plain HTTP.
-exec dockerd --insecure-registry 172.31.250.2:5000 --host unix:///var/run/docker.sock
+# The inner dockerd is the node's engine. It runs beside this script rather
+# than in its place, so `lab/lab dockerd NODE stop` can stop Docker while the
+# node itself (sshd) stays up, as `systemctl stop docker` would.
+lab-dockerd &
+dockerd_pid=$!
+trap 'kill -TERM "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid"; exit 0' TERM INT
+while :; do
+    sleep 3600 &
+    wait $! || true
+done

@@ -52,12 +52,18 @@ pub enum Command {
     /// Show nodes and containers as last recorded in the state store.
     ///
     /// Reads the state file named by fleet.toml ([fleet] state); contacts no
-    /// node. A fleet that was never reconciled has no state yet.
+    /// node unless --probe is given. A fleet that was never reconciled has no
+    /// state yet.
     #[command(after_help = EXIT_CODES)]
     Status {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// Discover the nodes and probe each over SSH now (Docker, memory,
+        /// disk, containers, and why a node is not ready), record what is
+        /// found, then print. Changes nothing on the nodes.
+        #[arg(long)]
+        probe: bool,
     },
 }
 
@@ -72,6 +78,12 @@ pub enum Failure {
     Output(#[from] std::io::Error),
     #[error("{0}")]
     Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Ssh(#[from] crate::ssh::SshError),
+    #[error("{0}")]
+    Discovery(#[from] crate::cloud::DiscoveryError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 impl Failure {
@@ -83,13 +95,26 @@ impl Failure {
     }
 }
 
+/// Runs a command's async part; commands that need no network never start
+/// a runtime.
+fn block_on<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    tokio::runtime::Runtime::new()
+        .map_err(Failure::Runtime)?
+        .block_on(f)
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Validate => validate::run(&cli.config),
-        Command::Status { json } => Config::load(&cli.config)
+        Command::Status { json, probe } => Config::load(&cli.config)
             .map_err(Failure::from)
-            .and_then(|config| status::run(&config, *json)),
+            .and_then(|config| {
+                if *probe {
+                    block_on(status::probe(&config))?;
+                }
+                status::run(&config, *json)
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,9 +4,15 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use std::sync::{Arc, Mutex};
+
 use super::Failure;
-use super::table::{age, opt, render};
-use crate::config::{Bytes, Config};
+use super::table::{age, opt, render, size};
+use crate::cloud::Discovery;
+use crate::config::Config;
+use crate::observe::ProbeLimits;
+use crate::operator::{observe, record};
+use crate::ssh::{Pool, SshSettings};
 use crate::store::{ContainerRecord, LockInfo, NodeRecord, Placement, Store, now_ms};
 
 #[derive(Serialize)]
@@ -49,6 +55,22 @@ pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Discovers the fleet, probes every node and records what was found.
+pub async fn probe(config: &Config) -> Result<(), Failure> {
+    let store = Arc::new(Mutex::new(Store::open(&config.state_path())?));
+    let pool = Pool::new(SshSettings::from_config(config)?, Some(store.clone()));
+    let nodes = Discovery::from_config(config).await.nodes().await?;
+    let pass = observe(
+        &pool,
+        &nodes,
+        &config.fleet.fleet.name,
+        ProbeLimits::default(),
+    )
+    .await;
+    record(&store, &pass)?;
+    Ok(())
+}
+
 fn human(s: &Status, now: i64) -> String {
     let mut text = format!("fleet {}  (state: {})\n", s.fleet, s.state_file);
     if !s.recorded {
@@ -68,8 +90,8 @@ fn human(s: &Status, now: i64) -> String {
             .iter()
             .map(|n| {
                 let memory = match (n.memory_free, n.memory_total) {
-                    (Some(free), Some(total)) => format!("{} free of {}", mib(free), mib(total)),
-                    (None, Some(total)) => mib(total),
+                    (Some(free), Some(total)) => format!("{} free of {}", size(free), size(total)),
+                    (None, Some(total)) => size(total),
                     _ => "-".into(),
                 };
                 vec![
@@ -104,6 +126,14 @@ fn human(s: &Status, now: i64) -> String {
             ],
             &rows,
         ));
+        let troubled: Vec<_> = s.nodes.iter().filter(|n| n.condition.is_some()).collect();
+        if !troubled.is_empty() {
+            text.push_str("\nNOT READY\n");
+            for n in troubled {
+                let detail = n.condition_detail.as_deref().unwrap_or("");
+                text.push_str(&format!("  {} ({}): {detail}\n", n.name, n.id));
+            }
+        }
     }
     text.push_str(&format!("\nCONTAINERS ({})\n", s.containers.len()));
     if s.containers.is_empty() {
@@ -145,10 +175,6 @@ fn human(s: &Status, now: i64) -> String {
     text
 }
 
-fn mib(bytes: i64) -> String {
-    Bytes(u64::try_from(bytes).unwrap_or(0)).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,10 +195,12 @@ mod tests {
                 lifecycle: "spot".into(),
                 state: "lost".into(),
                 condition: Some("unreachable".into()),
+                condition_detail: Some("i-0abc: unreachable at 172.31.250.10: no route".into()),
                 docker_version: None,
                 memory_total: Some(2 << 30),
                 memory_free: Some(1 << 30),
                 cpus: Some(2000),
+                disk_free: None,
                 first_seen: 0,
                 last_seen: 50_000,
                 last_probe: None,
@@ -224,6 +252,12 @@ mod tests {
                 "{cell} missing from {node_line:?}"
             );
         }
+        assert!(
+            text.contains(
+                "NOT READY\n  node1 (i-0abc): i-0abc: unreachable at 172.31.250.10: no route\n"
+            ),
+            "{text}"
+        );
         let pod_line = text
             .lines()
             .find(|l| l.starts_with("blog/web/0"))

@@ -26,6 +26,20 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A size for people: `512M`, `1.5G`, `23.5G` (binary units, one decimal
+/// from G up, as Docker and free(1) count).
+pub fn size(bytes: i64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    const GIB: f64 = (1u64 << 30) as f64;
+    let b = bytes.max(0) as f64;
+    if b >= GIB {
+        let g = format!("{:.1}", b / GIB);
+        format!("{}G", g.strip_suffix(".0").unwrap_or(&g))
+    } else {
+        format!("{}M", (b / MIB).round())
+    }
+}
+
 /// `45s`, `12m`, `3h`, `2d` since a unix-ms timestamp.
 pub fn age(now_ms: i64, then_ms: i64) -> String {
     let secs = (now_ms - then_ms).max(0) / 1000;
@@ -44,6 +58,15 @@ pub fn opt(value: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_like_free() {
+        assert_eq!(size(512 << 20), "512M");
+        assert_eq!(size(1 << 30), "1G");
+        assert_eq!(size(24_684_096 * 1024), "23.5G");
+        assert_eq!(size(1_500_000), "1M");
+        assert_eq!(size(-5), "0M");
+    }
 
     #[test]
     fn columns_align_to_the_widest_cell() {

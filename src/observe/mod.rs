@@ -1,6 +1,7 @@
-//! Reading a node's state, the pure half: the argv of each read-only
-//! command Prism runs on a node (data, never a shell string: the SSH layer
-//! quotes it) and typed parsers of what those commands print. No I/O here.
+//! Reading a node's state. [`probe`] runs the read-only commands over SSH
+//! and [`node_record`] turns what it found into state-store rows; all the
+//! rest is pure: the argv of each command (data, never a shell string: the
+//! SSH layer quotes it) and typed parsers of what those commands print.
 //!
 //! | argv | parser | expect |
 //! |---|---|---|
@@ -17,6 +18,8 @@ mod error;
 mod info;
 pub mod labels;
 mod node;
+mod probe;
+mod record;
 mod time;
 
 pub use containers::{
@@ -28,3 +31,5 @@ pub use error::{ParseError, Probe};
 pub use info::{DockerInfo, docker_info_argv, parse_docker_info};
 pub use labels::{Identity, LabelProblem, PrismLabels};
 pub use node::{DockerStatus, FACTS_SCRIPT, NodeFacts, node_facts_argv, parse_node_facts};
+pub use probe::{Condition, ProbeLimits, Probed, probe};
+pub use record::{container_records, node_record};

@@ -76,6 +76,11 @@ const STEPS: &[&str] = &[
         heartbeat_at INTEGER NOT NULL
     );
     "#,
+    // 2: why a node is not ready, in words; its free disk.
+    r#"
+    ALTER TABLE nodes ADD COLUMN condition_detail TEXT;
+    ALTER TABLE nodes ADD COLUMN disk_free INTEGER;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

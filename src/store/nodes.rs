@@ -15,11 +15,16 @@ pub struct NodeRecord {
     pub instance_type: Option<String>,
     pub lifecycle: String,
     pub state: String,
+    /// A short name (`unreachable`, `docker-down`, ...) when not ready.
     pub condition: Option<String>,
+    /// The condition in words, as the node or SSH reported it.
+    pub condition_detail: Option<String>,
     pub docker_version: Option<String>,
     pub memory_total: Option<i64>,
     pub memory_free: Option<i64>,
     pub cpus: Option<i64>,
+    /// Bytes free where Docker keeps its data.
+    pub disk_free: Option<i64>,
     pub first_seen: i64,
     pub last_seen: i64,
     pub last_probe: Option<i64>,
@@ -51,7 +56,8 @@ pub struct Placement {
 }
 
 const NODE_COLUMNS: &str = "id, name, address, provider, zone, instance_type, lifecycle, state, condition, \
-     docker_version, memory_total, memory_free, cpus, first_seen, last_seen, last_probe";
+     docker_version, memory_total, memory_free, cpus, first_seen, last_seen, last_probe, \
+     condition_detail, disk_free";
 
 fn node_from_row(r: &Row<'_>) -> rusqlite::Result<NodeRecord> {
     Ok(NodeRecord {
@@ -71,6 +77,8 @@ fn node_from_row(r: &Row<'_>) -> rusqlite::Result<NodeRecord> {
         first_seen: r.get(13)?,
         last_seen: r.get(14)?,
         last_probe: r.get(15)?,
+        condition_detail: r.get(16)?,
+        disk_free: r.get(17)?,
     })
 }
 
@@ -80,18 +88,19 @@ impl Store {
         self.conn
             .execute(
                 &format!(
-                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
                      ON CONFLICT (id) DO UPDATE SET name = excluded.name, address = excluded.address,
                        provider = excluded.provider, zone = excluded.zone, instance_type = excluded.instance_type,
                        lifecycle = excluded.lifecycle, state = excluded.state, condition = excluded.condition,
                        docker_version = excluded.docker_version, memory_total = excluded.memory_total,
                        memory_free = excluded.memory_free, cpus = excluded.cpus, last_seen = excluded.last_seen,
-                       last_probe = excluded.last_probe"
+                       last_probe = excluded.last_probe, condition_detail = excluded.condition_detail,
+                       disk_free = excluded.disk_free"
                 ),
                 params![
                     n.id, n.name, n.address, n.provider, n.zone, n.instance_type, n.lifecycle, n.state,
                     n.condition, n.docker_version, n.memory_total, n.memory_free, n.cpus, n.first_seen,
-                    n.last_seen, n.last_probe
+                    n.last_seen, n.last_probe, n.condition_detail, n.disk_free
                 ],
             )
             .map_err(|e| self.sql(e))?;
@@ -251,10 +260,12 @@ pub(crate) mod tests {
             lifecycle: "spot".into(),
             state: "ready".into(),
             condition: None,
+            condition_detail: None,
             docker_version: Some("20.10.24".into()),
             memory_total: Some(2 << 30),
             memory_free: Some(1 << 30),
             cpus: Some(2000),
+            disk_free: Some(10 << 30),
             first_seen: 1000,
             last_seen: 2000,
             last_probe: Some(2000),

@@ -126,6 +126,31 @@ impl Lab {
         self.dir.join("id_ed25519")
     }
 
+    /// The lab's fleet.toml copied into `dir` with its own state file (so
+    /// tests never share state) and the lab's key and known_hosts by
+    /// absolute path. `extra` is appended (more apps, more tables).
+    pub fn fleet_file(&self, dir: &Path, extra: &str) -> PathBuf {
+        let text = std::fs::read_to_string(self.dir.join("fleet.toml"))
+            .unwrap_or_else(|e| panic!("{NOT_UP}: cannot read the lab's fleet.toml: {e}"));
+        let at = |file: &str| format!("{:?}", self.dir.join(file).display().to_string());
+        let text = text
+            .replace(
+                "state = \"state.db\"",
+                &format!("state = {:?}", dir.join("state.db").display().to_string()),
+            )
+            .replace(
+                "identity = \"id_ed25519\"",
+                &format!("identity = {}", at("id_ed25519")),
+            )
+            .replace(
+                "known_hosts = \"known_hosts\"",
+                &format!("known_hosts = {}", at("known_hosts")),
+            );
+        let file = dir.join("fleet.toml");
+        std::fs::write(&file, format!("{text}\n{extra}")).expect("write fleet.toml");
+        file
+    }
+
     /// `ssh root@addr remote` with the lab's known_hosts and strict host key
     /// checking; `identity` picks the key offered (and only that key).
     pub fn ssh_with(&self, identity: &Path, addr: &str, remote: &str) -> Output {
@@ -252,6 +277,18 @@ fn instance(inst: &aws_sdk_ec2::types::Instance) -> Result<Instance> {
             .map(|n| n.as_str().to_string()),
         spot: inst.instance_lifecycle().map(|l| l.as_str()) == Some("spot"),
     })
+}
+
+/// Runs `prism` with the lab's AWS credentials and `args`.
+pub fn prism(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args(args)
+        .env_remove("PRISM_CONFIG")
+        .env("AWS_ACCESS_KEY_ID", "lab")
+        .env("AWS_SECRET_ACCESS_KEY", "lab")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("run prism")
 }
 
 /// Runs `lab/lab args`; fails with its stderr unless it exits 0.

@@ -1,0 +1,113 @@
+//! Where nodes come from: EC2 instances found by tag, or a static list in
+//! fleet.toml. Both become the same `Node`, so everything after discovery
+//! is blind to the source.
+
+mod ec2;
+mod listed;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+pub use ec2::Ec2;
+
+use crate::config::{Config, Provider};
+use crate::ssh::Target;
+
+/// How the machine is billed; spot nodes can be taken away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Lifecycle {
+    Spot,
+    OnDemand,
+    Static,
+}
+
+impl Lifecycle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Spot => "spot",
+            Lifecycle::OnDemand => "on-demand",
+            Lifecycle::Static => "static",
+        }
+    }
+}
+
+/// What the provider says of the machine (EC2's instance state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Presence {
+    Pending,
+    Running,
+    /// Shutting down, stopping or stopped: it is going away, act at once.
+    Leaving,
+}
+
+/// One machine of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    /// The instance id, or a static node's name: host keys are pinned per id.
+    pub id: String,
+    /// What people call it: the Name tag, the static name, else the id.
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub provider: &'static str,
+    pub zone: Option<String>,
+    pub instance_type: Option<String>,
+    pub lifecycle: Lifecycle,
+    pub presence: Presence,
+    /// Epoch milliseconds.
+    pub launched_at: Option<i64>,
+    /// Memory and CPU declared ahead (fleet.toml); the smaller of this and
+    /// what the node reports is used.
+    pub memory: Option<u64>,
+    /// Millicores.
+    pub cpu: Option<u64>,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Node {
+    pub fn target(&self) -> Target {
+        Target {
+            id: self.id.clone(),
+            address: self.address.clone(),
+            port: self.port,
+            user: self.user.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("EC2 DescribeInstances failed: {0}")]
+    Ec2(String),
+    #[error("EC2 instance {id} has no {kind} address (set [discovery] address)")]
+    NoAddress { id: String, kind: &'static str },
+}
+
+/// The fleet's inventory source, made once and asked on every pass.
+pub enum Discovery {
+    Ec2(Ec2),
+    Listed(Vec<Node>),
+}
+
+impl Discovery {
+    pub async fn from_config(config: &Config) -> Discovery {
+        match config.fleet.discovery.provider {
+            Provider::Ec2 => Discovery::Ec2(Ec2::from_config(config).await),
+            Provider::Static => Discovery::Listed(listed::nodes(config)),
+        }
+    }
+
+    /// The fleet's machines now, sorted by id.
+    pub async fn nodes(&self) -> Result<Vec<Node>, DiscoveryError> {
+        let mut nodes = match self {
+            Discovery::Ec2(ec2) => ec2.nodes().await?,
+            Discovery::Listed(nodes) => nodes.clone(),
+        };
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+}
