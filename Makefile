@@ -1,8 +1,12 @@
 # Two entry points; the work lives in scripts/ so CI and people run the same thing.
-.PHONY: demo test
+.PHONY: demo test bench
 
 demo:
 	@scripts/demo
 
 test:
 	@scripts/test
+
+# Figures for the issues' targets (release build; needs the lab at 10 nodes).
+bench:
+	@scripts/bench
