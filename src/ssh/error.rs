@@ -13,7 +13,7 @@ pub enum SshError {
     #[error("{node}: no SSH handshake within {}s", .after.as_secs_f32())]
     HandshakeTimeout { node: String, after: Duration },
     #[error(
-        "{node}: HOST KEY MISMATCH: expected {expected}, the server offered {offered}; refusing to connect (node marked untrusted)"
+        "{node}: HOST KEY MISMATCH: expected {expected}, the server offered {offered}; refusing to connect (marked untrusted)"
     )]
     HostKeyMismatch {
         node: String,
@@ -42,6 +42,9 @@ pub enum SshError {
     BadArgument { node: String, index: usize },
     #[error("{node}: SSH connection failed: {reason}")]
     Protocol { node: String, reason: String },
+    /// The bastion failed, not the node; `source` names the bastion and how.
+    #[error("{node}: cannot reach the node through the bastion: {source}")]
+    ViaBastion { node: String, source: Box<SshError> },
 }
 
 impl SshError {
@@ -57,6 +60,12 @@ impl SshError {
             SshError::Timeout { .. } => "timeout",
             SshError::BadArgument { .. } => "bad-argument",
             SshError::Protocol { .. } => "ssh-error",
+            SshError::ViaBastion { source, .. } => match source.condition() {
+                "unreachable" | "timeout" | "ssh-error" => "bastion-unreachable",
+                "host-key-mismatch" | "host-key-unknown" => "bastion-untrusted",
+                "auth-refused" => "bastion-auth-refused",
+                _ => "bastion-error",
+            },
         }
     }
 
@@ -68,6 +77,6 @@ impl SshError {
                 | SshError::HandshakeTimeout { .. }
                 | SshError::Timeout { .. }
                 | SshError::Protocol { .. }
-        )
+        ) || matches!(self, SshError::ViaBastion { source, .. } if source.is_transient())
     }
 }

@@ -5,9 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use russh::ChannelMsg;
 use russh::client::{self, Handle};
 use russh::keys::PublicKey;
+use russh::{ChannelMsg, ChannelStream};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -213,9 +213,16 @@ impl Session {
                 reason: "the server's host key was never checked".into(),
             });
         };
-        credentials
-            .authenticate(&mut handle, &node, &target.user)
-            .await?;
+        // A server that stalls after the handshake must not hang us either.
+        tokio::time::timeout(
+            options.connect_timeout,
+            credentials.authenticate(&mut handle, &node, &target.user),
+        )
+        .await
+        .map_err(|_| SshError::HandshakeTimeout {
+            node: node.clone(),
+            after: options.connect_timeout,
+        })??;
         Ok(Session {
             node,
             handle,
@@ -311,6 +318,53 @@ impl Session {
             }
         }
         Ok(out)
+    }
+
+    /// A TCP connection from this session's server to `to`
+    /// (`direct-tcpip`): how a bastion carries a node's own SSH session. A
+    /// refusal, or no answer within `timeout`, is the node's failure, not
+    /// the bastion's.
+    pub async fn tunnel(
+        &self,
+        to: &Target,
+        timeout: Duration,
+    ) -> Result<ChannelStream<client::Msg>, SshError> {
+        let address = format!("{}:{} via {}", to.address, to.port, self.node);
+        let opened = tokio::time::timeout(
+            timeout,
+            self.handle.channel_open_direct_tcpip(
+                to.address.clone(),
+                u32::from(to.port),
+                "127.0.0.1",
+                0,
+            ),
+        )
+        .await;
+        match opened {
+            Ok(Ok(channel)) => Ok(channel.into_stream()),
+            Ok(Err(russh::Error::ChannelOpenFailure(
+                russh::ChannelOpenFailure::AdministrativelyProhibited,
+            ))) => Err(SshError::Protocol {
+                node: self.node.clone(),
+                reason:
+                    "it refuses to forward TCP (AllowTcpForwarding, PermitOpen in its sshd_config)"
+                        .into(),
+            }),
+            Ok(Err(russh::Error::ChannelOpenFailure(reason))) => Err(SshError::Unreachable {
+                node: to.id.clone(),
+                address,
+                reason: format!("the bastion could not connect ({reason:?})"),
+            }),
+            Ok(Err(e)) => Err(SshError::Protocol {
+                node: self.node.clone(),
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(SshError::Unreachable {
+                node: to.id.clone(),
+                address,
+                reason: format!("no answer within {}s", timeout.as_secs_f32()),
+            }),
+        }
     }
 
     /// Opens a session channel; a refusal (sshd still freeing the slot of
