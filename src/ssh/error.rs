@@ -45,6 +45,17 @@ pub enum SshError {
     /// The bastion failed, not the node; `source` names the bastion and how.
     #[error("{node}: cannot reach the node through the bastion: {source}")]
     ViaBastion { node: String, source: Box<SshError> },
+    #[error("{node}: {limit} streams are already open on its connection; drop one first")]
+    TooManyStreams { node: String, limit: usize },
+    #[error(
+        "{node}: {command}: the reader took nothing for {}s; the stream was closed so the node's connection is not held up",
+        .after.as_secs_f32()
+    )]
+    StreamStalled {
+        node: String,
+        command: String,
+        after: Duration,
+    },
 }
 
 impl SshError {
@@ -66,6 +77,8 @@ impl SshError {
                 "auth-refused" => "bastion-auth-refused",
                 _ => "bastion-error",
             },
+            SshError::TooManyStreams { .. } => "busy",
+            SshError::StreamStalled { .. } => "stream-stalled",
         }
     }
 
@@ -77,6 +90,7 @@ impl SshError {
                 | SshError::HandshakeTimeout { .. }
                 | SshError::Timeout { .. }
                 | SshError::Protocol { .. }
+                | SshError::TooManyStreams { .. }
         ) || matches!(self, SshError::ViaBastion { source, .. } if source.is_transient())
     }
 }

@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod pool;
 mod session;
+mod stream;
 mod trust;
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ pub use auth::Credentials;
 pub use error::SshError;
 pub use pool::{Pool, fan_out};
 pub use session::{ConnectOptions, ExecLimits, Output, Session, quote};
+pub use stream::{Chunk, ExecStream, StreamLimits};
 pub use trust::{Trust, Verdict, fingerprint};
 
 use crate::config::{Config, HostKeyPolicy, Ssh};

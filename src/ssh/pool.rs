@@ -13,7 +13,9 @@ use russh::keys::PublicKey;
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::trust::{Trust, fingerprint};
-use super::{ExecLimits, HostKeys, Output, Session, SshError, SshSettings, Target};
+use super::{
+    ExecLimits, ExecStream, HostKeys, Output, Session, SshError, SshSettings, StreamLimits, Target,
+};
 use crate::store::{Level, NewEvent, Store};
 
 #[derive(Default)]
@@ -111,6 +113,24 @@ impl Pool {
             Err(SshError::Protocol { .. }) if session.is_closed() => {
                 self.forget(target).await;
                 self.session(target).await?.exec(argv, stdin, limits).await
+            }
+            result => result,
+        }
+    }
+
+    /// Starts argv on the node and streams its output (`docker logs -f`);
+    /// a connection found dead is replaced once.
+    pub async fn exec_stream(
+        &self,
+        target: &Target,
+        argv: &[String],
+        limits: StreamLimits,
+    ) -> Result<ExecStream, SshError> {
+        let session = self.session(target).await?;
+        match session.exec_stream(argv, limits).await {
+            Err(SshError::Protocol { .. }) if session.is_closed() => {
+                self.forget(target).await;
+                self.session(target).await?.exec_stream(argv, limits).await
             }
             result => result,
         }
