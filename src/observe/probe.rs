@@ -66,8 +66,14 @@ impl Condition {
     }
 
     fn from_ssh(e: &SshError) -> Condition {
-        let text = e.to_string();
+        Condition::classify(e, e.to_string())
+    }
+
+    /// `text` is the outermost error's, which names the bastion when the
+    /// cause is behind one.
+    fn classify(e: &SshError, text: String) -> Condition {
         match e {
+            SshError::ViaBastion { source, .. } => Condition::classify(source, text),
             SshError::Unreachable { .. } | SshError::HandshakeTimeout { .. } => {
                 Condition::Unreachable(text)
             }
@@ -77,9 +83,10 @@ impl Condition {
                 Condition::HostKeyUnknown(text)
             }
             SshError::Timeout { .. } => Condition::Timeout(text),
-            SshError::BadArgument { .. } | SshError::Protocol { .. } => {
-                Condition::ProbeFailed(text)
-            }
+            SshError::BadArgument { .. }
+            | SshError::Protocol { .. }
+            | SshError::TooManyStreams { .. }
+            | SshError::StreamStalled { .. } => Condition::ProbeFailed(text),
         }
     }
 }

@@ -13,7 +13,7 @@ pub enum SshError {
     #[error("{node}: no SSH handshake within {}s", .after.as_secs_f32())]
     HandshakeTimeout { node: String, after: Duration },
     #[error(
-        "{node}: HOST KEY MISMATCH: expected {expected}, the server offered {offered}; refusing to connect (node marked untrusted)"
+        "{node}: HOST KEY MISMATCH: expected {expected}, the server offered {offered}; refusing to connect (marked untrusted)"
     )]
     HostKeyMismatch {
         node: String,
@@ -42,6 +42,20 @@ pub enum SshError {
     BadArgument { node: String, index: usize },
     #[error("{node}: SSH connection failed: {reason}")]
     Protocol { node: String, reason: String },
+    /// The bastion failed, not the node; `source` names the bastion and how.
+    #[error("{node}: cannot reach the node through the bastion: {source}")]
+    ViaBastion { node: String, source: Box<SshError> },
+    #[error("{node}: {limit} streams are already open on its connection; drop one first")]
+    TooManyStreams { node: String, limit: usize },
+    #[error(
+        "{node}: {command}: the reader took nothing for {}s; the stream was closed so the node's connection is not held up",
+        .after.as_secs_f32()
+    )]
+    StreamStalled {
+        node: String,
+        command: String,
+        after: Duration,
+    },
 }
 
 impl SshError {
@@ -57,6 +71,14 @@ impl SshError {
             SshError::Timeout { .. } => "timeout",
             SshError::BadArgument { .. } => "bad-argument",
             SshError::Protocol { .. } => "ssh-error",
+            SshError::ViaBastion { source, .. } => match source.condition() {
+                "unreachable" | "timeout" | "ssh-error" => "bastion-unreachable",
+                "host-key-mismatch" | "host-key-unknown" => "bastion-untrusted",
+                "auth-refused" => "bastion-auth-refused",
+                _ => "bastion-error",
+            },
+            SshError::TooManyStreams { .. } => "busy",
+            SshError::StreamStalled { .. } => "stream-stalled",
         }
     }
 
@@ -68,6 +90,7 @@ impl SshError {
                 | SshError::HandshakeTimeout { .. }
                 | SshError::Timeout { .. }
                 | SshError::Protocol { .. }
-        )
+                | SshError::TooManyStreams { .. }
+        ) || matches!(self, SshError::ViaBastion { source, .. } if source.is_transient())
     }
 }

@@ -1,6 +1,7 @@
 //! One live connection per node, reused across commands and reconciles.
 //! A dead connection is noticed and replaced; a node that keeps failing is
-//! retried with backoff so it never slows the others.
+//! retried with backoff so it never slows the others. With a bastion, one
+//! pooled connection to it carries every node's session in a tunnel.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,7 +13,9 @@ use russh::keys::PublicKey;
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::trust::{Trust, fingerprint};
-use super::{ExecLimits, HostKeys, Output, Session, SshError, SshSettings, Target};
+use super::{
+    ExecLimits, ExecStream, HostKeys, Output, Session, SshError, SshSettings, StreamLimits, Target,
+};
 use crate::store::{Level, NewEvent, Store};
 
 #[derive(Default)]
@@ -53,6 +56,15 @@ impl Pool {
 
     /// The node's live session, connecting if there is none.
     pub async fn session(&self, target: &Target) -> Result<Arc<Session>, SshError> {
+        self.pooled(target, self.settings.bastion.as_ref()).await
+    }
+
+    /// The live session to `target`, reached directly or through `bastion`.
+    async fn pooled(
+        &self,
+        target: &Target,
+        bastion: Option<&Target>,
+    ) -> Result<Arc<Session>, SshError> {
         let slot = self.slot(&target.id);
         let mut slot = slot.lock().await;
         if let Some(session) = &slot.session {
@@ -66,7 +78,7 @@ impl Pool {
         {
             return Err(err.clone());
         }
-        match self.connect(target).await {
+        match self.connect(target, bastion).await {
             Ok(session) => {
                 let session = Arc::new(session);
                 *slot = Slot {
@@ -101,6 +113,24 @@ impl Pool {
             Err(SshError::Protocol { .. }) if session.is_closed() => {
                 self.forget(target).await;
                 self.session(target).await?.exec(argv, stdin, limits).await
+            }
+            result => result,
+        }
+    }
+
+    /// Starts argv on the node and streams its output (`docker logs -f`);
+    /// a connection found dead is replaced once.
+    pub async fn exec_stream(
+        &self,
+        target: &Target,
+        argv: &[String],
+        limits: StreamLimits,
+    ) -> Result<ExecStream, SshError> {
+        let session = self.session(target).await?;
+        match session.exec_stream(argv, limits).await {
+            Err(SshError::Protocol { .. }) if session.is_closed() => {
+                self.forget(target).await;
+                self.session(target).await?.exec_stream(argv, limits).await
             }
             result => result,
         }
@@ -160,30 +190,53 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, target: &Target) -> Result<Session, SshError> {
+    async fn connect(
+        &self,
+        target: &Target,
+        bastion: Option<&Target>,
+    ) -> Result<Session, SshError> {
         let trust = self.trust_for(target)?;
-        let result = Session::connect(
-            target,
-            trust,
-            &self.settings.credentials,
-            &self.settings.connect,
-        )
-        .await;
+        let (credentials, options) = (&self.settings.credentials, &self.settings.connect);
+        let result = match bastion {
+            None => Session::connect(target, trust, credentials, options).await,
+            Some(bastion) => {
+                // The bastion's own failures are told apart from the node's.
+                let jump = Box::pin(self.pooled(bastion, None)).await.map_err(|e| {
+                    SshError::ViaBastion {
+                        node: target.id.clone(),
+                        source: Box::new(e),
+                    }
+                })?;
+                let tunnel =
+                    jump.tunnel(target, options.connect_timeout)
+                        .await
+                        .map_err(|e| match e {
+                            SshError::Unreachable { .. } => e,
+                            other => SshError::ViaBastion {
+                                node: target.id.clone(),
+                                source: Box::new(other),
+                            },
+                        })?;
+                Session::over_stream(tunnel, target, trust, credentials, options).await
+            }
+        };
         let session = match result {
             Ok(session) => session,
             Err(err) => {
                 if let SshError::HostKeyMismatch { offered, .. } = &err {
-                    self.event(
-                        NewEvent::new(
-                            Level::Error,
-                            "node.untrusted",
-                            format!(
-                                "host key changed for {} at {}: offered {offered}; refused",
-                                target.id, target.address
-                            ),
-                        )
-                        .node(target.id.clone()),
+                    let (kind, what) = self.kind_of(target);
+                    let mut event = NewEvent::new(
+                        Level::Error,
+                        &format!("{kind}.untrusted"),
+                        format!(
+                            "host key changed for {what} at {}: offered {offered}; refused",
+                            target.address
+                        ),
                     );
+                    if kind == "node" {
+                        event = event.node(target.id.clone());
+                    }
+                    self.event(event);
                 }
                 return Err(err);
             }
@@ -218,17 +271,24 @@ impl Pool {
                 offered,
             });
         }
-        self.event(
-            NewEvent::info(
-                "node.host_key_pinned",
-                format!(
-                    "pinned host key {offered} for {} at {}",
-                    target.id, target.address
-                ),
-            )
-            .node(target.id.clone()),
+        let (kind, what) = self.kind_of(target);
+        let mut event = NewEvent::info(
+            &format!("{kind}.host_key_pinned"),
+            format!("pinned host key {offered} for {what} at {}", target.address),
         );
+        if kind == "node" {
+            event = event.node(target.id.clone());
+        }
+        self.event(event);
         Ok(())
+    }
+
+    /// Events about the bastion are its own, not a node's.
+    fn kind_of<'a>(&self, target: &'a Target) -> (&'static str, &'a str) {
+        match &self.settings.bastion {
+            Some(b) if b.id == target.id => ("bastion", "the bastion"),
+            _ => ("node", target.id.as_str()),
+        }
     }
 
     fn event(&self, event: NewEvent) {

@@ -1,22 +1,26 @@
 //! One authenticated SSH connection to one node, and commands run on it.
-//! Many exec channels share the connection; a semaphore keeps them under
+//! Many exec channels share the connection; semaphores keep them under
 //! sshd's MaxSessions.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use russh::ChannelMsg;
 use russh::client::{self, Handle};
 use russh::keys::PublicKey;
+use russh::{ChannelMsg, ChannelStream, ChannelWriteHalf, Sig};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+use super::stream::{self, ExecStream, StreamLimits};
 use super::trust::{Trust, Verdict, fingerprint, judge};
 use super::{Credentials, SshError, Target};
 
 /// sshd's default MaxSessions is 10, and it frees a session slot a moment
 /// after the channel closes; stay well below it.
 const CHANNELS_PER_CONNECTION: usize = 6;
+/// Long-lived streams (`docker logs -f`) get their own few slots, so they
+/// never starve short commands: 6 + 3 stays under MaxSessions.
+const STREAMS_PER_CONNECTION: usize = 3;
 
 /// What a command left behind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +95,7 @@ pub struct Session {
     node: String,
     handle: Handle<Checker>,
     channels: Semaphore,
+    streams: Arc<Semaphore>,
     host_key: PublicKey,
     first_use: bool,
 }
@@ -213,13 +218,21 @@ impl Session {
                 reason: "the server's host key was never checked".into(),
             });
         };
-        credentials
-            .authenticate(&mut handle, &node, &target.user)
-            .await?;
+        // A server that stalls after the handshake must not hang us either.
+        tokio::time::timeout(
+            options.connect_timeout,
+            credentials.authenticate(&mut handle, &node, &target.user),
+        )
+        .await
+        .map_err(|_| SshError::HandshakeTimeout {
+            node: node.clone(),
+            after: options.connect_timeout,
+        })??;
         Ok(Session {
             node,
             handle,
             channels: Semaphore::new(CHANNELS_PER_CONNECTION),
+            streams: Arc::new(Semaphore::new(STREAMS_PER_CONNECTION)),
             host_key,
             first_use: verdict == Verdict::FirstUse,
         })
@@ -283,15 +296,14 @@ impl Session {
                 node: self.node.clone(),
                 reason: e.to_string(),
             })?;
-        let mut channel = self.open_channel().await.map_err(proto)?;
-        channel
-            .exec(true, command.as_bytes())
-            .await
-            .map_err(proto)?;
+        let (mut channel, writer) = self.open_channel().await.map_err(proto)?.split();
+        // Dropped on timeout: the command is stopped rather than left running.
+        let writer = Closer::new(writer);
+        writer.exec(true, command.as_bytes()).await.map_err(proto)?;
         if let Some(input) = stdin {
-            channel.data(input).await.map_err(proto)?;
+            writer.data(input).await.map_err(proto)?;
         }
-        channel.eof().await.map_err(proto)?;
+        writer.eof().await.map_err(proto)?;
         let mut out = Output {
             stdout: Vec::new(),
             stderr: Vec::new(),
@@ -310,7 +322,101 @@ impl Session {
                 _ => {}
             }
         }
+        writer.finished();
         Ok(out)
+    }
+
+    /// Starts argv on the node and hands back its output as it arrives
+    /// (`docker logs -f`). Dropping the stream stops the remote command.
+    pub async fn exec_stream(
+        &self,
+        argv: &[String],
+        limits: StreamLimits,
+    ) -> Result<ExecStream, SshError> {
+        let command = quote(&self.node, &stream::until_closed(argv))?;
+        let shown = summary(argv);
+        let permit =
+            self.streams
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| SshError::TooManyStreams {
+                    node: self.node.clone(),
+                    limit: STREAMS_PER_CONNECTION,
+                })?;
+        let proto = |e: russh::Error| SshError::Protocol {
+            node: self.node.clone(),
+            reason: e.to_string(),
+        };
+        let start = async {
+            let (reader, writer) = self.open_channel().await.map_err(proto)?.split();
+            let writer = Closer::new(writer);
+            // No EOF: the command's stdin staying open is what keeps it
+            // running (see `until_closed`).
+            writer.exec(true, command.as_bytes()).await.map_err(proto)?;
+            Ok::<_, SshError>((reader, writer))
+        };
+        let (reader, writer) = tokio::time::timeout(limits.start_timeout, start)
+            .await
+            .map_err(|_| SshError::Timeout {
+                node: self.node.clone(),
+                command: shown.clone(),
+                after: limits.start_timeout,
+            })??;
+        Ok(stream::spawn(
+            reader,
+            writer,
+            permit,
+            self.node.clone(),
+            shown,
+            limits,
+        ))
+    }
+
+    /// A TCP connection from this session's server to `to`
+    /// (`direct-tcpip`): how a bastion carries a node's own SSH session. A
+    /// refusal, or no answer within `timeout`, is the node's failure, not
+    /// the bastion's.
+    pub async fn tunnel(
+        &self,
+        to: &Target,
+        timeout: Duration,
+    ) -> Result<ChannelStream<client::Msg>, SshError> {
+        let address = format!("{}:{} via {}", to.address, to.port, self.node);
+        let opened = tokio::time::timeout(
+            timeout,
+            self.handle.channel_open_direct_tcpip(
+                to.address.clone(),
+                u32::from(to.port),
+                "127.0.0.1",
+                0,
+            ),
+        )
+        .await;
+        match opened {
+            Ok(Ok(channel)) => Ok(channel.into_stream()),
+            Ok(Err(russh::Error::ChannelOpenFailure(
+                russh::ChannelOpenFailure::AdministrativelyProhibited,
+            ))) => Err(SshError::Protocol {
+                node: self.node.clone(),
+                reason:
+                    "it refuses to forward TCP (AllowTcpForwarding, PermitOpen in its sshd_config)"
+                        .into(),
+            }),
+            Ok(Err(russh::Error::ChannelOpenFailure(reason))) => Err(SshError::Unreachable {
+                node: to.id.clone(),
+                address,
+                reason: format!("the bastion could not connect ({reason:?})"),
+            }),
+            Ok(Err(e)) => Err(SshError::Protocol {
+                node: self.node.clone(),
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(SshError::Unreachable {
+                node: to.id.clone(),
+                address,
+                reason: format!("no answer within {}s", timeout.as_secs_f32()),
+            }),
+        }
     }
 
     /// Opens a session channel; a refusal (sshd still freeing the slot of
@@ -334,6 +440,64 @@ impl Session {
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
     }
+}
+
+/// The sending half of a channel that stops the remote command when
+/// dropped before the channel closed on its own: a command Prism stopped
+/// waiting for should not keep running on the node. It asks sshd to TERM
+/// the command's process group, which sshd does for non-root logins only,
+/// then closes the channel (a streamed command also stops on that; see
+/// `stream::until_closed`).
+pub(super) struct Closer {
+    writer: Arc<ChannelWriteHalf<client::Msg>>,
+    armed: bool,
+}
+
+impl Closer {
+    fn new(writer: ChannelWriteHalf<client::Msg>) -> Closer {
+        Closer {
+            writer: Arc::new(writer),
+            armed: true,
+        }
+    }
+
+    /// The channel closed on its own: nothing left to stop.
+    pub(super) fn finished(mut self) {
+        self.armed = false;
+    }
+
+    /// Stops the command now, and waits until that is sent.
+    pub(super) async fn stop(mut self) {
+        self.armed = false;
+        stop(&self.writer).await;
+    }
+}
+
+impl std::ops::Deref for Closer {
+    type Target = ChannelWriteHalf<client::Msg>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.writer
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let writer = self.writer.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { stop(&writer).await });
+        }
+    }
+}
+
+async fn stop(writer: &ChannelWriteHalf<client::Msg>) {
+    // sshd signals the command's process group (OpenSSH 7.9+); closing
+    // alone would leave it running until its next write fails.
+    let _ = writer.signal(Sig::TERM).await;
+    let _ = writer.close().await;
 }
 
 fn keep(buf: &mut Vec<u8>, data: &[u8], cap: usize, truncated: &mut bool) {

@@ -384,6 +384,7 @@ pub mod prism_ssh {
             host_keys,
             connect: ConnectOptions::default(),
             max_backoff: std::time::Duration::from_secs(1),
+            bastion: None,
         }
     }
 
