@@ -3,5 +3,6 @@
 pub mod cli;
 pub mod config;
 pub mod observe;
+pub mod reconcile;
 pub mod ssh;
 pub mod store;
