@@ -725,4 +725,4 @@ fn restarts_after_exit(c: &ContainerState, svc: &ServiceSpec) -> bool {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests;

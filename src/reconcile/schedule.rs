@@ -298,4 +298,4 @@ fn no_room(d: &PodDemand, nodes: &[NodeView], room: &BTreeMap<&str, Room>) -> St
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests;
