@@ -146,6 +146,16 @@ impl Desired {
     }
 }
 
+impl ServiceSpec {
+    /// Whether a replacement must wait for the old container to be gone:
+    /// it mounts a volume read-write, and two containers writing the same
+    /// data (a database's files, an append-only log) corrupt it or fight
+    /// over its lock. Other services are replaced make-before-break.
+    pub fn replace_stop_first(&self) -> bool {
+        self.container.volumes.iter().any(|v| !v.ends_with(":ro"))
+    }
+}
+
 impl AppSpec {
     pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
         self.services.iter().find(|s| s.name == name)
@@ -330,6 +340,8 @@ image = "reg.example.com/blog:1.4"
         assert_eq!(web.container.secrets["APP_KEY"], Secret::new("k3y"));
         assert_eq!(web.hosts, ["blog.example.com"]);
         assert!(web.health.is_some());
+        assert!(!web.replace_stop_first());
+        assert!(blog.service("redis").unwrap().replace_stop_first());
         assert_eq!(web.spec, SpecHash::of(&web.container));
         assert_eq!(
             blog.service("queue").unwrap().container.restart,

@@ -11,7 +11,9 @@
 //!   moves, keep running until their successor is observed ready (running,
 //!   and healthy if the service has a health check); a later plan removes
 //!   them. A pod's old containers on another node go together, once the
-//!   whole pod is ready on its node.
+//!   whole pod is ready on its node. Except a service with a writable
+//!   volume: on its node, the old container is removed just before the new
+//!   one runs (after the pull), as two must not write the same data.
 //! - Containers of apps, services or instances no longer in fleet.toml are
 //!   removed at once.
 //! - Foreign containers (without Prism's five labels, like job containers)
@@ -192,6 +194,10 @@ pub enum RemoveReason {
     ScaledDown { instances: u32 },
     /// A container of the current spec (`spec`) is ready beside it.
     SpecChanged { spec: SpecHash },
+    /// The spec changed and the service mounts a writable volume: the old
+    /// container goes before the one of spec `spec` starts, so that two
+    /// never write the same data.
+    StopFirst { spec: SpecHash },
     /// The pod runs on another node now (it moved, or this node came back
     /// after its pods were placed elsewhere), and is ready there.
     Stray { node: String },
@@ -211,6 +217,12 @@ impl fmt::Display for RemoveReason {
             }
             RemoveReason::SpecChanged { spec } => {
                 write!(f, "spec changed; {spec} is ready")
+            }
+            RemoveReason::StopFirst { spec } => {
+                write!(
+                    f,
+                    "spec changed; stopped before {spec} starts, as they share writable volumes"
+                )
             }
             RemoveReason::Stray { node } => write!(f, "pod now runs on node {node}"),
             RemoveReason::Duplicate { kept } => write!(f, "duplicate of {kept}"),
@@ -573,15 +585,21 @@ impl NodePlanner<'_, '_> {
                     self.remove(s, RemoveReason::Stray { node });
                 }
             } else if s.l.spec != svc.spec.as_str() {
-                let successor_ready = self.containers.iter().any(|n| {
+                let mut successors = self.containers.iter().filter(|n| {
                     n.l.app == s.l.app
                         && n.l.instance == s.l.instance
                         && n.l.service == s.l.service
                         && n.l.spec == svc.spec.as_str()
-                        && ready(n.c, svc)
                 });
-                if successor_ready {
-                    let spec = svc.spec.clone();
+                let spec = svc.spec.clone();
+                if svc.replace_stop_first() {
+                    // Normally removed just before the run; here the
+                    // successor exists already (an old one came back, or a
+                    // removal failed) and may wait on the old one's lock.
+                    if successors.next().is_some() {
+                        self.remove(s, RemoveReason::StopFirst { spec });
+                    }
+                } else if successors.any(|n| ready(n.c, svc)) {
                     self.remove(s, RemoveReason::SpecChanged { spec });
                 }
             }
@@ -700,6 +718,16 @@ impl NodePlanner<'_, '_> {
                 },
                 (None, None) => RunReason::New,
             });
+            if svc.replace_stop_first() {
+                for old in &olds {
+                    steps.push(Action::Remove {
+                        container: ContainerRef::new(old.c, old.l),
+                        reason: RemoveReason::StopFirst {
+                            spec: svc.spec.clone(),
+                        },
+                    });
+                }
+            }
         }
         if let Some(reason) = run_reason {
             if !runs.contains(&svc.container.image) {

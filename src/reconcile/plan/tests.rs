@@ -103,6 +103,7 @@ fn brief(a: &Action) -> String {
                 RemoveReason::ServiceRemoved => "service removed".to_owned(),
                 RemoveReason::ScaledDown { instances } => format!("scaled down to {instances}"),
                 RemoveReason::SpecChanged { .. } => "spec changed".to_owned(),
+                RemoveReason::StopFirst { .. } => "stop first".to_owned(),
                 RemoveReason::Stray { node } => format!("stray, on {node}"),
                 RemoveReason::Duplicate { .. } => "duplicate".to_owned(),
                 RemoveReason::Dead => "dead".to_owned(),
@@ -526,6 +527,51 @@ fn spec_change_replaces_only_the_changed_service_make_before_break() {
     w.apply(&p);
     assert!(w.plan().is_empty());
     assert_eq!(w.layout(), ["n1 blog/0 redis", "n1 blog/0 web"]);
+}
+
+#[test]
+fn a_service_with_a_writable_volume_stops_before_its_replacement_runs() {
+    let apps = SHOP.replace(
+        "memory = \"128M\"",
+        "memory = \"128M\"\nvolumes = [\"shop-data:/data\", \"/etc/ssl:/ssl:ro\"]",
+    );
+    let mut w = World::new(&apps, vec![ready("n1")]);
+    w.converge();
+    w.desired = desired(&apps.replace("shop:2", "shop:3"));
+    let p = w.plan();
+    // Pulled first, so the gap between stop and start is short.
+    assert_eq!(
+        actions(&p),
+        table(&[(
+            "n1",
+            &[
+                "network shop/0",
+                "pull reg.example.com/shop:3 login reg.example.com",
+                "remove shop/0 web stop first",
+                "run shop/0 web replace",
+            ]
+        )])
+    );
+    w.apply(&p);
+    assert!(w.plan().is_empty());
+    assert_eq!(w.layout(), ["n1 shop/0 web"]);
+
+    // An old one beside a new one that waits (say, on its lock): the old
+    // one goes, without waiting for the new one to be ready.
+    let old = SpecHash::of(&desired(&apps).apps["shop"].services[0].container);
+    let mut labels = w.on("n1")[0].identity.prism().unwrap().clone();
+    labels.spec = old.to_string();
+    w.add("n1", labels, "old", "reg.example.com/shop:2");
+    w.find_mut("n1", "web").state = RunState::Restarting;
+    let p = w.plan();
+    assert_eq!(
+        actions(&p),
+        table(&[("n1", &["remove shop/0 web stop first"])])
+    );
+    let Action::Remove { container, .. } = &p.actions["n1"][0] else {
+        panic!()
+    };
+    assert_eq!(container.name, "old");
 }
 
 #[test]
