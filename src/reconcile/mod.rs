@@ -11,6 +11,24 @@
 //! | `schedule` | which node each pod runs on |
 //! | `plan` | the actions, per node, in order |
 //! | `problem` | what could not be done, as RFC 7807 problems |
+//!
+//! One pass: [`resolve_secrets`] → [`Desired::build`] → [`plan`] with the
+//! inventory as [`NodeView`]s, the containers of each node observed this
+//! pass (health overwritten with Prism's own check verdicts) and the stored
+//! placements. Then store [`Plan::placement_changes`] and run each node's
+//! actions in order, nodes in parallel:
+//!
+//! | action | commands ([`docker`]) |
+//! |---|---|
+//! | `EnsureNetwork` | `network_create_argv`; "already exists" is success |
+//! | `Pull` | with `login`: `login_argv`, password on stdin; then `pull_argv` |
+//! | `Run` | `run_argv`, with the secrets' `env_file_content` in a 0600 file (or on stdin as `/dev/stdin`) when `needs_env_file` |
+//! | `Start` | `start_argv` |
+//! | `Restart` | `restart_argv(id, STOP_GRACE)` |
+//! | `Remove` | `stop_argv(id, STOP_GRACE)`, then `remove_argv` |
+//!
+//! A failed action should end that node's list for this pass (later ones
+//! may depend on it); the next plan picks up from what is observed then.
 
 mod desired;
 pub mod docker;

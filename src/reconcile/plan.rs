@@ -659,10 +659,20 @@ impl NodePlanner<'_, '_> {
             .iter()
             .filter(mine)
             .partition(|s| s.l.spec == svc.spec.as_str());
-        // Keep the best of the current-spec containers: running first, then
-        // the one with the expected name, then the oldest.
+        // Dead containers cannot be started: they go, and free their name.
+        let (dead, live): (Vec<&Seen>, Vec<&Seen>) = currents
+            .into_iter()
+            .partition(|s| s.c.state == RunState::Dead);
+        for d in &dead {
+            steps.push(Action::Remove {
+                container: ContainerRef::new(d.c, d.l),
+                reason: RemoveReason::Dead,
+            });
+        }
+        // Keep the best of the others: running first, then the one with the
+        // expected name, then the oldest.
         let run = self.desired.run_spec(pod, svc);
-        let mut ranked = currents.clone();
+        let mut ranked = live;
         ranked.sort_by_key(|s| {
             (
                 s.c.state != RunState::Running,
@@ -671,8 +681,7 @@ impl NodePlanner<'_, '_> {
                 s.c.id.clone(),
             )
         });
-        let mut run_reason = None;
-        if let Some((keep, rest)) = ranked.split_first() {
+        let run_reason = if let Some((keep, rest)) = ranked.split_first() {
             for dup in rest {
                 steps.push(Action::Remove {
                     container: ContainerRef::new(dup.c, dup.l),
@@ -697,27 +706,14 @@ impl NodePlanner<'_, '_> {
                 {
                     steps.push(Action::Restart { container })
                 }
-                RunState::Dead => {
-                    steps.push(Action::Remove {
-                        container,
-                        reason: RemoveReason::Dead,
-                    });
-                    run_reason = Some(RunReason::Recreate);
-                }
                 // Running, restarting (Docker is on it), paused (by hand),
                 // removing (gone by the next pass), or unknown: leave it.
                 _ => {}
             }
+            None
+        } else if !dead.is_empty() {
+            Some(RunReason::Recreate)
         } else {
-            run_reason = Some(match (olds.first(), moved_from) {
-                (Some(old), _) => RunReason::Replace {
-                    old: SpecHash::from_label(&old.l.spec),
-                },
-                (None, Some(from)) => RunReason::Move {
-                    from: from.to_owned(),
-                },
-                (None, None) => RunReason::New,
-            });
             if svc.replace_stop_first() {
                 for old in &olds {
                     steps.push(Action::Remove {
@@ -728,7 +724,16 @@ impl NodePlanner<'_, '_> {
                     });
                 }
             }
-        }
+            Some(match (olds.first(), moved_from) {
+                (Some(old), _) => RunReason::Replace {
+                    old: SpecHash::from_label(&old.l.spec),
+                },
+                (None, Some(from)) => RunReason::Move {
+                    from: from.to_owned(),
+                },
+                (None, None) => RunReason::New,
+            })
+        };
         if let Some(reason) = run_reason {
             if !runs.contains(&svc.container.image) {
                 runs.push(svc.container.image.clone());

@@ -1225,3 +1225,22 @@ fn plan_lines_read_well() {
     assert_eq!(remove["reason"]["why"], "spec_changed");
     assert_eq!(remove["container"]["name"], name.as_str());
 }
+
+#[test]
+fn a_dead_copy_beside_a_live_one_just_goes() {
+    let mut w = World::new(SHOP, vec![ready("n1")]);
+    w.converge();
+    let labels = w.on("n1")[0].identity.prism().unwrap().clone();
+    w.add("n1", labels, "dead-copy", "reg.example.com/shop:2");
+    w.containers.get_mut("n1").unwrap()[1].state = RunState::Dead;
+    // The live one is created, not running: it is started, not replaced.
+    w.containers.get_mut("n1").unwrap()[0].state = RunState::Created;
+    let p = w.plan();
+    assert_eq!(
+        actions(&p),
+        table(&[("n1", &["remove shop/0 web dead", "start shop/0 web"])])
+    );
+    w.apply(&p);
+    assert!(w.plan().is_empty());
+    assert_eq!(w.layout(), ["n1 shop/0 web"]);
+}
