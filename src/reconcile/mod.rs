@@ -1,0 +1,53 @@
+//! Reconcile, the pure half: from fleet.toml's desired state, the nodes,
+//! what they run and the stored placements, a [`Plan`] of actions. No I/O
+//! here apart from [`resolve_secrets`]; the apply side runs the plan.
+//!
+//! | module | job |
+//! |---|---|
+//! | `secrets` | secret values: read once, never printed |
+//! | `desired` | fleet.toml → [`Desired`]: pods and container specs |
+//! | `spec` | [`ContainerConfig`], its [`SpecHash`], container and network names |
+//! | `docker` | argv of every command that changes a node |
+//! | `schedule` | which node each pod runs on |
+//! | `plan` | the actions, per node, in order |
+//! | `problem` | what could not be done, as RFC 7807 problems |
+//!
+//! One pass: [`resolve_secrets`] → [`Desired::build`] → [`plan`] with the
+//! inventory as [`NodeView`]s, the containers of each node observed this
+//! pass (health overwritten with Prism's own check verdicts) and the stored
+//! placements. Then store [`Plan::placement_changes`] and run each node's
+//! actions in order, nodes in parallel:
+//!
+//! | action | commands ([`docker`]) |
+//! |---|---|
+//! | `EnsureNetwork` | `network_create_argv`; "already exists" is success |
+//! | `Pull` | with `login`: `login_argv`, password on stdin; then `pull_argv` |
+//! | `Run` | `run_argv`, with the secrets' `env_file_content` in a 0600 file (or on stdin as `/dev/stdin`) when `needs_env_file` |
+//! | `Start` | `start_argv` |
+//! | `Restart` | `restart_argv(id, STOP_GRACE)` |
+//! | `Remove` | `stop_argv(id, STOP_GRACE)`, then `remove_argv` |
+//!
+//! A failed action should end that node's list for this pass (later ones
+//! may depend on it); the next plan picks up from what is observed then.
+
+mod desired;
+pub mod docker;
+mod plan;
+mod problem;
+mod schedule;
+mod secrets;
+mod spec;
+
+pub use desired::{AppSpec, Desired, MissingSecret, PodKey, Reserve, ServiceSpec};
+pub use docker::{EnvFileError, EnvFileMissing, RunSpec};
+pub use plan::{
+    Action, ContainerRef, PlacementChange, Plan, PodPlacement, RemoveReason, RunReason, plan,
+};
+pub use problem::{Problem, ProblemKind};
+pub use schedule::{NodeState, NodeView, PodDemand, Schedule, schedule};
+pub use secrets::{
+    RegistryLogin, Secret, SecretError, SecretOwner, Secrets, env_file_unsafe, resolve_secrets,
+};
+pub use spec::{
+    ContainerConfig, SPEC_HASH_LEN, SpecHash, container_name, network_name, restart_arg,
+};

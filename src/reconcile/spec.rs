@@ -1,0 +1,307 @@
+//! What a service's container is made from ([`ContainerConfig`]), its
+//! stable hash ([`SpecHash`], the `prism.spec` label) and the names Prism
+//! gives containers and networks.
+//!
+//! The hash covers exactly the `ContainerConfig`, which is exactly what
+//! `docker run` is given besides the container's identity (name, labels,
+//! network): a change to any of it replaces the container, and nothing
+//! else does. Health checks are run by Prism, not Docker, so changing one
+//! replaces nothing; `hosts` and `depends_on` neither.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+use super::secrets::Secret;
+use crate::config::{Bytes, Millicores, RestartPolicy};
+
+/// Everything `docker run` needs about a service apart from who the
+/// container is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerConfig {
+    pub image: String,
+    /// Arguments after the image; `None` runs the image's own command.
+    pub command: Option<Vec<String>>,
+    /// Plain variables, given as `-e K=V`.
+    pub env: BTreeMap<String, String>,
+    /// Secret variables, given only through an env file. Serialized as
+    /// their names.
+    #[serde(serialize_with = "secret_names")]
+    pub secrets: BTreeMap<String, Secret>,
+    /// The container port, published on an ephemeral node port.
+    pub port: Option<u16>,
+    /// A hard limit (`--memory`) and what the scheduler reserves.
+    pub memory: Bytes,
+    /// A limit (`--cpus`) and what the scheduler reserves; `None`: no
+    /// limit, and nothing reserved (as `prism validate` counts it).
+    pub cpu: Option<Millicores>,
+    #[serde(serialize_with = "restart_policy")]
+    pub restart: RestartPolicy,
+    /// `name:/path` or `/host/path:/path`, optionally `:ro`, as written.
+    pub volumes: Vec<String>,
+}
+
+fn secret_names<S: Serializer>(
+    secrets: &BTreeMap<String, Secret>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(secrets.keys())
+}
+
+fn restart_policy<S: Serializer>(p: &RestartPolicy, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(restart_arg(*p))
+}
+
+/// The `--restart` value Docker takes.
+pub fn restart_arg(p: RestartPolicy) -> &'static str {
+    match p {
+        RestartPolicy::Always => "always",
+        RestartPolicy::UnlessStopped => "unless-stopped",
+        RestartPolicy::OnFailure => "on-failure",
+        RestartPolicy::No => "no",
+    }
+}
+
+/// Hex digits kept of the SHA-256: 48 bits, plenty to tell the versions
+/// of one service apart.
+pub const SPEC_HASH_LEN: usize = 12;
+
+/// The short hash of a [`ContainerConfig`], as it appears in the
+/// `prism.spec` label and the container name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct SpecHash(String);
+
+impl SpecHash {
+    /// Hashes the config. Stable across runs, platforms and Prism versions
+    /// as long as the encoding below is kept: fields are written in a fixed
+    /// order, each length-prefixed, maps in key order; optional fields only
+    /// when set, so a field added later leaves existing hashes alone.
+    /// Secret values are hashed (a new value must replace the container)
+    /// but only the short hash ever leaves this function.
+    pub fn of(c: &ContainerConfig) -> SpecHash {
+        // Destructured so that a new field cannot be forgotten here.
+        let ContainerConfig {
+            image,
+            command,
+            env,
+            secrets,
+            port,
+            memory,
+            cpu,
+            restart,
+            volumes,
+        } = c;
+        let mut e = Encoder(Sha256::new());
+        e.bytes(b"prism-spec-v1");
+        e.field("image", image.as_bytes());
+        if let Some(command) = command {
+            e.list("command", command.iter().map(String::as_str));
+        }
+        if !env.is_empty() {
+            e.map("env", env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+        if !secrets.is_empty() {
+            e.map(
+                "secrets",
+                secrets.iter().map(|(k, v)| (k.as_str(), v.expose())),
+            );
+        }
+        if let Some(port) = port {
+            e.field("port", &port.to_le_bytes());
+        }
+        e.field("memory", &memory.0.to_le_bytes());
+        if let Some(cpu) = cpu {
+            e.field("cpu", &cpu.0.to_le_bytes());
+        }
+        e.field("restart", restart_arg(*restart).as_bytes());
+        if !volumes.is_empty() {
+            e.list("volumes", volumes.iter().map(String::as_str));
+        }
+        let digest = e.0.finalize();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        SpecHash(hex[..SPEC_HASH_LEN].to_owned())
+    }
+
+    /// A hash read back from a `prism.spec` label.
+    pub fn from_label(s: &str) -> SpecHash {
+        SpecHash(s.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SpecHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An unambiguous encoding: every item is length-prefixed.
+struct Encoder(Sha256);
+
+impl Encoder {
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.update((b.len() as u64).to_le_bytes());
+        self.0.update(b);
+    }
+
+    fn field(&mut self, name: &str, value: &[u8]) {
+        self.bytes(name.as_bytes());
+        self.bytes(value);
+    }
+
+    fn list<'a>(&mut self, name: &str, items: impl ExactSizeIterator<Item = &'a str>) {
+        self.field(name, &(items.len() as u64).to_le_bytes());
+        for item in items {
+            self.bytes(item.as_bytes());
+        }
+    }
+
+    fn map<'a>(&mut self, name: &str, pairs: impl ExactSizeIterator<Item = (&'a str, &'a str)>) {
+        self.field(name, &(pairs.len() as u64).to_le_bytes());
+        for (k, v) in pairs {
+            self.bytes(k.as_bytes());
+            self.bytes(v.as_bytes());
+        }
+    }
+}
+
+/// `prism.FLEET.APP.INSTANCE.SERVICE.SPEC`. App and service names cannot
+/// hold a '.', so read from the right the name is unambiguous even when the
+/// fleet's name has dots; the spec hash in it lets a replacement run beside
+/// the container it replaces.
+pub fn container_name(
+    fleet: &str,
+    app: &str,
+    instance: u32,
+    service: &str,
+    spec: &SpecHash,
+) -> String {
+    format!("prism.{fleet}.{app}.{instance}.{service}.{spec}")
+}
+
+/// `prism.FLEET.APP.INSTANCE`: one network per pod, so the services of one
+/// instance reach each other by service name and never those of another
+/// instance that happens to share the node.
+pub fn network_name(fleet: &str, app: &str, instance: u32) -> String {
+    format!("prism.{fleet}.{app}.{instance}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn config() -> ContainerConfig {
+        ContainerConfig {
+            image: "registry.example.com/blog:1.4".into(),
+            command: Some(vec!["php".into(), "artisan".into(), "serve".into()]),
+            env: BTreeMap::from([("APP_ENV".into(), "production".into())]),
+            secrets: BTreeMap::from([("APP_KEY".into(), Secret::new("s3cret"))]),
+            port: Some(8080),
+            memory: Bytes(256 << 20),
+            cpu: Some(Millicores(500)),
+            restart: RestartPolicy::UnlessStopped,
+            volumes: vec!["blog-storage:/var/www/storage".into()],
+        }
+    }
+
+    #[test]
+    fn hash_is_stable() {
+        // Pinned, and computed independently from the encoding described
+        // on `SpecHash::of`: a change here replaces every container of
+        // every fleet.
+        assert_eq!(SpecHash::of(&config()).as_str(), "8cf88db68d43");
+        assert_eq!(SpecHash::of(&config()), SpecHash::of(&config().clone()));
+    }
+
+    #[test]
+    fn every_field_changes_the_hash() {
+        let base = SpecHash::of(&config());
+        type Change = Box<dyn Fn(&mut ContainerConfig)>;
+        let changes: Vec<(&str, Change)> = vec![
+            (
+                "image",
+                Box::new(|c| c.image = "registry.example.com/blog:1.5".into()),
+            ),
+            ("command", Box::new(|c| c.command = None)),
+            (
+                "command arg",
+                Box::new(|c| c.command = Some(vec!["php".into(), "artisan serve".into()])),
+            ),
+            (
+                "env value",
+                Box::new(|c| {
+                    c.env.insert("APP_ENV".into(), "staging".into());
+                }),
+            ),
+            (
+                "env key",
+                Box::new(|c| c.env = BTreeMap::from([("APP_ENVX".into(), "production".into())])),
+            ),
+            (
+                "secret value",
+                Box::new(|c| {
+                    c.secrets = BTreeMap::from([("APP_KEY".into(), Secret::new("other"))])
+                }),
+            ),
+            (
+                "secret moved to env",
+                Box::new(|c| {
+                    c.secrets.clear();
+                    c.env.insert("APP_KEY".into(), "s3cret".into());
+                }),
+            ),
+            ("port", Box::new(|c| c.port = Some(8081))),
+            ("no port", Box::new(|c| c.port = None)),
+            ("memory", Box::new(|c| c.memory = Bytes(512 << 20))),
+            ("cpu", Box::new(|c| c.cpu = Some(Millicores(501)))),
+            ("no cpu", Box::new(|c| c.cpu = None)),
+            ("restart", Box::new(|c| c.restart = RestartPolicy::Always)),
+            (
+                "volume ro",
+                Box::new(|c| c.volumes = vec!["blog-storage:/var/www/storage:ro".into()]),
+            ),
+            ("no volumes", Box::new(|c| c.volumes.clear())),
+        ];
+        let mut seen = std::collections::BTreeSet::from([base.clone()]);
+        for (what, change) in changes {
+            let mut c = config();
+            change(&mut c);
+            let h = SpecHash::of(&c);
+            assert_ne!(h, base, "{what}");
+            assert!(seen.insert(h), "{what} collides with another change");
+        }
+    }
+
+    #[test]
+    fn length_prefixes_keep_fields_apart() {
+        let mut a = config();
+        a.command = Some(vec!["ab".into(), "c".into()]);
+        let mut b = config();
+        b.command = Some(vec!["a".into(), "bc".into()]);
+        assert_ne!(SpecHash::of(&a), SpecHash::of(&b));
+    }
+
+    #[test]
+    fn serialized_config_names_secrets_without_values() {
+        let json = serde_json::to_string(&config()).unwrap();
+        assert!(json.contains(r#""secrets":["APP_KEY"]"#), "{json}");
+        assert!(json.contains(r#""restart":"unless-stopped""#), "{json}");
+        assert!(!json.contains("s3cret"), "{json}");
+    }
+
+    #[test]
+    fn names() {
+        let spec = SpecHash::from_label("0123456789ab");
+        assert_eq!(
+            container_name("hobby", "blog", 0, "web", &spec),
+            "prism.hobby.blog.0.web.0123456789ab"
+        );
+        assert_eq!(network_name("hobby", "blog", 2), "prism.hobby.blog.2");
+    }
+}
