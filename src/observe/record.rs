@@ -5,11 +5,13 @@ use super::{ContainerState, DockerStatus, Health, Probed};
 use crate::cloud::Node;
 use crate::store::{ContainerRecord, NodeRecord};
 
-/// The node's row after a probe at `now`. `previous` keeps what a failed
-/// probe cannot tell (memory, Docker's version) and when it was first seen.
+/// The node's row after a probe at `now`, in `state` (ready, suspect, ...).
+/// `previous` keeps what a failed probe cannot tell (memory, Docker's
+/// version) and when it was first seen.
 pub fn node_record(
     node: &Node,
     probed: &Probed,
+    state: &str,
     previous: Option<&NodeRecord>,
     now: i64,
 ) -> NodeRecord {
@@ -26,12 +28,7 @@ pub fn node_record(
         zone: node.zone.clone(),
         instance_type: node.instance_type.clone(),
         lifecycle: node.lifecycle.as_str().to_owned(),
-        state: if condition.is_none() {
-            "ready"
-        } else {
-            "not-ready"
-        }
-        .to_owned(),
+        state: state.to_owned(),
         condition: condition.map(|c| c.name().to_owned()),
         condition_detail: condition.map(|c| c.detail().to_owned()),
         docker_version: previous.and_then(|p| p.docker_version.clone()),

@@ -2,7 +2,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::lifecycle::node_state;
 use crate::cloud::Node;
+use crate::config::{Bytes, Millicores};
+use crate::reconcile::{NodeState, NodeView};
+use crate::store::NodeRecord;
 use crate::observe::{ProbeLimits, Probed, container_records, node_record, probe};
 use crate::ssh::{Pool, fan_out};
 use crate::store::{Level, NewEvent, Store, StoreError, now_ms};
@@ -41,24 +45,56 @@ pub async fn observe(
     found
 }
 
-/// Writes a pass to the store: each node's row, its containers when they
-/// were read, and an event whenever a node's condition changes.
-pub fn record(store: &Arc<Mutex<Store>>, pass: &[Observed]) -> Result<(), StoreError> {
+/// Writes a pass to the store: each node's row in its new state, its
+/// containers when they were read, and an event whenever a node's
+/// condition changes. Returns the nodes as the scheduler sees them.
+pub fn record(store: &Arc<Mutex<Store>>, pass: &[Observed]) -> Result<Vec<NodeView>, StoreError> {
     let now = now_ms();
     let mut store = store.lock().unwrap_or_else(|poison| poison.into_inner());
+    let mut views = Vec::with_capacity(pass.len());
     for seen in pass {
         let previous = store.node(&seen.node.id)?;
-        let row = node_record(&seen.node, &seen.probed, previous.as_ref(), now);
+        let state = node_state(&seen.node, &seen.probed, previous.as_ref());
+        let row = node_record(&seen.node, &seen.probed, state.as_str(), previous.as_ref(), now);
         let was = previous.as_ref().map(|p| p.condition.clone());
         if was.as_ref() != Some(&row.condition) {
             store.record_event(&condition_event(&row.name, &row.id, seen))?;
+        }
+        if previous.as_ref().is_some_and(|p| p.state != row.state) {
+            store.record_event(
+                &NewEvent::info(
+                    &format!("node.{}", row.state),
+                    format!("{} is {} (was {})", row.name, row.state, previous.as_ref().map_or("", |p| p.state.as_str())),
+                )
+                .node(row.id.clone()),
+            )?;
         }
         store.upsert_node(&row)?;
         if let Probed::Ready { containers, .. } = &seen.probed {
             store.replace_containers(&row.id, &container_records(&row.id, containers, now))?;
         }
+        views.push(view(&seen.node, &row, state));
     }
-    Ok(())
+    Ok(views)
+}
+
+/// Capacity is the smaller of what fleet.toml declares and what the node
+/// reports (a node's cgroup may see the host's memory).
+fn view(node: &Node, row: &NodeRecord, state: NodeState) -> NodeView {
+    let reported_memory = row.memory_total.and_then(|m| u64::try_from(m).ok());
+    let reported_cpu = row.cpus.and_then(|c| u64::try_from(c).ok());
+    let smaller = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(0),
+    };
+    NodeView {
+        id: node.id.clone(),
+        address: node.address.clone(),
+        zone: node.zone.clone(),
+        memory: Bytes(smaller(node.memory, reported_memory)),
+        cpu: Millicores(smaller(node.cpu, reported_cpu)),
+        state,
+    }
 }
 
 fn condition_event(name: &str, id: &str, seen: &Observed) -> NewEvent {
