@@ -1,5 +1,6 @@
 //! Prism: containers on cheap spot instances that survive preemption.
 
+pub mod bootstrap;
 pub mod cli;
 pub mod cloud;
 pub mod config;

@@ -41,6 +41,10 @@ pub struct FleetSection {
     /// CPU kept free on every node.
     #[serde(default = "default_reserve_cpu")]
     pub reserve_cpu: Millicores,
+    /// Install and start Docker on a reachable node that lacks it. Off by
+    /// default: installing software on a machine is the operator's call.
+    #[serde(default)]
+    pub bootstrap: bool,
 }
 
 fn default_state() -> PathBuf {

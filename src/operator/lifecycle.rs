@@ -131,7 +131,11 @@ mod tests {
         );
         let mismatch = Probed::Failed(Condition::HostKeyMismatch("changed".into()));
         assert_eq!(
-            node_state(&node(Presence::Running), &mismatch, Some(&previous("ready"))),
+            node_state(
+                &node(Presence::Running),
+                &mismatch,
+                Some(&previous("ready"))
+            ),
             NodeState::Untrusted
         );
     }

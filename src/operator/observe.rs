@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 use super::lifecycle::node_state;
 use crate::cloud::Node;
 use crate::config::{Bytes, Millicores};
-use crate::reconcile::{NodeState, NodeView};
-use crate::store::NodeRecord;
 use crate::observe::{ProbeLimits, Probed, container_records, node_record, probe};
+use crate::reconcile::{NodeState, NodeView};
 use crate::ssh::{Pool, fan_out};
+use crate::store::NodeRecord;
 use crate::store::{Level, NewEvent, Store, StoreError, now_ms};
 
 /// How many nodes are probed at once. Each probe waits mostly on the
@@ -55,7 +55,13 @@ pub fn record(store: &Arc<Mutex<Store>>, pass: &[Observed]) -> Result<Vec<NodeVi
     for seen in pass {
         let previous = store.node(&seen.node.id)?;
         let state = node_state(&seen.node, &seen.probed, previous.as_ref());
-        let row = node_record(&seen.node, &seen.probed, state.as_str(), previous.as_ref(), now);
+        let row = node_record(
+            &seen.node,
+            &seen.probed,
+            state.as_str(),
+            previous.as_ref(),
+            now,
+        );
         let was = previous.as_ref().map(|p| p.condition.clone());
         if was.as_ref() != Some(&row.condition) {
             store.record_event(&condition_event(&row.name, &row.id, seen))?;
@@ -64,7 +70,12 @@ pub fn record(store: &Arc<Mutex<Store>>, pass: &[Observed]) -> Result<Vec<NodeVi
             store.record_event(
                 &NewEvent::info(
                     &format!("node.{}", row.state),
-                    format!("{} is {} (was {})", row.name, row.state, previous.as_ref().map_or("", |p| p.state.as_str())),
+                    format!(
+                        "{} is {} (was {})",
+                        row.name,
+                        row.state,
+                        previous.as_ref().map_or("", |p| p.state.as_str())
+                    ),
                 )
                 .node(row.id.clone()),
             )?;

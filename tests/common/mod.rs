@@ -30,6 +30,14 @@ pub struct Node {
     pub instance_id: Option<String>,
 }
 
+/// The bare node (`lab/lab bare up`): sshd, no Docker, not in EC2.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Bare {
+    pub name: String,
+    pub address: String,
+    pub container: String,
+}
+
 #[derive(Debug, Deserialize)]
 struct Moto {
     url: String,
@@ -54,6 +62,8 @@ struct LabJson {
     registry: Registry,
     #[serde(default)]
     decoys: Decoys,
+    #[serde(default)]
+    bare: Option<Bare>,
 }
 
 /// The lab as `.lab/lab.json` describes it.
@@ -65,6 +75,8 @@ pub struct Lab {
     pub region: String,
     pub testapp_image: String,
     pub decoys: Decoys,
+    /// Only while `lab/lab bare up` has it running.
+    pub bare: Option<Bare>,
 }
 
 pub fn lab_dir() -> PathBuf {
@@ -119,6 +131,7 @@ impl Lab {
             region: json.moto.region,
             testapp_image: json.registry.testapp_image,
             decoys: json.decoys,
+            bare: json.bare,
         })
     }
 
@@ -364,7 +377,7 @@ pub mod prism_ssh {
     };
     use prism::store::Store;
 
-    use super::{Lab, Node};
+    use super::{Bare, Lab, Node};
 
     pub fn target(node: &Node) -> Target {
         Target {
@@ -398,6 +411,28 @@ pub mod prism_ssh {
             settings(
                 lab_key(lab),
                 HostKeys::KnownHosts(lab.dir.join("known_hosts")),
+            ),
+            None,
+        )
+    }
+
+    /// The bare node as `user`. Pools keep one connection per id, so each
+    /// user gets an id of its own.
+    pub fn bare_target(bare: &Bare, user: &str) -> Target {
+        Target {
+            id: format!("{}-{user}", bare.name),
+            address: bare.address.clone(),
+            port: 22,
+            user: user.into(),
+        }
+    }
+
+    /// A pool for the bare node: its host keys are in their own file.
+    pub fn bare_pool(lab: &Lab) -> Pool {
+        Pool::new(
+            settings(
+                lab_key(lab),
+                HostKeys::KnownHosts(lab.dir.join("bare_known_hosts")),
             ),
             None,
         )
