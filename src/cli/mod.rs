@@ -2,6 +2,8 @@
 //! outcome to an exit code. Commands print for people on stdout, problems
 //! on stderr.
 
+mod plan;
+mod reconcile;
 mod status;
 mod table;
 mod validate;
@@ -49,6 +51,34 @@ pub enum Command {
     #[command(after_help = EXIT_CODES)]
     Validate,
 
+    /// Show what a reconcile would do now, changing nothing.
+    ///
+    /// Discovers and probes every node, then prints per node the actions a
+    /// reconcile would run (+ create, ~ replace, - remove), the placement
+    /// changes, and pods that cannot be placed (!).
+    #[command(after_help = EXIT_CODES)]
+    Plan {
+        /// Print JSON (problems as RFC 7807 objects) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Make the nodes run what fleet.toml asks for.
+    ///
+    /// With --once: observe, plan and apply, again until nothing is left to
+    /// do or --timeout passes, then exit. Quiet when there is nothing to do,
+    /// so it suits cron. Only one applier runs per state file: a second
+    /// one exits 2 naming the holder.
+    #[command(after_help = RECONCILE_EXIT_CODES)]
+    Reconcile {
+        /// Converge once and exit (the daemon is `prism daemon`).
+        #[arg(long, required = true)]
+        once: bool,
+        /// Give up waiting for new containers to be ready after this.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+
     /// Show nodes and containers as last recorded in the state store.
     ///
     /// Reads the state file named by fleet.toml ([fleet] state); contacts no
@@ -67,6 +97,13 @@ pub enum Command {
     },
 }
 
+const RECONCILE_EXIT_CODES: &str = "\
+Exit codes:
+  0  converged: the nodes run what fleet.toml asks for
+  1  some action failed, or not converged within --timeout
+  2  bad usage, invalid fleet.toml or secrets, or another applier holds the lock
+     (nothing was changed)";
+
 /// Why a command failed, which decides the exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -84,12 +121,20 @@ pub enum Failure {
     Discovery(#[from] crate::cloud::DiscoveryError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{0}")]
+    Pass(#[from] crate::operator::PassError),
+    /// Already reported; only the exit code is left.
+    #[error("")]
+    Reported(u8),
 }
 
 impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
             Failure::Config(_) => 2,
+            Failure::Store(StoreError::Locked { .. }) => 2,
+            Failure::Pass(e) if e.is_setup() => 2,
+            Failure::Reported(code) => *code,
             _ => 1,
         }
     }
@@ -107,6 +152,17 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Validate => validate::run(&cli.config),
+        Command::Plan { json } => Config::load(&cli.config)
+            .map_err(Failure::from)
+            .and_then(|config| block_on(plan::run(config, *json))),
+        Command::Reconcile { once: _, timeout } => Config::load(&cli.config)
+            .map_err(Failure::from)
+            .and_then(
+                |config| match block_on(reconcile::once(config, *timeout))? {
+                    reconcile::Converged::Yes => Ok(()),
+                    reconcile::Converged::No => Err(Failure::Reported(1)),
+                },
+            ),
         Command::Status { json, probe } => Config::load(&cli.config)
             .map_err(Failure::from)
             .and_then(|config| {
@@ -125,6 +181,7 @@ pub fn main() -> ExitCode {
             eprintln!("{invalid}");
             ExitCode::from(2)
         }
+        Err(Failure::Reported(code)) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("error: {failure}");
             ExitCode::from(failure.exit_code())

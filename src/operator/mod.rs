@@ -1,8 +1,12 @@
 //! The operator's passes over the fleet: discover, observe, record. Each is
 //! one function the daemon, `reconcile --once` and the CLI share.
 
+mod apply;
 mod lifecycle;
 mod observe;
+mod pass;
 
+pub use apply::{Outcome, apply};
 pub use lifecycle::node_state;
 pub use observe::{Observed, observe, record};
+pub use pass::{Operator, PassError, Planned};

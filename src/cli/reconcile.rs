@@ -1,0 +1,90 @@
+//! `prism reconcile --once`: converge, then exit. For cron: prints nothing
+//! when there was nothing to do.
+
+use std::time::{Duration, Instant};
+
+use super::Failure;
+use super::plan::node_label;
+use crate::config::Config;
+use crate::operator::Operator;
+use crate::store::LockHolder;
+
+/// A stale lock (its holder died without unlocking) is taken over after this.
+const LOCK_TTL: Duration = Duration::from_secs(120);
+
+/// Pause between passes while waiting for new containers to be ready.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Exit status of a run that did not fail outright.
+pub enum Converged {
+    Yes,
+    /// Some action failed, or the timeout came first.
+    No,
+}
+
+pub async fn once(config: Config, timeout: Duration) -> Result<Converged, Failure> {
+    let operator = Operator::new(config).await?;
+    let me = LockHolder::this_process("reconcile --once");
+    operator
+        .store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .try_lock(&me, LOCK_TTL)?;
+    let result = converge(&operator, &me, timeout).await;
+    let unlocked = operator
+        .store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .unlock(&me);
+    let converged = result?;
+    unlocked?;
+    Ok(converged)
+}
+
+async fn converge(
+    operator: &Operator,
+    me: &LockHolder,
+    timeout: Duration,
+) -> Result<Converged, Failure> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        operator
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heartbeat(me)?;
+        let planned = operator.observe_and_plan().await?;
+        for p in &planned.plan.problems {
+            eprintln!("{p}");
+        }
+        if planned.plan.is_empty() {
+            return Ok(Converged::Yes);
+        }
+        for c in &planned.plan.placement_changes {
+            println!("{c}");
+        }
+        let outcomes = operator.apply(&planned).await?;
+        let mut failed = false;
+        for o in &outcomes {
+            let node = node_label(&planned.nodes, &o.node);
+            match &o.error {
+                None => println!("{node}: {}", o.action),
+                Some(e) => {
+                    failed = true;
+                    eprintln!("{node}: {}: FAILED: {e}", o.action);
+                }
+            }
+        }
+        if failed {
+            return Ok(Converged::No);
+        }
+        if Instant::now() + SETTLE >= deadline {
+            eprintln!(
+                "not converged after {}: the next run goes on from here",
+                humantime::format_duration(timeout)
+            );
+            return Ok(Converged::No);
+        }
+        tokio::time::sleep(SETTLE).await;
+    }
+}

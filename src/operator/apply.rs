@@ -1,0 +1,252 @@
+//! Apply: the one place that changes nodes. Runs each node's actions in
+//! order over SSH, nodes in parallel, and records every action and its
+//! outcome as an event.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::reconcile::docker::{
+    STOP_GRACE, env_file_content, login_argv, network_create_argv, pull_argv, remove_argv,
+    restart_argv, run_argv, start_argv, stop_argv,
+};
+use crate::reconcile::{Action, Plan, Secrets};
+use crate::ssh::{ExecLimits, Output, Pool, Target, fan_out};
+use crate::store::{Level, NewEvent, Store};
+
+/// Nodes changed at once; each runs its own list in order.
+const PARALLEL: usize = 16;
+
+/// What happened to one action.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub node: String,
+    /// The action as `prism plan` prints it.
+    pub action: String,
+    pub error: Option<String>,
+}
+
+/// Runs the plan's actions. A failed action ends its node's list for this
+/// pass (later ones may depend on it); other nodes go on. Returns every
+/// action tried, in order per node.
+pub async fn apply(
+    pool: &Pool,
+    store: &Arc<Mutex<Store>>,
+    targets: &[Target],
+    plan: &Plan,
+    secrets: &Secrets,
+    fleet: &str,
+) -> Vec<Outcome> {
+    let busy: Vec<Target> = targets
+        .iter()
+        .filter(|t| plan.actions.contains_key(&t.id))
+        .cloned()
+        .collect();
+    let per_node = fan_out(&busy, PARALLEL, |target| async move {
+        let mut outcomes = Vec::new();
+        for action in plan.actions.get(&target.id).into_iter().flatten() {
+            let result = run(pool, &target, action, secrets, fleet).await;
+            let outcome = Outcome {
+                node: target.id.clone(),
+                action: action.to_string(),
+                error: result.err(),
+            };
+            record(store, &outcome, action);
+            let failed = outcome.error.is_some();
+            outcomes.push(outcome);
+            if failed {
+                break;
+            }
+        }
+        outcomes
+    })
+    .await;
+    let mut all: Vec<Outcome> = per_node.into_iter().flat_map(|(_, o)| o).collect();
+    // fan_out returns nodes as they finish; keep a stable order per node.
+    all.sort_by(|a, b| a.node.cmp(&b.node));
+    all
+}
+
+fn record(store: &Arc<Mutex<Store>>, outcome: &Outcome, action: &Action) {
+    let kind = format!("apply.{}", kind(action));
+    let event = match &outcome.error {
+        None => NewEvent::info(&kind, outcome.action.clone()),
+        Some(e) => NewEvent::new(
+            Level::Error,
+            &kind,
+            format!("{}: failed: {e}", outcome.action),
+        ),
+    };
+    let event = match pod_app(action) {
+        Some(app) => event.app(app),
+        None => event,
+    };
+    let store = store.lock().unwrap_or_else(|poison| poison.into_inner());
+    if let Err(e) = store.record_event(&event.node(outcome.node.clone())) {
+        tracing::warn!(error = %e, "could not record an apply event");
+    }
+}
+
+fn kind(action: &Action) -> &'static str {
+    match action {
+        Action::EnsureNetwork { .. } => "network",
+        Action::Pull { .. } => "pull",
+        Action::Run { .. } => "run",
+        Action::Start { .. } => "start",
+        Action::Restart { .. } => "restart",
+        Action::Remove { .. } => "remove",
+    }
+}
+
+fn pod_app(action: &Action) -> Option<String> {
+    match action {
+        Action::EnsureNetwork { pod, .. } => Some(pod.app.clone()),
+        Action::Run { spec, .. } => Some(spec.pod.app.clone()),
+        Action::Start { container, .. }
+        | Action::Restart { container }
+        | Action::Remove { container, .. } => Some(container.pod.app.clone()),
+        Action::Pull { .. } => None,
+    }
+}
+
+fn limits(timeout: Duration) -> ExecLimits {
+    ExecLimits {
+        timeout,
+        max_output: 1 << 20,
+    }
+}
+
+/// One action's commands. Errors are one line for people: the command's
+/// stderr tail, or why it could not run.
+async fn run(
+    pool: &Pool,
+    target: &Target,
+    action: &Action,
+    secrets: &Secrets,
+    fleet: &str,
+) -> Result<(), String> {
+    let quick = limits(Duration::from_secs(60));
+    match action {
+        Action::EnsureNetwork { pod, network } => {
+            let out = exec(
+                pool,
+                target,
+                &network_create_argv(fleet, pod, network),
+                None,
+                quick,
+            )
+            .await?;
+            if out.success() || out.stderr_text().contains("already exists") {
+                Ok(())
+            } else {
+                Err(failure("docker network create", &out))
+            }
+        }
+        Action::Pull { image, login } => {
+            if let Some(host) = login {
+                let Some(credentials) = secrets.registries.get(host) else {
+                    return Err(format!("no credentials resolved for registry {host}"));
+                };
+                let argv = login_argv(host, &credentials.username);
+                let password = credentials.password.expose().as_bytes();
+                check(
+                    exec(pool, target, &argv, Some(password), quick).await?,
+                    "docker login",
+                )?;
+            }
+            let out = exec(
+                pool,
+                target,
+                &pull_argv(image),
+                None,
+                limits(Duration::from_secs(600)),
+            )
+            .await?;
+            check(out, "docker pull")
+        }
+        Action::Run { spec, .. } => {
+            // Secrets reach Docker through an env file read from stdin:
+            // never in argv, never on the node's disk.
+            let (argv, stdin) = if spec.needs_env_file() {
+                let content = env_file_content(&spec.config.secrets).map_err(|e| e.to_string())?;
+                let argv = run_argv(spec, Some("/dev/stdin")).map_err(|e| e.to_string())?;
+                (argv, Some(content))
+            } else {
+                (run_argv(spec, None).map_err(|e| e.to_string())?, None)
+            };
+            let stdin = stdin.as_ref().map(|s| s.expose().as_bytes());
+            check(exec(pool, target, &argv, stdin, quick).await?, "docker run")
+        }
+        Action::Start { container, .. } => check(
+            exec(pool, target, &start_argv(&container.id), None, quick).await?,
+            "docker start",
+        ),
+        Action::Restart { container } => {
+            let grace = limits(STOP_GRACE + Duration::from_secs(60));
+            check(
+                exec(
+                    pool,
+                    target,
+                    &restart_argv(&container.id, STOP_GRACE),
+                    None,
+                    grace,
+                )
+                .await?,
+                "docker restart",
+            )
+        }
+        Action::Remove { container, .. } => {
+            let grace = limits(STOP_GRACE + Duration::from_secs(30));
+            let stopped = exec(
+                pool,
+                target,
+                &stop_argv(&container.id, STOP_GRACE),
+                None,
+                grace,
+            )
+            .await?;
+            let out = exec(pool, target, &remove_argv(&container.id), None, quick).await?;
+            // Gone already counts as removed: a rerun must converge.
+            if out.success() || out.stderr_text().contains("No such container") {
+                Ok(())
+            } else if !stopped.success() {
+                Err(failure("docker stop", &stopped))
+            } else {
+                Err(failure("docker rm", &out))
+            }
+        }
+    }
+}
+
+async fn exec(
+    pool: &Pool,
+    target: &Target,
+    argv: &[String],
+    stdin: Option<&[u8]>,
+    limits: ExecLimits,
+) -> Result<Output, String> {
+    pool.exec(target, argv, stdin, limits)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn check(out: Output, command: &str) -> Result<(), String> {
+    if out.success() {
+        Ok(())
+    } else {
+        Err(failure(command, &out))
+    }
+}
+
+fn failure(command: &str, out: &Output) -> String {
+    let status = out
+        .status
+        .map_or_else(|| "no exit status".to_owned(), |s| format!("exit {s}"));
+    let stderr = out.stderr_text();
+    let tail = stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("no output")
+        .to_owned();
+    format!("{command} failed ({status}): {tail}")
+}

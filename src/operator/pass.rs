@@ -1,0 +1,175 @@
+//! One reconcile pass: discover → observe → record → plan (pure) → apply.
+//! The daemon, `reconcile --once` and `plan` all run passes through here.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use super::apply::{Outcome, apply};
+use super::observe::{Observed, observe, record};
+use crate::bootstrap::install_docker;
+use crate::cloud::{Discovery, DiscoveryError, Node};
+use crate::config::Config;
+use crate::observe::{Condition, ContainerState, ProbeLimits, Probed};
+use crate::reconcile::{
+    Desired, MissingSecret, NodeView, PlacementChange, Plan, SecretError, Secrets, plan,
+    resolve_secrets,
+};
+use crate::ssh::{Pool, SshError, SshSettings};
+use crate::store::{Level, NewEvent, Placement, Store, StoreError, now_ms};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("{0}")]
+    Secret(#[from] SecretError),
+    #[error("{0}")]
+    MissingSecret(#[from] MissingSecret),
+    #[error("{0}")]
+    Ssh(#[from] SshError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Discovery(#[from] DiscoveryError),
+}
+
+impl PassError {
+    /// Problems of the operator's own set-up (fleet.toml's secrets, the
+    /// key), as opposed to the world: nothing was applied.
+    pub fn is_setup(&self) -> bool {
+        matches!(
+            self,
+            PassError::Secret(_) | PassError::MissingSecret(_) | PassError::Ssh(_)
+        )
+    }
+}
+
+/// Everything a pass needs, made once per process.
+pub struct Operator {
+    pub config: Config,
+    pub desired: Desired,
+    secrets: Secrets,
+    pub store: Arc<Mutex<Store>>,
+    pub pool: Pool,
+    discovery: Discovery,
+}
+
+/// What a pass saw and decided.
+pub struct Planned {
+    pub nodes: Vec<Node>,
+    pub views: Vec<NodeView>,
+    pub plan: Plan,
+}
+
+impl Operator {
+    pub async fn new(config: Config) -> Result<Operator, PassError> {
+        let secrets = resolve_secrets(&config)?;
+        let desired = Desired::build(&config.fleet, &secrets)?;
+        let store = Arc::new(Mutex::new(Store::open(&config.state_path())?));
+        let pool = Pool::new(SshSettings::from_config(&config)?, Some(store.clone()));
+        let discovery = Discovery::from_config(&config).await;
+        Ok(Operator {
+            config,
+            desired,
+            secrets,
+            store,
+            pool,
+            discovery,
+        })
+    }
+
+    fn fleet(&self) -> &str {
+        &self.config.fleet.fleet.name
+    }
+
+    /// Discovers, probes and records every node, then plans. Changes
+    /// nothing on the nodes, except installing Docker where fleet.toml
+    /// opts in to bootstrap.
+    pub async fn observe_and_plan(&self) -> Result<Planned, PassError> {
+        let nodes = self.discovery.nodes().await?;
+        let mut pass = observe(&self.pool, &nodes, self.fleet(), ProbeLimits::default()).await;
+        if self.config.fleet.fleet.bootstrap {
+            self.bootstrap(&mut pass).await;
+        }
+        let views = record(&self.store, &pass)?;
+        let observed: BTreeMap<String, Vec<ContainerState>> = pass
+            .into_iter()
+            .filter_map(|o| match o.probed {
+                Probed::Ready { containers, .. } => Some((o.node.id, containers)),
+                _ => None,
+            })
+            .collect();
+        let placements = self.lock().placements()?;
+        let plan = plan(&self.desired, &views, &observed, &placements);
+        Ok(Planned { nodes, views, plan })
+    }
+
+    /// Stores the plan's placements, then runs its actions.
+    pub async fn apply(&self, planned: &Planned) -> Result<Vec<Outcome>, PassError> {
+        self.store_placements(&planned.plan)?;
+        let targets: Vec<_> = planned.nodes.iter().map(Node::target).collect();
+        Ok(apply(
+            &self.pool,
+            &self.store,
+            &targets,
+            &planned.plan,
+            &self.secrets,
+            self.fleet(),
+        )
+        .await)
+    }
+
+    fn store_placements(&self, plan: &Plan) -> Result<(), PassError> {
+        let store = self.lock();
+        let now = now_ms();
+        for change in &plan.placement_changes {
+            match change {
+                PlacementChange::Place { pod, node, .. } => store.set_placement(&Placement {
+                    app: pod.app.clone(),
+                    instance: pod.instance,
+                    node_id: node.clone(),
+                    placed_at: now,
+                })?,
+                PlacementChange::Unplace { pod, .. } => {
+                    store.remove_placement(&pod.app, pod.instance)?
+                }
+            }
+            store.record_event(&NewEvent::info("placement", change.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Installs Docker on reachable nodes without it, then probes them again.
+    async fn bootstrap(&self, pass: &mut [Observed]) {
+        for seen in pass.iter_mut() {
+            if !matches!(
+                &seen.probed,
+                Probed::NoDocker {
+                    condition: Condition::DockerMissing,
+                    ..
+                }
+            ) {
+                continue;
+            }
+            let target = seen.node.target();
+            let event = match install_docker(&self.pool, &target).await {
+                Ok(outcome) => NewEvent::info("node.bootstrap", outcome.summary()),
+                Err(e) => NewEvent::new(Level::Error, "node.bootstrap", e.to_string()),
+            };
+            if let Err(e) = self.lock().record_event(&event.node(seen.node.id.clone())) {
+                tracing::warn!(error = %e, "could not record a bootstrap event");
+            }
+            seen.probed = crate::observe::probe(
+                &self.pool,
+                &target,
+                &self.config.fleet.fleet.name,
+                ProbeLimits::default(),
+            )
+            .await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
