@@ -183,7 +183,8 @@ fn docker_stopped_on_a_node_is_reported_while_the_others_answer() {
     let (_, human) = probe(&fleet, false);
     let (status, _) = probe(&fleet, true);
     let row = node_row(&status, down);
-    assert_eq!(row["state"], "not-ready", "{row:#}");
+    // Two probes in a row without Docker: suspect, then lost.
+    assert_eq!(row["state"], "lost", "{row:#}");
     assert_eq!(row["condition"], "docker-down", "{row:#}");
     assert!(
         row["condition_detail"]
@@ -222,5 +223,14 @@ fn docker_stopped_on_a_node_is_reported_while_the_others_answer() {
         .map(|e| e.kind)
         .collect();
     kinds.reverse();
-    assert_eq!(kinds, ["node.ready", "node.docker-down", "node.ready"]);
+    assert_eq!(
+        kinds,
+        [
+            "node.discovered",
+            "node.docker-down",
+            "node.suspect",
+            "node.lost",
+            "node.ready"
+        ]
+    );
 }

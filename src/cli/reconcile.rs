@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::Failure;
 use super::plan::node_label;
 use crate::config::Config;
-use crate::operator::Operator;
+use crate::operator::{Operator, Outcome};
 use crate::store::LockHolder;
 
 /// A stale lock (its holder died without unlocking) is taken over after this.
@@ -63,19 +63,15 @@ async fn converge(
         for c in &planned.plan.placement_changes {
             println!("{c}");
         }
-        let outcomes = operator.apply(&planned).await?;
-        let mut failed = false;
-        for o in &outcomes {
+        let report = |o: &Outcome| {
             let node = node_label(&planned.nodes, &o.node);
             match &o.error {
                 None => println!("{node}: {}", o.action),
-                Some(e) => {
-                    failed = true;
-                    eprintln!("{node}: {}: FAILED: {e}", o.action);
-                }
+                Some(e) => eprintln!("{node}: {}: FAILED: {e}", o.action),
             }
-        }
-        if failed {
+        };
+        let outcomes = operator.apply(&planned, &report).await?;
+        if outcomes.iter().any(|o| o.error.is_some()) {
             return Ok(Converged::No);
         }
         if Instant::now() + SETTLE >= deadline {

@@ -26,8 +26,9 @@ pub struct Outcome {
 }
 
 /// Runs the plan's actions. A failed action ends its node's list for this
-/// pass (later ones may depend on it); other nodes go on. Returns every
-/// action tried, in order per node.
+/// pass (later ones may depend on it); other nodes go on. `progress` hears
+/// of each outcome as it happens. Returns every action tried, in order per
+/// node.
 pub async fn apply(
     pool: &Pool,
     store: &Arc<Mutex<Store>>,
@@ -35,6 +36,7 @@ pub async fn apply(
     plan: &Plan,
     secrets: &Secrets,
     fleet: &str,
+    progress: &(dyn Fn(&Outcome) + Sync),
 ) -> Vec<Outcome> {
     let busy: Vec<Target> = targets
         .iter()
@@ -51,6 +53,7 @@ pub async fn apply(
                 error: result.err(),
             };
             record(store, &outcome, action);
+            progress(&outcome);
             let failed = outcome.error.is_some();
             outcomes.push(outcome);
             if failed {

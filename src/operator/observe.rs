@@ -62,23 +62,8 @@ pub fn record(store: &Arc<Mutex<Store>>, pass: &[Observed]) -> Result<Vec<NodeVi
             previous.as_ref(),
             now,
         );
-        let was = previous.as_ref().map(|p| p.condition.clone());
-        if was.as_ref() != Some(&row.condition) {
-            store.record_event(&condition_event(&row.name, &row.id, seen))?;
-        }
-        if previous.as_ref().is_some_and(|p| p.state != row.state) {
-            store.record_event(
-                &NewEvent::info(
-                    &format!("node.{}", row.state),
-                    format!(
-                        "{} is {} (was {})",
-                        row.name,
-                        row.state,
-                        previous.as_ref().map_or("", |p| p.state.as_str())
-                    ),
-                )
-                .node(row.id.clone()),
-            )?;
+        for event in events(previous.as_ref(), &row, seen) {
+            store.record_event(&event.node(row.id.clone()))?;
         }
         store.upsert_node(&row)?;
         if let Probed::Ready { containers, .. } = &seen.probed {
@@ -108,14 +93,47 @@ fn view(node: &Node, row: &NodeRecord, state: NodeState) -> NodeView {
     }
 }
 
-fn condition_event(name: &str, id: &str, seen: &Observed) -> NewEvent {
-    let event = match seen.probed.condition() {
-        None => NewEvent::info("node.ready", format!("{name} is ready")),
-        Some(c) => NewEvent::new(
+/// What changed for people to know: a node joined, its state changed, or
+/// it has a new reason not to be ready.
+fn events(previous: Option<&NodeRecord>, row: &NodeRecord, seen: &Observed) -> Vec<NewEvent> {
+    let mut out = Vec::new();
+    let Some(previous) = previous else {
+        out.push(NewEvent::info(
+            "node.discovered",
+            format!(
+                "{} at {} joined the fleet, {}",
+                row.name, row.address, row.state
+            ),
+        ));
+        if let Some(c) = seen.probed.condition() {
+            out.push(NewEvent::new(
+                Level::Warn,
+                &format!("node.{}", c.name()),
+                format!("{}: {c}", row.name),
+            ));
+        }
+        return out;
+    };
+    if let Some(c) = seen.probed.condition()
+        && previous.condition.as_deref() != Some(c.name())
+    {
+        out.push(NewEvent::new(
             Level::Warn,
             &format!("node.{}", c.name()),
-            format!("{name} is not ready: {c}"),
-        ),
-    };
-    event.node(id.to_owned())
+            format!("{}: {c}", row.name),
+        ));
+    }
+    if previous.state != row.state {
+        let level = if row.state == "ready" {
+            Level::Info
+        } else {
+            Level::Warn
+        };
+        out.push(NewEvent::new(
+            level,
+            &format!("node.{}", row.state),
+            format!("{} is {} (was {})", row.name, row.state, previous.state),
+        ));
+    }
+    out
 }

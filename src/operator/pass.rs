@@ -102,8 +102,13 @@ impl Operator {
         Ok(Planned { nodes, views, plan })
     }
 
-    /// Stores the plan's placements, then runs its actions.
-    pub async fn apply(&self, planned: &Planned) -> Result<Vec<Outcome>, PassError> {
+    /// Stores the plan's placements, then runs its actions; `progress`
+    /// hears of each outcome as it happens.
+    pub async fn apply(
+        &self,
+        planned: &Planned,
+        progress: &(dyn Fn(&Outcome) + Sync),
+    ) -> Result<Vec<Outcome>, PassError> {
         self.store_placements(&planned.plan)?;
         let targets: Vec<_> = planned.nodes.iter().map(Node::target).collect();
         Ok(apply(
@@ -113,6 +118,7 @@ impl Operator {
             &planned.plan,
             &self.secrets,
             self.fleet(),
+            progress,
         )
         .await)
     }

@@ -164,6 +164,55 @@ impl Lab {
         file
     }
 
+    /// A fleet of its own named `name` on the lab's nodes (found by the
+    /// lab's tag), with no apps but `apps`: its containers and networks
+    /// never meet another test's.
+    pub fn own_fleet(&self, dir: &Path, name: &str, apps: &str) -> PathBuf {
+        let file = self.fleet_file(dir, "");
+        let text = std::fs::read_to_string(&file).expect("read fleet.toml");
+        let cut = text.find("[apps.").unwrap_or(text.len());
+        let text = text[..cut]
+            .replace("name = \"lab\"", &format!("name = {name:?}"))
+            .replace(
+                "[discovery]\n",
+                "[discovery]\ntags = { \"prism:fleet\" = \"lab\" }\n",
+            );
+        std::fs::write(&file, format!("{text}\n{apps}")).expect("write fleet.toml");
+        file
+    }
+
+    /// Every container of fleet `name` on every node, as `docker ps` lines
+    /// `node name app service instance spec state`.
+    pub fn fleet_containers(&self, name: &str) -> Vec<String> {
+        let format = "{{.Names}} {{.Label \"prism.app\"}} {{.Label \"prism.service\"}} \
+                      {{.Label \"prism.instance\"}} {{.Label \"prism.spec\"}} {{.State}}";
+        let mut lines = Vec::new();
+        for node in &self.nodes {
+            let out = self
+                .ssh(
+                    &node.address,
+                    &format!("docker ps -a --filter label=prism.fleet={name} --format '{format}'"),
+                )
+                .unwrap_or_else(|e| panic!("docker ps on {}: {e:#}", node.name));
+            lines.extend(out.lines().map(|l| format!("{} {l}", node.name)));
+        }
+        lines.sort();
+        lines
+    }
+
+    /// Removes every container and network of fleet `name` from every node.
+    pub fn remove_fleet(&self, name: &str) {
+        for node in &self.nodes {
+            let _ = self.ssh(
+                &node.address,
+                &format!(
+                    "docker ps -aq --filter label=prism.fleet={name} | xargs -r docker rm -f; \
+                     docker network ls -q --filter label=prism.fleet={name} | xargs -r docker network rm"
+                ),
+            );
+        }
+    }
+
     /// `ssh root@addr remote` with the lab's known_hosts and strict host key
     /// checking; `identity` picks the key offered (and only that key).
     pub fn ssh_with(&self, identity: &Path, addr: &str, remote: &str) -> Output {
