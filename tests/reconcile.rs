@@ -340,3 +340,56 @@ secrets = {{ API_TOKEN = {{ env = "PRISM_TEST_API_TOKEN" }} }}
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_daemon_converges_holds_the_lock_and_stops_cleanly_on_sigterm() {
+    let _serial = serial();
+    let lab = Lab::load();
+    let fleet = Fleet::new(&lab, "f");
+    let file = fleet.file(&web_app(&lab, 1, "d"));
+    let mut daemon = prism_cmd(
+        &file,
+        &["daemon", "--interval", "1s", "--log-format", "json"],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn daemon");
+    let stderr = daemon.stderr.take().expect("stderr");
+    let logs = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let converged = common::retry(Duration::from_secs(60), || {
+        let up = running(&fleet.containers());
+        anyhow::ensure!(up.len() == 2, "{up:?}");
+        Ok(())
+    });
+    // Meanwhile, cron's run is turned away, naming the daemon.
+    let cron = reconcile(&file);
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let status = daemon.wait().expect("wait");
+    let logs = logs.join().expect("logs");
+    converged.unwrap_or_else(|e| panic!("daemon did not converge: {e:#}\n{logs:#?}"));
+    assert_eq!(cron.status.code(), Some(2), "{}", text(&cron.stderr));
+    assert!(
+        text(&cron.stderr).contains("daemon"),
+        "{}",
+        text(&cron.stderr)
+    );
+    assert_eq!(status.code(), Some(0), "{logs:#?}");
+    for line in &logs {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(
+        logs.iter().any(|l| l.contains("daemon stopped")),
+        "{logs:#?}"
+    );
+    // The lock went with it: a run now is allowed (and has nothing to do).
+    assert_eq!(converge(&file), "");
+}

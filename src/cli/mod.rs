@@ -2,6 +2,7 @@
 //! outcome to an exit code. Commands print for people on stdout, problems
 //! on stderr.
 
+mod daemon;
 mod plan;
 mod reconcile;
 mod status;
@@ -79,6 +80,22 @@ pub enum Command {
         timeout: std::time::Duration,
     },
 
+    /// Run headless: discover and reconcile in a loop, with logs.
+    ///
+    /// Reconciles every --interval, and at once when a node appears, is
+    /// lost or changes state. Logs go to stderr (PRISM_LOG sets the level
+    /// filter, e.g. `debug` or `prism=debug`). SIGTERM or SIGINT finish the
+    /// pass in flight, release the apply lock and exit 0.
+    #[command(after_help = DAEMON_EXIT_CODES)]
+    Daemon {
+        /// Time between passes.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Log lines for people, or one JSON object per line.
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: daemon::LogFormat,
+    },
+
     /// Show nodes and containers as last recorded in the state store.
     ///
     /// Reads the state file named by fleet.toml ([fleet] state); contacts no
@@ -103,6 +120,12 @@ Exit codes:
   1  some action failed, or not converged within --timeout
   2  bad usage, invalid fleet.toml or secrets, or another applier holds the lock
      (nothing was changed)";
+
+const DAEMON_EXIT_CODES: &str = "\
+Exit codes:
+  0  stopped by SIGTERM or SIGINT
+  1  the daemon could not go on (state store, runtime)
+  2  bad usage, invalid fleet.toml or secrets, or another applier holds the lock";
 
 /// Why a command failed, which decides the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +186,15 @@ pub fn main() -> ExitCode {
                     reconcile::Converged::No => Err(Failure::Reported(1)),
                 },
             ),
+        Command::Daemon {
+            interval,
+            log_format,
+        } => Config::load(&cli.config)
+            .map_err(Failure::from)
+            .and_then(|config| {
+                daemon::init_logs(*log_format);
+                block_on(daemon::run(config, *interval))
+            }),
         Command::Status { json, probe } => Config::load(&cli.config)
             .map_err(Failure::from)
             .and_then(|config| {
