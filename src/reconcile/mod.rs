@@ -32,6 +32,7 @@
 
 mod desired;
 pub mod docker;
+mod job;
 mod plan;
 mod problem;
 mod schedule;
@@ -40,6 +41,7 @@ mod spec;
 
 pub use desired::{AppSpec, Desired, MissingSecret, PodKey, Reserve, ServiceSpec};
 pub use docker::{EnvFileError, EnvFileMissing, RunSpec};
+pub use job::{JOB_LABEL, JobRun, job_run, scheduler_cron};
 pub use plan::{
     Action, ContainerRef, PlacementChange, Plan, PodPlacement, RemoveReason, RunReason, plan,
 };
