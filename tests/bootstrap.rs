@@ -10,7 +10,7 @@ use std::time::Instant;
 use common::prism_ssh::{bare_pool, bare_target, limits, run};
 use common::{Lab, lab_cmd};
 use prism::bootstrap::{Action, BootstrapError, Failure, install_docker};
-use prism::observe::{DockerStatus, NodeFacts, node_facts_argv, parse_node_facts};
+use prism::observe::{Condition, ProbeLimits, Probed, probe};
 use prism::ssh::{Pool, Target};
 
 /// Removes the bare node when the test ends, passing or failing.
@@ -24,12 +24,15 @@ impl Drop for BareNode {
     }
 }
 
-async fn facts(pool: &Pool, node: &Target) -> NodeFacts {
-    let out = pool
-        .exec(node, &node_facts_argv(), None, limits(30))
-        .await
-        .unwrap_or_else(|e| panic!("node facts on {}: {e}", node.address));
-    parse_node_facts(&out.stdout_text()).unwrap_or_else(|e| panic!("node facts: {e}"))
+/// What Prism's probe says of Docker on the node: its version when it runs.
+async fn docker(pool: &Pool, node: &Target) -> Result<String, Condition> {
+    match probe(pool, node, "lab", ProbeLimits::default()).await {
+        Probed::Ready { docker_version, .. } => Ok(docker_version),
+        other => Err(other
+            .condition()
+            .cloned()
+            .expect("not ready has a condition")),
+    }
 }
 
 #[tokio::test]
@@ -47,7 +50,7 @@ async fn a_node_without_docker_gets_it_installed_and_started() {
     let root = bare_target(&bare, "root");
     let plain = bare_target(&bare, "plain");
 
-    assert_eq!(facts(&pool, &root).await.docker, DockerStatus::Missing);
+    assert_eq!(docker(&pool, &root).await, Err(Condition::DockerMissing));
 
     // A login that is neither root nor a sudoer is refused, by name.
     match install_docker(&pool, &plain).await {
@@ -87,12 +90,7 @@ async fn a_node_without_docker_gets_it_installed_and_started() {
         outcome.version
     );
 
-    assert_eq!(
-        facts(&pool, &root).await.docker,
-        DockerStatus::Running {
-            version: outcome.version.clone()
-        }
-    );
+    assert_eq!(docker(&pool, &root).await, Ok(outcome.version.clone()));
     // It runs containers, pulled from the lab's registry (plain HTTP, as
     // the bare image's /etc/docker/daemon.json allows).
     let out = pool

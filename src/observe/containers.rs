@@ -294,6 +294,16 @@ pub fn parse_inspect(stdout: &str) -> Result<Vec<ContainerState>, ParseError> {
         .collect()
 }
 
+/// One container object, as `GET /containers/{id}/json` answers: the
+/// schema of one element of [`parse_inspect`]'s array.
+pub fn parse_container(json: &str) -> Result<ContainerState, ParseError> {
+    let raw: RawContainer = from_json(Probe::ContainerInspect, json)?;
+    let label = format!("container {}", raw.name);
+    raw.into_state().map_err(|why| {
+        ParseError::malformed(Probe::ContainerInspect, None, format!("{label}: {why}"))
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase", expecting = "a container object")]
 struct RawContainer {

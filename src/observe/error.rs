@@ -3,9 +3,16 @@
 
 use std::fmt;
 
-/// The read-only commands whose output this module parses.
+/// The read-only commands and Docker API requests whose output this
+/// module parses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Probe {
+    /// `GET /version` of the Docker API.
+    Version,
+    /// `GET /containers/json` listing a fleet's containers.
+    ContainerList,
+    /// `GET /containers/{id}/json` of one of them.
+    ContainerInspect,
     /// `docker ps -aq` listing a fleet's container ids.
     ContainerIds,
     /// `docker container inspect` of those ids.
@@ -17,9 +24,12 @@ pub enum Probe {
 }
 
 impl Probe {
-    /// The command as people know it, for messages.
+    /// The command or request as people know it, for messages.
     pub fn command(self) -> &'static str {
         match self {
+            Probe::Version => "GET /version",
+            Probe::ContainerList => "GET /containers/json",
+            Probe::ContainerInspect => "GET /containers/{id}/json",
             Probe::ContainerIds => "docker ps -aq",
             Probe::Inspect => "docker container inspect",
             Probe::DockerInfo => "docker info",
@@ -47,14 +57,21 @@ pub enum ParseError {
     /// (`docker info` exits 0 and says so in `ServerErrors`).
     #[error("`{probe}`: the Docker daemon did not answer: {}", .messages.join("; "))]
     DockerUnavailable { probe: Probe, messages: Vec<String> },
+    /// Docker answered an API request with an error status and this message.
+    #[error("`{probe}`: Docker answered {status}: {message}")]
+    Status {
+        probe: Probe,
+        status: u16,
+        message: String,
+    },
 }
 
 impl ParseError {
     pub fn probe(&self) -> Probe {
         match self {
-            ParseError::Malformed { probe, .. } | ParseError::DockerUnavailable { probe, .. } => {
-                *probe
-            }
+            ParseError::Malformed { probe, .. }
+            | ParseError::DockerUnavailable { probe, .. }
+            | ParseError::Status { probe, .. } => *probe,
         }
     }
 
@@ -62,7 +79,7 @@ impl ParseError {
     pub fn line(&self) -> Option<usize> {
         match self {
             ParseError::Malformed { line, .. } => *line,
-            ParseError::DockerUnavailable { .. } => None,
+            ParseError::DockerUnavailable { .. } | ParseError::Status { .. } => None,
         }
     }
 

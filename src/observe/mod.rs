@@ -1,11 +1,23 @@
-//! Reading a node's state. [`probe`] runs the read-only commands over SSH
-//! and [`node_record`] turns what it found into state-store rows; all the
-//! rest is pure: the argv of each command (data, never a shell string: the
-//! SSH layer quotes it) and typed parsers of what those commands print.
+//! Reading a node's state. [`probe`] runs the facts script over SSH and
+//! asks Docker over its API socket, and [`node_record`] turns what it
+//! found into state-store rows; all the rest is pure: the argv of each
+//! command (data, never a shell string: the SSH layer quotes it), the API's
+//! request paths, and typed parsers of the answers.
+//!
+//! What a probe reads:
+//!
+//! | argv or request | parser | expect |
+//! |---|---|---|
+//! | [`node_facts_argv`] | [`parse_node_facts`] | any status; judge the output |
+//! | `GET` [`api::VERSION_PATH`] | [`api::parse_version`] | 200 (asked once per connection) |
+//! | `GET` [`api::list_containers_path`] | [`api::parse_container_list`] | 200 |
+//! | `GET` [`api::inspect_container_path`] | [`api::parse_container_inspect`] | 200, or 404: gone |
+//! | [`docker_version_argv`] | [`parse_docker_version`] | only when sshd cannot open the socket |
+//!
+//! The docker CLI's reads, parsed the same way (the probe does not run them):
 //!
 //! | argv | parser | expect |
 //! |---|---|---|
-//! | [`node_facts_argv`] | [`parse_node_facts`] | any status; judge the output |
 //! | [`docker_info_argv`] | [`parse_docker_info`] | status 0, also when the daemon is down |
 //! | [`list_containers_argv`] | [`parse_container_ids`] | status 0 |
 //! | [`inspect_containers_argv`] | [`parse_inspect`] | 0, or 1 with only [`vanished_ids`] on stderr |
@@ -13,6 +25,7 @@
 //! Errors are [`ParseError`]s naming the command ([`Probe`]) and, where
 //! known, the line; they carry no node name, for the caller to add.
 
+pub mod api;
 mod containers;
 mod error;
 mod info;
@@ -21,16 +34,20 @@ mod node;
 mod probe;
 mod record;
 mod time;
+mod version;
 
 pub use containers::{
     ContainerId, ContainerState, Health, Protocol, PublishedPort, RunState,
-    inspect_containers_argv, list_containers_argv, parse_container_ids, parse_inspect,
-    vanished_ids,
+    inspect_containers_argv, list_containers_argv, parse_container, parse_container_ids,
+    parse_inspect, vanished_ids,
 };
 pub(crate) use error::clip;
 pub use error::{ParseError, Probe};
 pub use info::{DockerInfo, docker_info_argv, parse_docker_info};
 pub use labels::{Identity, LabelProblem, PrismLabels};
-pub use node::{DockerStatus, FACTS_SCRIPT, NodeFacts, node_facts_argv, parse_node_facts};
+pub use node::{
+    DockerSetup, FACTS_SCRIPT, NodeFacts, SocketAccess, node_facts_argv, parse_node_facts,
+};
 pub use probe::{Condition, ProbeLimits, Probed, probe};
 pub use record::{container_records, node_record};
+pub use version::{docker_version_argv, parse_docker_version};

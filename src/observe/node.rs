@@ -1,23 +1,26 @@
 //! Node facts in one round trip: memory, CPUs, disk free where Docker
-//! keeps its data, and whether Docker is there and answering. A constant
-//! script (`facts.sh`, no interpolated input) prints them in sections:
+//! keeps its data, and what the node has of Docker. A constant script
+//! (`facts.sh`, no interpolated input) prints them in sections:
 //!
 //! ```text
-//! @@ prism-facts 1
+//! @@ prism-facts 2
 //! @@ meminfo              MemTotal/MemAvailable lines of /proc/meminfo
 //! @@ nproc                one number
 //! @@ df /var/lib/docker   `df -Pk` of that path (`/` if it does not exist)
-//! @@ docker exit N        then `docker version` output (stdout and stderr)
-//! @@ docker missing       when no `docker` is on PATH
+//! @@ docker cli=present|missing socket=usable|denied|missing
 //! @@ end                  the output is complete
 //! ```
+//!
+//! The script runs no `docker` command (each costs the node ~15 ms of CPU):
+//! the daemon is asked over its API socket ([`super::api`]), and the
+//! `docker` line only tells why, should that fail.
 
 use super::error::{ParseError, Probe, clip};
 
 /// The script run by `sh -c`: a constant, never formatted.
 pub const FACTS_SCRIPT: &str = include_str!("facts.sh");
 
-const HEADER: &str = "prism-facts 1";
+const HEADER: &str = "prism-facts 2";
 
 /// `sh -c <FACTS_SCRIPT>`. Its exit status is that of its last `echo`: 0
 /// unless the shell itself failed; judge the output, not the status.
@@ -37,21 +40,26 @@ pub struct NodeFacts {
     pub disk_path: String,
     /// Bytes available to unprivileged users on `disk_path`'s filesystem.
     pub disk_free: u64,
-    pub docker: DockerStatus,
+    pub docker: DockerSetup,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DockerStatus {
-    /// The daemon answered with its version (`20.10.24+dfsg1`).
-    Running { version: String },
-    /// No `docker` command on the node.
+/// What the node has of Docker, seen without asking the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DockerSetup {
+    /// A `docker` command is on the login user's PATH.
+    pub cli: bool,
+    /// The daemon's socket, `/var/run/docker.sock`.
+    pub socket: SocketAccess,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketAccess {
+    /// No socket there: no daemon, or one that is not running.
     Missing,
-    /// `docker` is there but the daemon did not answer (not running, or
-    /// any other failure); `message` is Docker's own.
-    DaemonDown { message: String },
-    /// The login user may not use the Docker socket (not root, not in the
-    /// `docker` group).
-    PermissionDenied { message: String },
+    /// The login user may not read and write it (not root, not in its group).
+    Denied,
+    /// There, and the login user may connect to it.
+    Usable,
 }
 
 /// One `@@ name args` section of the output and the lines under it.
@@ -125,7 +133,7 @@ pub fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
     let cpus = nproc(section("nproc")?)?;
     let df_section = section("df")?;
     let disk_free = df_available(df_section)?;
-    let docker = docker_status(section("docker")?)?;
+    let docker = docker_setup(section("docker")?)?;
     Ok(NodeFacts {
         mem_total,
         mem_available,
@@ -235,52 +243,40 @@ fn df_available(s: &Section<'_>) -> Result<u64, ParseError> {
     available.ok_or_else(|| malformed(n, format!("expected a `df -Pk` row, found {:?}", clip(row))))
 }
 
-fn docker_status(s: &Section<'_>) -> Result<DockerStatus, ParseError> {
-    if s.args == "missing" {
-        return Ok(DockerStatus::Missing);
-    }
-    let code = s
-        .args
-        .strip_prefix("exit ")
-        .and_then(|c| c.parse::<i32>().ok())
-        .ok_or_else(|| {
-            malformed(
-                s.line,
-                format!(
-                    "expected `@@ docker exit N` or `@@ docker missing`, found `@@ docker {}`",
-                    s.args
-                ),
-            )
-        })?;
-    let text: Vec<&str> = s
-        .body
-        .iter()
-        .map(|(_, t)| t.trim())
-        .filter(|t| !t.is_empty())
-        .collect();
-    if code == 0 {
-        // Warnings (stderr) may come first; the version is the last line.
-        return match text.last() {
-            Some(v) if v.starts_with(|c: char| c.is_ascii_digit()) => Ok(DockerStatus::Running {
-                version: (*v).to_owned(),
-            }),
-            Some(other) => Err(malformed(
-                s.line,
-                format!("docker version printed {:?}, not a version", clip(other)),
-            )),
-            None => Err(malformed(s.line, "docker version printed nothing".into())),
-        };
-    }
-    let message = if text.is_empty() {
-        format!("docker version exited with status {code}")
-    } else {
-        text.join("\n")
+/// `@@ docker cli=… socket=…`: both keys, once each, in that order.
+fn docker_setup(s: &Section<'_>) -> Result<DockerSetup, ParseError> {
+    let expected = || {
+        malformed(
+            s.line,
+            format!(
+                "expected `@@ docker cli=present|missing socket=usable|denied|missing`, \
+                 found `@@ docker {}`",
+                clip(s.args)
+            ),
+        )
     };
-    if message.to_ascii_lowercase().contains("permission denied") {
-        Ok(DockerStatus::PermissionDenied { message })
-    } else {
-        Ok(DockerStatus::DaemonDown { message })
+    let mut words = s.args.split_whitespace();
+    let (Some(cli), Some(socket), None) = (words.next(), words.next(), words.next()) else {
+        return Err(expected());
+    };
+    let cli = match cli {
+        "cli=present" => true,
+        "cli=missing" => false,
+        _ => return Err(expected()),
+    };
+    let socket = match socket {
+        "socket=usable" => SocketAccess::Usable,
+        "socket=denied" => SocketAccess::Denied,
+        "socket=missing" => SocketAccess::Missing,
+        _ => return Err(expected()),
+    };
+    if let Some(&(n, text)) = s.body.iter().find(|(_, t)| !t.trim().is_empty()) {
+        return Err(malformed(
+            n,
+            format!("unexpected text under `@@ docker`: {:?}", clip(text)),
+        ));
     }
+    Ok(DockerSetup { cli, socket })
 }
 
 /// A number of KiB as bytes.

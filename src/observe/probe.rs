@@ -1,17 +1,23 @@
-//! Reading one node over SSH: its facts, then the fleet's containers. The
-//! impure twin of this module's parsers; it only reads, never changes a node.
+//! Reading one node over SSH: its facts, then Docker's view of the fleet's
+//! containers through the Docker API socket. The impure twin of this
+//! module's parsers; it only reads, never changes a node.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{
-    ContainerState, DockerStatus, NodeFacts, ParseError, inspect_containers_argv,
-    list_containers_argv, node_facts_argv, parse_container_ids, parse_inspect, parse_node_facts,
-    vanished_ids,
+use super::api::{
+    VERSION_PATH, inspect_container_path, list_containers_path, parse_container_inspect,
+    parse_container_list, parse_version,
 };
-use crate::ssh::{ExecLimits, Output, Pool, SshError, Target};
+use super::{
+    ContainerState, DockerSetup, NodeFacts, ParseError, SocketAccess, docker_version_argv,
+    node_facts_argv, parse_docker_version, parse_node_facts,
+};
+use crate::ssh::{
+    ApiResponse, DOCKER_SOCKET, DockerApiError, ExecLimits, Output, Pool, SshError, Target,
+};
 
 /// Why a node cannot run containers right now. Each needs a different fix,
 /// so each is its own case.
@@ -28,9 +34,11 @@ pub enum Condition {
     HostKeyUnknown(String),
     /// A read took longer than its timeout (a paused or overloaded node).
     Timeout(String),
+    /// Neither a docker command nor a Docker socket on the node.
     DockerMissing,
     DockerDown(String),
-    /// The SSH user may not use the Docker socket.
+    /// The SSH user may not use the Docker socket: its permissions, or
+    /// sshd's refusal to forward to it.
     DockerDenied(String),
     /// A command's output did not parse, or SSH failed mid-way.
     ProbeFailed(String),
@@ -53,7 +61,7 @@ impl Condition {
 
     pub fn detail(&self) -> &str {
         match self {
-            Condition::DockerMissing => "no docker command on the node",
+            Condition::DockerMissing => "no docker command and no Docker socket on the node",
             Condition::Unreachable(d)
             | Condition::AuthRefused(d)
             | Condition::HostKeyMismatch(d)
@@ -100,9 +108,11 @@ impl fmt::Display for Condition {
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probed {
-    /// Docker answers: the node's facts and the fleet's containers on it.
+    /// Docker answers: the node's facts, Docker's version
+    /// (`20.10.24+dfsg1`) and the fleet's containers on it.
     Ready {
         facts: NodeFacts,
+        docker_version: String,
         containers: Vec<ContainerState>,
     },
     /// Reached, but Docker cannot be used.
@@ -123,7 +133,7 @@ impl Probed {
     }
 }
 
-/// Per-command bounds: a probe reads little, and a node that cannot answer
+/// Per-request bounds: a probe reads little, and a node that cannot answer
 /// in this time is not one to schedule on.
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeLimits {
@@ -140,65 +150,153 @@ impl Default for ProbeLimits {
     }
 }
 
-/// Probes one node: facts and the container list at once over the pooled
-/// connection, then one inspect of every listed container.
+/// Probes one node: the facts script over an exec channel and, at the
+/// same time, Docker's state over the node's kept Docker API connection
+/// (no docker process runs on the node).
 pub async fn probe(pool: &Pool, target: &Target, fleet: &str, limits: ProbeLimits) -> Probed {
     let limits = ExecLimits {
         timeout: limits.timeout,
         max_output: limits.max_output,
     };
     let facts_argv = node_facts_argv();
-    let list_argv = list_containers_argv(fleet);
-    let (facts, listed) = tokio::join!(
+    let (facts, docker) = tokio::join!(
         pool.exec(target, &facts_argv, None, limits),
-        pool.exec(target, &list_argv, None, limits),
+        docker_state(pool, target, fleet, limits),
     );
     let facts = match facts.map(|out| read(&out, parse_node_facts)) {
         Ok(Ok(facts)) => facts,
         Ok(Err(e)) => return Probed::Failed(e),
         Err(e) => return Probed::Failed(Condition::from_ssh(&e)),
     };
-    let condition = match &facts.docker {
-        DockerStatus::Running { .. } => None,
-        DockerStatus::Missing => Some(Condition::DockerMissing),
-        DockerStatus::DaemonDown { message } => Some(Condition::DockerDown(message.clone())),
-        DockerStatus::PermissionDenied { message } => {
-            Some(Condition::DockerDenied(message.clone()))
+    match docker {
+        Ok((docker_version, containers)) => Probed::Ready {
+            facts,
+            docker_version,
+            containers,
+        },
+        Err(Unanswered::Socket(reason)) => {
+            match no_socket(pool, target, &facts.docker, &reason, limits).await {
+                Ok(condition) => Probed::NoDocker { facts, condition },
+                Err(condition) => Probed::Failed(condition),
+            }
         }
-    };
-    if let Some(condition) = condition {
-        return Probed::NoDocker { facts, condition };
-    }
-    match containers(pool, target, listed, limits).await {
-        Ok(containers) => Probed::Ready { facts, containers },
-        Err(condition) => Probed::Failed(condition),
+        Err(Unanswered::Failed(condition)) => Probed::Failed(condition),
     }
 }
 
-async fn containers(
+/// Why Docker's API gave no state.
+enum Unanswered {
+    /// sshd could not connect to the socket (why: see [`no_socket`]).
+    Socket(String),
+    Failed(Condition),
+}
+
+/// Docker's version (asked once per API connection), then the fleet's
+/// containers: one list, and one inspect per container, all on the node's
+/// kept connection. A container removed in between is left out.
+async fn docker_state(
     pool: &Pool,
     target: &Target,
-    listed: Result<Output, SshError>,
+    fleet: &str,
     limits: ExecLimits,
-) -> Result<Vec<ContainerState>, Condition> {
-    let listed = listed.map_err(|e| Condition::from_ssh(&e))?;
-    if !listed.success() || listed.truncated {
-        return Err(failed("docker ps", &listed));
+) -> Result<(String, Vec<ContainerState>), Unanswered> {
+    let answer = pool.docker_get_once(target, VERSION_PATH, limits).await;
+    let version = judge(answer, parse_version)?;
+    let answer = pool
+        .docker_get(target, &list_containers_path(fleet), limits)
+        .await;
+    let ids = judge(answer, parse_container_list)?;
+    let mut containers = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let answer = pool
+            .docker_get(target, &inspect_container_path(id), limits)
+            .await;
+        if let Some(c) = judge(answer, parse_container_inspect)? {
+            containers.push(c);
+        }
     }
-    let ids = read(&listed, parse_container_ids)?;
-    let Some(argv) = inspect_containers_argv(&ids) else {
-        return Ok(Vec::new());
-    };
+    Ok((version, containers))
+}
+
+/// An API answer, parsed; a failure as the condition it means.
+fn judge<T>(
+    answer: Result<ApiResponse, DockerApiError>,
+    parse: fn(u16, &[u8]) -> Result<T, ParseError>,
+) -> Result<T, Unanswered> {
+    let answer = answer.map_err(|e| match e {
+        DockerApiError::SocketRefused { reason, .. } => Unanswered::Socket(reason),
+        DockerApiError::Ssh(e) => Unanswered::Failed(Condition::from_ssh(&e)),
+        DockerApiError::Timeout { .. } => Unanswered::Failed(Condition::Timeout(e.to_string())),
+        DockerApiError::Http { .. } | DockerApiError::TooLarge { .. } => {
+            Unanswered::Failed(Condition::ProbeFailed(e.to_string()))
+        }
+    })?;
+    parse(answer.status, &answer.body)
+        .map_err(|e| Unanswered::Failed(Condition::ProbeFailed(e.to_string())))
+}
+
+/// Why sshd could not connect to the Docker socket, from what the facts
+/// script saw; when that cannot tell (the socket is there and usable),
+/// `docker version` is asked.
+async fn no_socket(
+    pool: &Pool,
+    target: &Target,
+    setup: &DockerSetup,
+    reason: &str,
+    limits: ExecLimits,
+) -> Result<Condition, Condition> {
+    if let Some(condition) = socket_condition(setup, &target.user, reason) {
+        return Ok(condition);
+    }
     let out = pool
-        .exec(target, &argv, None, limits)
+        .exec(target, &docker_version_argv(), None, limits)
         .await
         .map_err(|e| Condition::from_ssh(&e))?;
-    // A container removed between ps and inspect is simply gone.
-    let whole = out.success() || vanished_ids(&out.stderr_text()).is_some();
-    if !whole || out.truncated {
-        return Err(failed("docker inspect", &out));
+    Ok(cli_condition(&out))
+}
+
+/// What a socket sshd could not connect to means, given the facts; `None`
+/// when only the docker CLI can tell (a usable socket: a daemon that died
+/// without removing it, or an sshd that refuses to forward to it).
+fn socket_condition(setup: &DockerSetup, user: &str, reason: &str) -> Option<Condition> {
+    match (setup.cli, setup.socket) {
+        (false, SocketAccess::Missing) => Some(Condition::DockerMissing),
+        (true, SocketAccess::Missing) => Some(Condition::DockerDown(format!(
+            "Cannot connect to the Docker daemon at unix://{DOCKER_SOCKET}: there is no such \
+             socket. Is the docker daemon running?"
+        ))),
+        (_, SocketAccess::Denied) => Some(Condition::DockerDenied(format!(
+            "permission denied on {DOCKER_SOCKET}: user {user} may not use Docker (make it a \
+             member of the socket's group, usually `docker`)"
+        ))),
+        (false, SocketAccess::Usable) => Some(Condition::DockerDown(format!(
+            "Cannot connect to the Docker daemon at unix://{DOCKER_SOCKET}: sshd could not \
+             connect to the socket ({reason}). Is the docker daemon running, and does sshd allow \
+             AllowStreamLocalForwarding?"
+        ))),
+        (true, SocketAccess::Usable) => None,
     }
-    read(&out, parse_inspect)
+}
+
+/// `docker version`'s verdict when sshd could not connect to a usable
+/// socket: Docker's own error, or, if it answers, sshd is the obstacle.
+fn cli_condition(out: &Output) -> Condition {
+    if out.truncated {
+        return Condition::ProbeFailed(
+            "`docker version` printed more than the probe's limit".into(),
+        );
+    }
+    match parse_docker_version(out.status, &out.stdout_text(), &out.stderr_text()) {
+        Ok(version) => Condition::DockerDenied(format!(
+            "sshd refuses to connect to {DOCKER_SOCKET} while Docker {version} answers the docker \
+             CLI: allow it in sshd_config (AllowStreamLocalForwarding yes, no DisableForwarding) \
+             and in authorized_keys (no restrict or no-port-forwarding)"
+        )),
+        Err(message) if message.to_ascii_lowercase().contains("permission denied") => {
+            Condition::DockerDenied(message)
+        }
+        Err(message) => Condition::DockerDown(message),
+    }
 }
 
 fn read<T>(out: &Output, parse: fn(&str) -> Result<T, ParseError>) -> Result<T, Condition> {
@@ -210,11 +308,83 @@ fn read<T>(out: &Output, parse: fn(&str) -> Result<T, ParseError>) -> Result<T, 
     parse(&out.stdout_text()).map_err(|e| Condition::ProbeFailed(e.to_string()))
 }
 
-fn failed(command: &str, out: &Output) -> Condition {
-    let status = out
-        .status
-        .map_or_else(|| "no exit status".to_owned(), |s| format!("exit {s}"));
-    let stderr = out.stderr_text();
-    let tail = stderr.trim().lines().last().unwrap_or("no output");
-    Condition::ProbeFailed(format!("`{command}` failed ({status}): {tail}"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(cli: bool, socket: SocketAccess) -> DockerSetup {
+        DockerSetup { cli, socket }
+    }
+
+    fn output(status: Option<u32>, stdout: &str, stderr: &str) -> Output {
+        Output {
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.as_bytes().to_vec(),
+            status,
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn a_refused_socket_is_judged_by_the_facts() {
+        let judge = |cli, socket| socket_condition(&setup(cli, socket), "admin", "connect failed");
+        assert_eq!(
+            judge(false, SocketAccess::Missing),
+            Some(Condition::DockerMissing)
+        );
+        let Some(Condition::DockerDown(down)) = judge(true, SocketAccess::Missing) else {
+            panic!("not docker-down");
+        };
+        assert_eq!(
+            down,
+            "Cannot connect to the Docker daemon at unix:///var/run/docker.sock: there is no \
+             such socket. Is the docker daemon running?"
+        );
+        for cli in [true, false] {
+            let Some(Condition::DockerDenied(denied)) = judge(cli, SocketAccess::Denied) else {
+                panic!("not docker-denied");
+            };
+            assert!(
+                denied.starts_with("permission denied on /var/run/docker.sock: user admin"),
+                "{denied}"
+            );
+        }
+        // No CLI to ask: say what could be wrong.
+        let Some(Condition::DockerDown(down)) = judge(false, SocketAccess::Usable) else {
+            panic!("not docker-down");
+        };
+        assert!(
+            down.contains("(connect failed)") && down.contains("AllowStreamLocalForwarding"),
+            "{down}"
+        );
+        // The CLI is asked.
+        assert_eq!(judge(true, SocketAccess::Usable), None);
+    }
+
+    #[test]
+    fn the_cli_tells_a_dead_daemon_from_sshd_refusing() {
+        let down = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?";
+        assert_eq!(
+            cli_condition(&output(Some(1), "", down)),
+            Condition::DockerDown(down.into())
+        );
+        let denied = "permission denied while trying to connect to the Docker daemon socket";
+        assert_eq!(
+            cli_condition(&output(Some(1), "", denied)),
+            Condition::DockerDenied(denied.into())
+        );
+        let Condition::DockerDenied(sshd) = cli_condition(&output(Some(0), "20.10.24\n", ""))
+        else {
+            panic!("not docker-denied");
+        };
+        assert!(
+            sshd.starts_with(
+                "sshd refuses to connect to /var/run/docker.sock while Docker 20.10.24 answers"
+            ),
+            "{sshd}"
+        );
+        let mut long = output(Some(0), "20.10.24\n", "");
+        long.truncated = true;
+        assert!(matches!(cli_condition(&long), Condition::ProbeFailed(_)));
+    }
 }

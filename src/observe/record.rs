@@ -1,7 +1,7 @@
 //! A probe's findings as state-store rows: what `prism status` and the
 //! dashboard read.
 
-use super::{ContainerState, DockerStatus, Health, Probed};
+use super::{ContainerState, Health, Probed};
 use crate::cloud::Node;
 use crate::store::{ContainerRecord, NodeRecord};
 
@@ -15,9 +15,15 @@ pub fn node_record(
     previous: Option<&NodeRecord>,
     now: i64,
 ) -> NodeRecord {
-    let facts = match probed {
-        Probed::Ready { facts, .. } | Probed::NoDocker { facts, .. } => Some(facts),
-        Probed::Failed(_) => None,
+    // A node reached tells its Docker version, or that Docker is not running.
+    let (facts, docker_version) = match probed {
+        Probed::Ready {
+            facts,
+            docker_version,
+            ..
+        } => (Some(facts), Some(docker_version.clone())),
+        Probed::NoDocker { facts, .. } => (Some(facts), None),
+        Probed::Failed(_) => (None, None),
     };
     let condition = probed.condition();
     let mut record = NodeRecord {
@@ -45,10 +51,7 @@ pub fn node_record(
         record.memory_free = Some(clamp(f.mem_available));
         record.cpus = Some(i64::from(f.cpus) * 1000);
         record.disk_free = Some(clamp(f.disk_free));
-        record.docker_version = match &f.docker {
-            DockerStatus::Running { version } => Some(version.clone()),
-            _ => None,
-        };
+        record.docker_version = docker_version;
     }
     record
 }

@@ -31,7 +31,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use crate::cloud::Lifecycle;
-    use crate::observe::{DockerStatus, NodeFacts};
+    use crate::observe::{DockerSetup, NodeFacts, SocketAccess};
 
     fn node(presence: Presence) -> Node {
         Node {
@@ -83,10 +83,12 @@ mod tests {
                 cpus: 2,
                 disk_path: "/".into(),
                 disk_free: 1 << 30,
-                docker: DockerStatus::Running {
-                    version: "20.10".into(),
+                docker: DockerSetup {
+                    cli: true,
+                    socket: SocketAccess::Usable,
                 },
             },
+            docker_version: "20.10".into(),
             containers: vec![],
         }
     }

@@ -1,7 +1,9 @@
 //! The one way Prism reaches a node: SSH (russh) with verified host keys,
-//! one multiplexed connection per node, argv quoted once at this boundary.
+//! one multiplexed connection per node, argv quoted once at this boundary,
+//! and Docker's API over a channel of that connection.
 
 mod auth;
+mod docker_api;
 mod error;
 mod pool;
 mod session;
@@ -12,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use auth::Credentials;
+pub use docker_api::{ApiResponse, DOCKER_SOCKET, DockerApiError};
 pub use error::SshError;
 pub use pool::{Pool, fan_out};
 pub use session::{ConnectOptions, ExecLimits, Output, Session, quote};

@@ -12,6 +12,7 @@ use futures::stream::{self, StreamExt};
 use russh::keys::PublicKey;
 use tokio::sync::Mutex as AsyncMutex;
 
+use super::docker_api::DockerSlot;
 use super::trust::{Trust, fingerprint};
 use super::{
     ExecLimits, ExecStream, HostKeys, Output, Session, SshError, SshSettings, StreamLimits, Target,
@@ -26,6 +27,8 @@ struct Slot {
     failures: u32,
     retry_at: Option<Instant>,
     last_error: Option<SshError>,
+    /// The Docker API connection riding on `session`; replaced with it.
+    docker: DockerSlot,
 }
 
 pub struct Pool {
@@ -134,6 +137,17 @@ impl Pool {
             }
             result => result,
         }
+    }
+
+    /// The node's live session and the Docker API connection kept beside
+    /// it (see docker_api.rs).
+    pub(super) async fn session_and_docker(
+        &self,
+        target: &Target,
+    ) -> Result<(Arc<Session>, DockerSlot), SshError> {
+        let session = self.session(target).await?;
+        let docker = self.slot(&target.id).lock().await.docker.clone();
+        Ok((session, docker))
     }
 
     /// Drops the node's connection and its backoff (a node that was healed

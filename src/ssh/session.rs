@@ -434,6 +434,16 @@ impl Session {
         }
     }
 
+    /// Opens a channel to a Unix socket on the node
+    /// (`direct-streamlocal@openssh.com`); sshd connects to it as the login
+    /// user. Not a session: it does not count against MaxSessions.
+    pub async fn open_socket(
+        &self,
+        path: &str,
+    ) -> Result<russh::Channel<client::Msg>, russh::Error> {
+        self.handle.channel_open_direct_streamlocal(path).await
+    }
+
     pub async fn close(&self) {
         let _ = self
             .handle

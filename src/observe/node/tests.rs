@@ -1,8 +1,8 @@
 use super::*;
 
-// The script's output on prism-lab-node1, captured with `docker exec`:
-// as root; with DOCKER_HOST at a missing socket; as `nobody`; with a PATH
-// holding everything but docker.
+// The script's output captured with `docker exec`: as root on
+// prism-lab-node1; on prism-lab-node4 with its dockerd stopped; as `nobody`
+// on node1; in a container of the lab's base image with docker removed.
 const RUNNING: &str = include_str!("../fixtures/facts_running.txt");
 const DAEMON_DOWN: &str = include_str!("../fixtures/facts_daemon_down.txt");
 const DENIED: &str = include_str!("../fixtures/facts_permission_denied.txt");
@@ -12,13 +12,16 @@ fn err(text: &str) -> ParseError {
     parse_node_facts(text).unwrap_err()
 }
 
+fn setup(text: &str) -> DockerSetup {
+    parse_node_facts(text).unwrap().docker
+}
+
 #[test]
 fn argv_is_a_constant_script() {
     let argv = node_facts_argv();
     assert_eq!(argv.len(), 3);
     assert_eq!((argv[0].as_str(), argv[1].as_str()), ("sh", "-c"));
     assert_eq!(argv[2], FACTS_SCRIPT);
-    assert!(FACTS_SCRIPT.contains(r#"docker version --format "{{.Server.Version}}""#));
     // Nothing is formatted into it, and it reads no arguments.
     assert!(!FACTS_SCRIPT.contains("$1") && !FACTS_SCRIPT.contains("$@"));
     // It survives the SSH layer's quoting (shlex) intact, newlines and all.
@@ -27,17 +30,33 @@ fn argv_is_a_constant_script() {
 }
 
 #[test]
+fn the_script_runs_no_docker_command_and_checks_the_api_socket() {
+    // `docker` appears only where it is looked for and where it is reported.
+    let runs_docker = FACTS_SCRIPT
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| {
+            l.replace("command -v docker ", "")
+                .replace("@@ docker ", "")
+        })
+        .any(|l| l.contains("docker "));
+    assert!(!runs_docker, "{FACTS_SCRIPT}");
+    assert!(FACTS_SCRIPT.contains(&format!("s={}\n", crate::ssh::DOCKER_SOCKET)));
+}
+
+#[test]
 fn docker_running() {
     assert_eq!(
         parse_node_facts(RUNNING),
         Ok(NodeFacts {
             mem_total: 24_684_096 * 1024,
-            mem_available: 23_745_916 * 1024,
+            mem_available: 23_084_608 * 1024,
             cpus: 2,
             disk_path: "/var/lib/docker".into(),
-            disk_free: 2_092_688 * 1024,
-            docker: DockerStatus::Running {
-                version: "20.10.24+dfsg1".into()
+            disk_free: 2_093_404 * 1024,
+            docker: DockerSetup {
+                cli: true,
+                socket: SocketAccess::Usable
             },
         })
     );
@@ -54,54 +73,36 @@ fn blank_lines_are_ignored() {
 #[test]
 fn docker_missing() {
     let facts = parse_node_facts(MISSING).unwrap();
-    assert_eq!(facts.docker, DockerStatus::Missing);
-    assert_eq!(facts.mem_available, 23_761_076 * 1024);
+    assert_eq!(
+        facts.docker,
+        DockerSetup {
+            cli: false,
+            socket: SocketAccess::Missing
+        }
+    );
+    // No /var/lib/docker: the root file system is measured instead.
+    assert_eq!(facts.disk_path, "/");
+    assert_eq!(facts.disk_free, 47_621_432 * 1024);
 }
 
 #[test]
 fn daemon_down() {
     assert_eq!(
-        parse_node_facts(DAEMON_DOWN).unwrap().docker,
-        DockerStatus::DaemonDown {
-            message: "Cannot connect to the Docker daemon at unix:///nonexistent.sock. Is the docker daemon running?"
-                .into()
+        setup(DAEMON_DOWN),
+        DockerSetup {
+            cli: true,
+            socket: SocketAccess::Missing
         }
     );
 }
 
 #[test]
 fn permission_denied() {
-    let DockerStatus::PermissionDenied { message } = parse_node_facts(DENIED).unwrap().docker
-    else {
-        panic!("not PermissionDenied");
-    };
-    assert!(
-        message.starts_with("permission denied while trying to connect"),
-        "{message}"
-    );
-}
-
-#[test]
-fn docker_exit_without_output() {
-    let text = RUNNING.replace("@@ docker exit 0\n20.10.24+dfsg1\n", "@@ docker exit 137\n");
     assert_eq!(
-        parse_node_facts(&text).unwrap().docker,
-        DockerStatus::DaemonDown {
-            message: "docker version exited with status 137".into()
-        }
-    );
-}
-
-#[test]
-fn warnings_before_the_version() {
-    let text = RUNNING.replace(
-        "@@ docker exit 0\n",
-        "@@ docker exit 0\nWARNING: Error loading config file: /root/.docker/config.json\n",
-    );
-    assert_eq!(
-        parse_node_facts(&text).unwrap().docker,
-        DockerStatus::Running {
-            version: "20.10.24+dfsg1".into()
+        setup(DENIED),
+        DockerSetup {
+            cli: true,
+            socket: SocketAccess::Denied
         }
     );
 }
@@ -109,7 +110,7 @@ fn warnings_before_the_version() {
 #[test]
 fn df_with_spaces_and_fallback_path() {
     let text = RUNNING.replace("@@ df /var/lib/docker", "@@ df /").replace(
-        "tmpfs              2097152  4464   2092688       1% /var/lib/docker",
+        "tmpfs              2097152  3748   2093404       1% /var/lib/docker",
         "/dev/disk by label 41152736 9 30000 100% /mnt/my disk",
     );
     let facts = parse_node_facts(&text).unwrap();
@@ -139,9 +140,10 @@ fn empty_or_foreign_output() {
     );
     let e = err("sh: 1: grep: not found\n");
     assert_eq!(e.line(), Some(1));
-    assert!(e.to_string().contains("expected `@@ prism-facts 1`"), "{e}");
-    let newer = RUNNING.replace("@@ prism-facts 1", "@@ prism-facts 2");
-    assert_eq!(err(&newer).line(), Some(1));
+    assert!(e.to_string().contains("expected `@@ prism-facts 2`"), "{e}");
+    // The first version's output (it ran `docker version`) is refused.
+    let older = RUNNING.replace("@@ prism-facts 2", "@@ prism-facts 1");
+    assert_eq!(err(&older).line(), Some(1));
 }
 
 #[test]
@@ -161,8 +163,8 @@ fn garbage_lines_are_located() {
             "expected `Key: N kB`",
         ),
         (
-            "MemAvailable:   23745916 kB",
-            "MemAvailable:   23745916 MB",
+            "MemAvailable:   23084608 kB",
+            "MemAvailable:   23084608 MB",
             4,
             "MemAvailable: expected a size",
         ),
@@ -187,35 +189,53 @@ fn garbage_lines_are_located() {
             "expected df's header",
         ),
         (
-            "2092688       1%",
-            "2092688       1 ",
+            "2093404       1%",
+            "2093404       1 ",
             9,
             "expected a `df -Pk` row",
         ),
         (
-            "2097152  4464   2092688",
-            "2097152  4464   -2092688",
+            "2097152  3748   2093404",
+            "2097152  3748   -2093404",
             9,
             "expected a `df -Pk` row",
         ),
         ("@@ df /var/lib/docker", "@@ df", 7, "`@@ df` names no path"),
         (
+            "@@ docker cli=present socket=usable",
             "@@ docker exit 0",
-            "@@ docker exited 0",
             10,
-            "expected `@@ docker exit N` or `@@ docker missing`",
+            "expected `@@ docker cli=present|missing socket=usable|denied|missing`",
         ),
         (
-            "20.10.24+dfsg1",
-            "Client: Docker Engine",
+            "socket=usable",
+            "socket=maybe",
             10,
-            "not a version",
+            "found `@@ docker cli=present socket=maybe`",
+        ),
+        (
+            "cli=present socket=usable",
+            "socket=usable cli=present",
+            10,
+            "expected `@@ docker cli=",
+        ),
+        (
+            "socket=usable",
+            "socket=usable extra",
+            10,
+            "expected `@@ docker cli=",
+        ),
+        (
+            "socket=usable\n",
+            "socket=usable\n20.10.24+dfsg1\n",
+            11,
+            "unexpected text under `@@ docker`: \"20.10.24+dfsg1\"",
         ),
         ("@@ nproc", "@@ cpus", 5, "unknown section `@@ cpus`"),
         (
             "@@ end\n",
             "@@ end\nlate\n",
-            13,
+            12,
             "output continues after `@@ end`",
         ),
         (
@@ -242,12 +262,12 @@ fn garbage_lines_are_located() {
 
 #[test]
 fn missing_sections_and_fields() {
-    let no_available = RUNNING.replace("MemAvailable:   23745916 kB\n", "");
+    let no_available = RUNNING.replace("MemAvailable:   23084608 kB\n", "");
     let e = err(&no_available);
     assert_eq!(e.line(), Some(2));
     assert!(e.to_string().contains("MemAvailable is missing"), "{e}");
 
-    let no_docker = RUNNING.replace("@@ docker exit 0\n20.10.24+dfsg1\n", "");
+    let no_docker = RUNNING.replace("@@ docker cli=present socket=usable\n", "");
     assert!(
         err(&no_docker)
             .to_string()
