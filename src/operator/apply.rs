@@ -46,7 +46,7 @@ pub async fn apply(
     let per_node = fan_out(&busy, PARALLEL, |target| async move {
         let mut outcomes = Vec::new();
         for action in plan.actions.get(&target.id).into_iter().flatten() {
-            let result = run(pool, &target, action, secrets, fleet).await;
+            let result = run(pool, store, &target, action, secrets, fleet).await;
             let outcome = Outcome {
                 node: target.id.clone(),
                 action: action.to_string(),
@@ -83,8 +83,7 @@ fn record(store: &Arc<Mutex<Store>>, outcome: &Outcome, action: &Action) {
         Some(app) => event.app(app),
         None => event,
     };
-    let store = store.lock().unwrap_or_else(|poison| poison.into_inner());
-    if let Err(e) = store.record_event(&event.node(outcome.node.clone())) {
+    if let Err(e) = lock(store).record_event(&event.node(outcome.node.clone())) {
         tracing::warn!(error = %e, "could not record an apply event");
     }
 }
@@ -122,6 +121,7 @@ fn limits(timeout: Duration) -> ExecLimits {
 /// stderr tail, or why it could not run.
 async fn run(
     pool: &Pool,
+    store: &Arc<Mutex<Store>>,
     target: &Target,
     action: &Action,
     secrets: &Secrets,
@@ -185,17 +185,16 @@ async fn run(
         ),
         Action::Restart { container } => {
             let grace = limits(STOP_GRACE + Duration::from_secs(60));
+            let argv = restart_argv(&container.id, STOP_GRACE);
             check(
-                exec(
-                    pool,
-                    target,
-                    &restart_argv(&container.id, STOP_GRACE),
-                    None,
-                    grace,
-                )
-                .await?,
+                exec(pool, target, &argv, None, grace).await?,
                 "docker restart",
-            )
+            )?;
+            // Its verdict starts over, else the next pass restarts it again.
+            lock(store)
+                .reset_health(container.id.as_str())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
         Action::Remove { container, .. } => {
             let grace = limits(STOP_GRACE + Duration::from_secs(30));
@@ -252,4 +251,8 @@ fn failure(command: &str, out: &Output) -> String {
         .unwrap_or("no output")
         .to_owned();
     format!("{command} failed ({status}): {tail}")
+}
+
+fn lock(store: &Arc<Mutex<Store>>) -> std::sync::MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|poison| poison.into_inner())
 }

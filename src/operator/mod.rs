@@ -1,12 +1,14 @@
-//! The operator's passes over the fleet: discover, observe, record. Each is
-//! one function the daemon, `reconcile --once` and the CLI share.
+//! The operator's passes over the fleet: discover, observe, check health,
+//! record, plan, apply. Each is one function the daemon, `reconcile --once` and the CLI share.
 
 mod apply;
+mod health;
 mod lifecycle;
 mod observe;
 mod pass;
 
 pub use apply::{Outcome, apply};
+pub use health::{CheckResult, check, check_all};
 pub use lifecycle::node_state;
 pub use observe::{Observed, observe, record};
 pub use pass::{Operator, PassError, Planned};

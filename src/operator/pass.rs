@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::apply::{Outcome, apply};
+use super::health::check_all;
 use super::observe::{Observed, observe, record};
 use crate::bootstrap::install_docker;
 use crate::cloud::{Discovery, DiscoveryError, Node};
@@ -90,11 +91,21 @@ impl Operator {
             self.bootstrap(&mut pass).await;
         }
         let views = record(&self.store, &pass)?;
+        // Prism's own checks decide health for services that declare one.
+        let verdicts = check_all(&self.pool, &self.store, &self.config.fleet, &pass).await?;
         let observed: BTreeMap<String, Vec<ContainerState>> = pass
             .into_iter()
             .filter_map(|o| match o.probed {
                 Probed::Ready { containers, .. } => Some((o.node.id, containers)),
                 _ => None,
+            })
+            .map(|(node, mut containers)| {
+                for c in &mut containers {
+                    if let Some(verdict) = verdicts.get(&c.id) {
+                        c.health = verdict.clone();
+                    }
+                }
+                (node, containers)
             })
             .collect();
         let placements = self.lock().placements()?;

@@ -81,6 +81,24 @@ const STEPS: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN condition_detail TEXT;
     ALTER TABLE nodes ADD COLUMN disk_free INTEGER;
     "#,
+    // 3: Prism's own health checks, one row per checked container.
+    r#"
+    CREATE TABLE health (
+        container_id TEXT PRIMARY KEY,
+        node_id      TEXT NOT NULL,
+        app          TEXT NOT NULL,
+        service      TEXT NOT NULL,
+        instance     INTEGER NOT NULL,
+        started_at   INTEGER,           -- the container start the counts belong to (unix ms)
+        successes    INTEGER NOT NULL,  -- consecutive
+        failures     INTEGER NOT NULL,  -- consecutive, outside the start period
+        verdict      TEXT NOT NULL,     -- starting | healthy | unhealthy
+        last_check   INTEGER,           -- unix ms; NULL: due now
+        last_ok      INTEGER,           -- 1 passed, 0 failed
+        detail       TEXT               -- what the last check saw: "GET /up: 503"
+    );
+    CREATE INDEX health_node ON health (node_id);
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
@@ -148,6 +166,7 @@ mod tests {
                 "apply_lock",
                 "containers",
                 "events",
+                "health",
                 "host_keys",
                 "nodes",
                 "placements"

@@ -1,8 +1,10 @@
 //! The state store: one SQLite file (WAL) holding what nodes cannot tell
-//! Prism themselves: nodes seen, placements, events, pinned host keys and
-//! the apply lock. Every failure is a `StoreError` naming the file.
+//! Prism themselves: nodes seen, placements, events, pinned host keys,
+//! health check counts and the apply lock. Every failure is a
+//! `StoreError` naming the file.
 
 mod events;
+mod health;
 mod host_keys;
 mod lock;
 mod migrations;
@@ -14,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 pub use events::{Event, Level, NewEvent};
+pub use health::{CheckOutcome, Checked, HealthRecord, Recorded, Tally, Thresholds, Verdict};
 pub use host_keys::PinnedKey;
 pub use lock::{LockHolder, LockInfo};
 pub use nodes::{ContainerRecord, NodeRecord, Placement};
