@@ -393,3 +393,81 @@ fn the_daemon_converges_holds_the_lock_and_stops_cleanly_on_sigterm() {
     // The lock went with it: a run now is allowed (and has nothing to do).
     assert_eq!(converge(&file), "");
 }
+
+#[test]
+fn health_gates_a_replacement_and_an_unhealthy_container_is_restarted() {
+    let _serial = serial();
+    let lab = Lab::load();
+    let fleet = Fleet::new(&lab, "g");
+    let app = |version: &str| {
+        format!(
+            r#"
+[apps.api]
+[apps.api.services.web]
+image = "{}"
+port = 8080
+memory = "32M"
+env = {{ VERSION = "{version}" }}
+health = {{ http = "/up", interval = "1s", timeout = "1s", healthy_threshold = 2, unhealthy_threshold = 2 }}
+"#,
+            lab.testapp_image
+        )
+    };
+    converge(&fleet.file(&app("1")));
+
+    // The new container must pass its checks before the old one goes.
+    let out = converge(&fleet.file(&app("2")));
+    let replaced = out.find("~ replace api/0 web").expect(&out);
+    let removed = out.find("- remove api/0 web").expect(&out);
+    assert!(replaced < removed, "{out}");
+    assert!(out.contains("spec changed"), "{out}");
+    let up = running(&fleet.containers());
+    assert_eq!(up.len(), 1, "{up:?}");
+
+    // Make it fail its checks: the next runs restart it.
+    let addr = web_address(&fleet);
+    http_status(&addr, "/fail", Duration::from_secs(5)).expect("/fail");
+    assert_eq!(
+        http_status(&addr, "/up", Duration::from_secs(5)).expect("/up"),
+        503
+    );
+    let mut restarted = String::new();
+    for _ in 0..6 {
+        restarted.push_str(&converge(&fleet.file(&app("2"))));
+        if restarted.contains("~ restart api/0 web") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(restarted.contains("~ restart api/0 web"), "{restarted}");
+    // A restart publishes the port anew (ephemeral): read it again.
+    converge(&fleet.file(&app("2")));
+    let addr = web_address(&fleet);
+    common::retry(Duration::from_secs(20), || {
+        let s = http_status(&addr, "/up", Duration::from_secs(2))?;
+        anyhow::ensure!(s == 200, "/up says {s}");
+        Ok(())
+    })
+    .expect("healthy again after the restart");
+}
+
+/// `address:port` of the test fleet's one web container, as last recorded.
+fn web_address(fleet: &Fleet) -> String {
+    let store = Store::open_existing(&fleet.dir.path().join("state.db"))
+        .expect("state")
+        .expect("exists");
+    let web = store
+        .containers()
+        .expect("containers")
+        .into_iter()
+        .find(|c| c.service == "web")
+        .expect("web");
+    let node = store.node(&web.node_id).expect("node").expect("recorded");
+    let port = web
+        .ports
+        .rsplit_once("->")
+        .and_then(|(h, _)| h.rsplit_once(':'))
+        .map(|(_, p)| p.to_owned())
+        .expect("port");
+    format!("{}:{port}", node.address)
+}

@@ -63,7 +63,10 @@ pub fn human(planned: &Planned) -> String {
     for p in &plan.problems {
         text.push_str(&format!("{p}\n"));
     }
-    if plan.is_empty() {
+    for w in &plan.waiting {
+        text.push_str(&format!("… {w}\n"));
+    }
+    if plan.is_empty() && plan.waiting.is_empty() {
         text.push_str("No changes: the nodes run what fleet.toml asks for.\n");
     }
     text

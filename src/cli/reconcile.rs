@@ -57,8 +57,24 @@ async fn converge(
         for p in &planned.plan.problems {
             eprintln!("{p}");
         }
-        if planned.plan.is_empty() {
+        let plan = &planned.plan;
+        if plan.is_empty() && plan.waiting.is_empty() {
             return Ok(Converged::Yes);
+        }
+        if plan.is_empty() {
+            // Only waiting for new containers to pass their checks.
+            if Instant::now() + SETTLE >= deadline {
+                for w in &plan.waiting {
+                    eprintln!("waiting: {w}");
+                }
+                eprintln!(
+                    "not converged after {}: the next run goes on from here",
+                    humantime::format_duration(timeout)
+                );
+                return Ok(Converged::No);
+            }
+            tokio::time::sleep(SETTLE).await;
+            continue;
         }
         for c in &planned.plan.placement_changes {
             println!("{c}");

@@ -50,6 +50,10 @@ pub struct Plan {
     pub actions: BTreeMap<String, Vec<Action>>,
     /// Pods that could not be placed or moved.
     pub problems: Vec<Problem>,
+    /// Old containers kept until their successor is ready (a replacement
+    /// or a move in progress): not converged yet, though nothing is to be
+    /// done now.
+    pub waiting: Vec<String>,
 }
 
 impl Plan {
@@ -331,6 +335,7 @@ pub fn plan(
         placement_changes: placement_changes(&stored, &sched.placements),
         actions: BTreeMap::new(),
         problems: sched.problems,
+        waiting: Vec::new(),
     };
 
     for node in nodes {
@@ -344,6 +349,7 @@ pub fn plan(
             node,
             containers,
             actions: Vec::new(),
+            waiting: Vec::new(),
         };
         p.remove_unwanted();
         for (pod, target) in &sched.placements {
@@ -351,6 +357,7 @@ pub fn plan(
                 p.converge_pod(pod, &current);
             }
         }
+        out.waiting.append(&mut p.waiting);
         if !p.actions.is_empty() {
             out.actions.insert(node.id.clone(), dedup(p.actions));
         }
@@ -541,6 +548,7 @@ struct NodePlanner<'a, 'v> {
     node: &'a NodeView,
     containers: &'v [Seen<'a>],
     actions: Vec<Action>,
+    waiting: Vec<String>,
 }
 
 impl NodePlanner<'_, '_> {
@@ -583,6 +591,11 @@ impl NodePlanner<'_, '_> {
                 if self.view.pod_ready_on(target, &pod) {
                     let node = target.clone();
                     self.remove(s, RemoveReason::Stray { node });
+                } else {
+                    self.waiting.push(format!(
+                        "{} on node {} waits until {pod} is ready on node {target}",
+                        s.c.name, self.node.id
+                    ));
                 }
             } else if s.l.spec != svc.spec.as_str() {
                 let mut successors = self.containers.iter().filter(|n| {
@@ -601,6 +614,11 @@ impl NodePlanner<'_, '_> {
                     }
                 } else if successors.any(|n| ready(n.c, svc)) {
                     self.remove(s, RemoveReason::SpecChanged { spec });
+                } else {
+                    self.waiting.push(format!(
+                        "{} on node {} waits until {pod} {} of spec {spec} is ready",
+                        s.c.name, self.node.id, svc.name
+                    ));
                 }
             }
             // Else: the current spec on its node, handled per pod.
