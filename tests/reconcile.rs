@@ -471,3 +471,67 @@ fn web_address(fleet: &Fleet) -> String {
         .expect("port");
     format!("{}:{port}", node.address)
 }
+
+#[test]
+fn the_daemon_runs_scheduled_jobs_on_the_apps_node_and_records_how_they_ended() {
+    let _serial = serial();
+    let lab = Lab::load();
+    let fleet = Fleet::new(&lab, "h");
+    let apps = format!(
+        r#"
+[apps.cron]
+[apps.cron.services.web]
+image = "{image}"
+port = 8080
+memory = "32M"
+env = {{ WHO = "web-env" }}
+[apps.cron.jobs.hello]
+schedule = "* * * * *"
+service = "web"
+command = ["sh", "-c", "test \"$WHO\" = web-env && echo hello"]
+[apps.cron.jobs.broken]
+schedule = "* * * * *"
+image = "{image}"
+command = ["sh", "-c", "echo broken >&2; exit 3"]
+"#,
+        image = lab.testapp_image
+    );
+    let file = fleet.file(&apps);
+    let mut daemon = prism_cmd(&file, &["daemon", "--interval", "2s"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn daemon");
+    let state = fleet.dir.path().join("state.db");
+    // Jobs tick on the minute: wait for one of each.
+    let ended = common::retry(Duration::from_secs(130), || {
+        let store = Store::open_existing(&state)?.ok_or_else(|| anyhow::anyhow!("no state"))?;
+        let kinds: Vec<(String, String)> = store
+            .events(1000)?
+            .into_iter()
+            .filter(|e| e.kind.starts_with("job."))
+            .map(|e| (e.kind, e.message))
+            .collect();
+        let ok = kinds
+            .iter()
+            .any(|(k, m)| k == "job.ok" && m.contains("cron/hello"));
+        let failed = kinds.iter().any(|(k, m)| {
+            k == "job.failed"
+                && m.contains("cron/broken")
+                && m.contains("exit 3")
+                && m.contains("broken")
+        });
+        anyhow::ensure!(ok && failed, "{kinds:#?}");
+        Ok(())
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+    ended.expect("both jobs ran and were recorded");
+    // Job containers are run with --rm: none is left behind.
+    assert!(
+        fleet.containers().iter().all(|l| !l.contains(".job.")),
+        "{:#?}",
+        fleet.containers()
+    );
+}

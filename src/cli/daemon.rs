@@ -8,7 +8,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::Failure;
 use crate::config::Config;
-use crate::operator::{Operator, Outcome, Planned};
+use std::sync::Arc;
+
+use crate::operator::{Operator, Outcome, Planned, start_jobs};
 use crate::store::LockHolder;
 
 /// A daemon that stops heartbeating for this long is presumed dead.
@@ -33,13 +35,16 @@ pub fn init_logs(format: LogFormat) {
 }
 
 pub async fn run(config: Config, interval: Duration) -> Result<(), Failure> {
-    let operator = Operator::new(config).await?;
+    let operator = Arc::new(Operator::new(config).await?);
     let me = LockHolder::this_process("daemon");
-    operator
-        .store
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .try_lock(&me, LOCK_TTL)?;
+    operator.lock().try_lock(&me, LOCK_TTL)?;
+    let mut jobs = match start_jobs(operator.clone()).await {
+        Ok(jobs) => Some(jobs),
+        Err(e) => {
+            tracing::error!(error = %e, "scheduled jobs could not start; reconciling without them");
+            None
+        }
+    };
     tracing::info!(
         fleet = %operator.desired.fleet,
         interval = %humantime::format_duration(interval),
@@ -47,6 +52,11 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), Failure> {
         "daemon started"
     );
     let result = serve(&operator, &me, interval).await;
+    if let Some(jobs) = jobs.as_mut()
+        && let Err(e) = jobs.shutdown().await
+    {
+        tracing::warn!(error = %e, "scheduled jobs did not stop cleanly");
+    }
     let unlocked = operator
         .store
         .lock()

@@ -3,12 +3,14 @@
 
 mod apply;
 mod health;
+mod jobs;
 mod lifecycle;
 mod observe;
 mod pass;
 
 pub use apply::{Outcome, apply};
 pub use health::{CheckResult, check, check_all};
+pub use jobs::start as start_jobs;
 pub use lifecycle::node_state;
 pub use observe::{Observed, observe, record};
 pub use pass::{Operator, PassError, Planned};

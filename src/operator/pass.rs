@@ -51,6 +51,8 @@ pub struct Operator {
     pub store: Arc<Mutex<Store>>,
     pub pool: Pool,
     discovery: Discovery,
+    /// The nodes of the latest pass, for work between passes (jobs).
+    last_nodes: Mutex<Vec<Node>>,
 }
 
 /// What a pass saw and decided.
@@ -74,6 +76,7 @@ impl Operator {
             store,
             pool,
             discovery,
+            last_nodes: Mutex::new(Vec::new()),
         })
     }
 
@@ -86,6 +89,7 @@ impl Operator {
     /// opts in to bootstrap.
     pub async fn observe_and_plan(&self) -> Result<Planned, PassError> {
         let nodes = self.discovery.nodes().await?;
+        *self.last_nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes.clone();
         let mut pass = observe(&self.pool, &nodes, self.fleet(), ProbeLimits::default()).await;
         if self.config.fleet.fleet.bootstrap {
             self.bootstrap(&mut pass).await;
@@ -184,7 +188,20 @@ impl Operator {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+    /// The node a pod is placed on, as the latest pass saw it.
+    pub fn node_of(&self, app: &str, instance: u32) -> Result<Option<Node>, PassError> {
+        let placements = self.lock().placements()?;
+        let Some(p) = placements
+            .iter()
+            .find(|p| p.app == app && p.instance == instance)
+        else {
+            return Ok(None);
+        };
+        let nodes = self.last_nodes.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(nodes.iter().find(|n| n.id == p.node_id).cloned())
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
