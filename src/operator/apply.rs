@@ -240,17 +240,7 @@ fn check(out: Output, command: &str) -> Result<(), String> {
 }
 
 fn failure(command: &str, out: &Output) -> String {
-    let status = out
-        .status
-        .map_or_else(|| "no exit status".to_owned(), |s| format!("exit {s}"));
-    let stderr = out.stderr_text();
-    let tail = stderr
-        .trim()
-        .lines()
-        .last()
-        .unwrap_or("no output")
-        .to_owned();
-    format!("{command} failed ({status}): {tail}")
+    format!("{command} failed: {}", out.brief())
 }
 
 fn lock(store: &Arc<Mutex<Store>>) -> std::sync::MutexGuard<'_, Store> {

@@ -112,24 +112,15 @@ async fn run(op: &Operator, app: &str, name: &str) {
             format!("job {app}/{name} on {} exited 0 after {took}", node.name),
         ),
         Ok(out) => {
-            let stderr = out.stderr_text();
-            let tail = stderr
-                .trim()
-                .lines()
-                .last()
-                .unwrap_or("no output")
-                .to_owned();
-            let status = out
-                .status
-                .map_or_else(|| "no exit status".to_owned(), |s| format!("exit {s}"));
             event(
                 op,
                 app,
                 Level::Error,
                 "job.failed",
                 format!(
-                    "job {app}/{name} on {}: {status} after {took}: {tail}",
-                    node.name
+                    "job {app}/{name} on {} after {took}: {}",
+                    node.name,
+                    out.brief()
                 ),
             );
         }

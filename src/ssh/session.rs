@@ -45,6 +45,21 @@ impl Output {
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
+
+    /// `exit 3: <last line of stderr>`, for one-line error messages.
+    pub fn brief(&self) -> String {
+        let status = self
+            .status
+            .map_or_else(|| "no exit status".to_owned(), |s| format!("exit {s}"));
+        let stderr = self.stderr_text();
+        let tail = stderr
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("no output")
+            .to_owned();
+        format!("{status}: {tail}")
+    }
 }
 
 /// Limits for one command.
