@@ -5,5 +5,6 @@ pub mod cloud;
 pub mod config;
 pub mod observe;
 pub mod operator;
+pub mod proxy;
 pub mod ssh;
 pub mod store;

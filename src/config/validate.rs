@@ -13,6 +13,9 @@ use super::units::{Bytes, Millicores};
 
 /// Docker refuses memory limits under 6 MiB.
 const MIN_MEMORY: Bytes = Bytes(6 << 20);
+/// The proxy's bounds on `max_header_size`.
+const MIN_HEADER_SIZE: Bytes = Bytes(8 << 10);
+const MAX_HEADER_SIZE: Bytes = Bytes(1 << 20);
 
 pub fn validate(fleet: &Fleet) -> Vec<Diagnostic> {
     let mut v = Checker::default();
@@ -213,6 +216,35 @@ impl Checker {
                 ),
             ),
         }
+        let at = FieldPath::of(["proxy"]);
+        for (key, value) in [
+            ("header_timeout", p.header_timeout),
+            ("idle_timeout", p.idle_timeout),
+            ("connect_timeout", p.connect_timeout),
+            ("upstream_timeout", p.upstream_timeout),
+            ("down_time", p.down_time),
+        ] {
+            if value.0.is_zero() {
+                self.err(at.key(key), format!("{key} must be longer than 0s"));
+            }
+        }
+        // hyper needs room for at least 8K of head; past 1M a head is abuse.
+        if !(MIN_HEADER_SIZE..=MAX_HEADER_SIZE).contains(&p.max_header_size) {
+            self.err(
+                at.key("max_header_size"),
+                format!(
+                    "max_header_size must be between {MIN_HEADER_SIZE} and {MAX_HEADER_SIZE}, found {}",
+                    p.max_header_size
+                ),
+            );
+        }
+        if p.max_connections == 0 {
+            self.err_help(
+                at.key("max_connections"),
+                "max_connections must be at least 1",
+                "the default is 4096",
+            );
+        }
     }
 
     fn registries(&mut self, fleet: &Fleet) {
@@ -374,6 +406,13 @@ impl Checker {
             if let Err(e) = check_host(host) {
                 self.err(at.key("hosts").index(i), e);
             }
+        }
+        if svc.max_body.is_some() && svc.hosts.is_empty() {
+            self.err_help(
+                at.key("max_body"),
+                "max_body only applies to a service the proxy routes to",
+                "add hosts, or remove max_body",
+            );
         }
         if svc.memory < MIN_MEMORY {
             self.err(
