@@ -175,7 +175,10 @@ async fn forward<'s>(
     let mut tried = Vec::with_capacity(MAX_ATTEMPTS);
     let (resp, guard) = loop {
         let Some(i) = route.pick(shared.settings.balance, &tried) else {
-            return (pages::unavailable(shared.settings.retry_after), metrics);
+            if tried.is_empty() {
+                return (pages::unavailable(shared.settings.retry_after), metrics);
+            }
+            return (pages::bad_gateway(), metrics);
         };
         tried.push(i);
         let backend = &route.backends[i];
@@ -201,19 +204,20 @@ async fn forward<'s>(
                 tracing::warn!(endpoint = %backend.state.endpoint, host = %host_text, "instance did not answer in time");
                 return (pages::gateway_timeout(), metrics);
             }
-            Ok(Err(e)) if e.is_connect() => {
-                backend.state.mark_down(shared.settings.down_time);
-                tracing::warn!(endpoint = %backend.state.endpoint, error = %chain(&e), "cannot connect to instance; marked down");
+            Ok(Err(e)) => {
+                if e.is_connect() {
+                    backend.state.mark_down(shared.settings.down_time);
+                    tracing::warn!(endpoint = %backend.state.endpoint, error = %chain(&e), "cannot connect to instance; marked down");
+                } else if is_over_limit(&e) {
+                    return (pages::too_large(limit), metrics);
+                } else {
+                    tracing::warn!(endpoint = %backend.state.endpoint, error = %chain(&e), "request to instance failed");
+                }
+                // An idempotent request without a body is safe to send
+                // again whatever went wrong before an answer came.
                 if last_try {
                     return (pages::bad_gateway(), metrics);
                 }
-            }
-            Ok(Err(e)) => {
-                if is_over_limit(&e) {
-                    return (pages::too_large(limit), metrics);
-                }
-                tracing::warn!(endpoint = %backend.state.endpoint, error = %chain(&e), "request to instance failed");
-                return (pages::bad_gateway(), metrics);
             }
         }
     };
