@@ -217,17 +217,6 @@ impl Checker {
             ),
         }
         let at = FieldPath::of(["proxy"]);
-        for (key, value) in [
-            ("header_timeout", p.header_timeout),
-            ("idle_timeout", p.idle_timeout),
-            ("connect_timeout", p.connect_timeout),
-            ("upstream_timeout", p.upstream_timeout),
-            ("down_time", p.down_time),
-        ] {
-            if value.0.is_zero() {
-                self.err(at.key(key), format!("{key} must be longer than 0s"));
-            }
-        }
         // hyper needs room for at least 8K of head; past 1M a head is abuse.
         if !(MIN_HEADER_SIZE..=MAX_HEADER_SIZE).contains(&p.max_header_size) {
             self.err(
