@@ -1,6 +1,9 @@
 //! The proxy end to end: real HTTP servers as instances on 127.0.0.1, a
 //! real HTTP client (hyper; tungstenite for WebSocket; raw TCP where the
-//! test is about bytes on the wire), the real proxy in between.
+//! test is about bytes on the wire), the real proxy in between. The last
+//! test puts the lab's test app on lab nodes behind it.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -1070,4 +1073,120 @@ async fn shutdown_lets_requests_in_flight_finish() {
         .unwrap()
         .unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+// ---------------------------------------------------------------- the lab
+
+/// The lab's test app, unlabelled (Prism's own passes never see it), on a
+/// node with its port published at a free host port; removed when dropped.
+struct LabApp<'a> {
+    lab: &'a common::Lab,
+    node: &'a common::Node,
+    name: String,
+    port: u16,
+}
+
+impl<'a> LabApp<'a> {
+    fn start(lab: &'a common::Lab, node: &'a common::Node, instance: u32) -> LabApp<'a> {
+        let name = format!("proxy-test-{}-{instance}", std::process::id());
+        let run = format!(
+            "docker run -d --init --name {name} -p 8080 -e PRISM_APP=demo -e PRISM_INSTANCE={instance} {}",
+            lab.testapp_image
+        );
+        lab.ssh(&node.address, &run)
+            .unwrap_or_else(|e| panic!("{run} on {}: {e:#}", node.name));
+        let mut app = LabApp {
+            lab,
+            node,
+            name,
+            port: 0,
+        };
+        // `0.0.0.0:32768` (and maybe `[::]:32768`).
+        let ports = lab
+            .ssh(&node.address, &format!("docker port {} 8080", app.name))
+            .unwrap();
+        app.port = ports
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no published port in {ports:?}"));
+        let addr = format!("{}:{}", node.address, app.port);
+        common::retry(Duration::from_secs(20), || {
+            match common::http_status(&addr, "/up", Duration::from_secs(2))? {
+                200 => Ok(()),
+                s => anyhow::bail!("/up answered {s}"),
+            }
+        })
+        .unwrap_or_else(|e| panic!("the test app on {addr} never came up: {e:#}"));
+        app
+    }
+
+    fn upstream(&self, instance: u32) -> Upstream {
+        Upstream {
+            app: "demo".into(),
+            service: "web".into(),
+            instance,
+            node: self.node.name.clone(),
+            address: self.node.address.clone(),
+            port: self.port,
+            healthy: true,
+        }
+    }
+
+    fn remove(&self) {
+        let _ = self
+            .lab
+            .ssh(&self.node.address, &format!("docker rm -f {}", self.name));
+    }
+}
+
+impl Drop for LabApp<'_> {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// `key: value` lines of the test app's answer.
+fn testapp_echo(body: &str) -> BTreeMap<String, String> {
+    body.lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lab_test_app_on_two_nodes_behind_the_proxy() {
+    let lab = common::Lab::load();
+    assert!(lab.nodes.len() >= 2, "the lab needs two nodes");
+    let (a, b) = tokio::task::block_in_place(|| {
+        (
+            LabApp::start(&lab, &lab.nodes[0], 0),
+            LabApp::start(&lab, &lab.nodes[1], 1),
+        )
+    });
+    let h = Harness::start(fast_settings()).await;
+    h.publish(
+        &fleet(&app("demo", &["demo.lab.test"], "")),
+        &[a.upstream(0), b.upstream(1)],
+    );
+    let mut seen = BTreeMap::new();
+    for _ in 0..10 {
+        let (status, _, body) = h.get("demo.lab.test", "/").await;
+        assert_eq!(status, 200, "{body}");
+        let e = testapp_echo(&body);
+        assert_eq!(e["host"], "demo.lab.test");
+        *seen.entry(e["instance"].clone()).or_insert(0) += 1;
+    }
+    assert_eq!(seen, BTreeMap::from([("0".into(), 5), ("1".into(), 5)]));
+    let (status, _, body) = h.get("demo.lab.test", "/slow?ms=300").await;
+    assert_eq!((status, body.trim()), (StatusCode::OK, "slept 300 ms"));
+
+    // One instance is gone without notice: every GET still succeeds.
+    tokio::task::block_in_place(|| a.remove());
+    for _ in 0..10 {
+        let (status, _, body) = h.get("demo.lab.test", "/").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(testapp_echo(&body)["instance"], "1");
+    }
 }
