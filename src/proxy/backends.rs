@@ -19,6 +19,7 @@ use super::routes::{Route, RouteTable, Upstream};
 /// to it, so a swap neither resets nor cuts them.
 #[derive(Debug)]
 pub struct BackendState {
+    /// Who the instance is; its health is each table's word, in `Backend`.
     pub upstream: Upstream,
     pub endpoint: String,
     /// `None` when the address cannot form a URI authority: never chosen.

@@ -88,8 +88,10 @@ impl Proxy {
     /// Stops sending new requests to the instance at `endpoint`
     /// (`address:port`, see [`Upstream::endpoint`]) and waits until its
     /// requests in flight finish, or `timeout` (default `[proxy]
-    /// drain_timeout`) passes. The instance stays out of rotation for as
-    /// long as tables list it; publish one without it once it is stopped.
+    /// drain_timeout`) passes. An open WebSocket (or other upgraded
+    /// connection) counts as in flight until it closes. The instance stays
+    /// out of rotation for as long as tables list it; publish one without
+    /// it once it is stopped.
     pub async fn drain(&self, endpoint: &str, timeout: Option<Duration>) -> DrainReport {
         let timeout = timeout.unwrap_or(self.shared.settings.drain_timeout);
         let state = self
