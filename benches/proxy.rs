@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use prism::proxy::{self, Proxy, RouteTable, Settings, Upstream};
+use prism::proxy::{Proxy, RouteTable, Settings, Upstream};
 
 const HOST: &str = "bench.test";
 const BODY: &[u8] = b"hello from the instance\n";
@@ -388,7 +388,7 @@ fn role_prism() -> Result<()> {
             }],
         ));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let listener = proxy::bind(addr)?;
+        let listener = proxy.bind(addr)?;
         proxy.serve(listener, std::future::pending()).await?;
         Ok(())
     })

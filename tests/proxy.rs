@@ -208,8 +208,8 @@ impl Harness {
     async fn start(settings: Settings) -> Harness {
         let mut registry = Registry::default();
         let proxy = Proxy::new(settings, &mut registry);
-        let listener = proxy::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = proxy.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr();
         let admin_listener = proxy::bind_admin("127.0.0.1:0".parse().unwrap()).unwrap();
         let admin = admin_listener.local_addr().unwrap();
         tokio::spawn(proxy::serve_admin(

@@ -203,6 +203,8 @@ pub struct Proxy {
     pub drain_timeout: Interval,
     #[serde(default)]
     pub balance: Balance,
+    /// Worker threads; default one per CPU.
+    pub workers: Option<u32>,
 }
 
 impl Default for Proxy {
@@ -220,6 +222,7 @@ impl Default for Proxy {
             down_time: default_down_time(),
             drain_timeout: default_drain_timeout(),
             balance: Balance::default(),
+            workers: None,
         }
     }
 }

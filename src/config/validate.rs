@@ -227,6 +227,15 @@ impl Checker {
                 ),
             );
         }
+        if let Some(n) = p.workers
+            && !(1..=256).contains(&n)
+        {
+            self.err_help(
+                at.key("workers"),
+                format!("workers must be between 1 and 256, found {n}"),
+                "leave it out for one per CPU",
+            );
+        }
         if p.max_connections == 0 {
             self.err_help(
                 at.key("max_connections"),

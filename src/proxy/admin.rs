@@ -31,7 +31,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
             format!("the admin listener must be on loopback (127.0.0.1 or ::1), not {addr}"),
         ));
     }
-    super::server::bind(addr)
+    super::server::bind_one(addr)
 }
 
 /// Serves `/healthz` and `/metrics` until `shutdown` resolves.

@@ -35,19 +35,25 @@ pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
 /// Instances tried per request at most, the first one included.
 const MAX_ATTEMPTS: usize = 3;
 
-/// State shared by every connection.
+/// State shared by every worker thread.
 pub struct Shared {
     pub routes: Arc<ArcSwap<Snapshot>>,
-    pub client: Client<HttpConnector, UpstreamBody>,
     pub settings: Settings,
     pub metrics: Metrics,
 }
 
-impl Shared {
-    pub fn new(settings: Settings, metrics: Metrics, routes: Arc<ArcSwap<Snapshot>>) -> Shared {
+/// One worker thread's own: its pool of connections to instances and its
+/// HTTP server settings. A request is served start to end on one thread.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub client: Client<HttpConnector, UpstreamBody>,
+}
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>) -> Worker {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_connect_timeout(Some(shared.settings.connect_timeout));
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             // Shorter than the usual app server's keep-alive (60-75 s), so
@@ -55,12 +61,7 @@ impl Shared {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Shared {
-            routes,
-            client,
-            settings,
-            metrics,
-        }
+        Worker { shared, client }
     }
 }
 
@@ -97,16 +98,17 @@ impl Drop for Busy<'_> {
 
 /// hyper's service for one request.
 pub async fn handle(
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let shared = &worker.shared;
     conn.requests.fetch_add(1, Ordering::Relaxed);
     conn.busy.fetch_add(1, Ordering::Relaxed);
     let _busy = Busy(&conn);
     let started = Instant::now();
     let snapshot = shared.routes.load_full();
-    let (resp, metrics) = forward(&shared, &conn, &snapshot, req, started).await;
+    let (resp, metrics) = forward(&worker, &conn, &snapshot, req, started).await;
     let metrics = metrics.unwrap_or(shared.metrics.unknown());
     metrics.record(resp.status().as_u16(), started.elapsed());
     Ok(resp)
@@ -114,12 +116,13 @@ pub async fn handle(
 
 /// The response and the metrics of the route it went to, if any.
 async fn forward<'s>(
-    shared: &Shared,
+    worker: &Worker,
     conn: &ConnInfo,
     snapshot: &'s Snapshot,
     mut req: Request<Incoming>,
     started: Instant,
 ) -> (Response<ProxyBody>, Option<&'s RouteMetrics>) {
+    let shared = &*worker.shared;
     // HTTP/2 carries the host in the URI (:authority), HTTP/1.1 in Host.
     let host = match req.uri().authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
@@ -198,7 +201,7 @@ async fn forward<'s>(
             .settings
             .upstream_timeout
             .saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, shared.client.request(req)).await {
+        match tokio::time::timeout(left, worker.client.request(req)).await {
             Ok(Ok(resp)) => break (resp, guard),
             Err(_) => {
                 tracing::warn!(endpoint = %backend.state.endpoint, host = %host_text, "instance did not answer in time");

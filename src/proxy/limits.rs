@@ -21,6 +21,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub max_header_size: usize,
     pub max_connections: usize,
+    /// Worker threads (and listening sockets).
+    pub workers: usize,
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
     pub down_time: Duration,
@@ -39,6 +41,10 @@ impl Settings {
             idle_timeout: p.idle_timeout.0,
             max_header_size: usize::try_from(p.max_header_size.0).unwrap_or(usize::MAX),
             max_connections: p.max_connections as usize,
+            workers: match p.workers {
+                Some(n) => n as usize,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
             connect_timeout: p.connect_timeout.0,
             upstream_timeout: p.upstream_timeout.0,
             down_time: p.down_time.0,

@@ -30,18 +30,18 @@ mod server;
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 pub use admin::{bind as bind_admin, serve as serve_admin};
 pub use backends::DrainReport;
 pub use limits::{Balance, Settings};
 pub use routes::{Route, RouteTable, Upstream};
-pub use server::bind;
+pub use server::Listener;
 
 use backends::Snapshot;
 use forward::Shared;
@@ -64,7 +64,11 @@ impl Proxy {
         metrics.register_collector(Box::new(UpstreamCollector(Arc::clone(&routes))));
         let metrics = Metrics::new(metrics);
         Proxy {
-            shared: Arc::new(Shared::new(settings, metrics, routes)),
+            shared: Arc::new(Shared {
+                routes,
+                settings,
+                metrics,
+            }),
             registry: Arc::new(Mutex::new(backends::Registry::default())),
         }
     }
@@ -121,11 +125,19 @@ impl Proxy {
             .map(|s| s.in_flight())
     }
 
-    /// Serves clients on `listener` until `shutdown` resolves, then lets
-    /// open connections finish (up to the grace time) and returns.
+    /// Binds the proxy's listening sockets on `addr`, one per worker
+    /// thread (`[proxy] workers`).
+    pub fn bind(&self, addr: SocketAddr) -> io::Result<Listener> {
+        server::bind(addr, self.shared.settings.workers)
+    }
+
+    /// Serves clients on `listener` with worker threads of its own until
+    /// `shutdown` resolves, then lets open connections finish (up to the
+    /// grace time) and returns. Upgraded connections (WebSocket) end with
+    /// it.
     pub async fn serve(
         &self,
-        listener: TcpListener,
+        listener: Listener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
         server::serve(Arc::clone(&self.shared), listener, shutdown).await

@@ -1,6 +1,12 @@
-//! Accepting clients: HTTP/1.1 and HTTP/2 on one port, a bounded number of
-//! connections, each watched for slow heads and silence, and a graceful
-//! stop.
+//! Accepting clients: HTTP/1.1 and HTTP/2 on one port, served by worker
+//! threads of the proxy's own, a bounded number of connections, each
+//! watched for slow heads and silence, and a graceful stop.
+//!
+//! Each worker is a single-threaded runtime with its own listening socket
+//! (SO_REUSEPORT: the kernel spreads connections) and its own connections
+//! to instances, so a request and its trip to the instance never change
+//! thread: no cross-thread wake-ups on the hot path, as in nginx's
+//! worker processes.
 
 use std::future::Future;
 use std::io;
@@ -12,23 +18,58 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
 
-use super::forward::{ConnInfo, Shared, handle};
+use super::forward::{ConnInfo, Shared, Worker, handle};
 use super::limits::{Settings, Stamped, now_ms};
 
-/// Binds a listening socket (address reuse on, so a restart does not wait
-/// out TIME_WAIT).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+/// The proxy's listening sockets: one per worker, all on one address.
+#[derive(Debug)]
+pub struct Listener {
+    sockets: Vec<std::net::TcpListener>,
+    addr: SocketAddr,
+}
+
+impl Listener {
+    /// The address bound (with the actual port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Binds `workers` sockets to `addr`, so each worker thread accepts on its
+/// own. Address reuse is on, so a restart does not wait out TIME_WAIT.
+pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Listener> {
+    let mut sockets = Vec::with_capacity(workers.max(1));
+    let mut bound = addr;
+    for _ in 0..workers.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&bound.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        // Port 0 asked for: the others take the port the first one got.
+        bound = listener.local_addr()?;
+        sockets.push(listener);
+    }
+    Ok(Listener {
+        sockets,
+        addr: bound,
+    })
+}
+
+/// Binds one socket on the caller's runtime (the admin listener).
+pub fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+    let mut listener = bind(addr, 1)?;
+    match listener.sockets.pop() {
+        Some(socket) => TcpListener::from_std(socket),
+        None => Err(io::Error::other("no socket was bound")),
+    }
 }
 
 /// The HTTP server settings every connection uses.
@@ -48,31 +89,74 @@ pub fn http_builder(s: &Settings) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves `listener` until `shutdown` resolves; then stops accepting, lets
-/// open connections finish what they are doing for up to the grace time,
-/// and returns.
+/// Serves on `listener`'s sockets, a worker thread each, until `shutdown`
+/// resolves (or a worker fails); then the workers stop accepting, let open
+/// connections finish what they are doing for up to the grace time, and
+/// this returns.
 pub async fn serve(
     shared: Arc<Shared>,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let builder = Arc::new(http_builder(&shared.settings));
     let max = shared
         .settings
         .max_connections
         .clamp(1, Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<io::Result<()>>();
+    let workers = listener.sockets.len();
+    for (i, socket) in listener.sockets.into_iter().enumerate() {
+        let (shared, slots, stop, done) = (
+            Arc::clone(&shared),
+            Arc::clone(&slots),
+            stop_rx.clone(),
+            done_tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("prism-proxy-{i}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| rt.block_on(worker(shared, socket, slots, stop)));
+                let _ = done.send(result);
+            })?;
+    }
+    drop(done_tx);
+    let mut first = tokio::select! {
+        _ = shutdown => None,
+        r = done_rx.recv() => r,
+    };
+    let _ = stop_tx.send(true);
+    let mut finished = usize::from(first.is_some());
+    while finished < workers {
+        match done_rx.recv().await {
+            Some(r) => {
+                finished += 1;
+                if first.as_ref().is_none_or(|f| f.is_ok()) {
+                    first = Some(r);
+                }
+            }
+            None => break,
+        }
+    }
+    first.unwrap_or(Ok(()))
+}
+
+/// One worker thread: accepts on its socket and serves its connections.
+async fn worker(
+    shared: Arc<Shared>,
+    socket: std::net::TcpListener,
+    slots: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(socket)?;
+    let worker = Arc::new(Worker::new(Arc::clone(&shared)));
+    let builder = Arc::new(http_builder(&shared.settings));
+    let mut conns = JoinSet::new();
     loop {
-        // A free slot first: past the limit, clients wait in the backlog.
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
+        while conns.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
@@ -83,24 +167,33 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = stop.wait_for(|stopping| *stopping) => break,
+        };
+        // Past the limit this worker holds the one connection it took until
+        // a slot frees, and accepts no other: the rest wait in the backlog.
+        // (Taking the slot before accepting would leave it idle while
+        // another worker's socket has clients waiting.)
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.wait_for(|stopping| *stopping) => break,
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
-            Arc::clone(&shared),
+        conns.spawn(connection(
+            Arc::clone(&worker),
             Arc::clone(&builder),
             stream,
             peer,
             permit,
-            stop_rx.clone(),
+            stop.clone(),
         ));
     }
     drop(listener);
-    let _ = stop_tx.send(true);
-    // Every slot back means every connection is closed.
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    // Connections were told to stop with the same signal.
     let grace = shared.settings.shutdown_grace + Duration::from_secs(1);
-    let _ = tokio::time::timeout(grace, slots.acquire_many(all)).await;
+    let _ = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
     Ok(())
 }
 
@@ -114,20 +207,20 @@ enum Cut {
 }
 
 async fn connection(
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stream: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
 ) {
+    let shared = Arc::clone(&worker.shared);
     shared.metrics.connections.inc();
     let (io, last) = Stamped::new(stream);
     let info = Arc::new(ConnInfo::new(peer, "http"));
     let service = {
-        let shared = Arc::clone(&shared);
         let info = Arc::clone(&info);
-        service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&info), req))
+        service_fn(move |req| handle(Arc::clone(&worker), Arc::clone(&info), req))
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
