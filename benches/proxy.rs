@@ -82,6 +82,11 @@ fn main() -> Result<()> {
         prism_run.errors.to_string(),
     );
     row(
+        "proxy CPU/request",
+        format!("{:.1} us", nginx_run.cpu_per_request * 1e6),
+        format!("{:.1} us", prism_run.cpu_per_request * 1e6),
+    );
+    row(
         "peak RSS under load",
         mib(nginx_run.rss),
         mib(prism_run.rss),
@@ -104,6 +109,8 @@ struct Figures {
     errors: u64,
     /// Peak resident set of the proxy's processes, in bytes.
     rss: u64,
+    /// CPU time the proxy's processes spent per request, in seconds.
+    cpu_per_request: f64,
 }
 
 /// A short warm-up (not counted), then the measured run, sampling the
@@ -120,6 +127,7 @@ fn run(name: &str, port: u16, pid: u32, threads: u64, conns: u64, secs: u64) -> 
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot run wrk")?;
+    let cpu_before = tree_cpu(pid);
     let mut rss = 0;
     let deadline = Instant::now() + Duration::from_secs(secs + 30);
     while child.try_wait()?.is_none() {
@@ -130,11 +138,13 @@ fn run(name: &str, port: u16, pid: u32, threads: u64, conns: u64, secs: u64) -> 
         rss = rss.max(tree_rss(pid));
         std::thread::sleep(Duration::from_millis(250));
     }
+    let cpu = tree_cpu(pid).saturating_sub(cpu_before);
     let out = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     println!("\n--- {name} ---\n{}", text.trim_end());
     let mut f = parse_wrk(&text).with_context(|| format!("reading wrk's report on {name}"))?;
     f.rss = rss;
+    f.cpu_per_request = cpu.as_secs_f64() / (f.rps * secs as f64).max(1.0);
     Ok(f)
 }
 
@@ -184,6 +194,7 @@ fn parse_wrk(text: &str) -> Result<Figures> {
         p99,
         errors,
         rss: 0,
+        cpu_per_request: 0.0,
     })
 }
 
@@ -221,6 +232,34 @@ fn tree_rss(pid: u32) -> u64 {
         }
     }
     total
+}
+
+/// User and system CPU time of a process and its children so far.
+fn tree_cpu(pid: u32) -> Duration {
+    let mut total = cpu_of(pid);
+    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            total += tree_cpu(child);
+        }
+    }
+    total
+}
+
+/// utime + stime from /proc/PID/stat, in clock ticks of 1/100 s (Linux's
+/// USER_HZ on every mainstream architecture).
+fn cpu_of(pid: u32) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses.
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 fn rss_of(pid: u32) -> u64 {
