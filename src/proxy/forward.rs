@@ -68,7 +68,9 @@ impl Worker {
 /// One client connection, as its requests see it.
 #[derive(Debug)]
 pub struct ConnInfo {
-    pub peer: SocketAddr,
+    /// The peer's address as a header value, made once for every request's
+    /// X-Forwarded-For.
+    pub client_ip: HeaderValue,
     /// `http` or `https`, for X-Forwarded-Proto.
     pub proto: &'static str,
     /// Requests being handled (until the response head is sent).
@@ -80,7 +82,8 @@ pub struct ConnInfo {
 impl ConnInfo {
     pub fn new(peer: SocketAddr, proto: &'static str) -> ConnInfo {
         ConnInfo {
-            peer,
+            client_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
             proto,
             busy: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
@@ -128,14 +131,14 @@ async fn forward<'s>(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(header::HOST).cloned(),
     };
-    let Some((host, host_text)) = host.and_then(|h| {
-        let text = h.to_str().ok()?.to_owned();
-        Some((h, text))
-    }) else {
+    let Some(host) = host else {
         return (pages::no_host(), None);
     };
-    let Some(route) = snapshot.lookup(&host_text, req.uri().path()) else {
-        return (pages::unknown_host(&host_text), None);
+    let Ok(host_text) = host.to_str() else {
+        return (pages::no_host(), None);
+    };
+    let Some(route) = snapshot.lookup(host_text, req.uri().path()) else {
+        return (pages::unknown_host(host_text), None);
     };
     let metrics = Some(&route.metrics);
     let limit = route.route.max_body;
@@ -148,9 +151,9 @@ async fn forward<'s>(
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     headers::strip_hop_by_hop(&mut headers, upgrade);
-    headers::add_forwarded(&mut headers, conn.peer.ip(), conn.proto, &host_text);
+    headers::add_forwarded(&mut headers, &conn.client_ip, conn.proto, &host);
     let request_id = headers::request_id(&mut headers);
-    headers.insert(header::HOST, host);
+    headers.insert(header::HOST, host.clone());
     let path = parts
         .uri
         .path_and_query()
@@ -175,17 +178,19 @@ async fn forward<'s>(
         headers,
     };
 
-    let mut tried = Vec::with_capacity(MAX_ATTEMPTS);
+    let mut tried = [usize::MAX; MAX_ATTEMPTS];
+    let mut tries = 0;
     let (resp, guard) = loop {
-        let Some(i) = route.pick(shared.settings.balance, &tried) else {
-            if tried.is_empty() {
+        let Some(i) = route.pick(shared.settings.balance, &tried[..tries]) else {
+            if tries == 0 {
                 return (pages::unavailable(shared.settings.retry_after), metrics);
             }
             return (pages::bad_gateway(), metrics);
         };
-        tried.push(i);
+        tried[tries] = i;
+        tries += 1;
         let backend = &route.backends[i];
-        let last_try = !retryable || tried.len() >= MAX_ATTEMPTS.min(route.backends.len());
+        let last_try = !retryable || tries >= MAX_ATTEMPTS.min(route.backends.len());
         let Some(body) = (if retryable {
             Some(Either::Right(Empty::new()))
         } else {

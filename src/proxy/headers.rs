@@ -2,8 +2,6 @@
 //! the connection's own and never forwarded; X-Forwarded-* tell the app who
 //! asked and how; every request carries an id.
 
-use std::net::IpAddr;
-
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
@@ -68,31 +66,32 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Appends the client to X-Forwarded-For and sets X-Forwarded-Proto and
 /// X-Forwarded-Host (the proxy is the edge: what a client claims for those
 /// two is replaced).
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: &str) {
-    let prior: Vec<&str> = headers
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    proto: &'static str,
+    host: &HeaderValue,
+) {
+    let mut prior = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .collect();
-    let value = if prior.is_empty() {
-        client.to_string()
+        .peekable();
+    let value = if prior.peek().is_none() {
+        Some(client.clone())
     } else {
-        format!("{}, {client}", prior.join(", "))
+        let mut joined = prior.collect::<Vec<_>>().join(", ");
+        joined.push_str(", ");
+        joined.push_str(client.to_str().unwrap_or("unknown"));
+        HeaderValue::from_str(&joined).ok()
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    match HeaderValue::from_str(host) {
-        Ok(v) => {
-            headers.insert(&X_FORWARDED_HOST, v);
-        }
-        Err(_) => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
-    }
+    headers.insert(&X_FORWARDED_HOST, host.clone());
 }
 
 /// The request's id: the client's X-Request-Id when it is a sane token
@@ -113,8 +112,13 @@ pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 /// 128 random bits as 32 hex digits.
 fn new_request_id() -> HeaderValue {
-    let text = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = fastrand::u128(..);
+    let mut text = [0u8; 32];
+    for (i, c) in text.iter_mut().enumerate() {
+        *c = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -184,19 +188,29 @@ mod tests {
 
     #[test]
     fn forwarded_headers_append_the_client_and_replace_proto_and_host() {
-        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let client = HeaderValue::from_static("203.0.113.7");
         let mut h = map(&[
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil.example"),
         ]);
-        add_forwarded(&mut h, client, "http", "blog.example.com");
+        add_forwarded(
+            &mut h,
+            &client,
+            "http",
+            &HeaderValue::from_static("blog.example.com"),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 203.0.113.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "blog.example.com");
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::1".parse().unwrap(), "http", "a.com:8080");
+        add_forwarded(
+            &mut h,
+            &HeaderValue::from_static("::1"),
+            "http",
+            &HeaderValue::from_static("a.com:8080"),
+        );
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-host"], "a.com:8080");
     }
@@ -208,6 +222,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let id = request_id(&mut h);
         assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_eq!(h["x-request-id"], id);
         assert_ne!(request_id(&mut HeaderMap::new()), id);
         let long = "a".repeat(201);

@@ -6,7 +6,7 @@
 //! (or `unknown`), never the Host header, so a client cannot grow the
 //! number of series.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -52,21 +52,32 @@ pub struct Metrics {
     unknown: RouteMetrics,
 }
 
+/// Status codes whose counters a route keeps at hand, so counting one
+/// needs no lookup in the family (a lock and a hash).
+const COMMON_CODES: [u16; 12] = [200, 101, 204, 301, 302, 304, 400, 404, 413, 502, 503, 504];
+
 /// One host's handles, looked up once per table rather than per request.
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
     host: Arc<String>,
     requests: Family<RequestLabels, Counter>,
+    /// Made on first use, so only codes that occurred have a series.
+    common: Arc<[OnceLock<Counter>; COMMON_CODES.len()]>,
     latency: Histogram,
 }
 
 impl RouteMetrics {
     pub fn record(&self, code: u16, elapsed: Duration) {
-        let labels = RequestLabels {
+        let labels = || RequestLabels {
             host: Arc::clone(&self.host),
             code,
         };
-        self.requests.get_or_create(&labels).inc();
+        match COMMON_CODES.iter().position(|c| *c == code) {
+            Some(i) => self.common[i]
+                .get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.requests.get_or_create(&labels()).inc(),
+        };
         self.latency.observe(elapsed.as_secs_f64());
     }
 }
@@ -128,6 +139,7 @@ fn route_metrics(
     RouteMetrics {
         host,
         requests: requests.clone(),
+        common: Arc::new(std::array::from_fn(|_| OnceLock::new())),
         latency,
     }
 }
