@@ -1,5 +1,5 @@
 # Two entry points; the work lives in scripts/ so CI and people run the same thing.
-.PHONY: demo test bench
+.PHONY: demo test bench bench-proxy
 
 demo:
 	@scripts/demo
@@ -10,3 +10,7 @@ test:
 # Figures for the issues' targets (release build; needs the lab at 10 nodes).
 bench:
 	@scripts/bench
+
+# Prism's proxy against nginx on loopback (installs nginx and wrk).
+bench-proxy:
+	@scripts/bench proxy

@@ -6,6 +6,7 @@ pub mod cloud;
 pub mod config;
 pub mod observe;
 pub mod operator;
+pub mod proxy;
 pub mod reconcile;
 pub mod ssh;
 pub mod store;

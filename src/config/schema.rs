@@ -176,6 +176,39 @@ pub struct Proxy {
     /// Loopback-only admin listener (/healthz, /metrics).
     #[serde(default = "default_admin")]
     pub admin: String,
+    /// Time a client has to send a whole request head; on HTTP/1.1 it also
+    /// bounds the wait for the next request on a kept-alive connection.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Interval,
+    /// A connection with no bytes either way and no request in flight for
+    /// this long is closed (also idle WebSocket tunnels).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Interval,
+    /// Largest request head (request line and headers) accepted.
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: Bytes,
+    /// Largest request body, unless a service sets its own `max_body`.
+    #[serde(default = "default_max_body")]
+    pub max_body: Bytes,
+    /// Client connections served at once; more wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Time to open a connection to an instance.
+    #[serde(default = "default_proxy_connect_timeout")]
+    pub connect_timeout: Interval,
+    /// Time an instance has to start answering a request (504 after).
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout: Interval,
+    /// How long an instance that refused a connection gets no new requests.
+    #[serde(default = "default_down_time")]
+    pub down_time: Interval,
+    /// How long a drained instance may take to finish its requests.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Interval,
+    #[serde(default)]
+    pub balance: Balance,
+    /// Worker threads; default one per CPU.
+    pub workers: Option<u32>,
 }
 
 impl Default for Proxy {
@@ -183,6 +216,17 @@ impl Default for Proxy {
         Proxy {
             listen: default_listen(),
             admin: default_admin(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_header_size: default_max_header_size(),
+            max_body: default_max_body(),
+            max_connections: default_max_connections(),
+            connect_timeout: default_proxy_connect_timeout(),
+            upstream_timeout: default_upstream_timeout(),
+            down_time: default_down_time(),
+            drain_timeout: default_drain_timeout(),
+            balance: Balance::default(),
+            workers: None,
         }
     }
 }
@@ -192,6 +236,46 @@ fn default_listen() -> String {
 }
 fn default_admin() -> String {
     "127.0.0.1:9090".into()
+}
+fn secs(n: u64) -> Interval {
+    Interval(std::time::Duration::from_secs(n))
+}
+fn default_header_timeout() -> Interval {
+    secs(10)
+}
+fn default_idle_timeout() -> Interval {
+    secs(60)
+}
+fn default_max_header_size() -> Bytes {
+    Bytes(32 << 10)
+}
+fn default_max_body() -> Bytes {
+    Bytes(10 << 20)
+}
+fn default_max_connections() -> u32 {
+    4096
+}
+fn default_proxy_connect_timeout() -> Interval {
+    secs(3)
+}
+fn default_upstream_timeout() -> Interval {
+    secs(60)
+}
+fn default_down_time() -> Interval {
+    secs(3)
+}
+fn default_drain_timeout() -> Interval {
+    secs(30)
+}
+
+/// How the proxy spreads requests over a route's instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// The instance with the fewest requests in flight.
+    LeastConnections,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +319,9 @@ pub struct Service {
     /// Host names (optionally with a path prefix) the proxy routes here.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Largest request body the proxy passes to this service; default
+    /// `[proxy] max_body`.
+    pub max_body: Option<Bytes>,
     #[serde(default = "default_memory")]
     pub memory: Bytes,
     pub cpu: Option<Millicores>,

@@ -13,6 +13,9 @@ use super::units::{Bytes, Millicores};
 
 /// Docker refuses memory limits under 6 MiB.
 const MIN_MEMORY: Bytes = Bytes(6 << 20);
+/// The proxy's bounds on `max_header_size`.
+const MIN_HEADER_SIZE: Bytes = Bytes(8 << 10);
+const MAX_HEADER_SIZE: Bytes = Bytes(1 << 20);
 
 pub fn validate(fleet: &Fleet) -> Vec<Diagnostic> {
     let mut v = Checker::default();
@@ -213,6 +216,33 @@ impl Checker {
                 ),
             ),
         }
+        let at = FieldPath::of(["proxy"]);
+        // hyper needs room for at least 8K of head; past 1M a head is abuse.
+        if !(MIN_HEADER_SIZE..=MAX_HEADER_SIZE).contains(&p.max_header_size) {
+            self.err(
+                at.key("max_header_size"),
+                format!(
+                    "max_header_size must be between {MIN_HEADER_SIZE} and {MAX_HEADER_SIZE}, found {}",
+                    p.max_header_size
+                ),
+            );
+        }
+        if let Some(n) = p.workers
+            && !(1..=256).contains(&n)
+        {
+            self.err_help(
+                at.key("workers"),
+                format!("workers must be between 1 and 256, found {n}"),
+                "leave it out for one per CPU",
+            );
+        }
+        if p.max_connections == 0 {
+            self.err_help(
+                at.key("max_connections"),
+                "max_connections must be at least 1",
+                "the default is 4096",
+            );
+        }
     }
 
     fn registries(&mut self, fleet: &Fleet) {
@@ -374,6 +404,13 @@ impl Checker {
             if let Err(e) = check_host(host) {
                 self.err(at.key("hosts").index(i), e);
             }
+        }
+        if svc.max_body.is_some() && svc.hosts.is_empty() {
+            self.err_help(
+                at.key("max_body"),
+                "max_body only applies to a service the proxy routes to",
+                "add hosts, or remove max_body",
+            );
         }
         if svc.memory < MIN_MEMORY {
             self.err(

@@ -1,0 +1,412 @@
+//! The live side of the route table: per-instance state that outlives a
+//! table swap (requests in flight, marked down, draining) and the choice
+//! of an instance for each request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+use tokio::sync::Notify;
+
+use super::limits::{Balance, now_ms};
+use super::metrics::{Metrics, RouteMetrics};
+use super::routes::{Route, RouteTable, Upstream};
+
+/// One instance as the proxy tracks it. Shared by every table that lists
+/// the same instance at the same endpoint, and by the requests in flight
+/// to it, so a swap neither resets nor cuts them.
+#[derive(Debug)]
+pub struct BackendState {
+    /// Who the instance is; its health is each table's word, in `Backend`.
+    pub upstream: Upstream,
+    pub endpoint: String,
+    /// `None` when the address cannot form a URI authority: never chosen.
+    pub authority: Option<Authority>,
+    in_flight: AtomicUsize,
+    down_until_ms: AtomicU64,
+    draining: AtomicBool,
+    connect_failures: AtomicU64,
+    /// Woken when `in_flight` drops to zero.
+    idle: Notify,
+}
+
+impl BackendState {
+    fn new(upstream: &Upstream) -> BackendState {
+        let endpoint = upstream.endpoint();
+        BackendState {
+            upstream: Upstream {
+                healthy: false,
+                ..upstream.clone()
+            },
+            authority: endpoint.parse().ok(),
+            endpoint,
+            in_flight: AtomicUsize::new(0),
+            down_until_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            connect_failures: AtomicU64::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+
+    /// After a failed connect: no new requests for `time`.
+    pub fn mark_down(&self, time: Duration) {
+        let until = now_ms().saturating_add(u64::try_from(time.as_millis()).unwrap_or(u64::MAX));
+        self.down_until_ms.fetch_max(until, Ordering::Relaxed);
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request from now until the guard drops (with the response
+    /// body, or the end of an upgraded connection).
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Stops new requests to this instance and waits until those in flight
+    /// finish, or `timeout` passes.
+    pub async fn drain(&self, timeout: Duration) -> DrainReport {
+        self.draining.store(true, Ordering::Release);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a drop to zero in between
+            // still wakes us.
+            notified.as_mut().enable();
+            let left = self.in_flight();
+            if left == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return DrainReport {
+                        endpoint: self.endpoint.clone(),
+                        known: true,
+                        finished: false,
+                        in_flight_left: self.in_flight(),
+                        waited: started.elapsed(),
+                    };
+                }
+            }
+        }
+        DrainReport {
+            endpoint: self.endpoint.clone(),
+            known: true,
+            finished: true,
+            in_flight_left: 0,
+            waited: started.elapsed(),
+        }
+    }
+}
+
+/// What a drain came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    pub endpoint: String,
+    /// False when the proxy had no such instance (nothing to wait for).
+    pub known: bool,
+    /// Every request finished before the timeout.
+    pub finished: bool,
+    /// Requests still running when the timeout passed.
+    pub in_flight_left: usize,
+    pub waited: Duration,
+}
+
+/// A request in flight to an instance.
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// An instance in one table: the shared state plus this table's word on
+/// its health.
+#[derive(Debug)]
+pub struct Backend {
+    pub state: Arc<BackendState>,
+    pub healthy: bool,
+}
+
+impl Backend {
+    fn available(&self, now: u64) -> bool {
+        self.healthy
+            && self.state.authority.is_some()
+            && !self.state.draining.load(Ordering::Relaxed)
+            && self.state.down_until_ms.load(Ordering::Relaxed) <= now
+    }
+}
+
+/// A route with its live instances, its round-robin position and metrics.
+#[derive(Debug)]
+pub struct LiveRoute {
+    pub route: Route,
+    pub backends: Vec<Backend>,
+    next: AtomicUsize,
+    pub metrics: RouteMetrics,
+}
+
+impl LiveRoute {
+    /// An available instance not in `tried`, by the balance rule.
+    pub fn pick(&self, balance: Balance, tried: &[usize]) -> Option<usize> {
+        let n = self.backends.len();
+        if n == 0 {
+            return None;
+        }
+        let now = now_ms();
+        let ok = |i: &usize| !tried.contains(i) && self.backends[*i].available(now);
+        let count = (0..n).filter(ok).count();
+        if count == 0 {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        match balance {
+            // Turns over the available instances only, so one that is out
+            // does not send its share to its neighbour.
+            Balance::RoundRobin => (0..n).filter(ok).nth(turn % count),
+            // Ties go in turn, so equal load still spreads.
+            Balance::LeastConnections => (0..n)
+                .map(|i| (turn % n + i) % n)
+                .filter(ok)
+                .min_by_key(|&i| self.backends[i].state.in_flight()),
+        }
+    }
+}
+
+/// A table the proxy serves from: swapped whole, read without locks.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub table: RouteTable,
+    pub routes: Vec<LiveRoute>,
+}
+
+impl Snapshot {
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&LiveRoute> {
+        self.table
+            .lookup_index(host, path)
+            .and_then(|i| self.routes.get(i))
+    }
+}
+
+/// Every instance the proxy knows of, by endpoint.
+#[derive(Debug, Default)]
+pub struct Registry {
+    states: HashMap<String, Arc<BackendState>>,
+}
+
+impl Registry {
+    /// The snapshot for `table`. An instance listed before keeps its state
+    /// (in flight, down, draining); one at an endpoint that now holds a
+    /// different instance starts afresh; instances no longer listed are
+    /// forgotten (requests still running to them keep theirs).
+    pub fn snapshot(&mut self, table: RouteTable, metrics: &Metrics) -> Snapshot {
+        let mut states: HashMap<String, Arc<BackendState>> = HashMap::new();
+        let mut routes = Vec::with_capacity(table.routes().len());
+        for route in table.routes() {
+            let mut backends = Vec::with_capacity(route.upstreams.len());
+            for up in &route.upstreams {
+                let endpoint = up.endpoint();
+                let same = |s: &&Arc<BackendState>| same_instance(&s.upstream, up);
+                let state = match states
+                    .get(&endpoint)
+                    .or(self.states.get(&endpoint).filter(same))
+                {
+                    Some(s) => Arc::clone(s),
+                    None => Arc::new(BackendState::new(up)),
+                };
+                states.insert(endpoint, Arc::clone(&state));
+                backends.push(Backend {
+                    state,
+                    healthy: up.healthy,
+                });
+            }
+            routes.push(LiveRoute {
+                route: route.clone(),
+                backends,
+                next: AtomicUsize::new(0),
+                metrics: metrics.route(&route.pattern),
+            });
+        }
+        self.states = states;
+        Snapshot { table, routes }
+    }
+
+    pub fn get(&self, endpoint: &str) -> Option<Arc<BackendState>> {
+        self.states.get(endpoint).cloned()
+    }
+}
+
+fn same_instance(a: &Upstream, b: &Upstream) -> bool {
+    a.app == b.app && a.service == b.service && a.instance == b.instance && a.node == b.node
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(instance: u32, port: u16, healthy: bool) -> Upstream {
+        Upstream {
+            app: "blog".into(),
+            service: "web".into(),
+            instance,
+            node: "n1".into(),
+            address: "127.0.0.1".into(),
+            port,
+            healthy,
+        }
+    }
+
+    fn live(ups: &[Upstream]) -> LiveRoute {
+        LiveRoute {
+            route: Route {
+                pattern: "x".into(),
+                prefix: "/".into(),
+                app: "blog".into(),
+                service: "web".into(),
+                max_body: 0,
+                upstreams: ups.to_vec(),
+            },
+            backends: ups
+                .iter()
+                .map(|u| Backend {
+                    state: Arc::new(BackendState::new(u)),
+                    healthy: u.healthy,
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            metrics: Metrics::new(&mut Default::default()).route("x"),
+        }
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy_down_and_draining() {
+        let r = live(&[
+            up(0, 1, true),
+            up(1, 2, false),
+            up(2, 3, true),
+            up(3, 4, true),
+        ]);
+        let picks: Vec<_> = (0..6)
+            .map(|_| r.pick(Balance::RoundRobin, &[]).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 2, 3, 0, 2, 3]);
+        r.backends[0].state.mark_down(Duration::from_secs(60));
+        r.backends[3].state.draining.store(true, Ordering::Relaxed);
+        for _ in 0..4 {
+            assert_eq!(r.pick(Balance::RoundRobin, &[]), Some(2));
+        }
+        assert_eq!(r.pick(Balance::RoundRobin, &[2]), None);
+    }
+
+    #[test]
+    fn a_down_mark_expires() {
+        let r = live(&[up(0, 1, true)]);
+        r.backends[0].state.mark_down(Duration::ZERO);
+        assert_eq!(r.pick(Balance::RoundRobin, &[]), Some(0));
+        assert_eq!(r.backends[0].state.connect_failures(), 1);
+    }
+
+    #[test]
+    fn least_connections_picks_the_least_busy() {
+        let r = live(&[up(0, 1, true), up(1, 2, true), up(2, 3, true)]);
+        let _a = r.backends[0].state.start();
+        let _b = r.backends[1].state.start();
+        let _c = r.backends[1].state.start();
+        for _ in 0..3 {
+            assert_eq!(r.pick(Balance::LeastConnections, &[]), Some(2));
+        }
+        let _d = r.backends[2].state.start();
+        let _e = r.backends[2].state.start();
+        assert_eq!(r.pick(Balance::LeastConnections, &[]), Some(0));
+        assert_eq!(r.pick(Balance::LeastConnections, &[0]), Some(1));
+    }
+
+    #[test]
+    fn no_instances_means_no_pick() {
+        let r = live(&[]);
+        assert_eq!(r.pick(Balance::RoundRobin, &[]), None);
+        let r = live(&[up(0, 1, false)]);
+        assert_eq!(r.pick(Balance::LeastConnections, &[]), None);
+    }
+
+    #[test]
+    fn states_survive_a_swap_unless_the_instance_changed() {
+        let fleet = crate::config::parse(
+            std::path::Path::new("f.toml"),
+            "[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n[apps.blog.services.web]\nimage = \"b\"\nport = 80\nhosts = [\"a.com\", \"b.com\"]\n",
+        )
+        .unwrap();
+        let metrics = Metrics::new(&mut Default::default());
+        let mut reg = Registry::default();
+        let first = reg.snapshot(
+            RouteTable::build(&fleet, &[up(0, 1, true), up(1, 2, true)]),
+            &metrics,
+        );
+        let a = &first.routes[0].backends[0].state;
+        // Both routes of the service share one state per instance.
+        assert!(Arc::ptr_eq(a, &first.routes[1].backends[0].state));
+        a.mark_down(Duration::from_secs(60));
+        let second = reg.snapshot(
+            RouteTable::build(&fleet, &[up(0, 1, false), up(1, 2, true)]),
+            &metrics,
+        );
+        assert!(Arc::ptr_eq(a, &second.routes[0].backends[0].state));
+        assert!(!second.routes[0].backends[0].healthy);
+        // Instance 5 now listens where instance 1 did: a fresh state.
+        let third = reg.snapshot(
+            RouteTable::build(&fleet, &[up(0, 1, true), up(5, 2, true)]),
+            &metrics,
+        );
+        let old = &first.routes[0].backends[1].state;
+        assert!(!Arc::ptr_eq(old, &third.routes[0].backends[1].state));
+        assert!(reg.get("127.0.0.1:2").is_some());
+        assert!(reg.get("127.0.0.1:9").is_none());
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_requests_in_flight_up_to_the_timeout() {
+        let state = Arc::new(BackendState::new(&up(0, 1, true)));
+        let guard = state.start();
+        let waiter = {
+            let state = Arc::clone(&state);
+            tokio::spawn(async move { state.drain(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(state.is_draining());
+        drop(guard);
+        let report = waiter.await.unwrap();
+        assert!(report.finished);
+        assert!(report.waited >= Duration::from_millis(100));
+        assert!(report.waited < Duration::from_secs(5));
+
+        let _stuck = state.start();
+        let report = state.drain(Duration::from_millis(200)).await;
+        assert!(!report.finished);
+        assert_eq!(report.in_flight_left, 1);
+        assert!(report.waited >= Duration::from_millis(200));
+    }
+}

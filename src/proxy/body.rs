@@ -1,0 +1,139 @@
+//! Response bodies: an instance's, streamed through while its request
+//! counts as in flight, or a short page the proxy writes itself.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::backends::InFlight;
+
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// The proxy's own page; `None` once sent.
+    Page(Option<Bytes>),
+    /// An instance's body; the guard ends the request's time in flight
+    /// when the body ends or the client goes away.
+    Upstream {
+        body: Incoming,
+        guard: Option<InFlight>,
+    },
+}
+
+impl ProxyBody {
+    pub fn upstream(body: Incoming, guard: InFlight) -> ProxyBody {
+        ProxyBody::Upstream {
+            body,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Page(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Upstream { body, guard } => {
+                let poll = Pin::new(body).poll_frame(cx);
+                if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    guard.take();
+                }
+                poll
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Page(data) => data.is_none(),
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Page(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+/// A plain-text page from the proxy itself.
+pub fn page(status: StatusCode, text: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::Page(Some(Bytes::from(text))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// What the proxy answers when it cannot pass a request on.
+pub mod pages {
+    use super::*;
+
+    pub fn unknown_host(host: &str) -> Response<ProxyBody> {
+        page(
+            StatusCode::NOT_FOUND,
+            format!("404 Not Found\n\nNo app is served at {host:?} here.\n"),
+        )
+    }
+
+    pub fn no_host() -> Response<ProxyBody> {
+        page(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request\n\nThe request names no host.\n".into(),
+        )
+    }
+
+    pub fn unavailable(retry_after: u32) -> Response<ProxyBody> {
+        let mut resp = page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503 Service Unavailable\n\nNo instance of this app can take the request right now; try again shortly.\n".into(),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        resp
+    }
+
+    pub fn too_large(limit: u64) -> Response<ProxyBody> {
+        page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "413 Content Too Large\n\nThe request body is over this app's limit of {limit} bytes.\n"
+            ),
+        )
+    }
+
+    pub fn bad_gateway() -> Response<ProxyBody> {
+        page(
+            StatusCode::BAD_GATEWAY,
+            "502 Bad Gateway\n\nThe app's instance did not answer properly.\n".into(),
+        )
+    }
+
+    pub fn gateway_timeout() -> Response<ProxyBody> {
+        page(
+            StatusCode::GATEWAY_TIMEOUT,
+            "504 Gateway Timeout\n\nThe app's instance took too long to answer.\n".into(),
+        )
+    }
+}

@@ -1,0 +1,349 @@
+//! One request through the proxy: find its route, pick an instance, pass
+//! the request on with rewritten headers, retry elsewhere when an instance
+//! cannot be reached, and stream the answer back (or splice the two
+//! connections together after an upgrade).
+
+use std::convert::Infallible;
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::Body as _;
+use http_body_util::{Either, Empty, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::backends::{InFlight, LiveRoute, Snapshot};
+use super::body::{ProxyBody, pages};
+use super::headers::{self, X_REQUEST_ID};
+use super::limits::{Settings, Stamped};
+use super::metrics::{Metrics, RouteMetrics};
+
+/// What an instance receives as a body: the client's, capped at the
+/// route's limit, or nothing (and then the request can be sent again).
+pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
+
+/// Instances tried per request at most, the first one included.
+const MAX_ATTEMPTS: usize = 3;
+
+/// State shared by every worker thread.
+pub struct Shared {
+    pub routes: Arc<ArcSwap<Snapshot>>,
+    pub settings: Settings,
+    pub metrics: Metrics,
+}
+
+/// One worker thread's own: its pool of connections to instances and its
+/// HTTP server settings. A request is served start to end on one thread.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub client: Client<HttpConnector, UpstreamBody>,
+}
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>) -> Worker {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(shared.settings.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            // Shorter than the usual app server's keep-alive (60-75 s), so
+            // the proxy closes an idle connection before the app does.
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Worker { shared, client }
+    }
+}
+
+/// One client connection, as its requests see it.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The peer's address as a header value, made once for every request's
+    /// X-Forwarded-For.
+    pub client_ip: HeaderValue,
+    /// `http` or `https`, for X-Forwarded-Proto.
+    pub proto: &'static str,
+    /// Requests being handled (until the response head is sent).
+    pub busy: AtomicUsize,
+    /// Requests seen on this connection.
+    pub requests: AtomicU64,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, proto: &'static str) -> ConnInfo {
+        ConnInfo {
+            client_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            proto,
+            busy: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+        }
+    }
+}
+
+struct Busy<'a>(&'a ConnInfo);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// hyper's service for one request.
+pub async fn handle(
+    worker: Arc<Worker>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let shared = &worker.shared;
+    conn.requests.fetch_add(1, Ordering::Relaxed);
+    conn.busy.fetch_add(1, Ordering::Relaxed);
+    let _busy = Busy(&conn);
+    let started = Instant::now();
+    let snapshot = shared.routes.load_full();
+    let (resp, metrics) = forward(&worker, &conn, &snapshot, req, started).await;
+    let metrics = metrics.unwrap_or(shared.metrics.unknown());
+    metrics.record(resp.status().as_u16(), started.elapsed());
+    Ok(resp)
+}
+
+/// The response and the metrics of the route it went to, if any.
+async fn forward<'s>(
+    worker: &Worker,
+    conn: &ConnInfo,
+    snapshot: &'s Snapshot,
+    mut req: Request<Incoming>,
+    started: Instant,
+) -> (Response<ProxyBody>, Option<&'s RouteMetrics>) {
+    let shared = &*worker.shared;
+    // HTTP/2 carries the host in the URI (:authority), HTTP/1.1 in Host.
+    let host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let Some(host) = host else {
+        return (pages::no_host(), None);
+    };
+    let Ok(host_text) = host.to_str() else {
+        return (pages::no_host(), None);
+    };
+    let Some(route) = snapshot.lookup(host_text, req.uri().path()) else {
+        return (pages::unknown_host(host_text), None);
+    };
+    let metrics = Some(&route.metrics);
+    let limit = route.route.max_body;
+    if req.body().size_hint().lower() > limit {
+        return (pages::too_large(limit), metrics);
+    }
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    headers::strip_hop_by_hop(&mut headers, upgrade);
+    headers::add_forwarded(&mut headers, &conn.client_ip, conn.proto, &host);
+    let request_id = headers::request_id(&mut headers);
+    headers.insert(header::HOST, host.clone());
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+
+    // Only a request without a body can be sent twice: the body streams
+    // from the client and is gone once read.
+    let bodyless = body.is_end_stream();
+    let retryable = bodyless && parts.method.is_idempotent() && !upgrade;
+    let mut body = Some(if bodyless {
+        Either::Right(Empty::new())
+    } else {
+        Either::Left(Limited::new(
+            body,
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        ))
+    });
+    let mut out = Outgoing {
+        method: parts.method,
+        path,
+        headers,
+    };
+
+    let mut tried = [usize::MAX; MAX_ATTEMPTS];
+    let mut tries = 0;
+    let (resp, guard) = loop {
+        let Some(i) = route.pick(shared.settings.balance, &tried[..tries]) else {
+            if tries == 0 {
+                return (pages::unavailable(shared.settings.retry_after), metrics);
+            }
+            return (pages::bad_gateway(), metrics);
+        };
+        tried[tries] = i;
+        tries += 1;
+        let backend = &route.backends[i];
+        let last_try = !retryable || tries >= MAX_ATTEMPTS.min(route.backends.len());
+        let Some(body) = (if retryable {
+            Some(Either::Right(Empty::new()))
+        } else {
+            body.take()
+        }) else {
+            return (pages::bad_gateway(), metrics);
+        };
+        let Some(req) = out.request(backend.state.authority.clone(), body, last_try) else {
+            return (pages::bad_gateway(), metrics);
+        };
+        let guard = backend.state.start();
+        let left = shared
+            .settings
+            .upstream_timeout
+            .saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, worker.client.request(req)).await {
+            Ok(Ok(resp)) => break (resp, guard),
+            Err(_) => {
+                tracing::warn!(endpoint = %backend.state.endpoint, host = %host_text, "instance did not answer in time");
+                return (pages::gateway_timeout(), metrics);
+            }
+            Ok(Err(e)) => {
+                if e.is_connect() {
+                    backend.state.mark_down(shared.settings.down_time);
+                    tracing::warn!(endpoint = %backend.state.endpoint, error = %chain(&e), "cannot connect to instance; marked down");
+                } else if is_over_limit(&e) {
+                    return (pages::too_large(limit), metrics);
+                } else {
+                    tracing::warn!(endpoint = %backend.state.endpoint, error = %chain(&e), "request to instance failed");
+                }
+                // An idempotent request without a body is safe to send
+                // again whatever went wrong before an answer came.
+                if last_try {
+                    return (pages::bad_gateway(), metrics);
+                }
+            }
+        }
+    };
+    (
+        respond(resp, guard, client_upgrade, request_id, shared, route),
+        metrics,
+    )
+}
+
+/// The parts of a request sent to each instance tried.
+struct Outgoing {
+    method: Method,
+    path: PathAndQuery,
+    headers: HeaderMap,
+}
+
+impl Outgoing {
+    /// The request for one instance; the headers are copied while another
+    /// try may follow and moved out on the last.
+    fn request(
+        &mut self,
+        authority: Option<http::uri::Authority>,
+        body: UpstreamBody,
+        last: bool,
+    ) -> Option<Request<UpstreamBody>> {
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority?)
+            .path_and_query(self.path.clone())
+            .build()
+            .ok()?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = if last {
+            std::mem::take(&mut self.headers)
+        } else {
+            self.headers.clone()
+        };
+        Some(req)
+    }
+}
+
+/// The instance's response, passed to the client.
+fn respond(
+    mut resp: Response<Incoming>,
+    guard: InFlight,
+    client_upgrade: Option<OnUpgrade>,
+    request_id: HeaderValue,
+    shared: &Shared,
+    route: &LiveRoute,
+) -> Response<ProxyBody> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        let Some(client_upgrade) = client_upgrade else {
+            tracing::warn!(host = %route.route.pattern, "instance switched protocols unasked");
+            return pages::bad_gateway();
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let idle = shared.settings.idle_timeout;
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard, idle));
+        let (mut parts, _) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, true);
+        parts.headers.insert(&X_REQUEST_ID, request_id);
+        return Response::from_parts(parts, ProxyBody::Page(None));
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    parts.headers.insert(&X_REQUEST_ID, request_id);
+    Response::from_parts(parts, ProxyBody::upstream(body, guard))
+}
+
+/// Splices an upgraded client connection to the instance's until either
+/// side closes or no byte moves for `idle`.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guard: InFlight, idle: Duration) {
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, last) = Stamped::new(TokioIo::new(client));
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        _ = super::server::quiet_for(&last, idle) => {
+            tracing::debug!("upgraded connection idle; closed");
+        }
+    }
+    drop(guard);
+}
+
+/// The body limit was hit while the request streamed to the instance.
+fn is_over_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.is::<LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

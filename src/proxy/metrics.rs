@@ -1,0 +1,219 @@
+//! The proxy's Prometheus metrics: requests by host and status, latency per
+//! host, open connections, and each instance's health read at scrape time
+//! from the table being served.
+//!
+//! The `host` label is the route's `hosts` entry as written in fleet.toml
+//! (or `unknown`), never the Host header, so a client cannot grow the
+//! number of series.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::backends::{BackendState, Snapshot};
+
+/// The `host` label of requests that matched no route.
+pub const UNKNOWN_HOST: &str = "unknown";
+
+/// Seconds to the response head: 1 ms to 30 s.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    host: Arc<String>,
+    code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostLabels {
+    host: Arc<String>,
+}
+
+type Latency = Family<HostLabels, Histogram, fn() -> Histogram>;
+
+/// The proxy's metric handles; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Latency,
+    pub connections: Gauge,
+    pub swaps: Counter,
+    unknown: RouteMetrics,
+}
+
+/// Status codes whose counters a route keeps at hand, so counting one
+/// needs no lookup in the family (a lock and a hash).
+const COMMON_CODES: [u16; 12] = [200, 101, 204, 301, 302, 304, 400, 404, 413, 502, 503, 504];
+
+/// One host's handles, looked up once per table rather than per request.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    host: Arc<String>,
+    requests: Family<RequestLabels, Counter>,
+    /// Made on first use, so only codes that occurred have a series.
+    common: Arc<[OnceLock<Counter>; COMMON_CODES.len()]>,
+    latency: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn record(&self, code: u16, elapsed: Duration) {
+        let labels = || RequestLabels {
+            host: Arc::clone(&self.host),
+            code,
+        };
+        match COMMON_CODES.iter().position(|c| *c == code) {
+            Some(i) => self.common[i]
+                .get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.requests.get_or_create(&labels()).inc(),
+        };
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+impl Metrics {
+    /// Registers the proxy's metrics under `prism_proxy_` in `registry`.
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let sub = registry.sub_registry_with_prefix("prism_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency: Latency = Family::new_with_constructor(|| Histogram::new(BUCKETS));
+        let connections = Gauge::default();
+        let swaps = Counter::default();
+        sub.register(
+            "requests",
+            "Requests answered, by route host and status code",
+            requests.clone(),
+        );
+        sub.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response head, by route host",
+            latency.clone(),
+        );
+        sub.register(
+            "connections",
+            "Client connections open",
+            connections.clone(),
+        );
+        sub.register("route_swaps", "Route tables published", swaps.clone());
+        let unknown = route_metrics(&requests, &latency, UNKNOWN_HOST);
+        Metrics {
+            requests,
+            latency,
+            connections,
+            swaps,
+            unknown,
+        }
+    }
+
+    pub fn route(&self, host: &str) -> RouteMetrics {
+        route_metrics(&self.requests, &self.latency, host)
+    }
+
+    pub fn unknown(&self) -> &RouteMetrics {
+        &self.unknown
+    }
+}
+
+fn route_metrics(
+    requests: &Family<RequestLabels, Counter>,
+    latency: &Latency,
+    host: &str,
+) -> RouteMetrics {
+    let host = Arc::new(host.to_owned());
+    let latency = latency
+        .get_or_create(&HostLabels {
+            host: Arc::clone(&host),
+        })
+        .clone();
+    RouteMetrics {
+        host,
+        requests: requests.clone(),
+        common: Arc::new(std::array::from_fn(|_| OnceLock::new())),
+        latency,
+    }
+}
+
+/// Each instance in the table being served, read at scrape time.
+#[derive(Debug)]
+pub struct UpstreamCollector(pub Arc<ArcSwap<Snapshot>>);
+
+#[derive(Debug, Clone, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    app: String,
+    service: String,
+    instance: u32,
+    node: String,
+    endpoint: String,
+}
+
+/// A gauge's value for one instance and its health in the table.
+type GaugeOf = fn(&BackendState, bool) -> i64;
+
+impl Collector for UpstreamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = self.0.load();
+        // An instance behind several hosts is listed once.
+        let mut rows = Vec::new();
+        for route in &snapshot.routes {
+            for b in &route.backends {
+                if rows.iter().any(|(s, _)| Arc::ptr_eq(s, &b.state)) {
+                    continue;
+                }
+                rows.push((Arc::clone(&b.state), b.healthy));
+            }
+        }
+        let labels = |s: &BackendState| UpstreamLabels {
+            app: s.upstream.app.clone(),
+            service: s.upstream.service.clone(),
+            instance: s.upstream.instance,
+            node: s.upstream.node.clone(),
+            endpoint: s.endpoint.clone(),
+        };
+        let gauges: [(&str, &str, GaugeOf); 3] = [
+            (
+                "prism_proxy_upstream_healthy",
+                "1 when the operator reports the instance healthy",
+                |_, healthy| i64::from(healthy),
+            ),
+            (
+                "prism_proxy_upstream_available",
+                "1 when the instance takes new requests: healthy, not marked down after a failed connect, not draining",
+                |s, healthy| i64::from(healthy && !s.is_down() && !s.is_draining()),
+            ),
+            (
+                "prism_proxy_upstream_in_flight",
+                "Requests in flight to the instance",
+                |s, _| i64::try_from(s.in_flight()).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (state, healthy) in &rows {
+                let l = labels(state);
+                ConstGauge::new(value(state, *healthy)).encode(metric.encode_family(&l)?)?;
+            }
+        }
+        let mut metric = encoder.encode_descriptor(
+            "prism_proxy_upstream_connect_failures",
+            "Failed connections to the instance",
+            None,
+            MetricType::Counter,
+        )?;
+        for (state, _) in &rows {
+            let l = labels(state);
+            ConstCounter::new(state.connect_failures()).encode(metric.encode_family(&l)?)?;
+        }
+        Ok(())
+    }
+}

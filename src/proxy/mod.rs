@@ -1,0 +1,145 @@
+//! The bundled reverse proxy: routes requests by Host (and path prefix) to
+//! the healthy instances of each service, wherever they run.
+//!
+//! The operator embeds it: it builds a [`RouteTable`] from fleet.toml and
+//! the instances it placed ([`RouteTable::build`]), [`Proxy::publish`]es it
+//! whenever placements or health change, and [`Proxy::drain`]s an instance
+//! before stopping it. A published table replaces the old one in one atomic
+//! step; requests already running keep the table they started with.
+//!
+//! ```text
+//! routes.rs   the table: hosts and prefixes to instances (pure)
+//! backends.rs per-instance state across swaps, balancing, draining
+//! forward.rs  one request: headers, retry, upgrade, streaming
+//! server.rs   accepting, limits per connection, graceful stop
+//! headers.rs  hop-by-hop, X-Forwarded-*, request ids
+//! body.rs     response bodies and the proxy's own pages
+//! limits.rs   settings from [proxy]
+//! metrics.rs  Prometheus metrics;  admin.rs  /healthz and /metrics
+//! ```
+
+mod admin;
+mod backends;
+mod body;
+mod forward;
+mod headers;
+mod limits;
+mod metrics;
+mod routes;
+mod server;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+
+pub use admin::{bind as bind_admin, serve as serve_admin};
+pub use backends::DrainReport;
+pub use limits::{Balance, Settings};
+pub use routes::{Route, RouteTable, Upstream};
+pub use server::Listener;
+
+use backends::Snapshot;
+use forward::Shared;
+use metrics::{Metrics, UpstreamCollector};
+
+/// A handle on the proxy; clones share one proxy.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    /// Instance states by endpoint; locked only to publish and to drain.
+    registry: Arc<Mutex<backends::Registry>>,
+}
+
+impl Proxy {
+    /// A proxy with an empty table (every host is unknown until the first
+    /// publish). Its metrics go into `metrics`, which the operator serves
+    /// with [`serve_admin`].
+    pub fn new(settings: Settings, metrics: &mut Registry) -> Proxy {
+        let routes = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        metrics.register_collector(Box::new(UpstreamCollector(Arc::clone(&routes))));
+        let metrics = Metrics::new(metrics);
+        Proxy {
+            shared: Arc::new(Shared {
+                routes,
+                settings,
+                metrics,
+            }),
+            registry: Arc::new(Mutex::new(backends::Registry::default())),
+        }
+    }
+
+    /// Serves from `table` from now on.
+    pub fn publish(&self, table: RouteTable) {
+        for conflict in table.conflicts() {
+            tracing::warn!("proxy: {conflict}");
+        }
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot = registry.snapshot(table, &self.shared.metrics);
+        self.shared.routes.store(Arc::new(snapshot));
+        self.shared.metrics.swaps.inc();
+    }
+
+    /// The table being served.
+    pub fn table(&self) -> RouteTable {
+        self.shared.routes.load().table.clone()
+    }
+
+    /// Stops sending new requests to the instance at `endpoint`
+    /// (`address:port`, see [`Upstream::endpoint`]) and waits until its
+    /// requests in flight finish, or `timeout` (default `[proxy]
+    /// drain_timeout`) passes. An open WebSocket (or other upgraded
+    /// connection) counts as in flight until it closes. The instance stays
+    /// out of rotation for as long as tables list it; publish one without
+    /// it once it is stopped.
+    pub async fn drain(&self, endpoint: &str, timeout: Option<Duration>) -> DrainReport {
+        let timeout = timeout.unwrap_or(self.shared.settings.drain_timeout);
+        let state = self
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(endpoint);
+        match state {
+            Some(state) => state.drain(timeout).await,
+            None => DrainReport {
+                endpoint: endpoint.to_owned(),
+                known: false,
+                finished: true,
+                in_flight_left: 0,
+                waited: Duration::ZERO,
+            },
+        }
+    }
+
+    /// Requests in flight to the instance at `endpoint`, if the proxy
+    /// knows it.
+    pub fn in_flight(&self, endpoint: &str) -> Option<usize> {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(endpoint)
+            .map(|s| s.in_flight())
+    }
+
+    /// Binds the proxy's listening sockets on `addr`, one per worker
+    /// thread (`[proxy] workers`).
+    pub fn bind(&self, addr: SocketAddr) -> io::Result<Listener> {
+        server::bind(addr, self.shared.settings.workers)
+    }
+
+    /// Serves clients on `listener` with worker threads of its own until
+    /// `shutdown` resolves, then lets open connections finish (up to the
+    /// grace time) and returns. Upgraded connections (WebSocket) end with
+    /// it.
+    pub async fn serve(
+        &self,
+        listener: Listener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        server::serve(Arc::clone(&self.shared), listener, shutdown).await
+    }
+}

@@ -1,0 +1,301 @@
+//! Accepting clients: HTTP/1.1 and HTTP/2 on one port, served by worker
+//! threads of the proxy's own, a bounded number of connections, each
+//! watched for slow heads and silence, and a graceful stop.
+//!
+//! Each worker is a single-threaded runtime with its own listening socket
+//! (SO_REUSEPORT: the kernel spreads connections) and its own connections
+//! to instances, so a request and its trip to the instance never change
+//! thread: no cross-thread wake-ups on the hot path, as in nginx's
+//! worker processes.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::forward::{ConnInfo, Shared, Worker, handle};
+use super::limits::{Settings, Stamped, now_ms};
+
+/// The proxy's listening sockets: one per worker, all on one address.
+#[derive(Debug)]
+pub struct Listener {
+    sockets: Vec<std::net::TcpListener>,
+    addr: SocketAddr,
+}
+
+impl Listener {
+    /// The address bound (with the actual port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Binds `workers` sockets to `addr`, so each worker thread accepts on its
+/// own. Address reuse is on, so a restart does not wait out TIME_WAIT.
+pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Listener> {
+    let mut sockets = Vec::with_capacity(workers.max(1));
+    let mut bound = addr;
+    for _ in 0..workers.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&bound.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        // Port 0 asked for: the others take the port the first one got.
+        bound = listener.local_addr()?;
+        sockets.push(listener);
+    }
+    Ok(Listener {
+        sockets,
+        addr: bound,
+    })
+}
+
+/// Binds one socket on the caller's runtime (the admin listener).
+pub fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+    let mut listener = bind(addr, 1)?;
+    match listener.sockets.pop() {
+        Some(socket) => TcpListener::from_std(socket),
+        None => Err(io::Error::other("no socket was bound")),
+    }
+}
+
+/// The HTTP server settings every connection uses.
+pub fn http_builder(s: &Settings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_timeout)
+        .max_buf_size(s.max_header_size)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(s.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}
+
+/// Serves on `listener`'s sockets, a worker thread each, until `shutdown`
+/// resolves (or a worker fails); then the workers stop accepting, let open
+/// connections finish what they are doing for up to the grace time, and
+/// this returns.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: Listener,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let max = shared
+        .settings
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(max));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<io::Result<()>>();
+    let workers = listener.sockets.len();
+    for (i, socket) in listener.sockets.into_iter().enumerate() {
+        let (shared, slots, stop, done) = (
+            Arc::clone(&shared),
+            Arc::clone(&slots),
+            stop_rx.clone(),
+            done_tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("prism-proxy-{i}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| rt.block_on(worker(shared, socket, slots, stop)));
+                let _ = done.send(result);
+            })?;
+    }
+    drop(done_tx);
+    let mut first = tokio::select! {
+        _ = shutdown => None,
+        r = done_rx.recv() => r,
+    };
+    let _ = stop_tx.send(true);
+    let mut finished = usize::from(first.is_some());
+    while finished < workers {
+        match done_rx.recv().await {
+            Some(r) => {
+                finished += 1;
+                if first.as_ref().is_none_or(|f| f.is_ok()) {
+                    first = Some(r);
+                }
+            }
+            None => break,
+        }
+    }
+    first.unwrap_or(Ok(()))
+}
+
+/// One worker thread: accepts on its socket and serves its connections.
+async fn worker(
+    shared: Arc<Shared>,
+    socket: std::net::TcpListener,
+    slots: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(socket)?;
+    let worker = Arc::new(Worker::new(Arc::clone(&shared)));
+    let builder = Arc::new(http_builder(&shared.settings));
+    let mut conns = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors and the like: back off, go on.
+                    tracing::warn!(error = %e, "proxy: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|stopping| *stopping) => break,
+        };
+        // Past the limit this worker holds the one connection it took until
+        // a slot frees, and accepts no other: the rest wait in the backlog.
+        // (Taking the slot before accepting would leave it idle while
+        // another worker's socket has clients waiting.)
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.wait_for(|stopping| *stopping) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        conns.spawn(connection(
+            Arc::clone(&worker),
+            Arc::clone(&builder),
+            stream,
+            peer,
+            permit,
+            stop.clone(),
+        ));
+    }
+    drop(listener);
+    // Connections were told to stop with the same signal.
+    let grace = shared.settings.shutdown_grace + Duration::from_secs(1);
+    let _ = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+    Ok(())
+}
+
+/// Why a connection was closed by the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// No complete request head within the header timeout.
+    SlowHead,
+    /// Nothing moved and nothing in flight for the idle timeout.
+    Idle,
+}
+
+async fn connection(
+    worker: Arc<Worker>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+    mut stop: watch::Receiver<bool>,
+) {
+    let shared = Arc::clone(&worker.shared);
+    shared.metrics.connections.inc();
+    let (io, last) = Stamped::new(stream);
+    let info = Arc::new(ConnInfo::new(peer, "http"));
+    let service = {
+        let info = Arc::clone(&info);
+        service_fn(move |req| handle(Arc::clone(&worker), Arc::clone(&info), req))
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let watchdog = watchdog(&info, &last, &shared.settings);
+    tokio::pin!(watchdog);
+    let mut grace = None;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            cut = &mut watchdog, if grace.is_none() => {
+                // Nothing is in flight: closing loses nothing.
+                tracing::debug!(%peer, ?cut, "connection closed by the proxy");
+                break;
+            }
+            _ = stop.wait_for(|stopping| *stopping), if grace.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                grace = Some(Box::pin(tokio::time::sleep(shared.settings.shutdown_grace)));
+            }
+            _ = async {
+                match grace.as_mut() {
+                    Some(sleep) => sleep.await,
+                    None => std::future::pending().await,
+                }
+            }, if grace.is_some() => break,
+        }
+    }
+    shared.metrics.connections.dec();
+}
+
+/// Resolves when the connection should be cut: its first request head is
+/// not in after the header timeout (HTTP/1.1 heads after it are hyper's own
+/// job), or it has been silent with nothing in flight for the idle timeout.
+async fn watchdog(info: &ConnInfo, last: &AtomicU64, s: &Settings) -> Cut {
+    let accepted = now_ms();
+    let header_ms = millis(s.header_timeout);
+    let idle_ms = millis(s.idle_timeout);
+    loop {
+        let now = now_ms();
+        let mut wake = now.saturating_add(idle_ms);
+        if info.requests.load(Ordering::Relaxed) == 0 {
+            let deadline = accepted.saturating_add(header_ms);
+            if now >= deadline {
+                return Cut::SlowHead;
+            }
+            wake = wake.min(deadline);
+        }
+        if info.busy.load(Ordering::Relaxed) == 0 {
+            let deadline = last.load(Ordering::Relaxed).saturating_add(idle_ms);
+            if now >= deadline {
+                return Cut::Idle;
+            }
+            wake = wake.min(deadline);
+        }
+        tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now).max(10))).await;
+    }
+}
+
+/// Resolves once no byte has moved for `idle` (per `last`).
+pub async fn quiet_for(last: &AtomicU64, idle: Duration) {
+    let idle_ms = millis(idle);
+    loop {
+        let now = now_ms();
+        let deadline = last.load(Ordering::Relaxed).saturating_add(idle_ms);
+        if now >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis((deadline - now).max(10))).await;
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
