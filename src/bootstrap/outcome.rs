@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::observe::clip;
+use crate::observe::{check_header, clip};
 
 const HEADER: &str = "prism-bootstrap 1";
 
@@ -191,16 +191,7 @@ enum Attach {
 pub fn parse_output(stdout: &str) -> Result<Outcome, Failure> {
     let bad = |line: Option<usize>, detail: String| Failure::Malformed { line, detail };
     let mut lines = stdout.lines().enumerate().map(|(i, l)| (i + 1, l));
-    match lines.next() {
-        Some((_, first)) if first.strip_prefix("@@ ") == Some(HEADER) => {}
-        Some((n, first)) => {
-            return Err(bad(
-                Some(n),
-                format!("expected `@@ {HEADER}`, found {:?}", clip(first)),
-            ));
-        }
-        None => return Err(bad(None, "no output".into())),
-    }
+    check_header(lines.next(), HEADER).map_err(|(line, detail)| bad(line, detail))?;
 
     let mut os = None;
     let mut warnings: Vec<Warning> = Vec::new();

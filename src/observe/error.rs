@@ -138,3 +138,20 @@ pub(crate) fn clip(s: &str) -> String {
         None => s.to_owned(),
     }
 }
+
+/// Checks the first line of a marker script's output (`@@ HEADER`), as
+/// `lines` yields it (1-based number, text). `Err` holds the line and what
+/// is wrong, for the caller's own error type.
+pub(crate) fn check_header<'a>(
+    first: Option<(usize, &'a str)>,
+    header: &str,
+) -> Result<(), (Option<usize>, String)> {
+    match first {
+        Some((_, line)) if line.strip_prefix("@@ ") == Some(header) => Ok(()),
+        Some((n, line)) => Err((
+            Some(n),
+            format!("expected `@@ {header}`, found {:?}", clip(line)),
+        )),
+        None => Err((None, "no output".into())),
+    }
+}

@@ -41,8 +41,8 @@ pub use containers::{
     inspect_containers_argv, list_containers_argv, parse_container, parse_container_ids,
     parse_inspect, vanished_ids,
 };
-pub(crate) use error::clip;
 pub use error::{ParseError, Probe};
+pub(crate) use error::{check_header, clip};
 pub use info::{DockerInfo, docker_info_argv, parse_docker_info};
 pub use labels::{Identity, LabelProblem, PrismLabels};
 pub use node::{

@@ -15,7 +15,7 @@
 //! the daemon is asked over its API socket ([`super::api`]), and the
 //! `docker` line only tells why, should that fail.
 
-use super::error::{ParseError, Probe, clip};
+use super::error::{ParseError, Probe, check_header, clip};
 
 /// The script run by `sh -c`: a constant, never formatted.
 pub const FACTS_SCRIPT: &str = include_str!("facts.sh");
@@ -75,16 +75,7 @@ pub fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
     let bad =
         |line: Option<usize>, detail: String| ParseError::malformed(Probe::NodeFacts, line, detail);
     let mut lines = stdout.lines().enumerate().map(|(i, l)| (i + 1, l));
-    match lines.next() {
-        Some((_, first)) if first.strip_prefix("@@ ") == Some(HEADER) => {}
-        Some((n, first)) => {
-            return Err(bad(
-                Some(n),
-                format!("expected `@@ {HEADER}`, found {:?}", clip(first)),
-            ));
-        }
-        None => return Err(bad(None, "no output".into())),
-    }
+    check_header(lines.next(), HEADER).map_err(|(line, detail)| bad(line, detail))?;
 
     let mut sections: Vec<Section<'_>> = Vec::new();
     let mut ended = false;
