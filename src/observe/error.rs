@@ -142,8 +142,8 @@ pub(crate) fn clip(s: &str) -> String {
 /// Checks the first line of a marker script's output (`@@ HEADER`), as
 /// `lines` yields it (1-based number, text). `Err` holds the line and what
 /// is wrong, for the caller's own error type.
-pub(crate) fn check_header<'a>(
-    first: Option<(usize, &'a str)>,
+pub(crate) fn check_header(
+    first: Option<(usize, &str)>,
     header: &str,
 ) -> Result<(), (Option<usize>, String)> {
     match first {
