@@ -20,13 +20,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 pub async fn start(operator: Arc<Operator>) -> Result<JobScheduler, JobSchedulerError> {
     let scheduler = JobScheduler::new().await?;
     for (app, spec) in &operator.config.fleet.apps {
-        for name in spec.jobs.keys() {
+        for (name, job) in &spec.jobs {
             let running = Arc::new(AtomicBool::new(false));
             let (op, app, name) = (operator.clone(), app.clone(), name.clone());
-            let Some(schedule) = spec.jobs.get(&name).map(|j| scheduler_cron(&j.schedule)) else {
-                continue;
-            };
-            let job = CronJob::new_async(schedule, move |_, _| {
+            let job = CronJob::new_async(scheduler_cron(&job.schedule), move |_, _| {
                 let (op, app, name, running) =
                     (op.clone(), app.clone(), name.clone(), running.clone());
                 Box::pin(async move {
@@ -53,97 +50,62 @@ pub async fn start(operator: Arc<Operator>) -> Result<JobScheduler, JobScheduler
     Ok(scheduler)
 }
 
+/// How one tick of a job ended, in words for its event.
+enum End {
+    Ok(String),
+    Skipped(String),
+    Failed(String),
+}
+
 async fn run(op: &Operator, app: &str, name: &str) {
+    let (level, kind, message) = match attempt(op, app, name).await {
+        End::Ok(m) => (Level::Info, "job.ok", m),
+        End::Skipped(m) => (Level::Warn, "job.skipped", m),
+        End::Failed(m) => (Level::Error, "job.failed", m),
+    };
+    event(op, app, level, kind, message);
+}
+
+async fn attempt(op: &Operator, app: &str, name: &str) -> End {
     let Some(job) = op.config.fleet.apps.get(app).and_then(|a| a.jobs.get(name)) else {
-        return;
+        return End::Skipped(format!("job {app}/{name} is no longer in fleet.toml"));
     };
     let node = match op.node_of(app, 0) {
         Ok(Some(node)) => node,
         Ok(None) => {
-            event(
-                op,
-                app,
-                Level::Warn,
-                "job.skipped",
-                format!("job {app}/{name}: {app}/0 is not placed on a node yet"),
-            );
-            return;
+            return End::Skipped(format!(
+                "job {app}/{name}: {app}/0 is not placed on a node yet"
+            ));
         }
-        Err(e) => {
-            event(
-                op,
-                app,
-                Level::Error,
-                "job.failed",
-                format!("job {app}/{name}: {e}"),
-            );
-            return;
-        }
+        Err(e) => return End::Failed(format!("job {app}/{name}: {e}")),
     };
     let spec = match job_run(&op.desired, app, name, job, now_ms() / 1000) {
         Ok(spec) => spec,
-        Err(e) => {
-            event(
-                op,
-                app,
-                Level::Error,
-                "job.failed",
-                format!("job {app}/{name}: {e}"),
-            );
-            return;
-        }
+        Err(e) => return End::Failed(format!("job {app}/{name}: {e}")),
     };
-    let timeout = job.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0);
     let target = node.target();
     let limits = ExecLimits {
-        timeout,
+        timeout: job.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
         max_output: 1 << 20,
     };
     let stdin = spec.env_file.as_ref().map(|s| s.expose().as_bytes());
     let started = std::time::Instant::now();
     let result = op.pool.exec(&target, &spec.argv, stdin, limits).await;
     let took = humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()));
+    let on = format!("job {app}/{name} on {}", node.name);
     match result {
-        Ok(out) if out.success() => event(
-            op,
-            app,
-            Level::Info,
-            "job.ok",
-            format!("job {app}/{name} on {} exited 0 after {took}", node.name),
-        ),
-        Ok(out) => {
-            event(
-                op,
-                app,
-                Level::Error,
-                "job.failed",
-                format!(
-                    "job {app}/{name} on {} after {took}: {}",
-                    node.name,
-                    out.brief()
-                ),
-            );
-        }
+        Ok(out) if out.success() => End::Ok(format!("{on} exited 0 after {took}")),
+        Ok(out) => End::Failed(format!("{on} after {took}: {}", out.brief())),
         Err(e) => {
             if matches!(e, SshError::Timeout { .. }) {
                 // The run outlived its timeout: stop its container too.
+                let rm = remove_argv_name(&spec.name);
                 let _ = op
                     .pool
-                    .exec(
-                        &target,
-                        &remove_argv_name(&spec.name),
-                        None,
-                        ExecLimits::default(),
-                    )
+                    .exec(&target, &rm, None, ExecLimits::default())
                     .await;
             }
-            event(
-                op,
-                app,
-                Level::Error,
-                "job.failed",
-                format!("job {app}/{name} on {}: {e}", node.name),
-            );
+            End::Failed(format!("{on}: {e}"))
         }
     }
 }
