@@ -21,15 +21,8 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn prism_cmd(fleet: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_prism"));
-    cmd.arg("-c")
-        .arg(fleet)
-        .args(args)
-        .env_remove("PRISM_CONFIG")
-        .env("AWS_ACCESS_KEY_ID", "lab")
-        .env("AWS_SECRET_ACCESS_KEY", "lab")
-        .env_remove("AWS_PROFILE");
-    cmd
+    let file = fleet.to_str().expect("utf-8 path");
+    common::prism_command(&[&["-c", file], args].concat())
 }
 
 fn reconcile(fleet: &Path) -> Output {

@@ -57,11 +57,7 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), Failure> {
     {
         tracing::warn!(error = %e, "scheduled jobs did not stop cleanly");
     }
-    let unlocked = operator
-        .store
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .unlock(&me);
+    let unlocked = operator.lock().unlock(&me);
     if let Err(e) = &unlocked {
         tracing::warn!(error = %e, "could not release the apply lock");
     }
@@ -134,11 +130,7 @@ async fn pass(
     operator: &Operator,
     me: &LockHolder,
 ) -> Result<BTreeSet<(String, &'static str)>, Failure> {
-    operator
-        .store
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .heartbeat(me)?;
+    operator.lock().heartbeat(me)?;
     let t = Instant::now();
     let planned: Planned = operator.observe_and_plan().await?;
     for p in &planned.plan.problems {

@@ -25,17 +25,9 @@ pub enum Converged {
 pub async fn once(config: Config, timeout: Duration) -> Result<Converged, Failure> {
     let operator = Operator::new(config).await?;
     let me = LockHolder::this_process("reconcile --once");
-    operator
-        .store
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .try_lock(&me, LOCK_TTL)?;
+    operator.lock().try_lock(&me, LOCK_TTL)?;
     let result = converge(&operator, &me, timeout).await;
-    let unlocked = operator
-        .store
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .unlock(&me);
+    let unlocked = operator.lock().unlock(&me);
     let converged = result?;
     unlocked?;
     Ok(converged)
@@ -48,11 +40,7 @@ async fn converge(
 ) -> Result<Converged, Failure> {
     let deadline = Instant::now() + timeout;
     loop {
-        operator
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .heartbeat(me)?;
+        operator.lock().heartbeat(me)?;
         let planned = operator.observe_and_plan().await?;
         for p in &planned.plan.problems {
             eprintln!("{p}");
@@ -61,36 +49,28 @@ async fn converge(
         if plan.is_empty() && plan.waiting.is_empty() {
             return Ok(Converged::Yes);
         }
-        if plan.is_empty() {
-            // Only waiting for new containers to pass their checks.
-            if Instant::now() + SETTLE >= deadline {
-                for w in &plan.waiting {
-                    eprintln!("waiting: {w}");
+        // With actions, apply them; without, only new containers are still
+        // to pass their checks. Either way, look again after a pause.
+        if !plan.is_empty() {
+            for c in &plan.placement_changes {
+                println!("{c}");
+            }
+            let report = |o: &Outcome| {
+                let node = node_label(&planned.nodes, &o.node);
+                match &o.error {
+                    None => println!("{node}: {}", o.action),
+                    Some(e) => eprintln!("{node}: {}: FAILED: {e}", o.action),
                 }
-                eprintln!(
-                    "not converged after {}: the next run goes on from here",
-                    humantime::format_duration(timeout)
-                );
+            };
+            let outcomes = operator.apply(&planned, &report).await?;
+            if outcomes.iter().any(|o| o.error.is_some()) {
                 return Ok(Converged::No);
             }
-            tokio::time::sleep(SETTLE).await;
-            continue;
-        }
-        for c in &planned.plan.placement_changes {
-            println!("{c}");
-        }
-        let report = |o: &Outcome| {
-            let node = node_label(&planned.nodes, &o.node);
-            match &o.error {
-                None => println!("{node}: {}", o.action),
-                Some(e) => eprintln!("{node}: {}: FAILED: {e}", o.action),
-            }
-        };
-        let outcomes = operator.apply(&planned, &report).await?;
-        if outcomes.iter().any(|o| o.error.is_some()) {
-            return Ok(Converged::No);
         }
         if Instant::now() + SETTLE >= deadline {
+            for w in &plan.waiting {
+                eprintln!("waiting: {w}");
+            }
             eprintln!(
                 "not converged after {}: the next run goes on from here",
                 humantime::format_duration(timeout)

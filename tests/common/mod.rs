@@ -341,16 +341,20 @@ fn instance(inst: &aws_sdk_ec2::types::Instance) -> Result<Instance> {
     })
 }
 
-/// Runs `prism` with the lab's AWS credentials and `args`.
-pub fn prism(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prism"))
-        .args(args)
+/// `prism args` with the lab's AWS credentials, ready to run or spawn.
+pub fn prism_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_prism"));
+    cmd.args(args)
         .env_remove("PRISM_CONFIG")
         .env("AWS_ACCESS_KEY_ID", "lab")
         .env("AWS_SECRET_ACCESS_KEY", "lab")
-        .env_remove("AWS_PROFILE")
-        .output()
-        .expect("run prism")
+        .env_remove("AWS_PROFILE");
+    cmd
+}
+
+/// Runs `prism args` with the lab's AWS credentials.
+pub fn prism(args: &[&str]) -> Output {
+    prism_command(args).output().expect("run prism")
 }
 
 /// Runs `lab/lab args`; fails with its stderr unless it exits 0.
