@@ -28,6 +28,13 @@ pub struct Node {
     pub az: String,
     pub container: String,
     pub instance_id: Option<String>,
+    /// The instance's `prism:fleet` tag: `lab` unless `lab/lab add --fleet`.
+    #[serde(default = "lab_fleet")]
+    pub fleet: String,
+}
+
+fn lab_fleet() -> String {
+    "lab".to_string()
 }
 
 /// The bare node (`lab/lab bare up`): sshd, no Docker, not in EC2.
@@ -70,7 +77,10 @@ struct LabJson {
 #[derive(Debug)]
 pub struct Lab {
     pub dir: PathBuf,
+    /// Live nodes of fleet `lab`, the one every shared test uses.
     pub nodes: Vec<Node>,
+    /// Live nodes a test added to its own fleet (`lab/lab add --fleet`).
+    pub other_nodes: Vec<Node>,
     pub moto_url: String,
     pub region: String,
     pub testapp_image: String,
@@ -104,8 +114,8 @@ impl Lab {
         let json: LabJson = serde_json::from_str(&text)
             .with_context(|| format!("{} is not the lab's state", path.display()))?;
         ensure!(
-            !json.nodes.is_empty(),
-            "{} lists no live node",
+            json.nodes.iter().any(|n| n.fleet == "lab"),
+            "{} lists no live node of fleet lab",
             path.display()
         );
         for file in ["id_ed25519", "known_hosts"] {
@@ -124,9 +134,11 @@ impl Lab {
             .with_context(|| format!("moto url {:?} in lab.json", json.moto.url))?;
         TcpStream::connect_timeout(&moto, Duration::from_secs(2))
             .with_context(|| format!("the lab's EC2 endpoint (moto) at {moto} does not answer"))?;
+        let (nodes, other_nodes) = json.nodes.into_iter().partition(|n| n.fleet == "lab");
         Ok(Lab {
             dir,
-            nodes: json.nodes,
+            nodes,
+            other_nodes,
             moto_url: json.moto.url,
             region: json.moto.region,
             testapp_image: json.registry.testapp_image,
