@@ -1,16 +1,15 @@
 //! `prism daemon`: discovery and reconcile in a loop, with logs, until
 //! SIGTERM or SIGINT.
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::Failure;
 use crate::config::Config;
 use std::sync::Arc;
 
-use crate::operator::{Operator, Outcome, Planned, start_jobs};
+use crate::operator::{Control, Operator, run_loop, start_jobs};
 use crate::store::LockHolder;
 
 /// A daemon that stops heartbeating for this long is presumed dead.
@@ -51,7 +50,16 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), Failure> {
         pid = me.pid,
         "daemon started"
     );
-    let result = serve(&operator, &me, interval).await;
+    let control = Control::new();
+    let signals = tokio::spawn(stop_on_signal(
+        signal(SignalKind::terminate()).map_err(Failure::Runtime)?,
+        signal(SignalKind::interrupt()).map_err(Failure::Runtime)?,
+        control.clone(),
+    ));
+    let result = run_loop(&operator, &me, interval, &control)
+        .await
+        .map_err(Failure::Store);
+    signals.abort();
     if let Some(jobs) = jobs.as_mut()
         && let Err(e) = jobs.shutdown().await
     {
@@ -65,101 +73,12 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), Failure> {
     result
 }
 
-async fn serve(operator: &Operator, me: &LockHolder, interval: Duration) -> Result<(), Failure> {
-    let mut term = signal(SignalKind::terminate()).map_err(Failure::Runtime)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Failure::Runtime)?;
-    let mut known: Option<BTreeSet<(String, &'static str)>> = None;
-    loop {
-        let started = Instant::now();
-        // A pass runs to its end: actions in flight finish (each has its
-        // own timeout) so no node is left half-changed by a stop.
-        let pass = pass(operator, me);
-        tokio::pin!(pass);
-        let mut stopping = false;
-        let nodes = loop {
-            tokio::select! {
-                result = &mut pass => break result,
-                _ = term.recv(), if !stopping => {
-                    tracing::info!("SIGTERM: finishing the pass in flight, then stopping");
-                    stopping = true;
-                }
-                _ = int.recv(), if !stopping => {
-                    tracing::info!("SIGINT: finishing the pass in flight, then stopping");
-                    stopping = true;
-                }
-            }
-        };
-        let nodes = match nodes {
-            Ok(nodes) => Some(nodes),
-            // The lock lost to another applier ends the daemon; a pass
-            // that failed on the world is logged and retried.
-            Err(Failure::Store(e @ crate::store::StoreError::Locked { .. })) => {
-                return Err(Failure::Store(e));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "pass failed; retrying");
-                None
-            }
-        };
-        if stopping {
-            return Ok(());
-        }
-        // A node that appeared, left or changed state: plan again at once.
-        let changed = match (&known, &nodes) {
-            (Some(before), Some(now)) => before != now,
-            _ => false,
-        };
-        if nodes.is_some() {
-            known = nodes;
-        }
-        if changed {
-            tracing::info!("nodes changed: reconciling again now");
-            continue;
-        }
-        let wait = interval.saturating_sub(started.elapsed());
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-        }
-    }
-}
-
-/// One pass; returns the nodes and their states, to notice changes.
-async fn pass(
-    operator: &Operator,
-    me: &LockHolder,
-) -> Result<BTreeSet<(String, &'static str)>, Failure> {
-    operator.lock().heartbeat(me)?;
-    let t = Instant::now();
-    let planned: Planned = operator.observe_and_plan().await?;
-    for p in &planned.plan.problems {
-        tracing::warn!(app = %p.pod.app, instance = p.pod.instance, "{p}");
-    }
-    if !planned.plan.is_empty() {
-        for c in &planned.plan.placement_changes {
-            tracing::info!("{c}");
-        }
-        let log = |o: &Outcome| match &o.error {
-            None => tracing::info!(node = %o.node, "{}", o.action),
-            Some(e) => tracing::error!(node = %o.node, error = %e, "{} failed", o.action),
-        };
-        let outcomes = operator.apply(&planned, &log).await?;
-        tracing::info!(
-            actions = outcomes.len(),
-            failed = outcomes.iter().filter(|o| o.error.is_some()).count(),
-            took_ms = t.elapsed().as_millis() as u64,
-            "pass applied"
-        );
-    } else {
-        tracing::debug!(
-            took_ms = t.elapsed().as_millis() as u64,
-            "pass: nothing to do"
-        );
-    }
-    Ok(planned
-        .views
-        .iter()
-        .map(|v| (v.id.clone(), v.state.as_str()))
-        .collect())
+/// Turns SIGTERM/SIGINT into a stop: the pass in flight finishes first.
+async fn stop_on_signal(mut term: Signal, mut int: Signal, control: Arc<Control>) {
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("{name}: finishing the pass in flight, then stopping");
+    control.stop();
 }

@@ -7,6 +7,7 @@ mod jobs;
 mod lifecycle;
 mod observe;
 mod pass;
+mod run;
 
 pub use apply::{Outcome, apply};
 pub use health::{CheckResult, check, check_all};
@@ -14,3 +15,4 @@ pub use jobs::start as start_jobs;
 pub use lifecycle::node_state;
 pub use observe::{Observed, observe, record};
 pub use pass::{Operator, PassError, Planned};
+pub use run::{Control, PassReport, run as run_loop};

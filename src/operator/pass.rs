@@ -59,6 +59,8 @@ pub struct Operator {
 pub struct Planned {
     pub nodes: Vec<Node>,
     pub views: Vec<NodeView>,
+    /// The fleet's containers per ready node, with Prism's health verdicts.
+    pub observed: BTreeMap<String, Vec<ContainerState>>,
     pub plan: Plan,
 }
 
@@ -114,7 +116,12 @@ impl Operator {
             .collect();
         let placements = self.lock().placements()?;
         let plan = plan(&self.desired, &views, &observed, &placements);
-        Ok(Planned { nodes, views, plan })
+        Ok(Planned {
+            nodes,
+            views,
+            observed,
+            plan,
+        })
     }
 
     /// Stores the plan's placements, then runs its actions; `progress`
