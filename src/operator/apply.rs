@@ -5,9 +5,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::PullPolicy;
 use crate::reconcile::docker::{
-    STOP_GRACE, env_file_content, login_argv, network_create_argv, pull_argv, remove_argv,
-    restart_argv, run_argv, start_argv, stop_argv,
+    STOP_GRACE, env_file_content, image_present_argv, login_command, network_create_argv,
+    network_remove_argv, pull_argv, remove_argv, restart_argv, run_argv, start_argv, stop_argv,
 };
 use crate::reconcile::{Action, Plan, Secrets};
 use crate::ssh::{ExecLimits, Output, Pool, Target, fan_out};
@@ -96,12 +97,15 @@ fn kind(action: &Action) -> &'static str {
         Action::Start { .. } => "start",
         Action::Restart { .. } => "restart",
         Action::Remove { .. } => "remove",
+        Action::RemoveNetwork { .. } => "network_remove",
     }
 }
 
 fn pod_app(action: &Action) -> Option<String> {
     match action {
-        Action::EnsureNetwork { pod, .. } => Some(pod.app.clone()),
+        Action::EnsureNetwork { pod, .. } | Action::RemoveNetwork { pod, .. } => {
+            Some(pod.app.clone())
+        }
         Action::Run { spec, .. } => Some(spec.pod.app.clone()),
         Action::Start { container, .. }
         | Action::Restart { container }
@@ -144,16 +148,37 @@ async fn run(
                 Err(failure("docker network create", &out))
             }
         }
-        Action::Pull { image, login } => {
+        Action::Pull {
+            image,
+            login,
+            policy,
+        } => {
+            if *policy == PullPolicy::Missing
+                && exec(pool, target, &image_present_argv(image), None, quick)
+                    .await?
+                    .success()
+            {
+                return Ok(());
+            }
             if let Some(host) = login {
                 let Some(credentials) = secrets.registries.get(host) else {
                     return Err(format!("no credentials resolved for registry {host}"));
                 };
-                let argv = login_argv(host, &credentials.username);
-                let password = credentials.password.expose().as_bytes();
+                let (argv, password) = login_command(host, credentials);
+                let out = exec(
+                    pool,
+                    target,
+                    &argv,
+                    Some(password.expose().as_bytes()),
+                    quick,
+                )
+                .await?;
                 check(
-                    exec(pool, target, &argv, Some(password), quick).await?,
-                    "docker login",
+                    out,
+                    &format!(
+                        "docker login to registry {host} as {}",
+                        credentials.username
+                    ),
                 )?;
             }
             let out = exec(
@@ -195,6 +220,16 @@ async fn run(
                 .reset_health(container.id.as_str())
                 .map(|_| ())
                 .map_err(|e| e.to_string())
+        }
+        Action::RemoveNetwork { network, .. } => {
+            let out = exec(pool, target, &network_remove_argv(network), None, quick).await?;
+            let err = out.stderr_text();
+            // Gone already counts as removed: a rerun must converge.
+            if out.success() || err.contains("No such network") || err.contains("not found") {
+                Ok(())
+            } else {
+                Err(failure("docker network rm", &out))
+            }
         }
         Action::Remove { container, .. } => {
             let grace = limits(STOP_GRACE + Duration::from_secs(30));
