@@ -1,5 +1,5 @@
 # Two entry points; the work lives in scripts/ so CI and people run the same thing.
-.PHONY: demo test bench bench-proxy
+.PHONY: demo test bench bench-proxy bench-reconcile
 
 demo:
 	@scripts/demo
@@ -14,3 +14,8 @@ bench:
 # Prism's proxy against nginx on loopback (installs nginx and wrk).
 bench-proxy:
 	@scripts/bench proxy
+
+# Reconcile on 10 lab nodes of its own with 100 containers (debug build);
+# adds the nodes (fleet bench), preempts them after.
+bench-reconcile:
+	@scripts/bench reconcile

@@ -333,10 +333,57 @@ pub struct Service {
     /// `name:/path` (a local Docker volume) or `/host/path:/path`, `:ro` optional.
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// When the image is pulled before a container is made.
+    #[serde(default)]
+    pub pull: PullPolicy,
+    /// Rotation of the container's log (Docker's json-file driver).
+    #[serde(default)]
+    pub logs: Logs,
 }
 
 fn default_memory() -> Bytes {
     Bytes(128 << 20)
+}
+
+/// When a node pulls a service's image.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Only when the node lacks the image: a tag is taken as a version.
+    #[default]
+    Missing,
+    /// Before every new container (a tag such as `latest` that moves),
+    /// logging in first when the registry has credentials.
+    Always,
+}
+
+/// A container's log kept by Docker's json-file driver: at most
+/// `max_files` files of `max_size` each, the oldest dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logs {
+    #[serde(default = "default_log_max_size")]
+    pub max_size: Bytes,
+    #[serde(default = "default_log_max_files")]
+    pub max_files: u32,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Logs {
+            max_size: default_log_max_size(),
+            max_files: default_log_max_files(),
+        }
+    }
+}
+
+fn default_log_max_size() -> Bytes {
+    Bytes(10 << 20)
+}
+fn default_log_max_files() -> u32 {
+    3
 }
 
 #[derive(Debug, Clone, Deserialize)]

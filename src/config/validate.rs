@@ -372,6 +372,19 @@ impl Checker {
         }
         self.env_keys(&at.key("env"), svc.env.keys());
         self.env_keys(&at.key("secrets"), svc.secrets.keys());
+        if svc.logs.max_size.0 == 0 {
+            self.err(
+                at.key("logs").key("max_size"),
+                "logs.max_size must be more than 0",
+            );
+        }
+        if svc.logs.max_files == 0 {
+            self.err_help(
+                at.key("logs").key("max_files"),
+                "logs.max_files must be at least 1",
+                "the default is 3 files of 10M each",
+            );
+        }
         for (key, src) in &svc.secrets {
             let sat = at.key("secrets").key(key.as_str());
             match (&src.env, &src.file) {

@@ -2,14 +2,16 @@
 //! order over SSH, nodes in parallel, and records every action and its
 //! outcome as an event.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::PullPolicy;
 use crate::reconcile::docker::{
-    STOP_GRACE, env_file_content, login_argv, network_create_argv, pull_argv, remove_argv,
-    restart_argv, run_argv, start_argv, stop_argv,
+    STOP_GRACE, env_file_content, image_present_argv, login_command, network_create_argv,
+    network_remove_argv, pull_argv, remove_argv, restart_argv, run_argv, start_argv, stop_argv,
 };
-use crate::reconcile::{Action, Plan, Secrets};
+use crate::reconcile::{Action, Plan, PodKey, Secrets};
 use crate::ssh::{ExecLimits, Output, Pool, Target, fan_out};
 use crate::store::{Level, NewEvent, Store};
 
@@ -25,8 +27,8 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-/// Runs the plan's actions. A failed action ends its node's list for this
-/// pass (later ones may depend on it); other nodes go on. `progress` hears
+/// Runs the plan's actions. A failed action ends its pod's steps on that
+/// node for this pass ([`Blocked`]); other pods and other nodes go on. `progress` hears
 /// of each outcome as it happens. Returns every action tried, in order per
 /// node.
 pub async fn apply(
@@ -44,8 +46,17 @@ pub async fn apply(
         .cloned()
         .collect();
     let per_node = fan_out(&busy, PARALLEL, |target| async move {
+        let actions = plan
+            .actions
+            .get(&target.id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mut blocked = Blocked::new(actions);
         let mut outcomes = Vec::new();
-        for action in plan.actions.get(&target.id).into_iter().flatten() {
+        for action in actions {
+            if blocked.skips(action) {
+                continue;
+            }
             let result = run(pool, store, &target, action, secrets, fleet).await;
             let outcome = Outcome {
                 node: target.id.clone(),
@@ -54,11 +65,10 @@ pub async fn apply(
             };
             record(store, &outcome, action);
             progress(&outcome);
-            let failed = outcome.error.is_some();
-            outcomes.push(outcome);
-            if failed {
-                break;
+            if outcome.error.is_some() {
+                blocked.failed(action);
             }
+            outcomes.push(outcome);
         }
         outcomes
     })
@@ -67,6 +77,64 @@ pub async fn apply(
     // fan_out returns nodes as they finish; keep a stable order per node.
     all.sort_by(|a, b| a.node.cmp(&b.node));
     all
+}
+
+/// What a failed action stops on its node for this pass: the rest of its
+/// pod (later steps depend on earlier ones), and after a failed pull every
+/// pod that would run that image. Other pods go on; the next plan picks up
+/// from what is observed then.
+struct Blocked {
+    /// Per image, the pods on this node whose runs need it.
+    users: BTreeMap<String, BTreeSet<PodKey>>,
+    pods: BTreeSet<PodKey>,
+}
+
+impl Blocked {
+    fn new(actions: &[Action]) -> Blocked {
+        let mut users: BTreeMap<String, BTreeSet<PodKey>> = BTreeMap::new();
+        for a in actions {
+            if let Action::Run { spec, .. } = a {
+                users
+                    .entry(spec.config.image.clone())
+                    .or_default()
+                    .insert(spec.pod.clone());
+            }
+        }
+        Blocked {
+            users,
+            pods: BTreeSet::new(),
+        }
+    }
+
+    fn skips(&self, action: &Action) -> bool {
+        pod_of(action).is_some_and(|pod| self.pods.contains(pod))
+    }
+
+    fn failed(&mut self, action: &Action) {
+        match action {
+            Action::Pull { image, .. } => {
+                if let Some(pods) = self.users.get(image) {
+                    self.pods.extend(pods.iter().cloned());
+                }
+            }
+            other => {
+                if let Some(pod) = pod_of(other) {
+                    self.pods.insert(pod.clone());
+                }
+            }
+        }
+    }
+}
+
+fn pod_of(action: &Action) -> Option<&PodKey> {
+    match action {
+        Action::EnsureNetwork { pod, .. } | Action::RemoveNetwork { pod, .. } => Some(pod),
+        Action::Run { spec, .. } => Some(&spec.pod),
+        Action::Start { container, .. }
+        | Action::Restart { container }
+        | Action::Remove { container, .. } => Some(&container.pod),
+        Action::Pull { .. } => None,
+    }
 }
 
 fn record(store: &Arc<Mutex<Store>>, outcome: &Outcome, action: &Action) {
@@ -79,8 +147,8 @@ fn record(store: &Arc<Mutex<Store>>, outcome: &Outcome, action: &Action) {
             format!("{}: failed: {e}", outcome.action),
         ),
     };
-    let event = match pod_app(action) {
-        Some(app) => event.app(app),
+    let event = match pod_of(action) {
+        Some(pod) => event.app(pod.app.clone()),
         None => event,
     };
     if let Err(e) = lock(store).record_event(&event.node(outcome.node.clone())) {
@@ -96,17 +164,7 @@ fn kind(action: &Action) -> &'static str {
         Action::Start { .. } => "start",
         Action::Restart { .. } => "restart",
         Action::Remove { .. } => "remove",
-    }
-}
-
-fn pod_app(action: &Action) -> Option<String> {
-    match action {
-        Action::EnsureNetwork { pod, .. } => Some(pod.app.clone()),
-        Action::Run { spec, .. } => Some(spec.pod.app.clone()),
-        Action::Start { container, .. }
-        | Action::Restart { container }
-        | Action::Remove { container, .. } => Some(container.pod.app.clone()),
-        Action::Pull { .. } => None,
+        Action::RemoveNetwork { .. } => "network_remove",
     }
 }
 
@@ -144,16 +202,37 @@ async fn run(
                 Err(failure("docker network create", &out))
             }
         }
-        Action::Pull { image, login } => {
+        Action::Pull {
+            image,
+            login,
+            policy,
+        } => {
+            if *policy == PullPolicy::Missing
+                && exec(pool, target, &image_present_argv(image), None, quick)
+                    .await?
+                    .success()
+            {
+                return Ok(());
+            }
             if let Some(host) = login {
                 let Some(credentials) = secrets.registries.get(host) else {
                     return Err(format!("no credentials resolved for registry {host}"));
                 };
-                let argv = login_argv(host, &credentials.username);
-                let password = credentials.password.expose().as_bytes();
+                let (argv, password) = login_command(host, credentials);
+                let out = exec(
+                    pool,
+                    target,
+                    &argv,
+                    Some(password.expose().as_bytes()),
+                    quick,
+                )
+                .await?;
                 check(
-                    exec(pool, target, &argv, Some(password), quick).await?,
-                    "docker login",
+                    out,
+                    &format!(
+                        "docker login to registry {host} as {}",
+                        credentials.username
+                    ),
                 )?;
             }
             let out = exec(
@@ -195,6 +274,16 @@ async fn run(
                 .reset_health(container.id.as_str())
                 .map(|_| ())
                 .map_err(|e| e.to_string())
+        }
+        Action::RemoveNetwork { network, .. } => {
+            let out = exec(pool, target, &network_remove_argv(network), None, quick).await?;
+            let err = out.stderr_text();
+            // Gone already counts as removed: a rerun must converge.
+            if out.success() || err.contains("No such network") || err.contains("not found") {
+                Ok(())
+            } else {
+                Err(failure("docker network rm", &out))
+            }
         }
         Action::Remove { container, .. } => {
             let grace = limits(STOP_GRACE + Duration::from_secs(30));
@@ -245,4 +334,72 @@ fn failure(command: &str, out: &Output) -> String {
 
 fn lock(store: &Arc<Mutex<Store>>) -> std::sync::MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::{Bytes, Logs, PullPolicy, RestartPolicy};
+    use crate::reconcile::docker::RunSpec;
+    use crate::reconcile::{ContainerConfig, RunReason, SpecHash};
+
+    fn run(app: &str, service: &str, image: &str) -> Action {
+        let pod = PodKey::new(app, 0);
+        Action::Run {
+            spec: Box::new(RunSpec {
+                name: format!("prism.f.{app}.0.{service}.0123456789ab"),
+                fleet: "f".into(),
+                pod: pod.clone(),
+                service: service.into(),
+                spec: SpecHash::from_label("0123456789ab"),
+                network: format!("prism.f.{app}.0"),
+                config: ContainerConfig {
+                    image: image.into(),
+                    command: None,
+                    env: BTreeMap::new(),
+                    secrets: BTreeMap::new(),
+                    port: None,
+                    memory: Bytes(1 << 20),
+                    cpu: None,
+                    restart: RestartPolicy::No,
+                    volumes: vec![],
+                    logs: Logs::default(),
+                },
+            }),
+            reason: RunReason::New,
+        }
+    }
+
+    fn pull(image: &str) -> Action {
+        Action::Pull {
+            image: image.into(),
+            login: None,
+            policy: PullPolicy::Missing,
+        }
+    }
+
+    #[test]
+    fn a_failure_stops_its_pods_only() {
+        let actions = [
+            pull("reg/a:1"),
+            pull("reg/b:1"),
+            run("one", "web", "reg/a:1"),
+            run("two", "web", "reg/a:1"),
+            run("two", "queue", "reg/b:1"),
+            run("three", "web", "reg/b:1"),
+            run("three", "queue", "reg/b:1"),
+        ];
+        let mut b = Blocked::new(&actions);
+        assert!(actions.iter().all(|a| !b.skips(a)));
+        // A failed pull stops every pod that runs its image, wholly.
+        b.failed(&actions[0]);
+        let skipped: Vec<bool> = actions.iter().map(|a| b.skips(a)).collect();
+        assert_eq!(skipped, [false, false, true, true, true, false, false]);
+        // A failed step stops the rest of its pod.
+        b.failed(&actions[5]);
+        assert!(b.skips(&actions[6]));
+        assert!(!b.skips(&actions[1]), "pulls belong to no pod");
+    }
 }

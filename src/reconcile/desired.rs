@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::docker::RunSpec;
 use super::secrets::Secrets;
 use super::spec::{ContainerConfig, SpecHash, container_name, network_name};
-use crate::config::{App, Bytes, Fleet, Health, Millicores};
+use crate::config::{App, Bytes, Fleet, Health, Millicores, PullPolicy};
 
 /// One app instance: its services run together on one node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -78,6 +78,8 @@ pub struct ServiceSpec {
     /// Checked by Prism (not part of the container). A container of a
     /// service with a check counts as ready only once it is healthy.
     pub health: Option<Health>,
+    /// When the image is pulled (not part of the container).
+    pub pull: PullPolicy,
 }
 
 /// A secret fleet.toml names that the given `Secrets` lack.
@@ -193,6 +195,7 @@ fn app_spec(name: &str, app: &App, secrets: &Secrets) -> Result<AppSpec, Missing
             cpu: svc.cpu,
             restart: svc.restart,
             volumes: svc.volumes.clone(),
+            logs: svc.logs,
         };
         services.push(ServiceSpec {
             name: svc_name.to_owned(),
@@ -201,6 +204,7 @@ fn app_spec(name: &str, app: &App, secrets: &Secrets) -> Result<AppSpec, Missing
             depends_on: svc.depends_on.clone(),
             hosts: svc.hosts.clone(),
             health: svc.health.clone(),
+            pull: svc.pull,
         });
     }
     let memory = Bytes(services.iter().map(|s| s.container.memory.0).sum());

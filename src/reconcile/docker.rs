@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::desired::PodKey;
-use super::secrets::{Secret, env_file_unsafe};
+use super::secrets::{RegistryLogin, Secret, env_file_unsafe};
 use super::spec::{ContainerConfig, SpecHash, restart_arg};
 use crate::config::Millicores;
 use crate::observe::ContainerId;
@@ -81,6 +81,27 @@ pub fn pull_argv(image: &str) -> Vec<String> {
     v
 }
 
+/// `docker image inspect --format {{.Id}} -- IMAGE`: exit 0 when the node
+/// has the image (then a `pull = "missing"` service skips the pull).
+pub fn image_present_argv(image: &str) -> Vec<String> {
+    let mut v = argv(["docker", "image", "inspect", "--format", "{{.Id}}", "--"]);
+    v.push(image.to_owned());
+    v
+}
+
+/// `docker network rm -- NETWORK`; "No such network" counts as done.
+pub fn network_remove_argv(network: &str) -> Vec<String> {
+    let mut v = argv(["docker", "network", "rm", "--"]);
+    v.push(network.to_owned());
+    v
+}
+
+/// A registry login: the argv, and what goes on its stdin (the password,
+/// and nothing else). The password has no way into the argv.
+pub fn login_command<'a>(host: &str, login: &'a RegistryLogin) -> (Vec<String>, &'a Secret) {
+    (login_argv(host, &login.username), &login.password)
+}
+
 /// `docker login --username U --password-stdin HOST`; write the password
 /// (and nothing else) to its stdin.
 pub fn login_argv(host: &str, username: &str) -> Vec<String> {
@@ -132,6 +153,16 @@ pub fn run_argv(spec: &RunSpec, env_file: Option<&str>) -> Result<Vec<String>, E
         v.extend(["--cpus".into(), cpus_arg(cpu)]);
     }
     v.extend(["--restart".into(), restart_arg(c.restart).to_owned()]);
+    // json-file named: a daemon whose default driver takes other options
+    // (journald, syslog) would refuse these.
+    v.extend([
+        "--log-driver".into(),
+        "json-file".into(),
+        "--log-opt".into(),
+        format!("max-size={}", c.logs.max_size.0),
+        "--log-opt".into(),
+        format!("max-file={}", c.logs.max_files),
+    ]);
     if let Some(port) = c.port {
         v.extend(["-p".into(), port.to_string()]);
     }
@@ -231,7 +262,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::config::{Bytes, RestartPolicy};
+    use crate::config::{Bytes, Logs, RestartPolicy};
 
     fn spec() -> RunSpec {
         RunSpec {
@@ -260,6 +291,7 @@ mod tests {
                     "blog-storage:/srv/storage".into(),
                     "/etc/ssl:/ssl:ro".into(),
                 ],
+                logs: Logs::default(),
             },
         }
     }
@@ -300,6 +332,12 @@ mod tests {
                 "1.5",
                 "--restart",
                 "unless-stopped",
+                "--log-driver",
+                "json-file",
+                "--log-opt",
+                "max-size=10485760",
+                "--log-opt",
+                "max-file=3",
                 "-p",
                 "8080",
                 "-v",
@@ -337,13 +375,30 @@ mod tests {
             cpu: None,
             restart: RestartPolicy::No,
             volumes: vec![],
+            logs: Logs {
+                max_size: Bytes(1 << 20),
+                max_files: 1,
+            },
         };
         assert!(!s.needs_env_file());
         let argv = run_argv(&s, None).unwrap();
         let tail: Vec<&str> = argv[20..].iter().map(String::as_str).collect();
         assert_eq!(
             tail,
-            ["--memory", "67108864", "--restart", "no", "--", "redis:7"]
+            [
+                "--memory",
+                "67108864",
+                "--restart",
+                "no",
+                "--log-driver",
+                "json-file",
+                "--log-opt",
+                "max-size=1048576",
+                "--log-opt",
+                "max-file=1",
+                "--",
+                "redis:7"
+            ]
         );
     }
 
@@ -424,6 +479,16 @@ mod tests {
                 "reg.example.com"
             ]
         );
+        assert_eq!(
+            image_present_argv("-x:1"),
+            [
+                "docker", "image", "inspect", "--format", "{{.Id}}", "--", "-x:1"
+            ]
+        );
+        assert_eq!(
+            network_remove_argv("prism.hobby.blog.3"),
+            ["docker", "network", "rm", "--", "prism.hobby.blog.3"]
+        );
         assert_eq!(start_argv(&id), ["docker", "start", "--", &hex]);
         assert_eq!(
             restart_argv(&id, Duration::from_secs(7)),
@@ -434,6 +499,30 @@ mod tests {
             ["docker", "stop", "-t", "10", "--", &hex]
         );
         assert_eq!(remove_argv(&id), ["docker", "rm", "-f", "--", &hex]);
+    }
+
+    #[test]
+    fn login_keeps_the_password_on_stdin() {
+        let password = "hunter2-$(id)";
+        let login = RegistryLogin {
+            username: "bot".into(),
+            password: Secret::new(password),
+        };
+        let (argv, stdin) = login_command("172.31.250.3:5000", &login);
+        assert_eq!(
+            argv,
+            [
+                "docker",
+                "login",
+                "--username",
+                "bot",
+                "--password-stdin",
+                "--",
+                "172.31.250.3:5000"
+            ]
+        );
+        assert!(argv.iter().all(|a| !a.contains("hunter2")), "{argv:?}");
+        assert_eq!(stdin.expose(), password);
     }
 
     #[test]

@@ -21,14 +21,16 @@
 //! | action | commands ([`docker`]) |
 //! |---|---|
 //! | `EnsureNetwork` | `network_create_argv`; "already exists" is success |
-//! | `Pull` | with `login`: `login_argv`, password on stdin; then `pull_argv` |
+//! | `Pull` | policy `missing`: nothing if `image_present_argv` succeeds; with `login`: `login_command` (password on stdin); then `pull_argv` |
 //! | `Run` | `run_argv`, with the secrets' `env_file_content` in a 0600 file (or on stdin as `/dev/stdin`) when `needs_env_file` |
 //! | `Start` | `start_argv` |
 //! | `Restart` | `restart_argv(id, STOP_GRACE)` |
 //! | `Remove` | `stop_argv(id, STOP_GRACE)`, then `remove_argv` |
+//! | `RemoveNetwork` | `network_remove_argv`; "No such network" is success |
 //!
-//! A failed action should end that node's list for this pass (later ones
-//! may depend on it); the next plan picks up from what is observed then.
+//! A failed action should end its pod's steps on that node for this pass
+//! (later ones depend on it; a failed pull, every pod running that image);
+//! the next plan picks up from what is observed then.
 
 mod desired;
 pub mod docker;

@@ -33,7 +33,7 @@ use super::docker::{RunSpec, registry_host};
 use super::problem::Problem;
 use super::schedule::{NodeView, PodDemand, schedule};
 use super::spec::SpecHash;
-use crate::config::RestartPolicy;
+use crate::config::{PullPolicy, RestartPolicy};
 use crate::observe::{ContainerId, ContainerState, Health, PrismLabels, RunState};
 use crate::store::Placement;
 
@@ -146,10 +146,13 @@ pub enum Action {
     /// "already exists" counts as done. Comes before the pod's first run.
     EnsureNetwork { pod: PodKey, network: String },
     /// Pull an image before running it; `login`: a registry host with
-    /// credentials in fleet.toml, to `docker login` to first.
+    /// credentials in fleet.toml, to `docker login` to first. With
+    /// `policy` `missing` (the default), only when the node lacks the
+    /// image: then neither login nor pull happens.
     Pull {
         image: String,
         login: Option<String>,
+        policy: PullPolicy,
     },
     /// Create and start a container (`docker run`).
     Run {
@@ -169,6 +172,9 @@ pub enum Action {
         container: ContainerRef,
         reason: RemoveReason,
     },
+    /// Remove the pod's network: its last container on this node was
+    /// removed just before. "No such network" counts as done.
+    RemoveNetwork { pod: PodKey, network: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -240,11 +246,21 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::EnsureNetwork { network, .. } => write!(f, "+ create network {network}"),
-            Action::Pull { image, login: None } => write!(f, "+ pull {image}"),
             Action::Pull {
                 image,
-                login: Some(host),
-            } => write!(f, "+ pull {image} (logging in to {host})"),
+                login,
+                policy,
+            } => {
+                write!(f, "+ pull {image}")?;
+                match (policy, login) {
+                    (PullPolicy::Missing, None) => f.write_str(" (if missing)"),
+                    (PullPolicy::Missing, Some(host)) => {
+                        write!(f, " (if missing, logging in to {host})")
+                    }
+                    (PullPolicy::Always, None) => Ok(()),
+                    (PullPolicy::Always, Some(host)) => write!(f, " (logging in to {host})"),
+                }
+            }
             Action::Run { spec, reason } => {
                 let what = format!(
                     "{} {} ({}, spec {})",
@@ -276,6 +292,7 @@ impl fmt::Display for Action {
                 container: c,
                 reason,
             } => write!(f, "- remove {} {} ({}, {reason})", c.pod, c.service, c.name),
+            Action::RemoveNetwork { network, .. } => write!(f, "- remove network {network}"),
         }
     }
 }
@@ -357,6 +374,7 @@ pub fn plan(
                 p.converge_pod(pod, &current);
             }
         }
+        p.remove_emptied_networks();
         out.waiting.append(&mut p.waiting);
         if !p.actions.is_empty() {
             out.actions.insert(node.id.clone(), dedup(p.actions));
@@ -625,6 +643,38 @@ impl NodePlanner<'_, '_> {
         }
     }
 
+    /// After the removals: the network of every pod that this plan leaves
+    /// with no container on this node goes too.
+    fn remove_emptied_networks(&mut self) {
+        let mut removed: BTreeMap<PodKey, usize> = BTreeMap::new();
+        let mut kept = BTreeSet::new();
+        for a in &self.actions {
+            match a {
+                Action::Remove { container, .. } => {
+                    *removed.entry(container.pod.clone()).or_default() += 1
+                }
+                Action::Run { spec, .. } => {
+                    kept.insert(spec.pod.clone());
+                }
+                Action::Start { container, .. } | Action::Restart { container } => {
+                    kept.insert(container.pod.clone());
+                }
+                _ => {}
+            }
+        }
+        for (pod, n) in removed {
+            let on_node = self
+                .containers
+                .iter()
+                .filter(|s| s.l.app == pod.app && s.l.instance == pod.instance);
+            if kept.contains(&pod) || on_node.count() != n {
+                continue;
+            }
+            let network = self.desired.network(&pod);
+            self.actions.push(Action::RemoveNetwork { pod, network });
+        }
+    }
+
     /// Brings one pod placed on this node to its desired state.
     fn converge_pod(&mut self, pod: &PodKey, current: &BTreeMap<PodKey, String>) {
         let Some(app) = self.desired.app_of(pod) else {
@@ -648,14 +698,18 @@ impl NodePlanner<'_, '_> {
                 pod: pod.clone(),
                 network: self.desired.network(pod),
             });
-            for image in runs {
+            for (image, policy) in runs {
                 let host = registry_host(&image);
                 let login = self
                     .desired
                     .registries
                     .contains(host)
                     .then(|| host.to_owned());
-                self.actions.push(Action::Pull { image, login });
+                self.actions.push(Action::Pull {
+                    image,
+                    login,
+                    policy,
+                });
             }
         }
         self.actions.extend(steps);
@@ -667,7 +721,7 @@ impl NodePlanner<'_, '_> {
         svc: &ServiceSpec,
         moved_from: Option<&str>,
         steps: &mut Vec<Action>,
-        runs: &mut Vec<String>,
+        runs: &mut Vec<(String, PullPolicy)>,
     ) {
         let mine = |s: &&Seen| {
             s.l.app == pod.app && s.l.instance == pod.instance && s.l.service == svc.name
@@ -753,8 +807,10 @@ impl NodePlanner<'_, '_> {
             })
         };
         if let Some(reason) = run_reason {
-            if !runs.contains(&svc.container.image) {
-                runs.push(svc.container.image.clone());
+            // One pull per image; `always` wins over `missing`.
+            match runs.iter_mut().find(|(i, _)| *i == svc.container.image) {
+                Some((_, policy)) => *policy = (*policy).max(svc.pull),
+                None => runs.push((svc.container.image.clone(), svc.pull)),
             }
             steps.push(Action::Run {
                 spec: Box::new(run),

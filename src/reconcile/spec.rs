@@ -15,7 +15,7 @@ use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use super::secrets::Secret;
-use crate::config::{Bytes, Millicores, RestartPolicy};
+use crate::config::{Bytes, Logs, Millicores, RestartPolicy};
 
 /// Everything `docker run` needs about a service apart from who the
 /// container is.
@@ -41,6 +41,17 @@ pub struct ContainerConfig {
     pub restart: RestartPolicy,
     /// `name:/path` or `/host/path:/path`, optionally `:ro`, as written.
     pub volumes: Vec<String>,
+    /// Log rotation (`--log-opt max-size`, `max-file`).
+    #[serde(serialize_with = "logs")]
+    pub logs: Logs,
+}
+
+fn logs<S: Serializer>(l: &Logs, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("Logs", 2)?;
+    st.serialize_field("max_size", &l.max_size.0)?;
+    st.serialize_field("max_files", &l.max_files)?;
+    st.end()
 }
 
 fn secret_names<S: Serializer>(
@@ -93,6 +104,7 @@ impl SpecHash {
             cpu,
             restart,
             volumes,
+            logs,
         } = c;
         let mut e = Encoder(Sha256::new());
         e.bytes(b"prism-spec-v1");
@@ -119,6 +131,12 @@ impl SpecHash {
         e.field("restart", restart_arg(*restart).as_bytes());
         if !volumes.is_empty() {
             e.list("volumes", volumes.iter().map(String::as_str));
+        }
+        // Only when not the default: containers made before Prism rotated
+        // logs keep their hash (and get rotation at their next change).
+        if *logs != Logs::default() {
+            e.field("log_max_size", &logs.max_size.0.to_le_bytes());
+            e.field("log_max_files", &logs.max_files.to_le_bytes());
         }
         let digest = e.0.finalize();
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -207,6 +225,7 @@ mod tests {
             cpu: Some(Millicores(500)),
             restart: RestartPolicy::UnlessStopped,
             volumes: vec!["blog-storage:/var/www/storage".into()],
+            logs: Logs::default(),
         }
     }
 
@@ -267,6 +286,8 @@ mod tests {
                 Box::new(|c| c.volumes = vec!["blog-storage:/var/www/storage:ro".into()]),
             ),
             ("no volumes", Box::new(|c| c.volumes.clear())),
+            ("log size", Box::new(|c| c.logs.max_size = Bytes(50 << 20))),
+            ("log files", Box::new(|c| c.logs.max_files = 5)),
         ];
         let mut seen = std::collections::BTreeSet::from([base.clone()]);
         for (what, change) in changes {

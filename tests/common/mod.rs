@@ -56,6 +56,26 @@ struct Registry {
     testapp_image: String,
 }
 
+/// The registry with basic auth over HTTPS (`registry_auth` in lab.json).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthRegistry {
+    /// `172.31.250.3:5000`: the host nodes pull from.
+    pub lab: String,
+    pub testapp_image: String,
+    pub username: String,
+    /// Mode 0600, the password on its first line.
+    pub password_file: PathBuf,
+}
+
+impl AuthRegistry {
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(&self.password_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.password_file.display()))
+            .trim()
+            .to_owned()
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct Decoys {
     pub not_ours: Option<String>,
@@ -67,6 +87,8 @@ struct LabJson {
     nodes: Vec<Node>,
     moto: Moto,
     registry: Registry,
+    #[serde(default)]
+    registry_auth: Option<AuthRegistry>,
     #[serde(default)]
     decoys: Decoys,
     #[serde(default)]
@@ -84,6 +106,8 @@ pub struct Lab {
     pub moto_url: String,
     pub region: String,
     pub testapp_image: String,
+    /// Once `lab/lab up` has made it.
+    pub registry_auth: Option<AuthRegistry>,
     pub decoys: Decoys,
     /// Only while `lab/lab bare up` has it running.
     pub bare: Option<Bare>,
@@ -142,6 +166,7 @@ impl Lab {
             moto_url: json.moto.url,
             region: json.moto.region,
             testapp_image: json.registry.testapp_image,
+            registry_auth: json.registry_auth,
             decoys: json.decoys,
             bare: json.bare,
         })
@@ -544,4 +569,27 @@ pub mod prism_ssh {
         })
         .await
     }
+}
+
+/// `address:port` of every container of `app`'s `service` with a published
+/// port, as the state store at `state` last recorded them.
+pub fn published_addrs(state: &Path, app: &str, service: &str) -> Vec<String> {
+    let store = prism::store::Store::open_existing(state)
+        .expect("state store")
+        .expect("state store exists");
+    store
+        .containers()
+        .expect("containers")
+        .into_iter()
+        .filter(|c| c.app == app && c.service == service)
+        .filter_map(|c| {
+            let port = c
+                .ports
+                .rsplit_once("->")
+                .and_then(|(host, _)| host.rsplit_once(':'))
+                .map(|(_, p)| p.to_owned())?;
+            let node = store.node(&c.node_id).expect("node")?;
+            Some(format!("{}:{port}", node.address))
+        })
+        .collect()
 }

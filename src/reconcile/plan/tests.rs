@@ -79,10 +79,21 @@ fn ready(id: &str) -> NodeView {
 fn brief(a: &Action) -> String {
     match a {
         Action::EnsureNetwork { pod, .. } => format!("network {pod}"),
-        Action::Pull { image, login } => match login {
-            Some(host) => format!("pull {image} login {host}"),
-            None => format!("pull {image}"),
-        },
+        Action::Pull {
+            image,
+            login,
+            policy,
+        } => {
+            let always = match policy {
+                PullPolicy::Always => " always",
+                PullPolicy::Missing => "",
+            };
+            match login {
+                Some(host) => format!("pull{always} {image} login {host}"),
+                None => format!("pull{always} {image}"),
+            }
+        }
+        Action::RemoveNetwork { pod, .. } => format!("remove network {pod}"),
         Action::Run { spec, reason } => {
             let why = match reason {
                 RunReason::New => "new".to_owned(),
@@ -293,6 +304,19 @@ impl World {
                     .entry(node.into())
                     .or_default()
                     .insert(network.clone());
+            }
+            Action::RemoveNetwork { network, .. } => {
+                assert!(
+                    !self
+                        .on(node)
+                        .iter()
+                        .any(|c| c.name.starts_with(&format!("{network}."))),
+                    "network {network} removed on {node} while a container uses it"
+                );
+                // "No such network" counts as done, as apply takes it.
+                if let Some(n) = self.networks.get_mut(node) {
+                    n.remove(network);
+                }
             }
             Action::Pull { image, .. } => {
                 self.images
@@ -645,6 +669,7 @@ fn a_lost_node_s_pods_move_and_its_strays_go_when_it_returns() {
             &[
                 "remove blog/0 redis stray, on n2",
                 "remove blog/0 web stray, on n2",
+                "remove network blog/0",
             ]
         )])
     );
@@ -687,6 +712,7 @@ fn draining_starts_elsewhere_first_then_removes() {
             &[
                 "remove blog/0 redis stray, on n2",
                 "remove blog/0 web stray, on n2",
+                "remove network blog/0",
             ]
         )])
     );
@@ -831,8 +857,20 @@ fn scale_up_spreads_and_scale_down_removes() {
     assert_eq!(
         actions(&p),
         table(&[
-            ("n1", &["remove shop/2 web scaled down to 1"]),
-            ("n2", &["remove shop/1 web scaled down to 1"]),
+            (
+                "n1",
+                &[
+                    "remove shop/2 web scaled down to 1",
+                    "remove network shop/2"
+                ]
+            ),
+            (
+                "n2",
+                &[
+                    "remove shop/1 web scaled down to 1",
+                    "remove network shop/1"
+                ]
+            ),
         ])
     );
     w.apply(&p);
@@ -860,6 +898,7 @@ fn removed_apps_and_services_go_at_once() {
             &[
                 "remove blog/0 redis service removed",
                 "remove shop/0 web app removed",
+                "remove network shop/0",
             ]
         )])
     );
@@ -871,11 +910,15 @@ fn removed_apps_and_services_go_at_once() {
     assert_eq!(changes(&p), ["- unplace blog/0 from node n1"]);
     assert_eq!(
         actions(&p),
-        table(&[("n1", &["remove blog/0 web app removed"])])
+        table(&[(
+            "n1",
+            &["remove blog/0 web app removed", "remove network blog/0"]
+        )])
     );
     w.apply(&p);
     assert!(w.plan().is_empty());
     assert!(w.layout().is_empty());
+    assert!(w.networks["n1"].is_empty(), "{:?}", w.networks);
 }
 
 #[test]
@@ -949,7 +992,10 @@ fn strays_stay_until_their_pod_is_ready_on_its_node() {
     let p = w.plan();
     assert_eq!(
         actions(&p),
-        table(&[("n2", &["remove shop/0 web stray, on n1"])])
+        table(&[(
+            "n2",
+            &["remove shop/0 web stray, on n1", "remove network shop/0"]
+        )])
     );
     w.apply(&p);
     assert!(w.plan().is_empty());
@@ -975,7 +1021,10 @@ fn foreign_jobs_and_other_fleets_are_never_touched() {
     w.desired = desired("");
     assert_eq!(
         actions(&w.plan()),
-        table(&[("n1", &["remove shop/0 web app removed"])])
+        table(&[(
+            "n1",
+            &["remove shop/0 web app removed", "remove network shop/0"]
+        )])
     );
 }
 
@@ -1200,7 +1249,7 @@ fn plan_lines_read_well() {
         lines,
         [
             "+ create network prism.hobby.shop.0".to_owned(),
-            "+ pull reg.example.com/shop:2 (logging in to reg.example.com)".to_owned(),
+            "+ pull reg.example.com/shop:2 (if missing, logging in to reg.example.com)".to_owned(),
             format!("+ create shop/0 web (reg.example.com/shop:2, spec {spec})"),
         ]
     );
@@ -1243,4 +1292,42 @@ fn a_dead_copy_beside_a_live_one_just_goes() {
     w.apply(&p);
     assert!(w.plan().is_empty());
     assert_eq!(w.layout(), ["n1 shop/0 web"]);
+}
+
+#[test]
+fn one_pull_per_image_and_always_wins() {
+    let apps = r#"
+[apps.shop]
+[apps.shop.services.web]
+image = "reg.example.com/shop:latest"
+memory = "64M"
+pull = "always"
+[apps.shop.services.queue]
+image = "reg.example.com/shop:latest"
+memory = "64M"
+[apps.shop.services.cache]
+image = "redis:7"
+memory = "64M"
+"#;
+    let w = World::new(apps, vec![ready("n1")]);
+    assert_eq!(
+        actions(&w.plan()),
+        table(&[(
+            "n1",
+            &[
+                "network shop/0",
+                "pull redis:7",
+                "pull always reg.example.com/shop:latest login reg.example.com",
+                "run shop/0 cache new",
+                "run shop/0 queue new",
+                "run shop/0 web new",
+            ]
+        )])
+    );
+    // The policy decides when to pull, not what runs: no new spec.
+    let missing = World::new(&apps.replace("pull = \"always\"\n", ""), vec![ready("n1")]);
+    assert_eq!(
+        missing.desired.apps["shop"].service("web").unwrap().spec,
+        w.desired.apps["shop"].service("web").unwrap().spec
+    );
 }
