@@ -16,8 +16,11 @@
 //! body.rs     response bodies and the proxy's own pages
 //! limits.rs   settings from [proxy]
 //! metrics.rs  Prometheus metrics;  admin.rs  /healthz and /metrics
+//! tls.rs      certificates by SNI (files, ACME), HTTP-01 answers
+//! acme.rs     obtaining, storing and renewing certificates over ACME
 //! ```
 
+mod acme;
 mod admin;
 mod backends;
 mod body;
@@ -27,6 +30,7 @@ mod limits;
 mod metrics;
 mod routes;
 mod server;
+mod tls;
 
 use std::future::Future;
 use std::io;
@@ -37,11 +41,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 
+pub use acme::{Acme, AcmeError, AcmeSettings, Obtained};
 pub use admin::{bind as bind_admin, serve as serve_admin};
 pub use backends::DrainReport;
 pub use limits::{Balance, Settings};
 pub use routes::{Route, RouteTable, Upstream};
 pub use server::Listener;
+pub use tls::{CertInfo, Loaded, Tls, TlsError, acme_hosts, cert_info, load_pem};
 
 use backends::Snapshot;
 use forward::Shared;
@@ -68,6 +74,7 @@ impl Proxy {
                 routes,
                 settings,
                 metrics,
+                tls: Arc::new(Tls::new()),
             }),
             registry: Arc::new(Mutex::new(backends::Registry::default())),
         }
@@ -129,6 +136,20 @@ impl Proxy {
     /// thread (`[proxy] workers`).
     pub fn bind(&self, addr: SocketAddr) -> io::Result<Listener> {
         server::bind(addr, self.shared.settings.workers)
+    }
+
+    /// Binds an HTTPS listener on `addr` (`[proxy] https`): as
+    /// [`Proxy::bind`], with TLS on every connection, its certificates
+    /// from [`Proxy::tls`].
+    pub fn bind_https(&self, addr: SocketAddr) -> io::Result<Listener> {
+        let config = self.shared.tls.server_config().map_err(io::Error::other)?;
+        Ok(server::bind(addr, self.shared.settings.workers)?.with_tls(config))
+    }
+
+    /// The certificates served on HTTPS listeners; load files into it
+    /// ([`Tls::load_files`]) and hand it to [`Acme`].
+    pub fn tls(&self) -> &Arc<Tls> {
+        &self.shared.tls
     }
 
     /// Serves clients on `listener` with worker threads of its own until
