@@ -288,6 +288,8 @@ struct StaticSite {
     ca: TestCa,
     config: Config,
     running: Running,
+    /// Not running: a test that wants files watched starts it.
+    upkeep: prism::proxy::TlsUpkeep,
 }
 
 async fn static_site() -> StaticSite {
@@ -330,7 +332,8 @@ hosts = ["*.b.test"]
 "#,
     );
     let proxy = new_proxy(&config);
-    proxy.tls().load_files(&config).unwrap();
+    let upkeep = proxy.prepare_tls(&config).unwrap();
+    assert!(upkeep.acme_hosts().is_empty());
     let (a, b) = (instance("a").await, instance("b").await);
     proxy.publish(RouteTable::build(
         &config.fleet,
@@ -343,6 +346,7 @@ hosts = ["*.b.test"]
         ca,
         config,
         running,
+        upkeep,
     }
 }
 
@@ -458,6 +462,40 @@ async fn changed_certificate_files_are_served_after_a_reload() {
         .await
         .unwrap();
     assert_eq!(subject_cn(&a.leaf), "a cert, renewed");
+
+    // The upkeep task the operator runs picks changes up by itself.
+    let mut upkeep = site.upkeep;
+    upkeep.check_files = Duration::from_millis(50);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(upkeep.run(async {
+        let _ = stopped.await;
+    }));
+    let (cert, key) = site.ca.leaf("a cert, third", &["a.test"]);
+    // Key first, as a careful renewal tool would: a new cert with the old
+    // key in between fails to load and the second one keeps serving.
+    for (file, text) in [("a.key", key), ("a.pem", cert)] {
+        let path = certs.join(file);
+        std::fs::write(&path, text).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(15))
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = get(site.running.https, "a.test", "/", site.ca.roots(), H1).await;
+        if let Ok(seen) = seen
+            && subject_cn(&seen.leaf) == "a cert, third"
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changed file was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    task.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -736,10 +774,11 @@ hosts = ["{ACME_HOST}", "*.wild.prism.test"]
     proxy.publish(RouteTable::build(&config.fleet, &[upstream("shop", shop)]));
     let http = proxy.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let running = Running::start(proxy, http);
-    let acme = Arc::new(Acme::new(settings, Arc::clone(running.proxy.tls())));
-    // The background task the operator runs puts it in place...
+    // The upkeep task the operator runs puts it in place...
+    let upkeep = running.proxy.prepare_tls(&config).unwrap();
+    assert_eq!(upkeep.acme_hosts(), [ACME_HOST]);
     let (stop_acme, acme_stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(Arc::clone(&acme).run(hosts, async {
+    let task = tokio::spawn(upkeep.run(async {
         let _ = acme_stopped.await;
     }));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -753,6 +792,7 @@ hosts = ["{ACME_HOST}", "*.wild.prism.test"]
     let _ = stop_acme.send(());
     task.await.unwrap();
     // ...from the store.
+    let acme = Acme::new(settings, Arc::clone(running.proxy.tls()));
     let (how, _) = acme.ensure(ACME_HOST).await.unwrap();
     assert_eq!(how, Obtained::Stored);
     let seen = get(running.https, ACME_HOST, "/", roots, H1).await.unwrap();

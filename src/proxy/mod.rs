@@ -41,6 +41,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 
+use crate::config::Config;
+
 pub use acme::{Acme, AcmeError, AcmeSettings, Obtained};
 pub use admin::{bind as bind_admin, serve as serve_admin};
 pub use backends::DrainReport;
@@ -52,6 +54,55 @@ pub use tls::{CertInfo, Loaded, Tls, TlsError, acme_hosts, cert_info, load_pem};
 use backends::Snapshot;
 use forward::Shared;
 use metrics::{Metrics, UpstreamCollector};
+
+/// Keeps the proxy's certificates current (see [`Proxy::prepare_tls`]).
+pub struct TlsUpkeep {
+    tls: Arc<Tls>,
+    acme: Option<(Arc<Acme>, Vec<String>)>,
+    /// How often certificate files are checked for changes.
+    pub check_files: Duration,
+}
+
+impl TlsUpkeep {
+    /// The hosts ACME keeps certificates for.
+    pub fn acme_hosts(&self) -> &[String] {
+        self.acme
+            .as_ref()
+            .map_or(&[], |(_, hosts)| hosts.as_slice())
+    }
+
+    /// Runs until `shutdown` resolves. An ACME order cut short by it is
+    /// simply made again at the next start.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let files = async {
+            loop {
+                tokio::time::sleep(self.check_files).await;
+                let (changed, errors) = self.tls.reload_changed_files();
+                if changed > 0 {
+                    tracing::info!(changed, "proxy: certificate files read again");
+                }
+                for e in errors {
+                    tracing::warn!(error = %e, "proxy: certificate file not reloaded; the old one keeps serving");
+                }
+            }
+        };
+        let acme = async {
+            match &self.acme {
+                Some((acme, hosts)) if !hosts.is_empty() => {
+                    Arc::clone(acme)
+                        .run(hosts.clone(), std::future::pending())
+                        .await
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown => {}
+            _ = files => {}
+            _ = acme => {}
+        }
+    }
+}
 
 /// A handle on the proxy; clones share one proxy.
 #[derive(Clone)]
@@ -150,6 +201,25 @@ impl Proxy {
     /// ([`Tls::load_files`]) and hand it to [`Acme`].
     pub fn tls(&self) -> &Arc<Tls> {
         &self.shared.tls
+    }
+
+    /// HTTPS from fleet.toml: reads `[[proxy.certificates]]` into
+    /// [`Proxy::tls`] now (an error names the field and the file), and
+    /// returns the work that keeps certificates current, to run until
+    /// shutdown: changed files read again every minute, and with
+    /// `[proxy.acme]` a certificate for every app host no file serves.
+    pub fn prepare_tls(&self, config: &Config) -> Result<TlsUpkeep, TlsError> {
+        let tls = Arc::clone(&self.shared.tls);
+        tls.load_files(config)?;
+        let acme = AcmeSettings::from_config(config).map(|settings| {
+            let hosts = acme_hosts(config, |h| tls.files_cover(h));
+            (Arc::new(Acme::new(settings, Arc::clone(&tls))), hosts)
+        });
+        Ok(TlsUpkeep {
+            tls,
+            acme,
+            check_files: Duration::from_secs(60),
+        })
     }
 
     /// Serves clients on `listener` with worker threads of its own until
