@@ -543,7 +543,9 @@ struct Pebble {
 impl Pebble {
     /// Starts both; pebble validates HTTP-01 on `http_port` of whatever
     /// challtestsrv resolves a name to: 127.0.0.1.
-    async fn start(dir: &Path, http_port: u16) -> Pebble {
+    /// `validity`: the lifetime of the certificates it issues (default
+    /// five years).
+    async fn start(dir: &Path, http_port: u16, validity: Option<Duration>) -> Pebble {
         for tool in ["pebble", "pebble-challtestsrv"] {
             assert!(
                 std::process::Command::new("sh")
@@ -563,7 +565,7 @@ impl Pebble {
         let acme: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let management: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dns = format!("127.0.0.1:{}", free_port());
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "pebble": {
                 "listenAddress": acme.to_string(),
                 "managementListenAddress": management.to_string(),
@@ -575,6 +577,9 @@ impl Pebble {
                 "externalAccountBindingRequired": false
             }
         });
+        if let Some(v) = validity {
+            config["pebble"]["certificateValidityPeriod"] = v.as_secs().into();
+        }
         std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
         let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
         let challtestsrv = tokio::process::Command::new("pebble-challtestsrv")
@@ -692,7 +697,7 @@ async fn acme_certificate_from_pebble_is_served_stored_and_reused() {
         "[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n",
     ));
     let http = probe.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let pebble = Pebble::start(dir.path(), http.local_addr().port()).await;
+    let pebble = Pebble::start(dir.path(), http.local_addr().port(), None).await;
     let config = write_fleet(
         dir.path(),
         &format!(
@@ -798,4 +803,110 @@ hosts = ["{ACME_HOST}", "*.wild.prism.test"]
     let seen = get(running.https, ACME_HOST, "/", roots, H1).await.unwrap();
     assert_eq!(seen.leaf, first_leaf);
     assert!(seen.body.contains("instance=shop\n"), "{}", seen.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_upkeep_renews_a_certificate_at_two_thirds_of_its_life() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = new_proxy(&write_fleet(
+        dir.path(),
+        "[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n",
+    ));
+    let http = probe.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    // Certificates that live 9 s: due for renewal after 6 s.
+    let pebble = Pebble::start(
+        dir.path(),
+        http.local_addr().port(),
+        Some(Duration::from_secs(9)),
+    )
+    .await;
+    let config = write_fleet(
+        dir.path(),
+        &format!(
+            r#"
+[fleet]
+name = "t"
+state = "state/prism.db"
+[discovery]
+provider = "ec2"
+[proxy]
+https = "127.0.0.1:443"
+acme = {{ directory = "https://{}/dir", email = "ops@prism.test", ca = "pebble-ca.pem" }}
+[apps.shop.services.web]
+image = "x"
+port = 8080
+hosts = ["{ACME_HOST}"]
+"#,
+            pebble.acme
+        ),
+    );
+    let shop = instance("shop").await;
+    let proxy = new_proxy(&config);
+    proxy.publish(RouteTable::build(&config.fleet, &[upstream("shop", shop)]));
+    let running = Running::start(proxy, http);
+    let upkeep = running.proxy.prepare_tls(&config).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(upkeep.run(async {
+        let _ = stopped.await;
+    }));
+    let roots = pebble.issuing_root().await;
+    // The served leaf, once there is one.
+    let leaf = || async {
+        get(running.https, ACME_HOST, "/", roots.clone(), H1)
+            .await
+            .ok()
+            .map(|seen| seen.leaf)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(l) = leaf().await {
+            break l;
+        }
+        let logs = pebble.logs();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate within 30 s\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let info = prism::proxy::cert_info(&first).unwrap();
+    let renew_at = info.renew_at();
+    assert!(renew_at > SystemTime::now(), "issued already due");
+    // Not renewed early...
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if SystemTime::now() < renew_at {
+        assert_eq!(leaf().await.unwrap(), first, "renewed before it was due");
+    }
+    // ...but once due, without anyone asking.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        if let Some(l) = leaf().await
+            && l != first
+        {
+            break l;
+        }
+        let logs = pebble.logs();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not renewed within 30 s\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let renewed = prism::proxy::cert_info(&second).unwrap();
+    assert!(renewed.not_before >= renew_at - Duration::from_secs(1));
+    let stored = std::fs::read(
+        dir.path()
+            .join("state/acme")
+            .join(ACME_HOST)
+            .join("cert.pem"),
+    )
+    .unwrap();
+    let stored = CertificateDer::pem_slice_iter(&stored)
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, second, "the renewed certificate is the stored one");
+    let _ = stop.send(());
+    task.await.unwrap();
+    pebble.stop().await;
 }

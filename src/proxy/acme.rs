@@ -307,9 +307,18 @@ impl Acme {
                     continue;
                 }
                 *at = match self.ensure(host).await {
-                    Ok((how, renew_at)) => {
+                    Ok((how, renew_at)) if renew_at > SystemTime::now() => {
                         tracing::debug!(host, ?how, "ACME: certificate in place");
                         renew_at
+                    }
+                    Ok(_) => {
+                        // A CA issuing certificates already due would
+                        // otherwise be asked again at once, in a loop.
+                        tracing::warn!(
+                            host,
+                            "ACME: the new certificate is already due for renewal; will retry"
+                        );
+                        SystemTime::now() + self.settings.retry_after
                     }
                     Err(e) => {
                         tracing::warn!(host, error = %e, "ACME: could not get a certificate; will retry");
