@@ -186,14 +186,26 @@ impl Drop for Running {
 }
 
 fn new_proxy(config: &Config) -> Proxy {
+    proxy_with_metrics(config).0
+}
+
+fn proxy_with_metrics(config: &Config) -> (Proxy, Registry) {
     let mut registry = Registry::default();
-    Proxy::new(
+    let proxy = Proxy::new(
         Settings {
             shutdown_grace: Duration::from_secs(1),
             ..Settings::from_config(&config.fleet.proxy)
         },
         &mut registry,
-    )
+    );
+    (proxy, registry)
+}
+
+/// The metrics in Prometheus text format.
+fn scrape(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text
 }
 
 // ---------------------------------------------------------------- clients
@@ -290,6 +302,7 @@ struct StaticSite {
     running: Running,
     /// Not running: a test that wants files watched starts it.
     upkeep: prism::proxy::TlsUpkeep,
+    metrics: Registry,
 }
 
 async fn static_site() -> StaticSite {
@@ -331,7 +344,7 @@ port = 8080
 hosts = ["*.b.test"]
 "#,
     );
-    let proxy = new_proxy(&config);
+    let (proxy, metrics) = proxy_with_metrics(&config);
     let upkeep = proxy.prepare_tls(&config).unwrap();
     assert!(upkeep.acme_hosts().is_empty());
     let (a, b) = (instance("a").await, instance("b").await);
@@ -347,6 +360,7 @@ hosts = ["*.b.test"]
         config,
         running,
         upkeep,
+        metrics,
     }
 }
 
@@ -409,6 +423,26 @@ async fn unknown_or_missing_sni_fails_the_handshake() {
     // And the proxy still serves the names it has.
     let a = get(addr, "A.TEST", "/", site.ca.roots(), H1).await.unwrap();
     assert_eq!(subject_cn(&a.leaf), "a cert");
+
+    // Counted once the proxy's side of each handshake has ended.
+    let mut text = scrape(&site.metrics);
+    for _ in 0..100 {
+        if text.contains("prism_proxy_tls_handshake_failures_total 4\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = scrape(&site.metrics);
+    }
+    assert!(
+        text.contains("prism_proxy_tls_handshake_failures_total 4\n"),
+        "{text}"
+    );
+    for name in ["a.test", "*.b.test"] {
+        let series = format!(
+            "prism_proxy_certificate_expiry_timestamp_seconds{{name=\"{name}\",source=\"file\"}} "
+        );
+        assert!(text.contains(&series), "{series} in {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,7 +53,7 @@ pub use tls::{CertInfo, Loaded, Tls, TlsError, acme_hosts, cert_info, load_pem};
 
 use backends::Snapshot;
 use forward::Shared;
-use metrics::{Metrics, UpstreamCollector};
+use metrics::{Metrics, TlsCollector, UpstreamCollector};
 
 /// Keeps the proxy's certificates current (see [`Proxy::prepare_tls`]).
 pub struct TlsUpkeep {
@@ -118,14 +118,16 @@ impl Proxy {
     /// with [`serve_admin`].
     pub fn new(settings: Settings, metrics: &mut Registry) -> Proxy {
         let routes = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let tls = Arc::new(Tls::new());
         metrics.register_collector(Box::new(UpstreamCollector(Arc::clone(&routes))));
+        metrics.register_collector(Box::new(TlsCollector(Arc::clone(&tls))));
         let metrics = Metrics::new(metrics);
         Proxy {
             shared: Arc::new(Shared {
                 routes,
                 settings,
                 metrics,
-                tls: Arc::new(Tls::new()),
+                tls,
             }),
             registry: Arc::new(Mutex::new(backends::Registry::default())),
         }

@@ -258,9 +258,15 @@ async fn handshake(
     match accepted {
         Ok(Ok(stream)) => connection(worker, builder, stream, peer, "https", permit, stop).await,
         // Unknown SNI, no shared protocol, not TLS at all: the client has
-        // its alert; nothing for the operator to act on.
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        // its alert; only a count for the operator.
+        Ok(Err(e)) => {
+            worker.shared.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            worker.shared.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
     }
 }
 

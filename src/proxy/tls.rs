@@ -357,6 +357,24 @@ impl Tls {
             .map(|l| l.info.clone())
     }
 
+    /// Every name served and when its certificate expires, with where it
+    /// came from (`file` or `acme`); for the metrics.
+    pub fn expiries(&self) -> Vec<(String, &'static str, SystemTime)> {
+        let sources = self.sources();
+        let files = sources.files.iter().flat_map(|f| {
+            f.loaded
+                .info
+                .names
+                .iter()
+                .map(|n| (n.clone(), "file", f.loaded.info.not_after))
+        });
+        let issued = sources
+            .issued
+            .iter()
+            .map(|(h, l)| (h.clone(), "acme", l.info.not_after));
+        files.chain(issued).collect()
+    }
+
     /// Whether a handshake naming `sni` would get a certificate.
     pub fn serves(&self, sni: &str) -> bool {
         self.table.load().lookup(sni).is_some()
