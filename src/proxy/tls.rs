@@ -478,6 +478,72 @@ mod tests {
         assert!(!info.covers("b.example.com"));
     }
 
+    fn loaded(names: &[&str]) -> Loaded {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let c = rcgen::generate_simple_self_signed(names).unwrap();
+        load_pem(
+            c.cert.pem().as_bytes(),
+            c.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn file(loaded: Loaded) -> FileCert {
+        FileCert {
+            field: "proxy.certificates[0]".into(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            stamp: (None, None),
+            loaded,
+        }
+    }
+
+    #[test]
+    fn sni_prefers_exact_names_then_the_first_file_then_acme() {
+        let (first, second, wild, acme) = (
+            loaded(&["a.test", "*.w.test"]),
+            loaded(&["a.test", "b.test"]),
+            loaded(&["*.w.test", "c.test"]),
+            loaded(&["a.test", "d.test"]),
+        );
+        let sources = Sources {
+            files: vec![
+                file(first.clone()),
+                file(second.clone()),
+                file(wild.clone()),
+            ],
+            issued: [
+                ("a.test".into(), acme.clone()),
+                ("d.test".into(), acme.clone()),
+            ]
+            .into(),
+        };
+        let t = sources.table();
+        let is = |sni: &str, l: &Loaded| t.lookup(sni).is_some_and(|k| Arc::ptr_eq(&k, &l.key));
+        assert!(is("a.test", &first), "the first file wins, over ACME too");
+        assert!(is("B.Test.", &second));
+        assert!(is("x.w.test", &first));
+        assert!(is("c.test", &wild));
+        assert!(is("d.test", &acme));
+        assert!(t.lookup("w.test").is_none());
+        assert!(t.lookup("x.y.w.test").is_none());
+        assert!(t.lookup("e.test").is_none());
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let a = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b.test".into()]).unwrap();
+        let err = load_pem(
+            a.cert.pem().as_bytes(),
+            b.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap_err();
+        assert!(err.contains("cannot be used"), "{err}");
+        let err = load_pem(b"", a.signing_key.serialize_pem().as_bytes()).unwrap_err();
+        assert!(err.contains("no CERTIFICATE"), "{err}");
+    }
+
     #[test]
     fn acme_takes_exact_hosts_not_covered_by_files() {
         let text = r#"
