@@ -391,6 +391,8 @@ async fn sni_picks_the_certificate_and_the_route() {
         .unwrap();
     tokio::spawn(conn);
     for path in ["/", "/.well-known/acme-challenge/unknown-token"] {
+        // The connection takes the next request once the last one is done.
+        send.ready().await.unwrap();
         let resp = send
             .send_request(
                 Request::get(path)
