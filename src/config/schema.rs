@@ -209,6 +209,37 @@ pub struct Proxy {
     pub balance: Balance,
     /// Worker threads; default one per CPU.
     pub workers: Option<u32>,
+    /// The HTTPS listener, e.g. "0.0.0.0:443"; without it the proxy serves
+    /// plain HTTP only.
+    pub https: Option<String>,
+    /// Certificate files served over HTTPS; each serves the names its
+    /// certificate lists (exact and `*.` wildcard).
+    #[serde(default)]
+    pub certificates: Vec<CertificateFiles>,
+    /// Certificates obtained and renewed over ACME for every app host that
+    /// no certificate file covers.
+    pub acme: Option<Acme>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// PEM: the certificate first, then the intermediates.
+    pub cert: PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    /// The CA's directory URL (https).
+    pub directory: String,
+    /// The account's contact address.
+    pub email: String,
+    /// A PEM file of the CA that signs the directory's HTTPS certificate,
+    /// trusted instead of the system's roots (a test CA such as pebble).
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for Proxy {
@@ -227,6 +258,9 @@ impl Default for Proxy {
             drain_timeout: default_drain_timeout(),
             balance: Balance::default(),
             workers: None,
+            https: None,
+            certificates: Vec::new(),
+            acme: None,
         }
     }
 }

@@ -243,6 +243,86 @@ impl Checker {
                 "the default is 4096",
             );
         }
+        self.tls(p);
+    }
+
+    /// `https`, `certificates` and `acme` in [proxy]: only what can be said
+    /// without reading the files (the proxy reads them when it starts).
+    fn tls(&mut self, p: &super::schema::Proxy) {
+        let at = FieldPath::of(["proxy"]);
+        match &p.https {
+            Some(https) => match https.parse::<SocketAddr>() {
+                Ok(addr) if p.listen.parse::<SocketAddr>().is_ok_and(|l| l == addr) => self.err(
+                    at.key("https"),
+                    format!("https and listen are both {addr}: give HTTPS a port of its own"),
+                ),
+                Ok(_) if p.certificates.is_empty() && p.acme.is_none() => self.err_help(
+                    at.key("https"),
+                    "HTTPS needs certificates: none are listed and acme is not set",
+                    "add [[proxy.certificates]] with cert and key files, or [proxy.acme]",
+                ),
+                Ok(_) => {}
+                Err(e) => self.err(
+                    at.key("https"),
+                    format!("expected an address and port such as \"0.0.0.0:443\", found {https:?} ({e})"),
+                ),
+            },
+            None => {
+                let unused = if !p.certificates.is_empty() {
+                    Some(("certificates", "certificates are"))
+                } else if p.acme.is_some() {
+                    Some(("acme", "acme is"))
+                } else {
+                    None
+                };
+                if let Some((key, what)) = unused {
+                    self.err_help(
+                        at.key(key),
+                        format!("{what} only used by the HTTPS listener, and https is not set"),
+                        "set https = \"0.0.0.0:443\" in [proxy]",
+                    );
+                }
+            }
+        }
+        for (i, c) in p.certificates.iter().enumerate() {
+            let cat = at.key("certificates").index(i);
+            for (key, path) in [("cert", &c.cert), ("key", &c.key)] {
+                if path.as_os_str().is_empty() {
+                    self.err(cat.key(key), format!("{key} must name a PEM file"));
+                }
+            }
+            if !c.cert.as_os_str().is_empty() && c.cert == c.key {
+                self.err_help(
+                    cat.key("key"),
+                    "cert and key are the same file",
+                    "keep the private key in a file of its own, readable only by the operator",
+                );
+            }
+        }
+        if let Some(acme) = &p.acme {
+            let aat = at.key("acme");
+            if !acme.directory.starts_with("https://") || acme.directory.len() <= "https://".len() {
+                self.err(
+                    aat.key("directory"),
+                    format!(
+                        "expected the CA's directory URL over https, such as \"https://acme-v02.api.letsencrypt.org/directory\", found {:?}",
+                        acme.directory
+                    ),
+                );
+            }
+            if !is_email(&acme.email) {
+                self.err(
+                    aat.key("email"),
+                    format!(
+                        "expected an email address such as \"ops@example.com\", found {:?}",
+                        acme.email
+                    ),
+                );
+            }
+            if acme.ca.as_ref().is_some_and(|ca| ca.as_os_str().is_empty()) {
+                self.err(aat.key("ca"), "ca must name a PEM file");
+            }
+        }
     }
 
     fn registries(&mut self, fleet: &Fleet) {
@@ -698,6 +778,22 @@ fn check_host(host: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A plausible contact address: one `@` with something on both sides and
+/// a dot in the domain. The CA is the judge of the rest.
+fn is_email(text: &str) -> bool {
+    match text.split_once('@') {
+        Some((user, domain)) => {
+            !user.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
+                && !text.contains(|c: char| c.is_whitespace() || c.is_control())
+        }
+        None => false,
+    }
+}
+
 /// `name:/path`, `/host/path:/path`, with an optional `:ro` or `:rw`.
 fn check_volume(vol: &str) -> Result<(), String> {
     let parts: Vec<&str> = vol.split(':').collect();
@@ -743,6 +839,24 @@ mod tests {
         );
         assert!(parse_cron("61 * * * *").is_err());
         assert!(parse_cron("every minute").is_err());
+    }
+
+    #[test]
+    fn emails() {
+        for ok in ["ops@example.com", "a.b+c@mail.example.org"] {
+            assert!(is_email(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "ops",
+            "@example.com",
+            "ops@localhost",
+            "ops@example.com.",
+            "o ps@example.com",
+            "a@b@c.com",
+        ] {
+            assert!(!is_email(bad), "{bad}");
+        }
     }
 
     #[test]

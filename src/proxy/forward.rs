@@ -40,6 +40,7 @@ pub struct Shared {
     pub routes: Arc<ArcSwap<Snapshot>>,
     pub settings: Settings,
     pub metrics: Metrics,
+    pub tls: Arc<super::tls::Tls>,
 }
 
 /// One worker thread's own: its pool of connections to instances and its
@@ -110,11 +111,34 @@ pub async fn handle(
     conn.busy.fetch_add(1, Ordering::Relaxed);
     let _busy = Busy(&conn);
     let started = Instant::now();
+    if let Some(resp) = acme_challenge(shared, &conn, &req) {
+        return Ok(resp);
+    }
     let snapshot = shared.routes.load_full();
     let (resp, metrics) = forward(&worker, &conn, &snapshot, req, started).await;
     let metrics = metrics.unwrap_or(shared.metrics.unknown());
     metrics.record(resp.status().as_u16(), started.elapsed());
     Ok(resp)
+}
+
+/// The answer to a pending ACME HTTP-01 challenge, which the CA asks for
+/// over plain HTTP. Other paths under /.well-known/ go to the app.
+fn acme_challenge(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: &Request<Incoming>,
+) -> Option<Response<ProxyBody>> {
+    let token = req
+        .uri()
+        .path()
+        .strip_prefix("/.well-known/acme-challenge/")?;
+    if conn.proto != "http" || req.method() != Method::GET {
+        return None;
+    }
+    shared
+        .tls
+        .challenge(token)
+        .map(|answer| super::body::page(StatusCode::OK, answer))
 }
 
 /// The response and the metrics of the route it went to, if any.

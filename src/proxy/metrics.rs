@@ -20,6 +20,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::backends::{BackendState, Snapshot};
+use super::tls::Tls;
 
 /// The `host` label of requests that matched no route.
 pub const UNKNOWN_HOST: &str = "unknown";
@@ -49,6 +50,7 @@ pub struct Metrics {
     latency: Latency,
     pub connections: Gauge,
     pub swaps: Counter,
+    pub tls_handshake_failures: Counter,
     unknown: RouteMetrics,
 }
 
@@ -106,12 +108,19 @@ impl Metrics {
             connections.clone(),
         );
         sub.register("route_swaps", "Route tables published", swaps.clone());
+        let tls_handshake_failures = Counter::default();
+        sub.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out (unknown SNI, no common protocol, not TLS)",
+            tls_handshake_failures.clone(),
+        );
         let unknown = route_metrics(&requests, &latency, UNKNOWN_HOST);
         Metrics {
             requests,
             latency,
             connections,
             swaps,
+            tls_handshake_failures,
             unknown,
         }
     }
@@ -213,6 +222,36 @@ impl Collector for UpstreamCollector {
         for (state, _) in &rows {
             let l = labels(state);
             ConstCounter::new(state.connect_failures()).encode(metric.encode_family(&l)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The certificates being served, read at scrape time: alert on an expiry
+/// that comes near (a renewal that keeps failing, a file not replaced).
+#[derive(Debug)]
+pub struct TlsCollector(pub Arc<Tls>);
+
+#[derive(Debug, Clone, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    /// A name from a certificate (or an ACME host), never from a client.
+    name: String,
+    source: &'static str,
+}
+
+impl Collector for TlsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "prism_proxy_certificate_expiry_timestamp_seconds",
+            "When the certificate served for a name expires (Unix time), by name and source (file or acme)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, source, not_after) in self.0.expiries() {
+            let secs = not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            ConstGauge::new(secs).encode(metric.encode_family(&CertLabels { name, source })?)?;
         }
         Ok(())
     }

@@ -16,8 +16,11 @@
 //! body.rs     response bodies and the proxy's own pages
 //! limits.rs   settings from [proxy]
 //! metrics.rs  Prometheus metrics;  admin.rs  /healthz and /metrics
+//! tls.rs      certificates by SNI (files, ACME), HTTP-01 answers
+//! acme.rs     obtaining, storing and renewing certificates over ACME
 //! ```
 
+mod acme;
 mod admin;
 mod backends;
 mod body;
@@ -27,6 +30,7 @@ mod limits;
 mod metrics;
 mod routes;
 mod server;
+mod tls;
 
 use std::future::Future;
 use std::io;
@@ -37,15 +41,68 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 
+use crate::config::Config;
+
+pub use acme::{Acme, AcmeError, AcmeSettings, Obtained};
 pub use admin::{bind as bind_admin, serve as serve_admin};
 pub use backends::DrainReport;
 pub use limits::{Balance, Settings};
 pub use routes::{Route, RouteTable, Upstream};
 pub use server::Listener;
+pub use tls::{CertInfo, Loaded, Tls, TlsError, acme_hosts, cert_info, load_pem};
 
 use backends::Snapshot;
 use forward::Shared;
-use metrics::{Metrics, UpstreamCollector};
+use metrics::{Metrics, TlsCollector, UpstreamCollector};
+
+/// Keeps the proxy's certificates current (see [`Proxy::prepare_tls`]).
+pub struct TlsUpkeep {
+    tls: Arc<Tls>,
+    acme: Option<(Arc<Acme>, Vec<String>)>,
+    /// How often certificate files are checked for changes.
+    pub check_files: Duration,
+}
+
+impl TlsUpkeep {
+    /// The hosts ACME keeps certificates for.
+    pub fn acme_hosts(&self) -> &[String] {
+        self.acme
+            .as_ref()
+            .map_or(&[], |(_, hosts)| hosts.as_slice())
+    }
+
+    /// Runs until `shutdown` resolves. An ACME order cut short by it is
+    /// simply made again at the next start.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let files = async {
+            loop {
+                tokio::time::sleep(self.check_files).await;
+                let (changed, errors) = self.tls.reload_changed_files();
+                if changed > 0 {
+                    tracing::info!(changed, "proxy: certificate files read again");
+                }
+                for e in errors {
+                    tracing::warn!(error = %e, "proxy: certificate file not reloaded; the old one keeps serving");
+                }
+            }
+        };
+        let acme = async {
+            match &self.acme {
+                Some((acme, hosts)) if !hosts.is_empty() => {
+                    Arc::clone(acme)
+                        .run(hosts.clone(), std::future::pending())
+                        .await
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown => {}
+            _ = files => {}
+            _ = acme => {}
+        }
+    }
+}
 
 /// A handle on the proxy; clones share one proxy.
 #[derive(Clone)]
@@ -61,13 +118,16 @@ impl Proxy {
     /// with [`serve_admin`].
     pub fn new(settings: Settings, metrics: &mut Registry) -> Proxy {
         let routes = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let tls = Arc::new(Tls::new());
         metrics.register_collector(Box::new(UpstreamCollector(Arc::clone(&routes))));
+        metrics.register_collector(Box::new(TlsCollector(Arc::clone(&tls))));
         let metrics = Metrics::new(metrics);
         Proxy {
             shared: Arc::new(Shared {
                 routes,
                 settings,
                 metrics,
+                tls,
             }),
             registry: Arc::new(Mutex::new(backends::Registry::default())),
         }
@@ -129,6 +189,39 @@ impl Proxy {
     /// thread (`[proxy] workers`).
     pub fn bind(&self, addr: SocketAddr) -> io::Result<Listener> {
         server::bind(addr, self.shared.settings.workers)
+    }
+
+    /// Binds an HTTPS listener on `addr` (`[proxy] https`): as
+    /// [`Proxy::bind`], with TLS on every connection, its certificates
+    /// from [`Proxy::tls`].
+    pub fn bind_https(&self, addr: SocketAddr) -> io::Result<Listener> {
+        let config = self.shared.tls.server_config().map_err(io::Error::other)?;
+        Ok(server::bind(addr, self.shared.settings.workers)?.with_tls(config))
+    }
+
+    /// The certificates served on HTTPS listeners; load files into it
+    /// ([`Tls::load_files`]) and hand it to [`Acme`].
+    pub fn tls(&self) -> &Arc<Tls> {
+        &self.shared.tls
+    }
+
+    /// HTTPS from fleet.toml: reads `[[proxy.certificates]]` into
+    /// [`Proxy::tls`] now (an error names the field and the file), and
+    /// returns the work that keeps certificates current, to run until
+    /// shutdown: changed files read again every minute, and with
+    /// `[proxy.acme]` a certificate for every app host no file serves.
+    pub fn prepare_tls(&self, config: &Config) -> Result<TlsUpkeep, TlsError> {
+        let tls = Arc::clone(&self.shared.tls);
+        tls.load_files(config)?;
+        let acme = AcmeSettings::from_config(config).map(|settings| {
+            let hosts = acme_hosts(config, |h| tls.files_cover(h));
+            (Arc::new(Acme::new(settings, Arc::clone(&tls))), hosts)
+        });
+        Ok(TlsUpkeep {
+            tls,
+            acme,
+            check_files: Duration::from_secs(60),
+        })
     }
 
     /// Serves clients on `listener` with worker threads of its own until

@@ -1,6 +1,7 @@
-//! Accepting clients: HTTP/1.1 and HTTP/2 on one port, served by worker
-//! threads of the proxy's own, a bounded number of connections, each
-//! watched for slow heads and silence, and a graceful stop.
+//! Accepting clients: HTTP/1.1 and HTTP/2 on one port (inside TLS on an
+//! HTTPS listener), served by worker threads of the proxy's own, a bounded
+//! number of connections, each watched for slow heads and silence, and a
+//! graceful stop.
 //!
 //! Each worker is a single-threaded runtime with its own listening socket
 //! (SO_REUSEPORT: the kernel spreads connections) and its own connections
@@ -18,25 +19,45 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
 use socket2::{Domain, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use super::forward::{ConnInfo, Shared, Worker, handle};
 use super::limits::{Settings, Stamped, now_ms};
 
 /// The proxy's listening sockets: one per worker, all on one address.
-#[derive(Debug)]
 pub struct Listener {
     sockets: Vec<std::net::TcpListener>,
     addr: SocketAddr,
+    /// Set on an HTTPS listener.
+    tls: Option<Arc<ServerConfig>>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("addr", &self.addr)
+            .field("workers", &self.sockets.len())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Listener {
     /// The address bound (with the actual port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The same sockets, serving TLS with `config`.
+    pub fn with_tls(mut self, config: Arc<ServerConfig>) -> Listener {
+        self.tls = Some(config);
+        self
     }
 }
 
@@ -60,6 +81,7 @@ pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Listener> {
     Ok(Listener {
         sockets,
         addr: bound,
+        tls: None,
     })
 }
 
@@ -106,12 +128,14 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<io::Result<()>>();
     let workers = listener.sockets.len();
+    let tls = listener.tls.map(TlsAcceptor::from);
     for (i, socket) in listener.sockets.into_iter().enumerate() {
-        let (shared, slots, stop, done) = (
+        let (shared, slots, stop, done, tls) = (
             Arc::clone(&shared),
             Arc::clone(&slots),
             stop_rx.clone(),
             done_tx.clone(),
+            tls.clone(),
         );
         std::thread::Builder::new()
             .name(format!("prism-proxy-{i}"))
@@ -119,7 +143,7 @@ pub async fn serve(
                 let result = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|rt| rt.block_on(worker(shared, socket, slots, stop)));
+                    .and_then(|rt| rt.block_on(worker(shared, socket, tls, slots, stop)));
                 let _ = done.send(result);
             })?;
     }
@@ -148,6 +172,7 @@ pub async fn serve(
 async fn worker(
     shared: Arc<Shared>,
     socket: std::net::TcpListener,
+    tls: Option<TlsAcceptor>,
     slots: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -181,14 +206,21 @@ async fn worker(
             _ = stop.wait_for(|stopping| *stopping) => break,
         };
         let _ = stream.set_nodelay(true);
-        conns.spawn(connection(
-            Arc::clone(&worker),
-            Arc::clone(&builder),
-            stream,
-            peer,
-            permit,
-            stop.clone(),
-        ));
+        let (worker, builder, stop) = (Arc::clone(&worker), Arc::clone(&builder), stop.clone());
+        match &tls {
+            None => conns.spawn(connection(
+                worker, builder, stream, peer, "http", permit, stop,
+            )),
+            Some(tls) => conns.spawn(handshake(
+                tls.clone(),
+                worker,
+                builder,
+                stream,
+                peer,
+                permit,
+                stop,
+            )),
+        };
     }
     drop(listener);
     // Connections were told to stop with the same signal.
@@ -206,18 +238,53 @@ enum Cut {
     Idle,
 }
 
-async fn connection(
+/// TLS first, within the header timeout (a client that stalls its
+/// handshake is cut off like one that stalls its request head), then HTTP
+/// over it.
+async fn handshake(
+    tls: TlsAcceptor,
     worker: Arc<Worker>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stream: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
 ) {
+    let timeout = worker.shared.settings.header_timeout;
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(timeout, tls.accept(stream)) => r,
+        _ = stop.wait_for(|stopping| *stopping) => return,
+    };
+    match accepted {
+        Ok(Ok(stream)) => connection(worker, builder, stream, peer, "https", permit, stop).await,
+        // Unknown SNI, no shared protocol, not TLS at all: the client has
+        // its alert; only a count for the operator.
+        Ok(Err(e)) => {
+            worker.shared.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            worker.shared.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    }
+}
+
+async fn connection<S>(
+    worker: Arc<Worker>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: S,
+    peer: SocketAddr,
+    proto: &'static str,
+    _permit: OwnedSemaphorePermit,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let shared = Arc::clone(&worker.shared);
     shared.metrics.connections.inc();
     let (io, last) = Stamped::new(stream);
-    let info = Arc::new(ConnInfo::new(peer, "http"));
+    let info = Arc::new(ConnInfo::new(peer, proto));
     let service = {
         let info = Arc::clone(&info);
         service_fn(move |req| handle(Arc::clone(&worker), Arc::clone(&info), req))

@@ -1,0 +1,948 @@
+//! HTTPS on the proxy, end to end on 127.0.0.1: certificate files chosen
+//! by SNI (exact and wildcard), HTTP/2 over ALPN, reloading changed files,
+//! and certificates from ACME against Debian's pebble (with
+//! pebble-challtestsrv answering its DNS with 127.0.0.1), validated over
+//! HTTP-01 through the proxy's own HTTP listener.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prism::config::Config;
+use prism::proxy::{Acme, AcmeSettings, Listener, Obtained, Proxy, RouteTable, Settings, Upstream};
+use prometheus_client::registry::Registry;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+// ------------------------------------------------------------- certificates
+
+/// A throwaway CA that signs the certificates a test serves.
+struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        TestCa {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        roots
+    }
+
+    /// A leaf for `sans` (DNS names, or IP addresses), with `cn` as its
+    /// subject: (certificate PEM, key PEM).
+    fn leaf(&self, cn: &str, sans: &[&str]) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| match s.parse() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*s).try_into().unwrap()),
+            })
+            .collect();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// The subject CN of a DER certificate.
+fn subject_cn(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+// ---------------------------------------------------------------- instances
+
+/// An HTTP/1.1 instance answering `instance=NAME`, then the request's
+/// X-Forwarded-Proto and Host.
+async fn instance(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| async move {
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    let text = format!(
+                        "instance={name}\nproto={}\nhost={}\n",
+                        h("x-forwarded-proto"),
+                        h("host")
+                    );
+                    Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from(text))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn upstream(app: &str, addr: SocketAddr) -> Upstream {
+    Upstream {
+        app: app.into(),
+        service: "web".into(),
+        instance: 0,
+        node: "local".into(),
+        address: "127.0.0.1".into(),
+        port: addr.port(),
+        healthy: true,
+    }
+}
+
+// ---------------------------------------------------------------- the proxy
+
+/// fleet.toml written into `dir` (so relative paths resolve there) and
+/// loaded the way the operator loads it.
+fn write_fleet(dir: &Path, text: &str) -> Config {
+    let file = dir.join("fleet.toml");
+    std::fs::write(&file, text).unwrap();
+    Config::load(&file).unwrap_or_else(|e| panic!("fleet.toml: {e}"))
+}
+
+/// The proxy serving HTTP and HTTPS on loopback, as the operator runs it.
+struct Running {
+    proxy: Proxy,
+    http: SocketAddr,
+    https: SocketAddr,
+    stops: Vec<oneshot::Sender<()>>,
+}
+
+impl Running {
+    /// `http` is an HTTP listener bound ahead (ACME's validation port has to
+    /// be known before the proxy starts).
+    fn start(proxy: Proxy, http: Listener) -> Running {
+        let https = proxy.bind_https("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addrs = (http.local_addr(), https.local_addr());
+        let mut stops = Vec::new();
+        for listener in [http, https] {
+            let (stop, stopped) = oneshot::channel::<()>();
+            let proxy2 = proxy.clone();
+            tokio::spawn(async move {
+                proxy2
+                    .serve(listener, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+            });
+            stops.push(stop);
+        }
+        Running {
+            proxy,
+            http: addrs.0,
+            https: addrs.1,
+            stops,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn new_proxy(config: &Config) -> Proxy {
+    proxy_with_metrics(config).0
+}
+
+fn proxy_with_metrics(config: &Config) -> (Proxy, Registry) {
+    let mut registry = Registry::default();
+    let proxy = Proxy::new(
+        Settings {
+            shutdown_grace: Duration::from_secs(1),
+            ..Settings::from_config(&config.fleet.proxy)
+        },
+        &mut registry,
+    );
+    (proxy, registry)
+}
+
+/// The metrics in Prometheus text format.
+fn scrape(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text
+}
+
+// ---------------------------------------------------------------- clients
+
+fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+async fn handshake(
+    addr: SocketAddr,
+    sni: &str,
+    roots: RootCertStore,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    TlsConnector::from(client_config(roots, alpn))
+        .connect(name, tcp)
+        .await
+}
+
+/// What one HTTPS request saw: the certificate, the protocol, the answer.
+struct Seen {
+    leaf: CertificateDer<'static>,
+    alpn: Option<Vec<u8>>,
+    version: http::Version,
+    status: StatusCode,
+    body: String,
+}
+
+/// GET `path` for `host` over TLS with SNI `host`, in HTTP/2 when ALPN
+/// agrees on it.
+async fn get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    roots: RootCertStore,
+    alpn: &[&[u8]],
+) -> std::io::Result<Seen> {
+    let tls = handshake(addr, host, roots, alpn).await?;
+    let (_, conn) = tls.get_ref();
+    let leaf = conn.peer_certificates().unwrap()[0].clone().into_owned();
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let io = TokioIo::new(tls);
+    let resp = if alpn.as_deref() == Some(b"h2") {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(format!("https://{host}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send.send_request(req).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send.send_request(req).await.unwrap()
+    };
+    let version = resp.version();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Ok(Seen {
+        leaf,
+        alpn,
+        version,
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+const H1: &[&[u8]] = &[b"http/1.1"];
+const H2: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+// ---------------------------------------------------------------- static files
+
+/// Two certificate files (one exact, one wildcard) and two apps behind the
+/// proxy; the files live beside fleet.toml and are named relatively.
+struct StaticSite {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    config: Config,
+    running: Running,
+    /// Not running: a test that wants files watched starts it.
+    upkeep: prism::proxy::TlsUpkeep,
+    metrics: Registry,
+}
+
+async fn static_site() -> StaticSite {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Prism test CA");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    for (file, cn, sans) in [
+        ("a", "a cert", &["a.test"][..]),
+        ("b", "b wildcard cert", &["*.b.test"][..]),
+    ] {
+        let (cert, key) = ca.leaf(cn, sans);
+        std::fs::write(certs.join(format!("{file}.pem")), cert).unwrap();
+        std::fs::write(certs.join(format!("{file}.key")), key).unwrap();
+    }
+    let config = write_fleet(
+        dir.path(),
+        r#"
+[fleet]
+name = "t"
+[discovery]
+provider = "ec2"
+[proxy]
+listen = "127.0.0.1:80"
+https = "127.0.0.1:443"
+[[proxy.certificates]]
+cert = "certs/a.pem"
+key = "certs/a.key"
+[[proxy.certificates]]
+cert = "certs/b.pem"
+key = "certs/b.key"
+[apps.a.services.web]
+image = "x"
+port = 8080
+hosts = ["a.test"]
+[apps.b.services.web]
+image = "x"
+port = 8080
+hosts = ["*.b.test"]
+"#,
+    );
+    let (proxy, metrics) = proxy_with_metrics(&config);
+    let upkeep = proxy.prepare_tls(&config).unwrap();
+    assert!(upkeep.acme_hosts().is_empty());
+    let (a, b) = (instance("a").await, instance("b").await);
+    proxy.publish(RouteTable::build(
+        &config.fleet,
+        &[upstream("a", a), upstream("b", b)],
+    ));
+    let http = proxy.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let running = Running::start(proxy, http);
+    StaticSite {
+        dir,
+        ca,
+        config,
+        running,
+        upkeep,
+        metrics,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_certificate_and_the_route() {
+    let site = static_site().await;
+    let addr = site.running.https;
+    let a = get(addr, "a.test", "/", site.ca.roots(), H1).await.unwrap();
+    assert_eq!(subject_cn(&a.leaf), "a cert");
+    assert_eq!(a.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(a.status, 200);
+    assert!(a.body.contains("instance=a\n"), "{}", a.body);
+    assert!(a.body.contains("proto=https\n"), "{}", a.body);
+    assert!(a.body.contains("host=a.test\n"), "{}", a.body);
+
+    let b = get(addr, "shop.b.test", "/", site.ca.roots(), H1)
+        .await
+        .unwrap();
+    assert_eq!(subject_cn(&b.leaf), "b wildcard cert");
+    assert!(b.body.contains("instance=b\n"), "{}", b.body);
+    assert!(b.body.contains("proto=https\n"), "{}", b.body);
+
+    // The plain listener still says http, and passes ACME paths it has no
+    // pending challenge for on to the app.
+    let tcp = TcpStream::connect(site.running.http).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for path in ["/", "/.well-known/acme-challenge/unknown-token"] {
+        // The connection takes the next request once the last one is done.
+        send.ready().await.unwrap();
+        let resp = send
+            .send_request(
+                Request::get(path)
+                    .header("host", "a.test")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("instance=a\nproto=http\n"), "{path}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_or_missing_sni_fails_the_handshake() {
+    let site = static_site().await;
+    let addr = site.running.https;
+    // No certificate for the name: no default certificate either.
+    for sni in ["c.test", "x.y.b.test", "b.test"] {
+        let err = handshake(addr, sni, site.ca.roots(), H1).await.err();
+        assert!(err.is_some(), "{sni} got a certificate");
+    }
+    // An IP address is sent without SNI (RFC 6066): refused too.
+    let err = handshake(addr, "127.0.0.1", site.ca.roots(), H1)
+        .await
+        .err();
+    assert!(err.is_some(), "a handshake without SNI got a certificate");
+    // And the proxy still serves the names it has.
+    let a = get(addr, "A.TEST", "/", site.ca.roots(), H1).await.unwrap();
+    assert_eq!(subject_cn(&a.leaf), "a cert");
+
+    // Counted once the proxy's side of each handshake has ended.
+    let mut text = scrape(&site.metrics);
+    for _ in 0..100 {
+        if text.contains("prism_proxy_tls_handshake_failures_total 4\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = scrape(&site.metrics);
+    }
+    assert!(
+        text.contains("prism_proxy_tls_handshake_failures_total 4\n"),
+        "{text}"
+    );
+    for name in ["a.test", "*.b.test"] {
+        let series = format!(
+            "prism_proxy_certificate_expiry_timestamp_seconds{{name=\"{name}\",source=\"file\"}} "
+        );
+        assert!(text.contains(&series), "{series} in {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_by_alpn() {
+    let site = static_site().await;
+    let seen = get(site.running.https, "a.test", "/x?y=1", site.ca.roots(), H2)
+        .await
+        .unwrap();
+    assert_eq!(seen.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.status, 200);
+    assert!(seen.body.contains("instance=a\n"), "{}", seen.body);
+    assert!(seen.body.contains("proto=https\n"), "{}", seen.body);
+    assert!(seen.body.contains("host=a.test\n"), "{}", seen.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_certificate_files_are_served_after_a_reload() {
+    let site = static_site().await;
+    let tls = site.running.proxy.tls();
+    assert_eq!(tls.reload_changed_files().0, 0, "nothing changed yet");
+    let (cert, key) = site.ca.leaf("a cert, renewed", &["a.test"]);
+    let certs = site.dir.path().join("certs");
+    for (file, text) in [("a.pem", cert), ("a.key", key)] {
+        let path = certs.join(file);
+        std::fs::write(&path, text).unwrap();
+        // A later mtime than the first write, however coarse the clock.
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+    }
+    let (changed, errors) = tls.reload_changed_files();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(changed, 1);
+    let a = get(site.running.https, "a.test", "/", site.ca.roots(), H1)
+        .await
+        .unwrap();
+    assert_eq!(subject_cn(&a.leaf), "a cert, renewed");
+
+    // A broken file keeps the good certificate serving.
+    let path = certs.join("a.pem");
+    std::fs::write(&path, "not a certificate").unwrap();
+    let f = std::fs::File::options().write(true).open(&path).unwrap();
+    f.set_modified(SystemTime::now() + Duration::from_secs(10))
+        .unwrap();
+    let (changed, errors) = tls.reload_changed_files();
+    assert_eq!(changed, 0);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].field, "proxy.certificates[0]");
+    let a = get(site.running.https, "a.test", "/", site.ca.roots(), H1)
+        .await
+        .unwrap();
+    assert_eq!(subject_cn(&a.leaf), "a cert, renewed");
+
+    // The upkeep task the operator runs picks changes up by itself.
+    let mut upkeep = site.upkeep;
+    upkeep.check_files = Duration::from_millis(50);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(upkeep.run(async {
+        let _ = stopped.await;
+    }));
+    let (cert, key) = site.ca.leaf("a cert, third", &["a.test"]);
+    // Key first, as a careful renewal tool would: a new cert with the old
+    // key in between fails to load and the second one keeps serving.
+    for (file, text) in [("a.key", key), ("a.pem", cert)] {
+        let path = certs.join(file);
+        std::fs::write(&path, text).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(15))
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = get(site.running.https, "a.test", "/", site.ca.roots(), H1).await;
+        if let Ok(seen) = seen
+            && subject_cn(&seen.leaf) == "a cert, third"
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changed file was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_certificate_files_are_named_by_their_field() {
+    let site = static_site().await;
+    let certs = site.dir.path().join("certs");
+    let tls = prism::proxy::Tls::new();
+
+    std::fs::remove_file(certs.join("b.key")).unwrap();
+    let err = tls.load_files(&site.config).unwrap_err();
+    assert_eq!(err.field, "proxy.certificates[1].key");
+    assert_eq!(err.path, certs.join("b.key"));
+    assert!(err.to_string().contains("cannot read it"), "{err}");
+
+    // Another certificate's key.
+    std::fs::copy(certs.join("a.key"), certs.join("b.key")).unwrap();
+    let err = tls.load_files(&site.config).unwrap_err();
+    assert_eq!(err.field, "proxy.certificates[1]");
+    assert!(err.to_string().contains("cannot be used"), "{err}");
+    assert!(!tls.serves("a.test"), "a failed load serves nothing");
+}
+
+// ---------------------------------------------------------------- ACME
+
+/// A free port on 127.0.0.1 (taken back at once: a small race, fine for
+/// tests that start their servers right after).
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// pebble and pebble-challtestsrv on loopback ports of their own.
+struct Pebble {
+    dir: PathBuf,
+    acme: SocketAddr,
+    management: SocketAddr,
+    /// The CA of pebble's own HTTPS listeners (not of what it issues).
+    listener_ca: TestCa,
+    children: Vec<tokio::process::Child>,
+}
+
+impl Pebble {
+    /// Starts both; pebble validates HTTP-01 on `http_port` of whatever
+    /// challtestsrv resolves a name to: 127.0.0.1.
+    /// `validity`: the lifetime of the certificates it issues (default
+    /// five years).
+    async fn start(dir: &Path, http_port: u16, validity: Option<Duration>) -> Pebble {
+        for tool in ["pebble", "pebble-challtestsrv"] {
+            assert!(
+                std::process::Command::new("sh")
+                    .args(["-c", &format!("command -v {tool}")])
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap()
+                    .success(),
+                "{tool} is not installed: run lab/lab install (it installs Debian's pebble)"
+            );
+        }
+        let listener_ca = TestCa::new("pebble listener CA");
+        let (cert, key) = listener_ca.leaf("pebble", &["localhost", "127.0.0.1"]);
+        std::fs::write(dir.join("pebble-cert.pem"), cert).unwrap();
+        std::fs::write(dir.join("pebble-key.pem"), key).unwrap();
+        std::fs::write(dir.join("pebble-ca.pem"), listener_ca.pem()).unwrap();
+        let acme: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let management: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dns = format!("127.0.0.1:{}", free_port());
+        let mut config = serde_json::json!({
+            "pebble": {
+                "listenAddress": acme.to_string(),
+                "managementListenAddress": management.to_string(),
+                "certificate": dir.join("pebble-cert.pem"),
+                "privateKey": dir.join("pebble-key.pem"),
+                "httpPort": http_port,
+                "tlsPort": free_port(),
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false
+            }
+        });
+        if let Some(v) = validity {
+            config["pebble"]["certificateValidityPeriod"] = v.as_secs().into();
+        }
+        std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+        let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
+        let challtestsrv = tokio::process::Command::new("pebble-challtestsrv")
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args([
+                "-dns01",
+                &dns,
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .args(["-management", &format!("127.0.0.1:{}", free_port())])
+            .stdout(log("challtestsrv.log"))
+            .stderr(log("challtestsrv.err"))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pebble = tokio::process::Command::new("pebble")
+            .arg("-config")
+            .arg(dir.join("pebble.json"))
+            .args(["-dnsserver", &dns])
+            // Validate at once rather than after a random pause; never
+            // reject a nonce at random (real validation stays on).
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(log("pebble.log"))
+            .stderr(log("pebble.err"))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let p = Pebble {
+            dir: dir.to_path_buf(),
+            acme,
+            management,
+            listener_ca,
+            children: vec![challtestsrv, pebble],
+        };
+        p.wait_listening().await;
+        p
+    }
+
+    async fn wait_listening(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if TcpStream::connect(self.acme).await.is_ok()
+                && TcpStream::connect(self.management).await.is_ok()
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pebble did not listen on {} within 20 s: {}",
+                self.acme,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        [
+            "pebble.log",
+            "pebble.err",
+            "challtestsrv.log",
+            "challtestsrv.err",
+        ]
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+            format!("--- {f}\n{text}")
+        })
+        .collect()
+    }
+
+    /// The root pebble issues under (it makes a new one each start), from
+    /// its management API.
+    async fn issuing_root(&self) -> RootCertStore {
+        let seen = get(
+            self.management,
+            "localhost",
+            "/roots/0",
+            self.listener_ca.roots(),
+            H1,
+        )
+        .await
+        .unwrap();
+        assert_eq!(seen.status, 200, "{}", seen.body);
+        let der = CertificateDer::pem_slice_iter(seen.body.as_bytes())
+            .next()
+            .expect("a PEM root")
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        roots
+    }
+
+    async fn stop(mut self) {
+        for child in &mut self.children {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+const ACME_HOST: &str = "shop.prism.test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_certificate_from_pebble_is_served_stored_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    // The proxy's HTTP listener comes first: pebble checks HTTP-01 on it.
+    let probe = new_proxy(&write_fleet(
+        dir.path(),
+        "[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n",
+    ));
+    let http = probe.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let pebble = Pebble::start(dir.path(), http.local_addr().port(), None).await;
+    let config = write_fleet(
+        dir.path(),
+        &format!(
+            r#"
+[fleet]
+name = "t"
+state = "state/prism.db"
+[discovery]
+provider = "ec2"
+[proxy]
+listen = "127.0.0.1:80"
+https = "127.0.0.1:443"
+acme = {{ directory = "https://{}/dir", email = "ops@prism.test", ca = "pebble-ca.pem" }}
+[apps.shop.services.web]
+image = "x"
+port = 8080
+hosts = ["{ACME_HOST}", "*.wild.prism.test"]
+"#,
+            pebble.acme
+        ),
+    );
+    let shop = instance("shop").await;
+    let proxy = new_proxy(&config);
+    proxy.publish(RouteTable::build(&config.fleet, &[upstream("shop", shop)]));
+    let running = Running::start(proxy, http);
+
+    let hosts = prism::proxy::acme_hosts(&config, |h| running.proxy.tls().files_cover(h));
+    assert_eq!(
+        hosts,
+        [ACME_HOST],
+        "wildcards are left to certificate files"
+    );
+    let settings = AcmeSettings::from_config(&config).unwrap();
+    let store = dir.path().join("state/acme");
+    assert_eq!(settings.store, store);
+    let acme = Acme::new(settings.clone(), Arc::clone(running.proxy.tls()));
+    let (how, renew_at) = match acme.ensure(ACME_HOST).await {
+        Ok(r) => r,
+        Err(e) => panic!("ACME failed: {e}\n{}", pebble.logs()),
+    };
+    assert_eq!(how, Obtained::Issued);
+    // Real HTTP-01 validation, through the proxy's HTTP listener.
+    let logs = pebble.logs();
+    let probe = format!(
+        "Attempting to validate w/ HTTP: http://{ACME_HOST}:{}/.well-known/acme-challenge/",
+        running.http.port()
+    );
+    assert!(logs.contains(&probe), "{logs}");
+    assert!(logs.contains("set VALID by completed challenge"), "{logs}");
+    assert!(renew_at > SystemTime::now());
+
+    // Through the proxy, trusting only pebble's issuing root.
+    let roots = pebble.issuing_root().await;
+    let seen = get(running.https, ACME_HOST, "/", roots.clone(), H2)
+        .await
+        .unwrap();
+    assert_eq!(seen.status, 200);
+    assert!(seen.body.contains("instance=shop\n"), "{}", seen.body);
+    assert!(seen.body.contains("proto=https\n"), "{}", seen.body);
+    let names = prism::proxy::cert_info(&seen.leaf).unwrap().names;
+    assert_eq!(names, [ACME_HOST]);
+    let first_leaf = seen.leaf.clone();
+
+    // On disk: the chain, and a key and account only the owner can read.
+    let host_dir = store.join(ACME_HOST);
+    assert!(host_dir.join("cert.pem").is_file());
+    for private in [host_dir.join("key.pem"), store.join("account.json")] {
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", private.display());
+    }
+    // Asked again while fresh: nothing is ordered.
+    assert_eq!(acme.ensure(ACME_HOST).await.unwrap().0, Obtained::Stored);
+    drop(running);
+
+    // A second start with pebble gone: the stored certificate is served,
+    // and nothing is ordered (there is no CA to order from).
+    pebble.stop().await;
+    let proxy = new_proxy(&config);
+    proxy.publish(RouteTable::build(&config.fleet, &[upstream("shop", shop)]));
+    let http = proxy.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let running = Running::start(proxy, http);
+    // The upkeep task the operator runs puts it in place...
+    let upkeep = running.proxy.prepare_tls(&config).unwrap();
+    assert_eq!(upkeep.acme_hosts(), [ACME_HOST]);
+    let (stop_acme, acme_stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(upkeep.run(async {
+        let _ = acme_stopped.await;
+    }));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !running.proxy.tls().serves(ACME_HOST) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stored certificate was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_acme.send(());
+    task.await.unwrap();
+    // ...from the store.
+    let acme = Acme::new(settings, Arc::clone(running.proxy.tls()));
+    let (how, _) = acme.ensure(ACME_HOST).await.unwrap();
+    assert_eq!(how, Obtained::Stored);
+    let seen = get(running.https, ACME_HOST, "/", roots, H1).await.unwrap();
+    assert_eq!(seen.leaf, first_leaf);
+    assert!(seen.body.contains("instance=shop\n"), "{}", seen.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_upkeep_renews_a_certificate_at_two_thirds_of_its_life() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = new_proxy(&write_fleet(
+        dir.path(),
+        "[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n",
+    ));
+    let http = probe.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    // Certificates that live 9 s: due for renewal after 6 s.
+    let pebble = Pebble::start(
+        dir.path(),
+        http.local_addr().port(),
+        Some(Duration::from_secs(9)),
+    )
+    .await;
+    let config = write_fleet(
+        dir.path(),
+        &format!(
+            r#"
+[fleet]
+name = "t"
+state = "state/prism.db"
+[discovery]
+provider = "ec2"
+[proxy]
+https = "127.0.0.1:443"
+acme = {{ directory = "https://{}/dir", email = "ops@prism.test", ca = "pebble-ca.pem" }}
+[apps.shop.services.web]
+image = "x"
+port = 8080
+hosts = ["{ACME_HOST}"]
+"#,
+            pebble.acme
+        ),
+    );
+    let shop = instance("shop").await;
+    let proxy = new_proxy(&config);
+    proxy.publish(RouteTable::build(&config.fleet, &[upstream("shop", shop)]));
+    let running = Running::start(proxy, http);
+    let upkeep = running.proxy.prepare_tls(&config).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(upkeep.run(async {
+        let _ = stopped.await;
+    }));
+    let roots = pebble.issuing_root().await;
+    // The served leaf, once there is one.
+    let leaf = || async {
+        get(running.https, ACME_HOST, "/", roots.clone(), H1)
+            .await
+            .ok()
+            .map(|seen| seen.leaf)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(l) = leaf().await {
+            break l;
+        }
+        let logs = pebble.logs();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate within 30 s\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let info = prism::proxy::cert_info(&first).unwrap();
+    let renew_at = info.renew_at();
+    assert!(renew_at > SystemTime::now(), "issued already due");
+    // Not renewed early...
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if SystemTime::now() < renew_at {
+        assert_eq!(leaf().await.unwrap(), first, "renewed before it was due");
+    }
+    // ...but once due, without anyone asking.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        if let Some(l) = leaf().await
+            && l != first
+        {
+            break l;
+        }
+        let logs = pebble.logs();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not renewed within 30 s\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let renewed = prism::proxy::cert_info(&second).unwrap();
+    assert!(renewed.not_before >= renew_at - Duration::from_secs(1));
+    let stored = std::fs::read(
+        dir.path()
+            .join("state/acme")
+            .join(ACME_HOST)
+            .join("cert.pem"),
+    )
+    .unwrap();
+    let stored = CertificateDer::pem_slice_iter(&stored)
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, second, "the renewed certificate is the stored one");
+    let _ = stop.send(());
+    task.await.unwrap();
+    pebble.stop().await;
+}
