@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Fleet;
 use crate::store::{
-    ContainerRecord, Event, LockInfo, NodeRecord, Placement, Request, Store, StoreError,
+    ContainerRecord, Event, HealthRecord, LockInfo, NodeRecord, Placement, Request, Store,
+    StoreError,
 };
 
 /// Events kept on screen.
@@ -22,6 +23,8 @@ pub struct Snapshot {
     pub lock: Option<LockInfo>,
     /// Newest first.
     pub requests: Vec<Request>,
+    /// Prism's own health verdicts, which win over Docker's.
+    pub health: Vec<HealthRecord>,
 }
 
 impl Snapshot {
@@ -33,6 +36,7 @@ impl Snapshot {
             events: store.events(EVENTS)?,
             lock: store.lock_info()?,
             requests: store.requests(20)?,
+            health: store.health_records()?,
         })
     }
 }
@@ -242,6 +246,7 @@ pub mod fixtures {
                 done_at: Some(NOW - 1_000),
                 result: Some("reconcile started".into()),
             }],
+            health: Vec::new(),
         }
     }
 

@@ -225,9 +225,9 @@ fn spec_text(s: &Service) -> String {
     if !s.hosts.is_empty() {
         t.push_str(&format!("  hosts      {}\n", s.hosts.join(", ")));
     }
-    t.push_str(&format!("  memory     {:?}\n", s.memory));
+    t.push_str(&format!("  memory     {}\n", s.memory));
     if let Some(c) = &s.cpu {
-        t.push_str(&format!("  cpu        {c:?}\n"));
+        t.push_str(&format!("  cpu        {c}\n"));
     }
     if let Some(h) = &s.health {
         t.push_str(&format!("  health     {h:?}\n"));

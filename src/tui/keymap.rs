@@ -57,7 +57,8 @@ impl Scope {
     pub fn label(self) -> &'static str {
         match self {
             Scope::Everywhere => "",
-            Scope::Tables => "tables",
+            Scope::Tables => "",
+            Scope::Screen(Screen::Containers) => "pods",
             Scope::Screen(s) => s.title(),
         }
     }
@@ -133,7 +134,7 @@ pub const KEYMAP: &[Binding] = &[
         Action::Back,
         "back; clear the filter",
     ),
-    bind(Char('/'), Everywhere, Action::Filter, "filter rows (regex)"),
+    bind(Char('/'), Everywhere, Action::Filter, "filter (regex)"),
     bind(
         Char(':'),
         Everywhere,
@@ -157,14 +158,14 @@ pub const KEYMAP: &[Binding] = &[
         Keys::Digit,
         Tables,
         Action::Sort,
-        "sort by column N; again: reverse",
+        "sort by column N (again: desc)",
     ),
     bind(Code(KeyCode::Tab), Everywhere, Action::Next, "next screen"),
     bind(
         Char('l'),
         Scope::Screen(Screen::Containers),
         Action::Logs,
-        "logs of the container",
+        "logs",
     ),
     bind(
         Code(KeyCode::Enter),
@@ -176,13 +177,13 @@ pub const KEYMAP: &[Binding] = &[
         Char('d'),
         Scope::Screen(Screen::Containers),
         Action::Describe,
-        "describe: inspect and spec",
+        "describe: inspect, spec",
     ),
     bind(
         Char('x'),
         Scope::Screen(Screen::Containers),
         Action::Restart,
-        "restart the container",
+        "restart container",
     ),
     bind(
         Code(KeyCode::Enter),
@@ -194,7 +195,7 @@ pub const KEYMAP: &[Binding] = &[
         Char('D'),
         Scope::Screen(Screen::Nodes),
         Action::Drain,
-        "drain the node",
+        "drain node",
     ),
     bind(Char('r'), Everywhere, Action::Reconcile, "reconcile now"),
     bind(
@@ -219,7 +220,7 @@ pub const KEYMAP: &[Binding] = &[
         Char('T'),
         Scope::Screen(Screen::Logs),
         Action::Tail,
-        "tail size: 100, 1000, all",
+        "tail 100, 1000, all",
     ),
 ];
 

@@ -42,7 +42,12 @@ const NODE_COLUMNS: &[Column] = &[
 const CONTAINER_COLUMNS: &[Column] = &[
     col("POD", 16, 0),
     col("NODE", 10, 1),
-    col("IMAGE", 22, 3),
+    Column {
+        title: "IMAGE",
+        min: 14,
+        priority: 3,
+        fill: true,
+    },
     col("STATE", 9, 0),
     col("HEALTH", 9, 0),
     col("UP", 5, 1),
@@ -236,7 +241,20 @@ pub fn container_rows(data: &Snapshot, desired: &DesiredPods, now: i64) -> Vec<R
         .iter()
         .map(|c| {
             let label = format!("{}/{}/{}", c.app, c.service, c.instance);
-            let health = c.health.as_deref().unwrap_or("-");
+            // Prism's verdict for this pod's service on this node, if it
+            // checks one; else what Docker says.
+            let verdict = data
+                .health
+                .iter()
+                .filter(|h| {
+                    h.node_id == c.node_id
+                        && h.app == c.app
+                        && h.service == c.service
+                        && h.instance == c.instance
+                })
+                .max_by_key(|h| h.started_at)
+                .map(|h| h.verdict.as_str());
+            let health = verdict.or(c.health.as_deref()).unwrap_or("-");
             let up = match c.started_at {
                 Some(t) if c.state == "running" => num(age(now, t), now - t),
                 _ => num("-", i64::MAX),
@@ -258,7 +276,7 @@ pub fn container_rows(data: &Snapshot, desired: &DesiredPods, now: i64) -> Vec<R
                 cells: vec![
                     text(label),
                     text(node_name(data, &c.node_id)),
-                    text(&c.image),
+                    text(short_image(&c.image)),
                     toned(&c.state, run_tone(&c.state)),
                     toned(health, health_tone(health)),
                     up,
@@ -301,6 +319,15 @@ pub fn event_rows(data: &Snapshot, now: i64) -> Vec<Row> {
         .collect()
 }
 
+/// The image without its registry host (describe shows it whole): the
+/// repository and tag are what tell containers apart.
+pub fn short_image(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((host, rest)) if host.contains(['.', ':']) || host == "localhost" => rest,
+        _ => image,
+    }
+}
+
 /// Stable: rows equal in the column keep their order.
 pub fn sort(rows: &mut [Row], col: usize, descending: bool) {
     rows.sort_by(|a, b| {
@@ -341,6 +368,17 @@ mod tests {
         assert!(need <= 78);
         // Never nothing at all.
         assert_eq!(visible(NODE_COLUMNS, 3).len(), 1);
+    }
+
+    #[test]
+    fn images_lose_their_registry_host_only() {
+        assert_eq!(
+            short_image("172.31.250.2:5000/prism/testapp:1"),
+            "prism/testapp:1"
+        );
+        assert_eq!(short_image("ghcr.io/a/b:2"), "a/b:2");
+        assert_eq!(short_image("library/redis:7"), "library/redis:7");
+        assert_eq!(short_image("redis"), "redis");
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub const HEIGHT: u16 = 3;
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let bold = Style::default().add_modifier(Modifier::BOLD);
     let who = match &app.mode {
-        Mode::InProcess => "operator running in this dashboard".to_owned(),
-        Mode::Attached(l) => format!("attached to {} (pid {} on {})", l.role, l.pid, l.host),
+        Mode::InProcess => "operator: here".to_owned(),
+        Mode::Attached(l) => format!("operator: {} pid {}", l.role, l.pid),
     };
     let mut first = vec![
         Span::styled("Prism", bold),
@@ -87,10 +87,14 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let mut third = vec![Span::raw("reconcile ")];
     match (&app.last_pass, &app.mode) {
         (Some(p), _) => {
+            let took = if p.took < std::time::Duration::from_secs(1) {
+                format!("{}ms", p.took.as_millis())
+            } else {
+                format!("{:.1}s", p.took.as_secs_f64())
+            };
             third.push(Span::raw(format!(
-                "{} ago, took {:.1}s: ",
-                age(app.now_ms, p.finished_ms),
-                p.took.as_secs_f64()
+                "{} ago, took {took}: ",
+                age(app.now_ms, p.finished_ms)
             )));
             third.push(match (&p.error, p.failed) {
                 (Some(e), _) => Span::styled(format!("failed: {e}"), style(Tone::Bad)),

@@ -193,10 +193,13 @@ fn hints(screen: Screen) -> Line<'static> {
     let mut spans = Vec::new();
     for (k, what) in keys {
         spans.push(Span::styled(
-            format!("<{k}>"),
+            (*k).to_owned(),
             Style::default().add_modifier(Modifier::BOLD),
         ));
         spans.push(Span::raw(format!(" {what}  ")));
     }
     Line::from(spans)
 }
+
+#[cfg(test)]
+mod tests;

@@ -64,7 +64,7 @@ pub fn help(frame: &mut Frame) {
             .map(|(keys, scope, what)| {
                 let mut spans = vec![
                     Span::styled(
-                        format!("{keys:>9} "),
+                        format!("{keys:>8} "),
                         Style::default().add_modifier(Modifier::BOLD),
                     ),
                     Span::raw(*what),

@@ -68,6 +68,7 @@ pub fn describe(frame: &mut Frame, area: Rect, app: &App) {
     };
     let p = Paragraph::new(d.text.as_str())
         .block(Block::bordered().title(format!(" describe {} ", d.title)))
+        .wrap(Wrap { trim: false })
         .scroll((d.scroll.min(u16::MAX as usize) as u16, 0));
     frame.render_widget(p, area);
 }
