@@ -27,7 +27,31 @@ pub struct Snapshot {
     pub health: Vec<HealthRecord>,
 }
 
+/// A node recorded this much before the newest one was not in the latest
+/// pass: discovery no longer lists it (a terminated spot instance).
+const GONE_AFTER_MS: i64 = 2_000;
+
 impl Snapshot {
+    /// Nodes the latest pass did not find. A pass records every node it
+    /// discovers with one timestamp, so older ones were not discovered.
+    pub fn gone(&self) -> BTreeSet<&str> {
+        let newest = self.nodes.iter().map(|n| n.last_seen).max().unwrap_or(0);
+        self.nodes
+            .iter()
+            .filter(|n| n.last_seen < newest - GONE_AFTER_MS)
+            .map(|n| n.id.as_str())
+            .collect()
+    }
+
+    /// A node's state as shown: `gone` when discovery dropped it.
+    pub fn node_state<'a>(&self, node: &'a NodeRecord, gone: &BTreeSet<&str>) -> &'a str {
+        if gone.contains(node.id.as_str()) {
+            "gone"
+        } else {
+            node.state.as_str()
+        }
+    }
+
     pub fn load(store: &Store) -> Result<Snapshot, StoreError> {
         Ok(Snapshot {
             nodes: store.nodes()?,
@@ -82,21 +106,23 @@ pub struct Counts {
 
 impl Counts {
     pub fn of(snap: &Snapshot, desired: &DesiredPods) -> Counts {
+        let gone = snap.gone();
         let mut c = Counts {
-            nodes_total: snap.nodes.len(),
+            // Nodes discovery no longer finds are history, not the fleet.
+            nodes_total: snap.nodes.len() - gone.len(),
             pods_desired: desired.pods.len(),
             ..Counts::default()
         };
-        for n in snap.nodes.iter().filter(|n| n.state == "ready") {
+        let ready_nodes = || {
+            snap.nodes
+                .iter()
+                .filter(|n| n.state == "ready" && !gone.contains(n.id.as_str()))
+        };
+        for n in ready_nodes() {
             c.nodes_ready += 1;
             *c.ready_by_lifecycle.entry(n.lifecycle.clone()).or_default() += 1;
         }
-        let ready: BTreeSet<&str> = snap
-            .nodes
-            .iter()
-            .filter(|n| n.state == "ready")
-            .map(|n| n.id.as_str())
-            .collect();
+        let ready: BTreeSet<&str> = ready_nodes().map(|n| n.id.as_str()).collect();
         // A pod runs when each of its services has a running container on
         // a ready node.
         c.pods_running = desired
@@ -282,6 +308,19 @@ mod tests {
         // wiki exited and was never placed.
         assert_eq!((c.pods_running, c.pods_desired), (2, 3));
         assert_eq!(c.unplaced, 1);
+    }
+
+    #[test]
+    fn a_node_missing_from_the_latest_pass_is_gone() {
+        let mut snap = snapshot();
+        assert!(snap.gone().is_empty());
+        snap.nodes[0].last_seen -= 30_000;
+        assert_eq!(snap.gone().into_iter().collect::<Vec<_>>(), ["i-0aaa"]);
+        assert_eq!(snap.node_state(&snap.nodes[0], &snap.gone()), "gone");
+        let c = Counts::of(&snap, &desired());
+        // node1 (gone) held blog: neither counted nor running.
+        assert_eq!((c.nodes_ready, c.nodes_total), (1, 2));
+        assert_eq!(c.pods_running, 1);
     }
 
     #[test]

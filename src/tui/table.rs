@@ -1,6 +1,8 @@
 //! The three tables (nodes, containers, events) as rows of text cells,
 //! each cell with a sort order and a tone; which columns fit a width.
 
+use std::collections::BTreeSet;
+
 use super::app::{Screen, Tone};
 use super::data::{DesiredPods, Snapshot};
 use crate::cli::table::{age, size};
@@ -160,7 +162,7 @@ pub fn node_tone(state: &str) -> Tone {
     match state {
         "ready" => Tone::Good,
         "suspect" | "draining" => Tone::Warn,
-        "lost" | "untrusted" => Tone::Bad,
+        "lost" | "untrusted" | "gone" => Tone::Bad,
         _ => Tone::Plain,
     }
 }
@@ -191,6 +193,7 @@ fn node_name<'a>(data: &'a Snapshot, id: &'a str) -> &'a str {
 }
 
 pub fn node_rows(data: &Snapshot, now: i64) -> Vec<Row> {
+    let gone = data.gone();
     let mut rows: Vec<Row> = data
         .nodes
         .iter()
@@ -204,7 +207,9 @@ pub fn node_rows(data: &Snapshot, now: i64) -> Vec<Row> {
                 (None, Some(total)) => num(size(total), 0),
                 _ => text("-"),
             };
+            let shown = data.node_state(n, &gone);
             let state = match &n.condition {
+                _ if shown == "gone" => "gone (not discovered)".to_owned(),
                 Some(c) if n.state != "ready" => format!("{} ({c})", n.state),
                 _ => n.state.clone(),
             };
@@ -223,7 +228,7 @@ pub fn node_rows(data: &Snapshot, now: i64) -> Vec<Row> {
                     text(n.zone.as_deref().unwrap_or("-")),
                     text(n.instance_type.as_deref().unwrap_or("-")),
                     text(&n.lifecycle),
-                    toned(state, node_tone(&n.state)),
+                    toned(state, node_tone(shown)),
                     probe,
                     memory,
                     num(pods.to_string(), pods as i64),
@@ -236,9 +241,20 @@ pub fn node_rows(data: &Snapshot, now: i64) -> Vec<Row> {
 }
 
 pub fn container_rows(data: &Snapshot, desired: &DesiredPods, now: i64) -> Vec<Row> {
+    let gone = data.gone();
+    // Containers last seen on a node that is lost or gone: what runs there
+    // now is unknown.
+    let unknown: BTreeSet<&str> = data
+        .nodes
+        .iter()
+        .filter(|n| matches!(data.node_state(n, &gone), "lost" | "gone"))
+        .map(|n| n.id.as_str())
+        .collect();
     let mut rows: Vec<Row> = data
         .containers
         .iter()
+        // What a node discovery dropped last ran is history.
+        .filter(|c| !gone.contains(c.node_id.as_str()))
         .map(|c| {
             let label = format!("{}/{}/{}", c.app, c.service, c.instance);
             // Prism's verdict for this pod's service on this node, if it
@@ -255,8 +271,14 @@ pub fn container_rows(data: &Snapshot, desired: &DesiredPods, now: i64) -> Vec<R
                 .max_by_key(|h| h.started_at)
                 .map(|h| h.verdict.as_str());
             let health = verdict.or(c.health.as_deref()).unwrap_or("-");
+            let lost = unknown.contains(c.node_id.as_str());
+            let state = if lost {
+                toned("node lost", Tone::Bad)
+            } else {
+                toned(&c.state, run_tone(&c.state))
+            };
             let up = match c.started_at {
-                Some(t) if c.state == "running" => num(age(now, t), now - t),
+                Some(t) if c.state == "running" && !lost => num(age(now, t), now - t),
                 _ => num("-", i64::MAX),
             };
             let mut reach: Vec<String> = desired
@@ -277,7 +299,7 @@ pub fn container_rows(data: &Snapshot, desired: &DesiredPods, now: i64) -> Vec<R
                     text(label),
                     text(node_name(data, &c.node_id)),
                     text(short_image(&c.image)),
-                    toned(&c.state, run_tone(&c.state)),
+                    state,
                     toned(health, health_tone(health)),
                     up,
                     num(c.restarts.to_string(), i64::from(c.restarts)),
@@ -402,6 +424,18 @@ mod tests {
         assert_eq!(blog.cells[7].text, "blog.example.com 8080->31000");
         let wiki = containers.last().expect("wiki");
         assert_eq!(wiki.cells[5].text, "-", "no uptime when not running");
+        let mut lost_node = data.clone();
+        lost_node.nodes[2].state = "lost".into();
+        let rows = container_rows(&lost_node, &desired(), NOW);
+        let shop = rows
+            .iter()
+            .find(|r| r.cells[0].text == "shop/web/0")
+            .expect("shop");
+        assert_eq!(
+            (shop.cells[3].text.as_str(), shop.cells[3].tone),
+            ("node lost", Tone::Bad)
+        );
+        assert_eq!(shop.cells[5].text, "-");
         let events = event_rows(&data, NOW);
         assert_eq!(events[0].cells[3].text, "node2");
         assert_eq!(events[0].cells[1].tone, Tone::Warn);
