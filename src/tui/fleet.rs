@@ -17,7 +17,7 @@ use crate::store::NodeRecord;
 /// The operator's pool when it runs here, else one of our own.
 pub enum Reach {
     Operator(Arc<Operator>),
-    Own(Pool),
+    Own(Box<Pool>),
 }
 
 impl Reach {

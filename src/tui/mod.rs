@@ -52,6 +52,10 @@ pub enum TuiError {
     Ssh(#[from] SshError),
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),
+    #[error(
+        "the dashboard needs a terminal; `prism daemon` runs headless and `prism status` prints the state"
+    )]
+    NoTerminal,
 }
 
 /// Everything that reaches the UI loop.
@@ -114,6 +118,10 @@ struct Local {
 }
 
 pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err(TuiError::NoTerminal);
+    }
     let config = Arc::new(config);
     let state = config.state_path();
     let store = Store::open(&state)?;
@@ -122,7 +130,11 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
     let (mode, local, reach) = match daemon {
         Some(lock) => {
             let pool = Pool::new(SshSettings::from_config(&config)?, Some(store.clone()));
-            (Mode::Attached(lock), None, Arc::new(Reach::Own(pool)))
+            (
+                Mode::Attached(lock),
+                None,
+                Arc::new(Reach::Own(Box::new(pool))),
+            )
         }
         None => {
             init_file_logs(&log_file(&config))?;

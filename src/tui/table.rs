@@ -287,7 +287,9 @@ pub fn container_rows(data: &Snapshot, desired: &DesiredPods, now: i64) -> Vec<R
                 .cloned()
                 .unwrap_or_default();
             if !c.ports.is_empty() {
-                reach.push(c.ports.clone());
+                // Docker's "0.0.0.0:32768->8080/tcp": the node port and
+                // the container's are what matter.
+                reach.push(c.ports.replace("0.0.0.0:", "").replace("/tcp", ""));
             }
             Row {
                 key: RowKey::Container {
@@ -424,6 +426,10 @@ mod tests {
         assert_eq!(blog.cells[7].text, "blog.example.com 8080->31000");
         let wiki = containers.last().expect("wiki");
         assert_eq!(wiki.cells[5].text, "-", "no uptime when not running");
+        let mut docker_ports = data.clone();
+        docker_ports.containers[0].ports = "0.0.0.0:32768->8080/tcp".into();
+        let rows = container_rows(&docker_ports, &desired(), NOW);
+        assert_eq!(rows[1].cells[7].text, "blog.example.com 32768->8080");
         let mut lost_node = data.clone();
         lost_node.nodes[2].state = "lost".into();
         let rows = container_rows(&lost_node, &desired(), NOW);
