@@ -235,3 +235,87 @@ fn the_dashboard_follows_a_preemption_on_screen() -> Result<()> {
     drop(cleanup);
     Ok(())
 }
+
+/// SIGTERM (systemd, `kill`) ends the dashboard cleanly: exit 0, the
+/// terminal restored, the apply lock released. No node needed: a static
+/// fleet whose one node does not answer.
+#[test]
+fn sigterm_restores_the_terminal_and_releases_the_lock() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("fleet.toml");
+    let lab = common::lab_dir();
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[fleet]
+name = "sigterm"
+state = "state.db"
+[ssh]
+identity = {identity:?}
+host_keys = "known_hosts"
+known_hosts = {known:?}
+[discovery]
+provider = "static"
+nodes = [{{ name = "n1", address = "127.0.0.1", port = 1 }}]
+[apps.blog.services.web]
+image = "blog:1"
+"#,
+            identity = lab.join("id_ed25519").display().to_string(),
+            known = lab.join("known_hosts").display().to_string(),
+        ),
+    )?;
+    let cleanup = Cleanup {
+        socket: format!("prism-dash-term-{}", std::process::id()),
+        nodes: Vec::new(),
+    };
+    let pid_file = dir.path().join("pid");
+    let run = format!(
+        "sh -c 'echo $$ > {pid}; exec {prism} -c {config}'; echo PRISM-EXITED $?; sleep 120",
+        pid = pid_file.display(),
+        prism = env!("CARGO_BIN_EXE_prism"),
+        config = config.display()
+    );
+    tmux(
+        &cleanup.socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "dash",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            &run,
+        ],
+    )?;
+    wait_for(&cleanup.socket, "the dashboard", 30, |s| {
+        s.contains("fleet sigterm") && s.contains("operator: here")
+    })?;
+    let pid = std::fs::read_to_string(&pid_file)?.trim().to_owned();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status()?;
+    ensure!(kill.success(), "kill -TERM {pid}");
+    let s = wait_for(&cleanup.socket, "prism to exit", 60, |s| {
+        s.contains("PRISM-EXITED")
+    })?;
+    ensure!(s.contains("PRISM-EXITED 0"), "{s}");
+    let flags = tmux(
+        &cleanup.socket,
+        &[
+            "display-message",
+            "-p",
+            "-t",
+            "dash",
+            "#{alternate_on} #{cursor_flag}",
+        ],
+    )?;
+    ensure!(flags.trim() == "0 1", "terminal not restored: {flags}");
+    let store = prism::store::Store::open(&dir.path().join("state.db"))?;
+    ensure!(
+        store.lock_info()?.is_none(),
+        "the apply lock is still held: {:?}",
+        store.lock_info()?
+    );
+    Ok(())
+}

@@ -395,6 +395,39 @@ mod tests {
     }
 
     #[test]
+    fn prism_health_verdicts_win_over_dockers() {
+        use crate::store::{HealthRecord, Verdict};
+        let mut data = snapshot();
+        // Docker says healthy; Prism's own check says unhealthy.
+        data.health.push(HealthRecord {
+            container_id: "c1".into(),
+            node_id: "i-0aaa".into(),
+            app: "blog".into(),
+            service: "web".into(),
+            instance: 0,
+            started_at: Some(NOW - 600_000),
+            successes: 0,
+            failures: 3,
+            verdict: Verdict::Unhealthy,
+            last_check: Some(NOW - 1_000),
+            last_ok: Some(false),
+            detail: Some("GET /up: 503".into()),
+        });
+        let rows = container_rows(&data, &desired(), NOW);
+        let web = rows
+            .iter()
+            .find(|r| r.cells[0].text == "blog/web/0")
+            .expect("blog web");
+        assert_eq!(
+            (web.cells[4].text.as_str(), web.cells[4].tone),
+            ("unhealthy", Tone::Bad)
+        );
+        // Another pod's record does not leak onto this one.
+        let queue = &rows[0];
+        assert_eq!(queue.cells[4].text, "-");
+    }
+
+    #[test]
     fn images_lose_their_registry_host_only() {
         assert_eq!(
             short_image("172.31.250.2:5000/prism/testapp:1"),
