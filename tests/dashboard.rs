@@ -236,20 +236,17 @@ fn the_dashboard_follows_a_preemption_on_screen() -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM (systemd, `kill`) ends the dashboard cleanly: exit 0, the
-/// terminal restored, the apply lock released. No node needed: a static
-/// fleet whose one node does not answer.
-#[test]
-fn sigterm_restores_the_terminal_and_releases_the_lock() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("fleet.toml");
+/// A fleet of one static node that does not answer, with the lab's key:
+/// the dashboard runs, no node is needed.
+fn static_fleet(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let config = dir.join("fleet.toml");
     let lab = common::lab_dir();
     std::fs::write(
         &config,
         format!(
             r#"
 [fleet]
-name = "sigterm"
+name = {name:?}
 state = "state.db"
 [ssh]
 identity = {identity:?}
@@ -265,6 +262,16 @@ image = "blog:1"
             known = lab.join("known_hosts").display().to_string(),
         ),
     )?;
+    Ok(config)
+}
+
+/// SIGTERM (systemd, `kill`) ends the dashboard cleanly: exit 0, the
+/// terminal restored, the apply lock released. No node needed: a static
+/// fleet whose one node does not answer.
+#[test]
+fn sigterm_restores_the_terminal_and_releases_the_lock() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = static_fleet(dir.path(), "sigterm")?;
     let cleanup = Cleanup {
         socket: format!("prism-dash-term-{}", std::process::id()),
         nodes: Vec::new(),
@@ -317,5 +324,115 @@ image = "blog:1"
         "the apply lock is still held: {:?}",
         store.lock_info()?
     );
+    Ok(())
+}
+
+/// Stops the daemon this test started, however the test ends.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// With a daemon applying for the same state file, the dashboard attaches
+/// instead of running a second applier, and `r` reaches the daemon
+/// through the store's request queue.
+#[test]
+fn the_dashboard_attaches_to_a_running_daemon() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = static_fleet(dir.path(), "attach")?;
+    let state = dir.path().join("state.db");
+    let daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_prism"))
+            .args(["-c", &config.display().to_string(), "daemon"])
+            .env_remove("PRISM_CONFIG")
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    retry(Duration::from_secs(30), || {
+        let holder = prism::store::Store::open_existing(&state)?
+            .map(|s| s.lock_info())
+            .transpose()?
+            .flatten();
+        ensure!(
+            holder.as_ref().is_some_and(|h| h.role == "daemon"),
+            "no daemon lock yet: {holder:?}"
+        );
+        Ok(())
+    })?;
+    let cleanup = Cleanup {
+        socket: format!("prism-dash-attach-{}", std::process::id()),
+        nodes: Vec::new(),
+    };
+    let run = format!(
+        "{} -c {}; echo PRISM-EXITED $?; sleep 120",
+        env!("CARGO_BIN_EXE_prism"),
+        config.display()
+    );
+    tmux(
+        &cleanup.socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "dash",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            &run,
+        ],
+    )?;
+    let pid = daemon.0.id();
+    wait_for(&cleanup.socket, "the dashboard attached", 30, |s| {
+        s.contains(&format!("operator: daemon pid {pid}"))
+    })?;
+    keys(&cleanup.socket, &["r"])?;
+    wait_for(&cleanup.socket, "the daemon's answer", 30, |s| {
+        s.contains("reconcile started")
+    })?;
+    // Drain is asked, confirmed, and honestly refused by the daemon.
+    keys(&cleanup.socket, &[":", "n", "o", "d", "e", "s", "Enter"])?;
+    wait_for(&cleanup.socket, "the static node", 30, |s| {
+        s.lines().any(|l| l.contains("│n1 "))
+    })?;
+    keys(&cleanup.socket, &["D"])?;
+    wait_for(&cleanup.socket, "the confirm dialog", 10, |s| {
+        s.contains("Drain n1")
+    })?;
+    keys(&cleanup.socket, &["y"])?;
+    wait_for(&cleanup.socket, "the daemon's refusal", 30, |s| {
+        s.contains("not supported yet")
+    })?;
+    let store = prism::store::Store::open(&state)?;
+    let requests = store.requests(10)?;
+    use prism::store::{RequestKind, RequestState};
+    let kinds: Vec<_> = requests.iter().map(|r| (r.kind, r.state)).collect();
+    ensure!(
+        kinds
+            == [
+                (RequestKind::Drain, RequestState::Failed),
+                (RequestKind::Reconcile, RequestState::Done)
+            ]
+            && requests.iter().all(|r| r.by.starts_with("dashboard")),
+        "{requests:?}"
+    );
+    // The daemon still holds the lock: the dashboard never took it.
+    ensure!(
+        store.lock_info()?.is_some_and(|l| l.pid == pid),
+        "{:?}",
+        store.lock_info()?
+    );
+    keys(&cleanup.socket, &["q"])?;
+    let s = wait_for(&cleanup.socket, "prism to exit", 30, |s| {
+        s.contains("PRISM-EXITED")
+    })?;
+    ensure!(s.contains("PRISM-EXITED 0"), "{s}");
+    drop(daemon);
     Ok(())
 }

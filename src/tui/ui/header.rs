@@ -36,7 +36,6 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             Span::raw(label)
         });
     }
-    first.push(Span::styled(format!("  {who}"), style(Tone::Muted)));
 
     let c = app.counts();
     let nodes_tone = if c.nodes_total == 0 {
@@ -84,7 +83,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         ));
     }
 
-    let mut third = vec![Span::raw("reconcile ")];
+    let mut third = vec![
+        Span::styled(who, style(Tone::Muted)),
+        Span::raw(" · reconcile "),
+    ];
     match (&app.last_pass, &app.mode) {
         (Some(p), _) => {
             let took = if p.took < std::time::Duration::from_secs(1) {
@@ -108,7 +110,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         }
         (None, Mode::Attached(_)) => match &app.data.lock {
             Some(l) => third.push(Span::raw(format!(
-                "by the daemon; last pass began {} ago",
+                "by it; last pass began {} ago",
                 age(app.now_ms, l.heartbeat_at)
             ))),
             None => third.push(Span::styled(
