@@ -34,7 +34,9 @@ use data::{DesiredPods, Snapshot};
 use fleet::Reach;
 
 use crate::config::Config;
-use crate::operator::{Control, Operator, PassError, PassReport, run_loop, serve_requests};
+use crate::operator::{
+    Control, Operator, PassError, PassReport, run_loop, serve_requests, start_jobs,
+};
 use crate::ssh::{Pool, SshError, SshSettings};
 use crate::store::{LockHolder, LockInfo, NewRequest, Store, StoreError, now_ms};
 
@@ -115,6 +117,7 @@ struct Local {
     control: Arc<Control>,
     run: JoinHandle<Result<(), StoreError>>,
     requests: JoinHandle<()>,
+    jobs: Option<tokio_cron_scheduler::JobScheduler>,
 }
 
 pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
@@ -147,12 +150,21 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
                 tokio::spawn(async move { run_loop(&operator, &me, interval, &control).await })
             };
             let requests = tokio::spawn(serve_requests(operator.clone(), control.clone()));
+            // The daemon's scheduled jobs run here too while the dashboard applies.
+            let jobs = match start_jobs(operator.clone()).await {
+                Ok(jobs) => Some(jobs),
+                Err(e) => {
+                    tracing::error!(error = %e, "scheduled jobs could not start; reconciling without them");
+                    None
+                }
+            };
             let local = Local {
                 operator: operator.clone(),
                 me,
                 control,
                 run,
                 requests,
+                jobs,
             };
             (
                 Mode::InProcess,
@@ -168,10 +180,15 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
         now_ms(),
     );
     let result = ui_loop(&mut app, config.clone(), store, reach, local.as_ref()).await;
-    if let Some(local) = local {
+    if let Some(mut local) = local {
         eprintln!("prism: finishing the pass in flight, then stopping");
         local.control.stop();
         local.requests.abort();
+        if let Some(jobs) = local.jobs.as_mut()
+            && let Err(e) = jobs.shutdown().await
+        {
+            eprintln!("prism: scheduled jobs did not stop cleanly: {e}");
+        }
         match local.run.await {
             Ok(Err(e)) => eprintln!("prism: the operator loop ended: {e}"),
             Err(e) => eprintln!("prism: the operator loop failed: {e}"),
