@@ -172,7 +172,8 @@ pub struct App {
     selected: [usize; 6],
     /// Sort column (0-based) and descending, per table screen.
     sort: [Option<(usize, bool)>; 6],
-    pub filter: Option<Regex>,
+    /// Per screen: a filter typed on one screen does not hide rows of another.
+    filters: [Option<Regex>; 6],
     pub input: Input,
     pub input_error: Option<String>,
     pub confirm: Option<Confirm>,
@@ -208,7 +209,7 @@ impl App {
             back: Vec::new(),
             selected: [0; 6],
             sort: [None; 6],
-            filter: None,
+            filters: Default::default(),
             input: Input::None,
             input_error: None,
             confirm: None,
@@ -307,6 +308,15 @@ impl App {
         self.rows_of(self.screen)
     }
 
+    /// The current screen's filter.
+    pub fn filter(&self) -> Option<&Regex> {
+        self.filters[self.screen.index()].as_ref()
+    }
+
+    fn set_filter(&mut self, re: Option<Regex>) {
+        self.filters[self.screen.index()] = re;
+    }
+
     fn rows_of(&self, screen: Screen) -> Vec<Row> {
         let mut rows = match screen {
             Screen::Nodes => table::node_rows(&self.data, self.now_ms),
@@ -314,7 +324,7 @@ impl App {
             Screen::Events => table::event_rows(&self.data, self.now_ms),
             _ => return Vec::new(),
         };
-        if let Some(re) = &self.filter {
+        if let Some(re) = &self.filters[screen.index()] {
             rows.retain(|r| r.cells.iter().any(|c| re.is_match(&c.text)));
         }
         if let Some((col, desc)) = self.sort[screen.index()] {
@@ -394,7 +404,7 @@ impl App {
         match key.code {
             KeyCode::Esc => {
                 if matches!(self.input, Input::Filter(_)) {
-                    self.filter = None;
+                    self.set_filter(None);
                 }
                 self.input = Input::None;
                 self.input_error = None;
@@ -435,7 +445,7 @@ impl App {
             return;
         };
         if text.is_empty() {
-            self.filter = None;
+            self.set_filter(None);
             self.input_error = None;
         } else {
             // Smart case: all lower case matches either case.
@@ -446,7 +456,7 @@ impl App {
             };
             match Regex::new(&pattern) {
                 Ok(re) => {
-                    self.filter = Some(re);
+                    self.set_filter(Some(re));
                     self.input_error = None;
                 }
                 Err(_) => self.input_error = Some("not a valid regex yet".into()),
@@ -496,8 +506,8 @@ impl App {
                 None
             }
             Action::Back => {
-                if self.filter.is_some() && self.screen.is_table() {
-                    self.filter = None;
+                if self.filter().is_some() && self.screen.is_table() {
+                    self.set_filter(None);
                     self.clamp();
                     None
                 } else if self.screen.is_table() && self.back.is_empty() {
@@ -507,7 +517,7 @@ impl App {
                 }
             }
             Action::Filter => {
-                let current = self.filter.as_ref().map_or(String::new(), |r| {
+                let current = self.filter().map_or(String::new(), |r| {
                     r.as_str().trim_start_matches("(?i)").to_owned()
                 });
                 self.input = Input::Filter(current);
@@ -554,7 +564,7 @@ impl App {
                 if let Some(RowKey::Node { name, .. }) = self.selected_row().map(|r| r.key)
                     && let Ok(re) = Regex::new(&regex::escape(&name))
                 {
-                    self.filter = Some(re);
+                    self.filters[Screen::Containers.index()] = Some(re);
                     self.selected[Screen::Containers.index()] = 0;
                 }
                 self.switch(Screen::Containers)
@@ -765,6 +775,30 @@ mod tests {
         code(&mut a, KeyCode::Enter);
         code(&mut a, KeyCode::Esc);
         assert_eq!(a.rows().len(), 4);
+    }
+
+    #[test]
+    fn each_screen_keeps_its_own_filter() {
+        let mut a = app();
+        press(&mut a, "/");
+        press(&mut a, "shop");
+        code(&mut a, KeyCode::Enter);
+        assert_eq!(a.rows().len(), 1);
+        press(&mut a, "l");
+        assert_eq!(a.screen, Screen::Logs);
+        assert!(
+            a.filter().is_none(),
+            "logs are not filtered by the pods' filter"
+        );
+        code(&mut a, KeyCode::Esc);
+        press(&mut a, ":");
+        press(&mut a, "nodes");
+        code(&mut a, KeyCode::Enter);
+        assert_eq!(a.rows().len(), 3);
+        press(&mut a, ":");
+        press(&mut a, "pods");
+        code(&mut a, KeyCode::Enter);
+        assert_eq!(first_cells(&a), ["shop/web/0"]);
     }
 
     #[test]

@@ -61,7 +61,7 @@ fn body_title(app: &App, count: usize) -> Line<'static> {
         format!(" {} ({count}) ", app.screen.title()),
         Style::default().add_modifier(Modifier::BOLD),
     )];
-    if let Some(re) = &app.filter {
+    if let Some(re) = app.filter() {
         spans.push(Span::styled(
             format!("/{}/ ", re.as_str().trim_start_matches("(?i)")),
             style(Tone::Info),
@@ -119,7 +119,7 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App) {
             width: area.width.saturating_sub(4),
             height: 1.min(area.height.saturating_sub(3)),
         };
-        let why = if app.filter.is_some() {
+        let why = if app.filter().is_some() {
             "nothing matches the filter (esc clears it)"
         } else if app.data_error.is_some() {
             "cannot read the state store (see below)"

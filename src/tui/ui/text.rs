@@ -32,7 +32,7 @@ pub fn logs(frame: &mut Frame, area: Rect, app: &App) {
     let lines: Vec<&String> = v
         .lines
         .iter()
-        .filter(|l| app.filter.as_ref().is_none_or(|re| re.is_match(l)))
+        .filter(|l| app.filter().is_none_or(|re| re.is_match(l)))
         .collect();
     let end = lines.len().saturating_sub(v.scroll);
     // Walk up from the end until the screen is full (wrapped lines take
