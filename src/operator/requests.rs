@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{Control, Operator};
 use crate::ssh::ExecLimits;
-use crate::store::{Level, NewEvent, Request, RequestKind};
+use crate::store::{ContainerRecord, Level, NewEvent, Request, RequestKind};
 
 /// How often the store is looked at for new requests.
 const POLL: Duration = Duration::from_secs(1);
@@ -75,21 +75,29 @@ pub async fn handle(
     }
 }
 
-async fn restart(operator: &Operator, req: &Request) -> Result<String, String> {
+/// The node and container a restart request names, if Prism recorded
+/// that container on that node: a request cannot name anything else on
+/// the machine.
+fn restart_of<'a>(
+    req: &'a Request,
+    recorded: &[ContainerRecord],
+) -> Result<(&'a str, &'a str), String> {
     let (Some(node_id), Some(name)) = (req.node_id.as_deref(), req.container.as_deref()) else {
         return Err("restart needs a node and a container".into());
     };
-    // Only a container Prism recorded on that node: a request cannot
-    // name anything else on the machine.
-    let known = operator
-        .lock()
-        .containers()
-        .map_err(|e| e.to_string())?
+    if recorded
         .iter()
-        .any(|c| c.node_id == node_id && c.name == name);
-    if !known {
-        return Err(format!("no fleet container {name} on {node_id}"));
+        .any(|c| c.node_id == node_id && c.name == name)
+    {
+        Ok((node_id, name))
+    } else {
+        Err(format!("no fleet container {name} on {node_id}"))
     }
+}
+
+async fn restart(operator: &Operator, req: &Request) -> Result<String, String> {
+    let recorded = operator.lock().containers().map_err(|e| e.to_string())?;
+    let (node_id, name) = restart_of(req, &recorded)?;
     let Some(node) = operator.node(node_id) else {
         return Err(format!("node {node_id} was not found by the latest pass"));
     };
@@ -120,5 +128,60 @@ async fn restart(operator: &Operator, req: &Request) -> Result<String, String> {
             out.brief()
         )),
         Err(e) => Err(format!("docker restart {name} on {}: {e}", node.name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RequestState;
+
+    fn request(node: Option<&str>, container: Option<&str>) -> Request {
+        Request {
+            id: 1,
+            at: 0,
+            kind: RequestKind::Restart,
+            node_id: node.map(Into::into),
+            container: container.map(Into::into),
+            by: "dashboard (pid 1)".into(),
+            state: RequestState::Running,
+            done_at: None,
+            result: None,
+        }
+    }
+
+    fn recorded(node: &str, name: &str) -> ContainerRecord {
+        ContainerRecord {
+            node_id: node.into(),
+            name: name.into(),
+            app: "blog".into(),
+            service: "web".into(),
+            instance: 0,
+            image: "blog:1".into(),
+            state: "running".into(),
+            health: None,
+            restarts: 0,
+            ports: String::new(),
+            started_at: None,
+            spec_hash: None,
+            observed_at: 0,
+        }
+    }
+
+    #[test]
+    fn only_a_recorded_fleet_container_is_restarted() {
+        let known = [recorded("i-1", "prism-blog-web-0")];
+        assert_eq!(
+            restart_of(&request(Some("i-1"), Some("prism-blog-web-0")), &known),
+            Ok(("i-1", "prism-blog-web-0"))
+        );
+        // Not on that node, not Prism's, or not named at all.
+        assert_eq!(
+            restart_of(&request(Some("i-2"), Some("prism-blog-web-0")), &known),
+            Err("no fleet container prism-blog-web-0 on i-2".into())
+        );
+        assert!(restart_of(&request(Some("i-1"), Some("postgres")), &known).is_err());
+        assert!(restart_of(&request(None, Some("prism-blog-web-0")), &known).is_err());
+        assert!(restart_of(&request(Some("i-1"), None), &known).is_err());
     }
 }
