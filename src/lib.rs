@@ -10,3 +10,4 @@ pub mod proxy;
 pub mod reconcile;
 pub mod ssh;
 pub mod store;
+pub mod tui;

@@ -229,3 +229,30 @@ fn help_documents_exit_codes() {
         );
     }
 }
+
+#[test]
+fn no_command_is_the_dashboard_which_needs_a_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write_fleet(dir.path(), MINIMAL);
+    // Output captured: no terminal. It says so before touching anything.
+    for args in [&["-c", &file][..], &["-c", &file, "dashboard"]] {
+        let out = prism(args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("the dashboard needs a terminal"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(!dir.path().join("state.db").exists());
+    }
+    let help = text(&prism(&["--help"]).stdout);
+    assert!(
+        help.contains("Without a command, opens the live dashboard"),
+        "{help}"
+    );
+    let help = text(&prism(&["dashboard", "--help"]).stdout);
+    assert!(
+        help.contains("attaches to it") && help.contains("Exit codes:"),
+        "{help}"
+    );
+}

@@ -9,7 +9,7 @@ use super::Failure;
 use crate::config::Config;
 use std::sync::Arc;
 
-use crate::operator::{Control, Operator, run_loop, start_jobs};
+use crate::operator::{Control, Operator, run_loop, serve_requests, start_jobs};
 use crate::store::LockHolder;
 
 /// A daemon that stops heartbeating for this long is presumed dead.
@@ -56,9 +56,12 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), Failure> {
         signal(SignalKind::interrupt()).map_err(Failure::Runtime)?,
         control.clone(),
     ));
+    // Actions asked by a dashboard attached to this daemon.
+    let requests = tokio::spawn(serve_requests(operator.clone(), control.clone()));
     let result = run_loop(&operator, &me, interval, &control)
         .await
         .map_err(Failure::Store);
+    requests.abort();
     signals.abort();
     if let Some(jobs) = jobs.as_mut()
         && let Err(e) = jobs.shutdown().await

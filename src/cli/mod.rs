@@ -3,10 +3,10 @@
 //! on stderr.
 
 mod daemon;
-mod plan;
+pub(crate) mod plan;
 mod reconcile;
 mod status;
-mod table;
+pub(crate) mod table;
 mod validate;
 
 use std::path::PathBuf;
@@ -25,6 +25,8 @@ Exit codes:
 
 /// Prism runs your containers on cheap EC2 spot instances (or any machines
 /// with sshd and Docker) and keeps them running when instances are taken away.
+///
+/// Without a command, opens the live dashboard (`prism dashboard`).
 #[derive(Debug, Parser)]
 #[command(name = "prism", version, after_help = EXIT_CODES, propagate_version = true)]
 pub struct Cli {
@@ -40,11 +42,25 @@ pub struct Cli {
     pub config: PathBuf,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The live dashboard: nodes, containers, events, logs, plan, actions.
+    ///
+    /// What `prism` runs without a command. If a daemon already applies
+    /// for the same state file, the dashboard attaches to it: it shows the
+    /// daemon's state and sends it your actions. Otherwise it runs the
+    /// operator itself (discovery, reconcile) until you quit, logging to
+    /// prism-dashboard.log beside the state file. Press ? for the keys.
+    #[command(after_help = DASHBOARD_EXIT_CODES)]
+    Dashboard {
+        /// Time between passes when the dashboard runs the operator.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+    },
+
     /// Check fleet.toml: syntax, keys, units and cross-field rules.
     ///
     /// Every problem is reported with file, line, column and the field's
@@ -121,6 +137,13 @@ Exit codes:
   2  bad usage, invalid fleet.toml or secrets, or another applier holds the lock
      (nothing was changed)";
 
+const DASHBOARD_EXIT_CODES: &str = "\
+Exit codes:
+  0  quit (q, :q, ctrl-c, SIGTERM)
+  1  the dashboard could not go on (state store, terminal, runtime)
+  2  bad usage, invalid fleet.toml, secrets or SSH settings, or another
+     applier (not a daemon) holds the lock";
+
 const DAEMON_EXIT_CODES: &str = "\
 Exit codes:
   0  stopped by SIGTERM or SIGINT
@@ -146,6 +169,8 @@ pub enum Failure {
     Runtime(std::io::Error),
     #[error("{0}")]
     Pass(#[from] crate::operator::PassError),
+    #[error("{0}")]
+    Dashboard(#[from] crate::tui::TuiError),
     /// Already reported; only the exit code is left.
     #[error("")]
     Reported(u8),
@@ -157,6 +182,11 @@ impl Failure {
             Failure::Config(_) => 2,
             Failure::Store(StoreError::Locked { .. }) => 2,
             Failure::Pass(e) if e.is_setup() => 2,
+            Failure::Dashboard(crate::tui::TuiError::Store(StoreError::Locked { .. })) => 2,
+            Failure::Dashboard(crate::tui::TuiError::Pass(e)) if e.is_setup() => 2,
+            Failure::Dashboard(crate::tui::TuiError::Ssh(_) | crate::tui::TuiError::NoTerminal) => {
+                2
+            }
             Failure::Reported(code) => *code,
             _ => 1,
         }
@@ -173,7 +203,19 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> Resu
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
+    let command = cli.command.unwrap_or(Command::Dashboard {
+        interval: std::time::Duration::from_secs(5),
+    });
+    let result = match &command {
+        Command::Dashboard { interval } => Config::load(&cli.config)
+            .map_err(Failure::from)
+            .and_then(|config| {
+                block_on(async {
+                    crate::tui::run(config, *interval)
+                        .await
+                        .map_err(Failure::from)
+                })
+            }),
         Command::Validate => validate::run(&cli.config),
         Command::Plan { json } => Config::load(&cli.config)
             .map_err(Failure::from)

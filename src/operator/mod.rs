@@ -7,6 +7,7 @@ mod jobs;
 mod lifecycle;
 mod observe;
 mod pass;
+mod requests;
 mod run;
 
 pub use apply::{Outcome, apply};
@@ -15,4 +16,5 @@ pub use jobs::start as start_jobs;
 pub use lifecycle::node_state;
 pub use observe::{Observed, observe, record};
 pub use pass::{Operator, PassError, Planned};
+pub use requests::serve as serve_requests;
 pub use run::{Control, PassReport, run as run_loop};

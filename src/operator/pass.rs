@@ -208,6 +208,12 @@ impl Operator {
         Ok(nodes.iter().find(|n| n.id == p.node_id).cloned())
     }
 
+    /// A node as the latest pass found it.
+    pub fn node(&self, id: &str) -> Option<Node> {
+        let nodes = self.last_nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.iter().find(|n| n.id == id).cloned()
+    }
+
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store
             .lock()

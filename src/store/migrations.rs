@@ -99,6 +99,22 @@ const STEPS: &[&str] = &[
     );
     CREATE INDEX health_node ON health (node_id);
     "#,
+    // 4: actions asked of the applier by another process (the dashboard
+    // attached to a daemon): reconcile now, restart a container, drain a node.
+    r#"
+    CREATE TABLE requests (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        at        INTEGER NOT NULL,     -- unix ms
+        kind      TEXT NOT NULL,        -- reconcile | restart | drain
+        node_id   TEXT,
+        container TEXT,                 -- the container's name, for restart
+        by        TEXT NOT NULL,        -- who asked: "dashboard (pid 12)"
+        state     TEXT NOT NULL,        -- pending | running | done | failed
+        done_at   INTEGER,
+        result    TEXT                  -- what came of it, in words
+    );
+    CREATE INDEX requests_state ON requests (state);
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
@@ -169,7 +185,8 @@ mod tests {
                 "health",
                 "host_keys",
                 "nodes",
-                "placements"
+                "placements",
+                "requests"
             ]
         );
     }

@@ -1,7 +1,7 @@
 //! The state store: one SQLite file (WAL) holding what nodes cannot tell
 //! Prism themselves: nodes seen, placements, events, pinned host keys,
-//! health check counts and the apply lock. Every failure is a
-//! `StoreError` naming the file.
+//! health check counts, the apply lock and requests to the applier.
+//! Every failure is a `StoreError` naming the file.
 
 mod events;
 mod health;
@@ -9,6 +9,7 @@ mod host_keys;
 mod lock;
 mod migrations;
 mod nodes;
+mod requests;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +21,7 @@ pub use health::{CheckOutcome, Checked, HealthRecord, Recorded, Tally, Threshold
 pub use host_keys::PinnedKey;
 pub use lock::{LockHolder, LockInfo};
 pub use nodes::{ContainerRecord, NodeRecord, Placement};
+pub use requests::{NewRequest, Request, RequestKind, RequestState};
 
 /// How long a writer waits for another to finish before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,353 @@
+//! What the dashboard shows, as read from the state store (the same whether
+//! it runs the operator or is attached to a daemon), and the figures of
+//! the header. Loading is one function of a `Store`; the rest is pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::Fleet;
+use crate::store::{
+    ContainerRecord, Event, HealthRecord, LockInfo, NodeRecord, Placement, Request, Store,
+    StoreError,
+};
+
+/// Events kept on screen.
+pub const EVENTS: usize = 300;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub nodes: Vec<NodeRecord>,
+    pub containers: Vec<ContainerRecord>,
+    pub placements: Vec<Placement>,
+    /// Newest first.
+    pub events: Vec<Event>,
+    pub lock: Option<LockInfo>,
+    /// Newest first.
+    pub requests: Vec<Request>,
+    /// Prism's own health verdicts, which win over Docker's.
+    pub health: Vec<HealthRecord>,
+}
+
+/// A node recorded this much before the newest one was not in the latest
+/// pass: discovery no longer lists it (a terminated spot instance).
+const GONE_AFTER_MS: i64 = 2_000;
+
+impl Snapshot {
+    /// Nodes the latest pass did not find. A pass records every node it
+    /// discovers with one timestamp, so older ones were not discovered.
+    pub fn gone(&self) -> BTreeSet<&str> {
+        let newest = self.nodes.iter().map(|n| n.last_seen).max().unwrap_or(0);
+        self.nodes
+            .iter()
+            .filter(|n| n.last_seen < newest - GONE_AFTER_MS)
+            .map(|n| n.id.as_str())
+            .collect()
+    }
+
+    /// A node's state as shown: `gone` when discovery dropped it.
+    pub fn node_state<'a>(&self, node: &'a NodeRecord, gone: &BTreeSet<&str>) -> &'a str {
+        if gone.contains(node.id.as_str()) {
+            "gone"
+        } else {
+            node.state.as_str()
+        }
+    }
+
+    pub fn load(store: &Store) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot {
+            nodes: store.nodes()?,
+            containers: store.containers()?,
+            placements: store.placements()?,
+            events: store.events(EVENTS)?,
+            lock: store.lock_info()?,
+            requests: store.requests(20)?,
+            health: store.health_records()?,
+        })
+    }
+}
+
+/// The pods fleet.toml asks for, and each one's services.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredPods {
+    pub pods: BTreeMap<(String, u32), BTreeSet<String>>,
+    /// Service → host names the proxy routes to it.
+    pub hosts: BTreeMap<(String, String), Vec<String>>,
+}
+
+impl DesiredPods {
+    pub fn from_fleet(fleet: &Fleet) -> DesiredPods {
+        let mut d = DesiredPods::default();
+        for (app, a) in &fleet.apps {
+            let services: BTreeSet<String> = a.services.keys().cloned().collect();
+            for i in 0..a.instances {
+                d.pods.insert((app.clone(), i), services.clone());
+            }
+            for (name, s) in &a.services {
+                if !s.hosts.is_empty() {
+                    d.hosts.insert((app.clone(), name.clone()), s.hosts.clone());
+                }
+            }
+        }
+        d
+    }
+}
+
+/// The header's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub nodes_ready: usize,
+    pub nodes_total: usize,
+    /// Ready nodes by lifecycle (spot, on-demand, static).
+    pub ready_by_lifecycle: BTreeMap<String, usize>,
+    pub pods_running: usize,
+    pub pods_desired: usize,
+    /// Desired pods with no placement.
+    pub unplaced: usize,
+}
+
+impl Counts {
+    pub fn of(snap: &Snapshot, desired: &DesiredPods) -> Counts {
+        let gone = snap.gone();
+        let mut c = Counts {
+            // Nodes discovery no longer finds are history, not the fleet.
+            nodes_total: snap.nodes.len() - gone.len(),
+            pods_desired: desired.pods.len(),
+            ..Counts::default()
+        };
+        let ready_nodes = || {
+            snap.nodes
+                .iter()
+                .filter(|n| n.state == "ready" && !gone.contains(n.id.as_str()))
+        };
+        for n in ready_nodes() {
+            c.nodes_ready += 1;
+            *c.ready_by_lifecycle.entry(n.lifecycle.clone()).or_default() += 1;
+        }
+        let ready: BTreeSet<&str> = ready_nodes().map(|n| n.id.as_str()).collect();
+        // A pod runs when each of its services has a running container on
+        // a ready node.
+        c.pods_running = desired
+            .pods
+            .iter()
+            .filter(|((app, instance), services)| {
+                services.iter().all(|s| {
+                    snap.containers.iter().any(|k| {
+                        k.app == *app
+                            && k.instance == *instance
+                            && k.service == *s
+                            && k.state == "running"
+                            && ready.contains(k.node_id.as_str())
+                    })
+                })
+            })
+            .count();
+        c.unplaced = desired
+            .pods
+            .keys()
+            .filter(|(app, instance)| {
+                !snap
+                    .placements
+                    .iter()
+                    .any(|p| p.app == *app && p.instance == *instance)
+            })
+            .count();
+        c
+    }
+}
+
+#[cfg(test)]
+pub mod fixtures {
+    //! A small fleet for the dashboard's tests.
+    use super::*;
+    use crate::store::{Level, RequestKind, RequestState};
+
+    pub const NOW: i64 = 1_000_000_000;
+
+    pub fn node(id: &str, name: &str, state: &str, lifecycle: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            name: name.into(),
+            address: format!("172.31.250.{}", 10 + name.len()),
+            provider: "ec2".into(),
+            zone: Some("eu-north-1a".into()),
+            instance_type: Some("t3.small".into()),
+            lifecycle: lifecycle.into(),
+            state: state.into(),
+            condition: (state != "ready").then(|| "unreachable".into()),
+            condition_detail: None,
+            docker_version: Some("27.1".into()),
+            memory_total: Some(2 << 30),
+            memory_free: Some(1 << 30),
+            cpus: Some(2000),
+            disk_free: None,
+            first_seen: NOW - 3_600_000,
+            last_seen: NOW - 4_000,
+            last_probe: Some(NOW - 4_000),
+        }
+    }
+
+    pub fn container(
+        node: &str,
+        app: &str,
+        service: &str,
+        state: &str,
+        health: Option<&str>,
+    ) -> ContainerRecord {
+        ContainerRecord {
+            node_id: node.into(),
+            name: format!("prism-{app}-{service}-0"),
+            app: app.into(),
+            service: service.into(),
+            instance: 0,
+            image: format!("registry/{app}:1"),
+            state: state.into(),
+            health: health.map(Into::into),
+            restarts: 0,
+            ports: if service == "web" {
+                "8080->31000".into()
+            } else {
+                String::new()
+            },
+            started_at: Some(NOW - 600_000),
+            spec_hash: None,
+            observed_at: NOW - 4_000,
+        }
+    }
+
+    pub fn snapshot() -> Snapshot {
+        Snapshot {
+            nodes: vec![
+                node("i-0aaa", "node1", "ready", "spot"),
+                node("i-0bbb", "node2", "lost", "spot"),
+                node("i-0ccc", "node3", "ready", "on-demand"),
+            ],
+            containers: vec![
+                container("i-0aaa", "blog", "web", "running", Some("healthy")),
+                container("i-0aaa", "blog", "queue", "running", None),
+                container("i-0ccc", "shop", "web", "running", Some("unhealthy")),
+                container("i-0ccc", "wiki", "web", "exited", Some("starting")),
+            ],
+            placements: vec![
+                Placement {
+                    app: "blog".into(),
+                    instance: 0,
+                    node_id: "i-0aaa".into(),
+                    placed_at: NOW - 600_000,
+                },
+                Placement {
+                    app: "shop".into(),
+                    instance: 0,
+                    node_id: "i-0ccc".into(),
+                    placed_at: NOW - 600_000,
+                },
+            ],
+            events: vec![
+                Event {
+                    id: 2,
+                    at: NOW - 5_000,
+                    level: Level::Warn,
+                    kind: "node.lost".into(),
+                    node_id: Some("i-0bbb".into()),
+                    app: None,
+                    message: "node2 is lost: unreachable".into(),
+                },
+                Event {
+                    id: 1,
+                    at: NOW - 60_000,
+                    level: Level::Info,
+                    kind: "placement".into(),
+                    node_id: None,
+                    app: Some("blog".into()),
+                    message: "blog/0 placed on i-0aaa".into(),
+                },
+            ],
+            lock: None,
+            requests: vec![Request {
+                id: 7,
+                at: NOW - 2_000,
+                kind: RequestKind::Reconcile,
+                node_id: None,
+                container: None,
+                by: "dashboard".into(),
+                state: RequestState::Done,
+                done_at: Some(NOW - 1_000),
+                result: Some("reconcile started".into()),
+            }],
+            health: Vec::new(),
+        }
+    }
+
+    pub fn desired() -> DesiredPods {
+        let mut d = DesiredPods::default();
+        let web: BTreeSet<String> = ["web".to_string()].into();
+        d.pods.insert(
+            ("blog".into(), 0),
+            ["web".to_string(), "queue".to_string()].into(),
+        );
+        d.pods.insert(("shop".into(), 0), web.clone());
+        d.pods.insert(("wiki".into(), 0), web);
+        d.hosts.insert(
+            ("blog".into(), "web".into()),
+            vec!["blog.example.com".into()],
+        );
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    #[test]
+    fn counts_for_the_header() {
+        let c = Counts::of(&snapshot(), &desired());
+        assert_eq!((c.nodes_ready, c.nodes_total), (2, 3));
+        assert_eq!(c.ready_by_lifecycle.get("spot"), Some(&1));
+        assert_eq!(c.ready_by_lifecycle.get("on-demand"), Some(&1));
+        // blog runs both services; shop's web runs (unhealthy still runs);
+        // wiki exited and was never placed.
+        assert_eq!((c.pods_running, c.pods_desired), (2, 3));
+        assert_eq!(c.unplaced, 1);
+    }
+
+    #[test]
+    fn a_node_missing_from_the_latest_pass_is_gone() {
+        let mut snap = snapshot();
+        assert!(snap.gone().is_empty());
+        snap.nodes[0].last_seen -= 30_000;
+        assert_eq!(snap.gone().into_iter().collect::<Vec<_>>(), ["i-0aaa"]);
+        assert_eq!(snap.node_state(&snap.nodes[0], &snap.gone()), "gone");
+        let c = Counts::of(&snap, &desired());
+        // node1 (gone) held blog: neither counted nor running.
+        assert_eq!((c.nodes_ready, c.nodes_total), (1, 2));
+        assert_eq!(c.pods_running, 1);
+    }
+
+    #[test]
+    fn desired_pods_from_fleet_toml() {
+        let fleet: Fleet = toml::from_str(
+            r#"
+            [fleet]
+            name = "t"
+            [discovery]
+            provider = "static"
+            [apps.blog]
+            instances = 2
+            [apps.blog.services.web]
+            image = "blog:1"
+            port = 8080
+            hosts = ["blog.example.com"]
+            [apps.blog.services.queue]
+            image = "blog:1"
+            "#,
+        )
+        .expect("fleet");
+        let d = DesiredPods::from_fleet(&fleet);
+        assert_eq!(d.pods.len(), 2);
+        assert_eq!(d.pods[&("blog".to_string(), 1)].len(), 2);
+        assert_eq!(
+            d.hosts[&("blog".to_string(), "web".to_string())],
+            ["blog.example.com"]
+        );
+    }
+}

@@ -1,0 +1,503 @@
+//! `prism` with no command: the live dashboard (ratatui + crossterm).
+//!
+//! Background tasks feed the UI over one channel: keys (from a thread
+//! blocking on the terminal), the state store polled every 500 ms, pass
+//! reports when the operator runs here, log lines and inspect data from
+//! the nodes. The UI loop only updates `App` and redraws, so nothing it
+//! does waits on the network.
+//!
+//! If a daemon holds the apply lock of the same state file, the dashboard
+//! attaches: it shows the store the daemon writes, and its actions become
+//! requests in the store that the daemon serves. Otherwise it takes the
+//! lock and runs the operator loop itself, logging to a file beside the
+//! state file, never to the terminal it draws on.
+
+pub mod app;
+pub mod data;
+mod fleet;
+pub mod keymap;
+pub mod table;
+pub mod ui;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ratatui::crossterm::event::{self, Event, KeyEvent, KeyEventKind};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::task::JoinHandle;
+
+use app::{App, Effect, LastPass, Mode};
+use data::{DesiredPods, Snapshot};
+use fleet::Reach;
+
+use crate::config::Config;
+use crate::operator::{
+    Control, Operator, PassError, PassReport, run_loop, serve_requests, start_jobs,
+};
+use crate::ssh::{Pool, SshError, SshSettings};
+use crate::store::{LockHolder, LockInfo, NewRequest, Store, StoreError, now_ms};
+
+/// A holder that stops heartbeating for this long is presumed dead.
+const LOCK_TTL: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TuiError {
+    #[error("{0}")]
+    Pass(#[from] PassError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Ssh(#[from] SshError),
+    #[error("terminal: {0}")]
+    Terminal(#[from] std::io::Error),
+    #[error(
+        "the dashboard needs a terminal; `prism daemon` runs headless and `prism status` prints the state"
+    )]
+    NoTerminal,
+}
+
+/// Everything that reaches the UI loop.
+pub enum Msg {
+    Key(KeyEvent),
+    Redraw,
+    Tick,
+    Data(Box<Snapshot>),
+    DataError(String),
+    Pass(LastPass, Option<String>),
+    LogLines(u64, Vec<String>),
+    /// A stream's status: "streaming", or how it ended.
+    LogEnded(u64, String),
+    Described(u64, String),
+    Requested(i64, String),
+    Notice(String, app::Tone),
+    Quit,
+}
+
+/// A daemon holds the lock and is alive: attach to it.
+fn live_daemon(lock: Option<LockInfo>) -> Option<LockInfo> {
+    let lock = lock?;
+    let ttl = i64::try_from(LOCK_TTL.as_millis()).unwrap_or(i64::MAX);
+    let fresh = now_ms() - lock.heartbeat_at <= ttl;
+    let here = LockHolder::this_process("dashboard").host;
+    let alive = lock.host != here || std::path::Path::new(&format!("/proc/{}", lock.pid)).exists();
+    (lock.role == "daemon" && fresh && alive).then_some(lock)
+}
+
+/// Where the in-process operator's logs go.
+fn log_file(config: &Config) -> PathBuf {
+    let state = config.state_path();
+    let dir = state.parent().map(PathBuf::from).unwrap_or_default();
+    dir.join("prism-dashboard.log")
+}
+
+fn init_file_logs(path: &PathBuf) -> Result<(), std::io::Error> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PRISM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Already set (tests, embedding): keep that one.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .try_init();
+    Ok(())
+}
+
+/// The operator running in this process.
+struct Local {
+    operator: Arc<Operator>,
+    me: LockHolder,
+    control: Arc<Control>,
+    run: JoinHandle<Result<(), StoreError>>,
+    requests: JoinHandle<()>,
+    jobs: Option<tokio_cron_scheduler::JobScheduler>,
+}
+
+pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err(TuiError::NoTerminal);
+    }
+    let config = Arc::new(config);
+    let state = config.state_path();
+    let store = Store::open(&state)?;
+    let daemon = live_daemon(store.lock_info()?);
+    let store = Arc::new(Mutex::new(store));
+    let (mode, local, reach) = match daemon {
+        Some(lock) => {
+            let pool = Pool::new(SshSettings::from_config(&config)?, Some(store.clone()));
+            (
+                Mode::Attached(lock),
+                None,
+                Arc::new(Reach::Own(Box::new(pool))),
+            )
+        }
+        None => {
+            init_file_logs(&log_file(&config))?;
+            let operator = Arc::new(Operator::new((*config).clone()).await?);
+            let me = LockHolder::this_process("dashboard");
+            operator.lock().try_lock(&me, LOCK_TTL)?;
+            let control = Control::new();
+            let run = {
+                let (operator, me, control) = (operator.clone(), me.clone(), control.clone());
+                tokio::spawn(async move { run_loop(&operator, &me, interval, &control).await })
+            };
+            let requests = tokio::spawn(serve_requests(operator.clone(), control.clone()));
+            // The daemon's scheduled jobs run here too while the dashboard applies.
+            let jobs = match start_jobs(operator.clone()).await {
+                Ok(jobs) => Some(jobs),
+                Err(e) => {
+                    tracing::error!(error = %e, "scheduled jobs could not start; reconciling without them");
+                    None
+                }
+            };
+            let local = Local {
+                operator: operator.clone(),
+                me,
+                control,
+                run,
+                requests,
+                jobs,
+            };
+            (
+                Mode::InProcess,
+                Some(local),
+                Arc::new(Reach::Operator(operator)),
+            )
+        }
+    };
+    let mut app = App::new(
+        config.fleet.fleet.name.clone(),
+        mode,
+        DesiredPods::from_fleet(&config.fleet),
+        now_ms(),
+    );
+    let result = ui_loop(&mut app, config.clone(), store, reach, local.as_ref()).await;
+    if let Some(mut local) = local {
+        eprintln!("prism: finishing the pass in flight, then stopping");
+        local.control.stop();
+        local.requests.abort();
+        if let Some(jobs) = local.jobs.as_mut()
+            && let Err(e) = jobs.shutdown().await
+        {
+            eprintln!("prism: scheduled jobs did not stop cleanly: {e}");
+        }
+        match local.run.await {
+            Ok(Err(e)) => eprintln!("prism: the operator loop ended: {e}"),
+            Err(e) => eprintln!("prism: the operator loop failed: {e}"),
+            Ok(Ok(())) => {}
+        }
+        if let Err(e) = local.operator.lock().unlock(&local.me) {
+            eprintln!("prism: could not release the apply lock: {e}");
+        }
+    }
+    result
+}
+
+/// Restores the terminal however the UI loop ends (ratatui's panic hook
+/// covers panics).
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+async fn ui_loop(
+    app: &mut App,
+    config: Arc<Config>,
+    store: Arc<Mutex<Store>>,
+    reach: Arc<Reach>,
+    local: Option<&Local>,
+) -> Result<(), TuiError> {
+    let (tx, mut rx) = unbounded_channel::<Msg>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks: Vec<JoinHandle<()>> = vec![
+        tokio::spawn(poll_store(store.clone(), tx.clone())),
+        tokio::spawn(ticks(tx.clone())),
+        tokio::spawn(quit_on_signals(tx.clone())),
+    ];
+    if let Some(local) = local {
+        tasks.push(tokio::spawn(follow_reports(
+            local.control.clone(),
+            tx.clone(),
+        )));
+    }
+    let mut terminal = ratatui::try_init()?;
+    let _restore = Restore;
+    let input = {
+        let (tx, stop) = (tx.clone(), stop.clone());
+        std::thread::spawn(move || read_terminal(tx, stop))
+    };
+    let mut logs: Option<JoinHandle<()>> = None;
+    let mut result = Ok(());
+    'ui: loop {
+        if let Err(e) = terminal.draw(|f| ui::draw(f, app)) {
+            result = Err(TuiError::Terminal(e));
+            break;
+        }
+        let Some(first) = rx.recv().await else {
+            break;
+        };
+        // Take everything waiting before drawing again.
+        let mut batch = vec![first];
+        while let Ok(m) = rx.try_recv() {
+            batch.push(m);
+        }
+        for msg in batch {
+            let effect = match msg {
+                Msg::Key(k) => app.on_key(k),
+                Msg::Redraw => None,
+                Msg::Tick => {
+                    app.tick(now_ms());
+                    None
+                }
+                Msg::Data(d) => {
+                    app.set_data(*d);
+                    None
+                }
+                Msg::DataError(e) => {
+                    app.data_error = Some(e);
+                    None
+                }
+                Msg::Pass(p, plan) => {
+                    app.last_pass = Some(p);
+                    app.plan_text = plan;
+                    None
+                }
+                Msg::LogLines(seq, lines) => {
+                    app.log_lines(seq, lines);
+                    None
+                }
+                Msg::LogEnded(seq, why) => {
+                    app.log_ended(seq, why);
+                    None
+                }
+                Msg::Described(seq, text) => {
+                    app.described(seq, text);
+                    None
+                }
+                Msg::Requested(id, what) => {
+                    app.requested(id, &what);
+                    None
+                }
+                Msg::Notice(text, tone) => {
+                    app.notify(text, tone);
+                    None
+                }
+                Msg::Quit => Some(Effect::Quit),
+            };
+            match effect {
+                None => {}
+                Some(Effect::Quit) => break 'ui,
+                Some(Effect::Request {
+                    kind,
+                    node_id,
+                    container,
+                }) => {
+                    let what = match (&container, &node_id) {
+                        (Some(c), _) => format!("{} {c}", kind.as_str()),
+                        (None, Some(n)) => format!("{} {n}", kind.as_str()),
+                        (None, None) => kind.as_str().to_owned(),
+                    };
+                    let req = NewRequest {
+                        kind,
+                        node_id,
+                        container,
+                        by: format!("dashboard (pid {})", std::process::id()),
+                    };
+                    let (store, tx) = (store.clone(), tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let added = store
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .add_request(&req);
+                        let _ = tx.send(match added {
+                            Ok(id) => Msg::Requested(id, what),
+                            Err(e) => Msg::Notice(format!("{what}: {e}"), app::Tone::Bad),
+                        });
+                    });
+                }
+                Some(Effect::Logs(spec)) => {
+                    if let Some(t) = logs.take() {
+                        t.abort();
+                    }
+                    match node_target(&config, app, &spec.node_id) {
+                        Some(target) => {
+                            logs = Some(tokio::spawn(fleet::stream_logs(
+                                reach.clone(),
+                                target,
+                                spec,
+                                tx.clone(),
+                            )));
+                        }
+                        None => {
+                            app.log_ended(spec.seq, format!("node {} is not known", spec.node_id))
+                        }
+                    }
+                }
+                Some(Effect::StopLogs) => {
+                    if let Some(t) = logs.take() {
+                        t.abort();
+                    }
+                }
+                Some(Effect::Describe {
+                    seq,
+                    node_id,
+                    container,
+                }) => {
+                    let app_service = app
+                        .data
+                        .containers
+                        .iter()
+                        .find(|c| c.node_id == node_id && c.name == container)
+                        .map(|c| (c.app.clone(), c.service.clone()));
+                    match node_target(&config, app, &node_id) {
+                        Some(target) => {
+                            tasks.push(tokio::spawn(fleet::describe(
+                                reach.clone(),
+                                config.clone(),
+                                target,
+                                container,
+                                app_service,
+                                seq,
+                                tx.clone(),
+                            )));
+                        }
+                        None => app.described(seq, format!("node {node_id} is not known")),
+                    }
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Some(t) = logs {
+        t.abort();
+    }
+    for t in tasks {
+        t.abort();
+    }
+    drop(terminal);
+    drop(_restore);
+    // The input thread notices the stop within its poll interval.
+    let _ = input.join();
+    result
+}
+
+fn node_target(config: &Config, app: &App, node_id: &str) -> Option<crate::ssh::Target> {
+    app.data
+        .nodes
+        .iter()
+        .find(|n| n.id == node_id)
+        .map(|n| fleet::target(config, n))
+}
+
+/// Keys and resizes from the terminal; blocking reads live on this thread.
+fn read_terminal(tx: UnboundedSender<Msg>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match event::poll(Duration::from_millis(200)) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(_) => break,
+        }
+        let msg = match event::read() {
+            Ok(Event::Key(k)) if k.kind != KeyEventKind::Release => Msg::Key(k),
+            Ok(Event::Resize(..)) => Msg::Redraw,
+            Ok(_) => continue,
+            Err(_) => break,
+        };
+        if tx.send(msg).is_err() {
+            break;
+        }
+    }
+}
+
+/// The store, read every 500 ms; a message only when something changed.
+async fn poll_store(store: Arc<Mutex<Store>>, tx: UnboundedSender<Msg>) {
+    let mut last: Option<Snapshot> = None;
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            Snapshot::load(&store.lock().unwrap_or_else(|p| p.into_inner()))
+        })
+        .await;
+        let msg = match loaded {
+            Ok(Ok(snap)) if last.as_ref() == Some(&snap) => continue,
+            Ok(Ok(snap)) => {
+                last = Some(snap.clone());
+                Msg::Data(Box::new(snap))
+            }
+            Ok(Err(e)) => Msg::DataError(e.to_string()),
+            Err(e) => Msg::DataError(format!("reading the state store: {e}")),
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// Ages on screen move once a second.
+async fn ticks(tx: UnboundedSender<Msg>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if tx.send(Msg::Tick).is_err() {
+            return;
+        }
+    }
+}
+
+async fn quit_on_signals(tx: UnboundedSender<Msg>) {
+    let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+        _ = int.recv() => {}
+    }
+    let _ = tx.send(Msg::Quit);
+}
+
+pub fn last_pass(report: &PassReport) -> LastPass {
+    LastPass {
+        finished_ms: report.finished_ms,
+        took: report.took,
+        actions: report.actions,
+        failed: report.failed,
+        error: report.error.clone(),
+        unplaceable: report.planned.as_ref().map_or(0, |p| p.plan.problems.len()),
+    }
+}
+
+/// Each pass report of the in-process operator, with its plan as text.
+async fn follow_reports(control: Arc<Control>, tx: UnboundedSender<Msg>) {
+    let mut reports = control.reports();
+    loop {
+        let report = reports.borrow_and_update().clone();
+        if let Some(r) = report {
+            let plan = r.planned.as_ref().map(|p| crate::cli::plan::human(p));
+            if tx.send(Msg::Pass(last_pass(&r), plan)).is_err() {
+                return;
+            }
+        }
+        if reports.changed().await.is_err() {
+            return;
+        }
+    }
+}

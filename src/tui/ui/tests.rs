@@ -1,0 +1,194 @@
+//! Rendering on ratatui's TestBackend, compared with snapshot files in
+//! src/tui/snapshots/. A changed screen fails the test; to accept the new
+//! one, run with PRISM_UPDATE_SNAPSHOTS=1 and review the diff.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::buffer::Buffer;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::style::{Color, Modifier};
+
+use crate::tui::app::{App, LastPass, Mode};
+use crate::tui::data::fixtures::{NOW, desired, snapshot};
+
+fn app() -> App {
+    let mut a = App::new("lab".into(), Mode::InProcess, desired(), NOW);
+    a.set_data(snapshot());
+    a.last_pass = Some(LastPass {
+        finished_ms: NOW - 3_000,
+        took: Duration::from_millis(1_250),
+        actions: 2,
+        failed: 0,
+        error: None,
+        unplaceable: 1,
+    });
+    a.plan_text = Some("on node1 (i-0aaa):\n  + create blog/web/0\n".into());
+    a
+}
+
+fn render(app: &mut App, w: u16, h: u16) -> Buffer {
+    let mut t = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+    t.draw(|f| super::draw(f, app)).expect("draw");
+    t.backend().buffer().clone()
+}
+
+fn text(buf: &Buffer) -> String {
+    let area = buf.area;
+    let mut out = String::new();
+    for y in 0..area.height {
+        let line: String = (0..area.width)
+            .map(|x| buf[(x, y)].symbol().to_owned())
+            .collect();
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn check_snapshot(name: &str, buf: &Buffer) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/tui/snapshots")
+        .join(format!("{name}.txt"));
+    let got = text(buf);
+    if std::env::var_os("PRISM_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&path, &got).expect("write snapshot");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "no snapshot {}; run with PRISM_UPDATE_SNAPSHOTS=1 to write it:\n{got}",
+            path.display()
+        )
+    });
+    assert_eq!(got, want, "screen differs from {}", path.display());
+}
+
+/// The cell where `needle` starts on the screen.
+fn find(buf: &Buffer, needle: &str) -> (u16, u16) {
+    let lines = text(buf);
+    for (y, line) in lines.lines().enumerate() {
+        if let Some(byte) = line.find(needle) {
+            let x = line[..byte].chars().count();
+            return (x as u16, y as u16);
+        }
+    }
+    panic!("{needle:?} not on screen:\n{lines}");
+}
+
+fn key(app: &mut App, c: char) {
+    app.on_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+}
+
+fn command(app: &mut App, cmd: &str) {
+    key(app, ':');
+    for c in cmd.chars() {
+        key(app, c);
+    }
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+}
+
+#[test]
+fn containers_at_80x24() {
+    let mut a = app();
+    check_snapshot("containers_80x24", &render(&mut a, 80, 24));
+}
+
+#[test]
+fn containers_at_120x40() {
+    let mut a = app();
+    check_snapshot("containers_120x40", &render(&mut a, 120, 40));
+}
+
+#[test]
+fn nodes_at_80x24() {
+    let mut a = app();
+    command(&mut a, "nodes");
+    check_snapshot("nodes_80x24", &render(&mut a, 80, 24));
+}
+
+#[test]
+fn events_at_120x40() {
+    let mut a = app();
+    command(&mut a, "events");
+    check_snapshot("events_120x40", &render(&mut a, 120, 40));
+}
+
+#[test]
+fn help_fits_80x24() {
+    let mut a = app();
+    key(&mut a, '?');
+    check_snapshot("help_80x24", &render(&mut a, 80, 24));
+}
+
+#[test]
+fn restart_dialog() {
+    let mut a = app();
+    key(&mut a, 'x');
+    check_snapshot("restart_dialog_80x24", &render(&mut a, 80, 24));
+}
+
+#[test]
+fn health_and_state_colours() {
+    let mut a = app();
+    let buf = render(&mut a, 120, 40);
+    let fg = |needle: &str| buf[find(&buf, needle)].fg;
+    assert_eq!(fg("unhealthy"), Color::Red);
+    assert_eq!(fg("healthy "), Color::Green);
+    assert_eq!(fg("starting"), Color::Yellow);
+    assert_eq!(fg("exited"), Color::Red);
+    command(&mut a, "nodes");
+    let buf = render(&mut a, 120, 40);
+    let (x, y) = find(&buf, "lost (unreachable)");
+    assert_eq!(buf[(x, y)].fg, Color::Red);
+    // The selected row (node1, the first) is reversed, whatever its colours.
+    let (x, y) = find(&buf, "node1 ");
+    assert!(buf[(x, y)].modifier.contains(Modifier::REVERSED));
+    // No RGB or indexed greys anywhere: they vanish on some themes.
+    for cell in buf.content() {
+        assert!(
+            !matches!(cell.fg, Color::Rgb(..) | Color::Indexed(_)),
+            "{cell:?}"
+        );
+    }
+}
+
+#[test]
+fn resizing_redraws_cleanly() {
+    let mut a = app();
+    let mut t = Terminal::new(TestBackend::new(120, 40)).expect("terminal");
+    t.draw(|f| super::draw(f, &mut a)).expect("draw");
+    t.backend_mut().resize(80, 24);
+    t.resize(ratatui::layout::Rect::new(0, 0, 80, 24))
+        .expect("resize");
+    t.draw(|f| super::draw(f, &mut a)).expect("draw");
+    assert_eq!(
+        text(t.backend().buffer()),
+        text(&render(&mut app(), 80, 24))
+    );
+}
+
+#[test]
+fn logs_follow_the_end() {
+    let mut a = app();
+    key(&mut a, 'l');
+    let seq = a.logs.as_ref().expect("view").spec.seq;
+    a.log_lines(seq, (1..=50).map(|i| format!("line {i}")).collect());
+    let buf = render(&mut a, 80, 24);
+    let screen = text(&buf);
+    assert!(screen.contains("line 50"), "{screen}");
+    assert!(!screen.contains("line 1\n"), "{screen}");
+    // Filtering logs keeps the matching lines only.
+    key(&mut a, '/');
+    for c in "line 1[0-9]$".chars() {
+        key(&mut a, c);
+    }
+    let screen = text(&render(&mut a, 80, 24));
+    assert!(
+        screen.contains("line 19") && !screen.contains("line 50"),
+        "{screen}"
+    );
+}

@@ -1,0 +1,438 @@
+//! The dashboard end to end, as a person sees it: `prism` in a tmux pane
+//! of 120×40 on nodes of this test's own fleet. It shows the nodes and
+//! containers; a node is preempted (`lab/lab preempt`) and the screen shows
+//! it gone and its pods running on the other node; `q` quits and the
+//! terminal is restored. Needs the lab (`lab/lab up`) and tmux.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use common::{Lab, lab_cmd, retry};
+
+/// Everything this test made, removed however it ends: the tmux server
+/// (on its own socket), the nodes it added.
+struct Cleanup {
+    socket: String,
+    nodes: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = tmux(&self.socket, &["kill-server"]);
+        for name in self.nodes.drain(..) {
+            if let Err(e) = lab_cmd(&["preempt", &name]) {
+                eprintln!("could not remove node {name} this test added: {e:#}");
+            }
+        }
+    }
+}
+
+fn tmux(socket: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("tmux")
+        .args(["-L", socket])
+        .args(args)
+        .output()
+        .context("cannot run tmux (lab/lab install installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "tmux {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The pane's text now.
+fn screen(socket: &str) -> Result<String> {
+    tmux(socket, &["capture-pane", "-p", "-t", "dash"])
+}
+
+/// Waits until `ok` holds for the screen; the last screen in the error.
+fn wait_for(socket: &str, what: &str, secs: u64, ok: impl Fn(&str) -> bool) -> Result<String> {
+    retry(Duration::from_secs(secs), || {
+        let s = screen(socket)?;
+        ensure!(ok(&s), "waiting for {what}; the screen:\n{s}");
+        Ok(s)
+    })
+}
+
+fn keys(socket: &str, keys: &[&str]) -> Result<()> {
+    for k in keys {
+        tmux(socket, &["send-keys", "-t", "dash", k])?;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    Ok(())
+}
+
+/// The rows of `pod` on the containers screen, as words.
+fn pod_rows(screen: &str, pod: &str) -> Vec<Vec<String>> {
+    screen
+        .lines()
+        .map(|l| l.trim_matches(|c| c == '│' || c == ' '))
+        .filter(|l| l.starts_with(&format!("{pod} ")))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// `pod` has a running container on `node` (any node if None).
+fn running(screen: &str, pod: &str, node: Option<&str>) -> bool {
+    pod_rows(screen, pod).iter().any(|r| {
+        r.get(3).is_some_and(|s| s == "running")
+            && node.is_none_or(|n| r.get(1).is_some_and(|x| x == n))
+    })
+}
+
+const PODS: [&str; 4] = ["dash/web/0", "dash/web/1", "dash/worker/0", "dash/worker/1"];
+
+fn fleet_toml(lab: &Lab, dir: &Path, fleet: &str) -> std::path::PathBuf {
+    let file = lab.fleet_file(dir, "");
+    let text = std::fs::read_to_string(&file).expect("read fleet.toml");
+    // The lab's apps and proxy are not this test's.
+    let cut = text.find("[proxy]").unwrap_or(text.len());
+    let text = text[..cut]
+        .replace("name = \"lab\"", &format!("name = {fleet:?}"))
+        .replace(
+            "[discovery]\n",
+            &format!("[discovery]\ntags = {{ \"prism:fleet\" = {fleet:?} }}\n"),
+        );
+    let apps = format!(
+        r#"
+[apps.dash]
+instances = 2
+[apps.dash.services.web]
+image = "{image}"
+port = 8080
+hosts = ["dash.lab.test"]
+memory = "64M"
+health = {{ http = "/up", interval = "2s", timeout = "1s" }}
+[apps.dash.services.worker]
+image = "{image}"
+command = ["sh", "-c", "while true; do sleep 60; done"]
+memory = "32M"
+"#,
+        image = lab.testapp_image
+    );
+    std::fs::write(&file, format!("{text}\n{apps}")).expect("write fleet.toml");
+    file
+}
+
+#[test]
+fn the_dashboard_follows_a_preemption_on_screen() -> Result<()> {
+    let lab = Lab::load();
+    let fleet = format!("tui{}", std::process::id());
+    let mut cleanup = Cleanup {
+        socket: format!("prism-dash-{}", std::process::id()),
+        nodes: Vec::new(),
+    };
+    for _ in 0..2 {
+        let before: Vec<String> = Lab::load()
+            .other_nodes
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        lab_cmd(&["add", "--fleet", &fleet])?;
+        let added = Lab::load()
+            .other_nodes
+            .into_iter()
+            .find(|n| n.fleet == fleet && !before.contains(&n.name))
+            .context("lab/lab add made no node of this fleet")?;
+        cleanup.nodes.push(added.name);
+    }
+    let dir = tempfile::tempdir()?;
+    let config = fleet_toml(&lab, dir.path(), &fleet);
+    let prism = env!("CARGO_BIN_EXE_prism");
+    // The shell reports how prism ended, then keeps the pane open to read.
+    let run = format!(
+        "env -u PRISM_CONFIG AWS_ACCESS_KEY_ID=lab AWS_SECRET_ACCESS_KEY=lab {prism} -c {}; \
+         echo PRISM-EXITED $?; sleep 120",
+        config.display()
+    );
+    tmux(
+        &cleanup.socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "dash",
+            "-x",
+            "120",
+            "-y",
+            "40",
+            &run,
+        ],
+    )?;
+
+    // Both nodes, and both pods with their two services running.
+    let (a, b) = (cleanup.nodes[0].clone(), cleanup.nodes[1].clone());
+    let s = wait_for(&cleanup.socket, "four running containers", 90, |s| {
+        PODS.iter().all(|p| running(s, p, None))
+    })?;
+    ensure!(s.contains("fleet ") && s.contains("operator: here"), "{s}");
+    let web0 = pod_rows(&s, "dash/web/0");
+    let victim = web0
+        .first()
+        .and_then(|r| r.get(1))
+        .context("no dash/web/0 row")?
+        .clone();
+    ensure!(
+        victim == a || victim == b,
+        "web/0 on {victim}, not ours:\n{s}"
+    );
+    let survivor = if victim == a { b.clone() } else { a.clone() };
+
+    keys(&cleanup.socket, &[":", "n", "o", "d", "e", "s", "Enter"])?;
+    wait_for(&cleanup.socket, "both nodes ready", 30, |s| {
+        s.contains("nodes 2/2 ready")
+            && [&a, &b].iter().all(|n| {
+                s.lines()
+                    .any(|l| l.contains(n.as_str()) && l.contains("ready"))
+            })
+    })?;
+
+    lab_cmd(&["preempt", &victim])?;
+    cleanup.nodes.retain(|n| *n != victim);
+    wait_for(&cleanup.socket, "the preempted node shown gone", 60, |s| {
+        s.lines()
+            .any(|l| l.contains(victim.as_str()) && (l.contains("gone") || l.contains("lost")))
+    })?;
+
+    // Back to the pods: web/0 comes back on the surviving node.
+    keys(&cleanup.socket, &[":", "p", "o", "d", "s", "Enter"])?;
+    let s = wait_for(
+        &cleanup.socket,
+        "dash/web/0 running on the survivor",
+        90,
+        |s| PODS.iter().all(|p| running(s, p, Some(&survivor))),
+    )?;
+    ensure!(s.contains("pods 2/2 running"), "{s}");
+
+    keys(&cleanup.socket, &["q"])?;
+    let s = wait_for(&cleanup.socket, "prism to exit", 60, |s| {
+        s.contains("PRISM-EXITED")
+    })?;
+    ensure!(s.contains("PRISM-EXITED 0"), "prism did not exit 0:\n{s}");
+    // Restored: out of the alternate screen, cursor shown.
+    let flags = tmux(
+        &cleanup.socket,
+        &[
+            "display-message",
+            "-p",
+            "-t",
+            "dash",
+            "#{alternate_on} #{cursor_flag}",
+        ],
+    )?;
+    ensure!(flags.trim() == "0 1", "terminal not restored: {flags}");
+    ensure!(
+        !s.contains("nodes 2/2 ready"),
+        "the dashboard is still on screen:\n{s}"
+    );
+    drop(cleanup);
+    Ok(())
+}
+
+/// A fleet of one static node that does not answer, with the lab's key:
+/// the dashboard runs, no node is needed.
+fn static_fleet(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let config = dir.join("fleet.toml");
+    let lab = common::lab_dir();
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[fleet]
+name = {name:?}
+state = "state.db"
+[ssh]
+identity = {identity:?}
+host_keys = "known_hosts"
+known_hosts = {known:?}
+[discovery]
+provider = "static"
+nodes = [{{ name = "n1", address = "127.0.0.1", port = 1 }}]
+[apps.blog.services.web]
+image = "blog:1"
+"#,
+            identity = lab.join("id_ed25519").display().to_string(),
+            known = lab.join("known_hosts").display().to_string(),
+        ),
+    )?;
+    Ok(config)
+}
+
+/// SIGTERM (systemd, `kill`) ends the dashboard cleanly: exit 0, the
+/// terminal restored, the apply lock released. No node needed: a static
+/// fleet whose one node does not answer.
+#[test]
+fn sigterm_restores_the_terminal_and_releases_the_lock() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = static_fleet(dir.path(), "sigterm")?;
+    let cleanup = Cleanup {
+        socket: format!("prism-dash-term-{}", std::process::id()),
+        nodes: Vec::new(),
+    };
+    let pid_file = dir.path().join("pid");
+    let run = format!(
+        "sh -c 'echo $$ > {pid}; exec {prism} -c {config}'; echo PRISM-EXITED $?; sleep 120",
+        pid = pid_file.display(),
+        prism = env!("CARGO_BIN_EXE_prism"),
+        config = config.display()
+    );
+    tmux(
+        &cleanup.socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "dash",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            &run,
+        ],
+    )?;
+    wait_for(&cleanup.socket, "the dashboard", 30, |s| {
+        s.contains("fleet sigterm") && s.contains("operator: here")
+    })?;
+    let pid = std::fs::read_to_string(&pid_file)?.trim().to_owned();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status()?;
+    ensure!(kill.success(), "kill -TERM {pid}");
+    let s = wait_for(&cleanup.socket, "prism to exit", 60, |s| {
+        s.contains("PRISM-EXITED")
+    })?;
+    ensure!(s.contains("PRISM-EXITED 0"), "{s}");
+    let flags = tmux(
+        &cleanup.socket,
+        &[
+            "display-message",
+            "-p",
+            "-t",
+            "dash",
+            "#{alternate_on} #{cursor_flag}",
+        ],
+    )?;
+    ensure!(flags.trim() == "0 1", "terminal not restored: {flags}");
+    let store = prism::store::Store::open(&dir.path().join("state.db"))?;
+    ensure!(
+        store.lock_info()?.is_none(),
+        "the apply lock is still held: {:?}",
+        store.lock_info()?
+    );
+    Ok(())
+}
+
+/// Stops the daemon this test started, however the test ends.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// With a daemon applying for the same state file, the dashboard attaches
+/// instead of running a second applier, and `r` reaches the daemon
+/// through the store's request queue.
+#[test]
+fn the_dashboard_attaches_to_a_running_daemon() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = static_fleet(dir.path(), "attach")?;
+    let state = dir.path().join("state.db");
+    let daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_prism"))
+            .args(["-c", &config.display().to_string(), "daemon"])
+            .env_remove("PRISM_CONFIG")
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    retry(Duration::from_secs(30), || {
+        let holder = prism::store::Store::open_existing(&state)?
+            .map(|s| s.lock_info())
+            .transpose()?
+            .flatten();
+        ensure!(
+            holder.as_ref().is_some_and(|h| h.role == "daemon"),
+            "no daemon lock yet: {holder:?}"
+        );
+        Ok(())
+    })?;
+    let cleanup = Cleanup {
+        socket: format!("prism-dash-attach-{}", std::process::id()),
+        nodes: Vec::new(),
+    };
+    let run = format!(
+        "{} -c {}; echo PRISM-EXITED $?; sleep 120",
+        env!("CARGO_BIN_EXE_prism"),
+        config.display()
+    );
+    tmux(
+        &cleanup.socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "dash",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            &run,
+        ],
+    )?;
+    let pid = daemon.0.id();
+    wait_for(&cleanup.socket, "the dashboard attached", 30, |s| {
+        s.contains(&format!("operator: daemon pid {pid}"))
+    })?;
+    keys(&cleanup.socket, &["r"])?;
+    wait_for(&cleanup.socket, "the daemon's answer", 30, |s| {
+        s.contains("reconcile started")
+    })?;
+    // Drain is asked, confirmed, and honestly refused by the daemon.
+    keys(&cleanup.socket, &[":", "n", "o", "d", "e", "s", "Enter"])?;
+    wait_for(&cleanup.socket, "the static node", 30, |s| {
+        s.lines().any(|l| l.contains("│n1 "))
+    })?;
+    keys(&cleanup.socket, &["D"])?;
+    wait_for(&cleanup.socket, "the confirm dialog", 10, |s| {
+        s.contains("Drain n1")
+    })?;
+    keys(&cleanup.socket, &["y"])?;
+    wait_for(&cleanup.socket, "the daemon's refusal", 30, |s| {
+        s.contains("not supported yet")
+    })?;
+    let store = prism::store::Store::open(&state)?;
+    let requests = store.requests(10)?;
+    use prism::store::{RequestKind, RequestState};
+    let kinds: Vec<_> = requests.iter().map(|r| (r.kind, r.state)).collect();
+    ensure!(
+        kinds
+            == [
+                (RequestKind::Drain, RequestState::Failed),
+                (RequestKind::Reconcile, RequestState::Done)
+            ]
+            && requests.iter().all(|r| r.by.starts_with("dashboard")),
+        "{requests:?}"
+    );
+    // The daemon still holds the lock: the dashboard never took it.
+    ensure!(
+        store.lock_info()?.is_some_and(|l| l.pid == pid),
+        "{:?}",
+        store.lock_info()?
+    );
+    keys(&cleanup.socket, &["q"])?;
+    let s = wait_for(&cleanup.socket, "prism to exit", 30, |s| {
+        s.contains("PRISM-EXITED")
+    })?;
+    ensure!(s.contains("PRISM-EXITED 0"), "{s}");
+    drop(daemon);
+    Ok(())
+}
