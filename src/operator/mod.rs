@@ -11,6 +11,6 @@ mod pass;
 pub use apply::{Outcome, apply};
 pub use health::{CheckResult, check, check_all};
 pub use jobs::start as start_jobs;
-pub use lifecycle::node_state;
-pub use observe::{Observed, observe, record};
+pub use lifecycle::{GONE, Misses, node_state};
+pub use observe::{Observed, Recorder, observe, observe_with_metadata};
 pub use pass::{Operator, PassError, Planned};

@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::apply::{Outcome, apply};
 use super::health::check_all;
-use super::observe::{Observed, observe, record};
+use super::lifecycle::GONE;
+use super::observe::{Observed, Recorder, observe_with_metadata};
 use crate::bootstrap::install_docker;
-use crate::cloud::{Discovery, DiscoveryError, Node};
+use crate::cloud::{Discovery, DiscoveryError, Found, Inventory, Lifecycle, Node, Presence, Stale};
 use crate::config::Config;
 use crate::observe::{Condition, ContainerState, ProbeLimits, Probed};
 use crate::reconcile::{
@@ -50,7 +52,10 @@ pub struct Operator {
     secrets: Secrets,
     pub store: Arc<Mutex<Store>>,
     pub pool: Pool,
-    discovery: Discovery,
+    inventory: Inventory,
+    recorder: Mutex<Recorder>,
+    /// When each spot node's instance metadata was last read.
+    notices_read: Mutex<BTreeMap<String, Instant>>,
     /// The nodes of the latest pass, for work between passes (jobs).
     last_nodes: Mutex<Vec<Node>>,
 }
@@ -60,6 +65,8 @@ pub struct Planned {
     pub nodes: Vec<Node>,
     pub views: Vec<NodeView>,
     pub plan: Plan,
+    /// Discovery failed: `nodes` are the last known ones.
+    pub stale: Option<Stale>,
 }
 
 impl Operator {
@@ -68,14 +75,17 @@ impl Operator {
         let desired = Desired::build(&config.fleet, &secrets)?;
         let store = Arc::new(Mutex::new(Store::open(&config.state_path())?));
         let pool = Pool::new(SshSettings::from_config(&config)?, Some(store.clone()));
-        let discovery = Discovery::from_config(&config).await;
+        let inventory = Inventory::new(Discovery::from_config(&config).await);
+        let recorder = Mutex::new(Recorder::new(config.fleet.lifecycle.lost_after));
         Ok(Operator {
             config,
             desired,
             secrets,
             store,
             pool,
-            discovery,
+            inventory,
+            recorder,
+            notices_read: Mutex::new(BTreeMap::new()),
             last_nodes: Mutex::new(Vec::new()),
         })
     }
@@ -88,13 +98,26 @@ impl Operator {
     /// nothing on the nodes, except installing Docker where fleet.toml
     /// opts in to bootstrap.
     pub async fn observe_and_plan(&self) -> Result<Planned, PassError> {
-        let nodes = self.discovery.nodes().await?;
+        let found = self.inventory.nodes(|| self.stored_nodes()).await?;
+        self.report_discovery(&found)?;
+        let Found { nodes, stale, .. } = found;
         *self.last_nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes.clone();
-        let mut pass = observe(&self.pool, &nodes, self.fleet(), ProbeLimits::default()).await;
+        let mut pass = observe_with_metadata(
+            &self.pool,
+            &nodes,
+            self.fleet(),
+            ProbeLimits::default(),
+            |n| self.notice_due(n),
+        )
+        .await;
         if self.config.fleet.fleet.bootstrap {
             self.bootstrap(&mut pass).await;
         }
-        let views = record(&self.store, &pass)?;
+        let views = self
+            .recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(&self.store, &pass, stale.is_none())?;
         // Prism's own checks decide health for services that declare one.
         let verdicts = check_all(&self.pool, &self.store, &self.config.fleet, &pass).await?;
         let observed: BTreeMap<String, Vec<ContainerState>> = pass
@@ -114,7 +137,108 @@ impl Operator {
             .collect();
         let placements = self.lock().placements()?;
         let plan = plan(&self.desired, &views, &observed, &placements);
-        Ok(Planned { nodes, views, plan })
+        Ok(Planned {
+            nodes,
+            views,
+            plan,
+            stale,
+        })
+    }
+
+    /// The metadata URL to read on `node` this pass: spot nodes only, every
+    /// `[lifecycle] notice_interval`.
+    fn notice_due(&self, node: &Node) -> Option<String> {
+        let url = self.config.fleet.metadata_url()?;
+        if node.lifecycle != Lifecycle::Spot {
+            return None;
+        }
+        let every = self.config.fleet.lifecycle.notice_interval.0;
+        let now = Instant::now();
+        let mut read = self.notices_read.lock().unwrap_or_else(|p| p.into_inner());
+        match read.get(&node.id) {
+            Some(at) if now.duration_since(*at) < every => None,
+            _ => {
+                read.insert(node.id.clone(), now);
+                Some(url.to_owned())
+            }
+        }
+    }
+
+    /// The nodes the state store knows (not gone): what is probed when
+    /// discovery fails before it ever answered.
+    fn stored_nodes(&self) -> Vec<Node> {
+        let rows = match self.lock().nodes() {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the recorded nodes");
+                return Vec::new();
+            }
+        };
+        let fleet = &self.config.fleet;
+        rows.into_iter()
+            .filter(|r| r.state != GONE && !r.address.is_empty())
+            .map(|r| Node {
+                port: fleet.ssh.port,
+                user: fleet.ssh.user.clone(),
+                provider: if r.provider == "static" {
+                    "static"
+                } else {
+                    "ec2"
+                },
+                lifecycle: Lifecycle::parse(&r.lifecycle).unwrap_or(Lifecycle::OnDemand),
+                presence: Presence::Running,
+                launched_at: None,
+                memory: fleet.discovery.node_memory.map(|b| b.0),
+                cpu: fleet.discovery.node_cpus.map(|m| m.0),
+                tags: BTreeMap::new(),
+                id: r.id,
+                name: r.name,
+                address: r.address,
+                zone: r.zone,
+                instance_type: r.instance_type,
+            })
+            .collect()
+    }
+
+    /// Logs each failed attempt at discovery; records an event when it
+    /// starts failing and when it answers again.
+    fn report_discovery(&self, found: &Found) -> Result<(), PassError> {
+        if let Some(s) = found.stale.as_ref().filter(|s| s.attempted) {
+            let kept = if s.from_store {
+                "the nodes recorded in the state store"
+            } else {
+                "the nodes it last listed"
+            };
+            tracing::warn!(
+                error = %s.error,
+                failures = s.failures,
+                retry_in_ms = s.retry_in.as_millis() as u64,
+                nodes = found.nodes.len(),
+                "discovery failed; probing {kept}"
+            );
+            if s.failures == 1 {
+                self.lock().record_event(&NewEvent::new(
+                    Level::Warn,
+                    "discovery.stale",
+                    format!(
+                        "discovery failed, so the node list is stale: Prism keeps probing {kept} ({} nodes) and retries with backoff: {}",
+                        found.nodes.len(),
+                        s.error
+                    ),
+                ))?;
+            }
+        }
+        if let Some(r) = &found.recovered {
+            let message = format!(
+                "discovery answers again, after {} failed attempts over {}",
+                r.failures,
+                humantime::format_duration(std::time::Duration::from_secs(r.after.as_secs()))
+            );
+            tracing::info!("{message}");
+            self.lock()
+                .record_event(&NewEvent::info("discovery.recovered", message))?;
+        }
+        Ok(())
     }
 
     /// Stores the plan's placements, then runs its actions; `progress`
