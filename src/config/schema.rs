@@ -150,6 +150,10 @@ pub struct NodeLifecycle {
     /// Time between passes of the daemon: each probes every node.
     #[serde(default = "default_probe_interval")]
     pub probe_interval: Interval,
+    /// Time a probe (connecting included) has to answer before it counts as
+    /// missed: a dead node must not hold up the pass that would move its pods.
+    #[serde(default = "default_probe_timeout")]
+    pub probe_timeout: Interval,
     /// Missed probes in a row after which a node is lost (its pods move).
     #[serde(default = "default_lost_after")]
     pub lost_after: u32,
@@ -167,6 +171,7 @@ impl Default for NodeLifecycle {
     fn default() -> Self {
         NodeLifecycle {
             probe_interval: default_probe_interval(),
+            probe_timeout: default_probe_timeout(),
             lost_after: default_lost_after(),
             notice_interval: default_notice_interval(),
             metadata_url: None,
@@ -192,6 +197,9 @@ impl Fleet {
 }
 
 fn default_probe_interval() -> Interval {
+    Interval(std::time::Duration::from_secs(2))
+}
+fn default_probe_timeout() -> Interval {
     Interval(std::time::Duration::from_secs(2))
 }
 fn default_lost_after() -> u32 {

@@ -259,6 +259,16 @@ impl Checker {
                 "the default is 2",
             );
         }
+        if l.probe_timeout.0 > std::time::Duration::from_secs(60) {
+            self.err_help(
+                at.key("probe_timeout"),
+                format!(
+                    "probe_timeout must be at most 1m, found {}",
+                    humantime::format_duration(l.probe_timeout.0)
+                ),
+                "a node that takes longer to answer cannot be told from a dead one in time; the default is 2s",
+            );
+        }
         if let Some(url) = &l.metadata_url {
             let rest = url
                 .strip_prefix("http://")
