@@ -116,7 +116,9 @@ async fn serve(operator: &Operator, me: &LockHolder, interval: Duration) -> Resu
             tracing::info!("nodes changed: reconciling again now");
             continue;
         }
-        let wait = interval.saturating_sub(started.elapsed());
+        let wait = operator
+            .next_pass(interval)
+            .saturating_sub(started.elapsed());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = term.recv() => return Ok(()),

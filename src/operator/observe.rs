@@ -3,9 +3,11 @@
 use std::sync::{Arc, Mutex};
 
 use super::lifecycle::{GONE, Misses, node_state};
-use crate::cloud::Node;
+use crate::cloud::{Node, Presence};
 use crate::config::{Bytes, Millicores};
-use crate::observe::{ProbeLimits, Probed, container_records, node_record, probe_with_metadata};
+use crate::observe::{
+    Condition, ProbeLimits, Probed, container_records, node_record, probe_with_metadata,
+};
 use crate::reconcile::{NodeState, NodeView};
 use crate::ssh::{Pool, fan_out};
 use crate::store::NodeRecord;
@@ -34,7 +36,9 @@ pub async fn observe(
 }
 
 /// [`observe`]; `metadata` gives, per node, the instance metadata URL to
-/// read a spot notice at in the same round trip, if it is due.
+/// read a spot notice at in the same round trip, if it is due. A probe,
+/// connecting included, that takes longer than `limits.timeout` is a
+/// timeout: a dead node delays the pass by that much at most.
 pub async fn observe_with_metadata(
     pool: &Pool,
     nodes: &[Node],
@@ -48,9 +52,29 @@ pub async fn observe_with_metadata(
         .filter_map(|n| Some((n.id.as_str(), metadata(n)?)))
         .collect();
     let urls = &urls;
+    // EC2 says these are going: they are lost whatever a probe says, and a
+    // probe of a dying machine only waits out its timeout.
+    let leaving: std::collections::BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| n.presence == Presence::Leaving)
+        .map(|n| n.id.as_str())
+        .collect();
+    let leaving = &leaving;
     let mut found: Vec<Observed> = fan_out(&targets, PARALLEL, |target| async move {
+        if leaving.contains(target.id.as_str()) {
+            return Probed::Failed(Condition::Unreachable(
+                "not probed: EC2 says the instance is shutting down or stopped".into(),
+            ));
+        }
         let url = urls.get(target.id.as_str()).map(String::as_str);
-        probe_with_metadata(pool, &target, fleet, limits, url).await
+        let probe = probe_with_metadata(pool, &target, fleet, limits, url);
+        match tokio::time::timeout(limits.timeout, probe).await {
+            Ok(probed) => probed,
+            Err(_) => Probed::Failed(Condition::Timeout(format!(
+                "no answer within {}",
+                humantime::format_duration(limits.timeout)
+            ))),
+        }
     })
     .await
     .into_iter()

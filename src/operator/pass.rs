@@ -2,8 +2,9 @@
 //! The daemon, `reconcile --once` and `plan` all run passes through here.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::apply::{Outcome, apply};
 use super::health::check_all;
@@ -12,9 +13,9 @@ use super::observe::{Observed, Recorder, observe_with_metadata};
 use crate::bootstrap::install_docker;
 use crate::cloud::{Discovery, DiscoveryError, Found, Inventory, Lifecycle, Node, Presence, Stale};
 use crate::config::Config;
-use crate::observe::{Condition, ContainerState, ProbeLimits, Probed};
+use crate::observe::{Condition, ContainerState, Health, ProbeLimits, Probed};
 use crate::reconcile::{
-    Desired, MissingSecret, NodeView, PlacementChange, Plan, SecretError, Secrets, plan,
+    Action, Desired, MissingSecret, NodeView, PlacementChange, Plan, SecretError, Secrets, plan,
     resolve_secrets,
 };
 use crate::ssh::{Pool, SshError, SshSettings};
@@ -58,7 +59,19 @@ pub struct Operator {
     notices_read: Mutex<BTreeMap<String, Instant>>,
     /// The nodes of the latest pass, for work between passes (jobs).
     last_nodes: Mutex<Vec<Node>>,
+    /// Containers were just started, or await their first passing check:
+    /// the next pass should come soon (see [`Operator::next_pass`]).
+    settling: AtomicBool,
+    /// When the last apply started containers.
+    started_at: Mutex<Option<Instant>>,
 }
+
+/// How soon the next pass comes while containers are settling: their
+/// checks run as often as each service's `interval` allows.
+const SETTLE: Duration = Duration::from_millis(500);
+/// For this long after containers were started, at most: a container that
+/// never passes does not keep passes (and EC2 calls) quick for ever.
+const SETTLE_FOR: Duration = Duration::from_secs(30);
 
 /// What a pass saw and decided.
 pub struct Planned {
@@ -87,6 +100,8 @@ impl Operator {
             recorder,
             notices_read: Mutex::new(BTreeMap::new()),
             last_nodes: Mutex::new(Vec::new()),
+            settling: AtomicBool::new(false),
+            started_at: Mutex::new(None),
         })
     }
 
@@ -100,16 +115,23 @@ impl Operator {
     pub async fn observe_and_plan(&self) -> Result<Planned, PassError> {
         let found = self.inventory.nodes(|| self.stored_nodes()).await?;
         self.report_discovery(&found)?;
-        let Found { nodes, stale, .. } = found;
-        *self.last_nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes.clone();
-        let mut pass = observe_with_metadata(
-            &self.pool,
-            &nodes,
-            self.fleet(),
-            ProbeLimits::default(),
-            |n| self.notice_due(n),
-        )
+        let Found {
+            mut nodes, stale, ..
+        } = found;
+        let limits = ProbeLimits {
+            timeout: self.config.fleet.lifecycle.probe_timeout.0,
+            ..ProbeLimits::default()
+        };
+        let mut pass = observe_with_metadata(&self.pool, &nodes, self.fleet(), limits, |n| {
+            self.notice_due(n)
+        })
         .await;
+        // A node that did not answer may have been terminated while it was
+        // probed: asking again now moves its pods a pass earlier.
+        if stale.is_none() && pass.iter().any(|o| matches!(o.probed, Probed::Failed(_))) {
+            self.recheck(&mut nodes, &mut pass).await?;
+        }
+        *self.last_nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes.clone();
         if self.config.fleet.fleet.bootstrap {
             self.bootstrap(&mut pass).await;
         }
@@ -120,6 +142,8 @@ impl Operator {
             .record(&self.store, &pass, stale.is_none())?;
         // Prism's own checks decide health for services that declare one.
         let verdicts = check_all(&self.pool, &self.store, &self.config.fleet, &pass).await?;
+        let starting = verdicts.values().any(|h| *h == Health::Starting);
+        self.settling.store(starting, Ordering::Relaxed);
         let observed: BTreeMap<String, Vec<ContainerState>> = pass
             .into_iter()
             .filter_map(|o| match o.probed {
@@ -143,6 +167,49 @@ impl Operator {
             plan,
             stale,
         })
+    }
+
+    /// The time from one pass's start to the next: `interval`, or less
+    /// while containers just started await their checks, so that a pod
+    /// that moved is seen healthy (and what it replaces removed) as soon
+    /// as its checks allow rather than a whole interval later.
+    pub fn next_pass(&self, interval: Duration) -> Duration {
+        let recent = self
+            .started_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < SETTLE_FOR);
+        if recent && self.settling.load(Ordering::Relaxed) {
+            interval.min(SETTLE)
+        } else {
+            interval
+        }
+    }
+
+    /// Asks discovery again; drops what it no longer lists from the pass and
+    /// takes each node's presence anew. Kept as is if discovery fails now.
+    async fn recheck(
+        &self,
+        nodes: &mut Vec<Node>,
+        pass: &mut Vec<Observed>,
+    ) -> Result<(), PassError> {
+        let again = self.inventory.nodes(Vec::new).await;
+        let Ok(again) = again else {
+            return Ok(());
+        };
+        self.report_discovery(&again)?;
+        if again.stale.is_some() {
+            return Ok(());
+        }
+        let now = |id: &str| again.nodes.iter().find(|n| n.id == id);
+        pass.retain(|o| now(&o.node.id).is_some());
+        for o in pass.iter_mut() {
+            if let Some(n) = now(&o.node.id) {
+                o.node.presence = n.presence;
+            }
+        }
+        nodes.retain(|n| now(&n.id).is_some());
+        Ok(())
     }
 
     /// The metadata URL to read on `node` this pass: spot nodes only, every
@@ -249,6 +316,15 @@ impl Operator {
         progress: &(dyn Fn(&Outcome) + Sync),
     ) -> Result<Vec<Outcome>, PassError> {
         self.store_placements(&planned.plan)?;
+        if planned.plan.all_actions().any(|(_, a)| {
+            matches!(
+                a,
+                Action::Run { .. } | Action::Start { .. } | Action::Restart { .. }
+            )
+        }) {
+            self.settling.store(true, Ordering::Relaxed);
+            *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
         let targets: Vec<_> = planned.nodes.iter().map(Node::target).collect();
         Ok(apply(
             &self.pool,
