@@ -1,5 +1,5 @@
 # Two entry points; the work lives in scripts/ so CI and people run the same thing.
-.PHONY: demo test bench bench-proxy
+.PHONY: demo test bench bench-proxy bench-failover
 
 demo:
 	@scripts/demo
@@ -14,3 +14,8 @@ bench:
 # Prism's proxy against nginx on loopback (installs nginx and wrk).
 bench-proxy:
 	@scripts/bench proxy
+
+# Time to recover from a preemption, on the lab with nodes of its own (debug
+# build: the operator waits on the network, not on its CPU).
+bench-failover:
+	@cargo bench --profile dev --bench failover
