@@ -15,6 +15,9 @@
 //! Without the proxy the client's failed requests are counted but not a
 //! target: it finds an app's new address only from the state store.
 //!
+//! Each run uses 16 of the lab's 150 node numbers (`lab/lab add` never
+//! reuses one until `lab/lab down` and `up`).
+//!
 //!     cargo bench --profile dev --bench failover      (or: make bench-failover)
 
 use std::io::{Read, Write};

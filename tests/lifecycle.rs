@@ -2,8 +2,9 @@
 //! --fleet`): a preempted node's pods run elsewhere, a partitioned node is
 //! lost and its duplicates go when it heals, an EC2 outage drops no node,
 //! a spot notice drains make-before-break, and host keys are pinned per
-//! instance. Each test preempts the nodes it added when it ends. The
-//! shared nodes and the shared moto are only read.
+//! instance. Each test preempts the nodes it added when it ends (a run uses
+//! 11 of the lab's 150 node numbers). The shared nodes and the shared moto
+//! are only read.
 
 mod common;
 
