@@ -1,5 +1,5 @@
 # Two entry points; the work lives in scripts/ so CI and people run the same thing.
-.PHONY: demo test bench bench-proxy bench-reconcile
+.PHONY: demo test bench bench-proxy bench-reconcile bench-failover
 
 demo:
 	@scripts/demo
@@ -19,3 +19,8 @@ bench-proxy:
 # adds the nodes (fleet bench), preempts them after.
 bench-reconcile:
 	@scripts/bench reconcile
+
+# Time to recover from a preemption, on the lab with nodes of its own (debug
+# build: the operator waits on the network, not on its CPU).
+bench-failover:
+	@cargo bench --profile dev --bench failover

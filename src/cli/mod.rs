@@ -104,9 +104,9 @@ pub enum Command {
     /// pass in flight, release the apply lock and exit 0.
     #[command(after_help = DAEMON_EXIT_CODES)]
     Daemon {
-        /// Time between passes.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        interval: std::time::Duration,
+        /// Time between passes [default: `[lifecycle] probe_interval`, 2s].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        interval: Option<std::time::Duration>,
         /// Log lines for people, or one JSON object per line.
         #[arg(long, value_enum, default_value = "human")]
         log_format: daemon::LogFormat,
@@ -235,7 +235,8 @@ pub fn main() -> ExitCode {
             .map_err(Failure::from)
             .and_then(|config| {
                 daemon::init_logs(*log_format);
-                block_on(daemon::run(config, *interval))
+                let interval = interval.unwrap_or(config.fleet.lifecycle.probe_interval.0);
+                block_on(daemon::run(config, interval))
             }),
         Command::Status { json, probe } => Config::load(&cli.config)
             .map_err(Failure::from)

@@ -11,7 +11,7 @@ use super::table::{age, opt, render, size};
 use crate::cloud::Discovery;
 use crate::config::Config;
 use crate::observe::ProbeLimits;
-use crate::operator::{observe, record};
+use crate::operator::{Recorder, observe};
 use crate::ssh::{Pool, SshSettings};
 use crate::store::{ContainerRecord, LockInfo, NodeRecord, Placement, Store, now_ms};
 
@@ -67,7 +67,7 @@ pub async fn probe(config: &Config) -> Result<(), Failure> {
         ProbeLimits::default(),
     )
     .await;
-    record(&store, &pass)?;
+    Recorder::new(config.fleet.lifecycle.lost_after).record(&store, &pass, true)?;
     Ok(())
 }
 

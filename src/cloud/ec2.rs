@@ -2,6 +2,7 @@
 //! through the standard AWS credential chain and region.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, Instance, InstanceLifecycleType, InstanceStateName};
 
@@ -36,6 +37,22 @@ impl Ec2 {
         if let Some(endpoint) = &d.endpoint {
             loader = loader.endpoint_url(endpoint);
         }
+        // A pass waits on discovery: an endpoint that hangs must not stall
+        // it. Transient errors (throttling, a dropped connection) are retried
+        // here; what remains is retried by the inventory, with backoff.
+        loader = loader
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(2))
+                    .operation_attempt_timeout(Duration::from_secs(5))
+                    .operation_timeout(Duration::from_secs(12))
+                    .build(),
+            )
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_initial_backoff(Duration::from_millis(200)),
+            );
         let client = aws_sdk_ec2::Client::new(&loader.load().await);
         let tags = d.tags.clone().unwrap_or_else(|| {
             BTreeMap::from([("prism:fleet".to_owned(), fleet.fleet.name.clone())])

@@ -3,6 +3,7 @@
 //! is blind to the source.
 
 mod ec2;
+mod inventory;
 mod listed;
 
 use std::collections::BTreeMap;
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use ec2::Ec2;
+pub use inventory::{Found, Inventory, Recovered, Stale};
 
 use crate::config::{Config, Provider};
 use crate::ssh::Target;
@@ -24,6 +26,12 @@ pub enum Lifecycle {
 }
 
 impl Lifecycle {
+    pub fn parse(s: &str) -> Option<Lifecycle> {
+        [Lifecycle::Spot, Lifecycle::OnDemand, Lifecycle::Static]
+            .into_iter()
+            .find(|l| l.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Lifecycle::Spot => "spot",

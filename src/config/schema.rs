@@ -20,6 +20,8 @@ pub struct Fleet {
     pub discovery: Discovery,
     #[serde(default)]
     pub proxy: Proxy,
+    #[serde(default)]
+    pub lifecycle: NodeLifecycle,
     /// Credentials per registry host, e.g. `[registries."ghcr.io"]`.
     #[serde(default)]
     pub registries: BTreeMap<String, Registry>,
@@ -139,6 +141,72 @@ pub struct Discovery {
     /// this and what a node reports.
     pub node_memory: Option<Bytes>,
     pub node_cpus: Option<Millicores>,
+}
+
+/// How nodes are watched: probes, when one counts as lost, spot notices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLifecycle {
+    /// Time between passes of the daemon: each probes every node.
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval: Interval,
+    /// Time a probe (connecting included) has to answer before it counts as
+    /// missed: a dead node must not hold up the pass that would move its pods.
+    #[serde(default = "default_probe_timeout")]
+    pub probe_timeout: Interval,
+    /// Missed probes in a row after which a node is lost (its pods move).
+    #[serde(default = "default_lost_after")]
+    pub lost_after: u32,
+    /// How often each spot node's instance metadata is read for an
+    /// interruption notice or a rebalance recommendation.
+    #[serde(default = "default_notice_interval")]
+    pub notice_interval: Interval,
+    /// The instance metadata service as seen from a node. Default: the
+    /// link-local address, unless `[discovery] endpoint` points at a
+    /// stand-in EC2 (then notices are read only if this is set).
+    pub metadata_url: Option<String>,
+}
+
+impl Default for NodeLifecycle {
+    fn default() -> Self {
+        NodeLifecycle {
+            probe_interval: default_probe_interval(),
+            probe_timeout: default_probe_timeout(),
+            lost_after: default_lost_after(),
+            notice_interval: default_notice_interval(),
+            metadata_url: None,
+        }
+    }
+}
+
+/// Where EC2's instance metadata service answers on every instance.
+pub const EC2_METADATA_URL: &str = "http://169.254.169.254";
+
+impl Fleet {
+    /// The metadata URL spot nodes are asked at, if any (see
+    /// [`NodeLifecycle::metadata_url`]): a fake EC2 has no real metadata
+    /// service behind its instances, and the link-local address would
+    /// leave the machine.
+    pub fn metadata_url(&self) -> Option<&str> {
+        match (&self.lifecycle.metadata_url, &self.discovery.endpoint) {
+            (Some(url), _) => Some(url.trim_end_matches('/')),
+            (None, None) if self.discovery.provider == Provider::Ec2 => Some(EC2_METADATA_URL),
+            (None, _) => None,
+        }
+    }
+}
+
+fn default_probe_interval() -> Interval {
+    Interval(std::time::Duration::from_secs(2))
+}
+fn default_probe_timeout() -> Interval {
+    Interval(std::time::Duration::from_secs(2))
+}
+fn default_lost_after() -> u32 {
+    2
+}
+fn default_notice_interval() -> Interval {
+    Interval(std::time::Duration::from_secs(5))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

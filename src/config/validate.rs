@@ -23,6 +23,7 @@ pub fn validate(fleet: &Fleet) -> Vec<Diagnostic> {
     v.discovery(fleet);
     v.ssh(fleet);
     v.proxy(fleet);
+    v.lifecycle(fleet);
     v.registries(fleet);
     for (name, app) in &fleet.apps {
         v.app(name, app);
@@ -321,6 +322,47 @@ impl Checker {
             }
             if acme.ca.as_ref().is_some_and(|ca| ca.as_os_str().is_empty()) {
                 self.err(aat.key("ca"), "ca must name a PEM file");
+            }
+        }
+    }
+
+    fn lifecycle(&mut self, fleet: &Fleet) {
+        let l = &fleet.lifecycle;
+        let at = FieldPath::of(["lifecycle"]);
+        if !(1..=100).contains(&l.lost_after) {
+            self.err_help(
+                at.key("lost_after"),
+                format!(
+                    "lost_after must be between 1 and 100 missed probes, found {}",
+                    l.lost_after
+                ),
+                "the default is 2",
+            );
+        }
+        if l.probe_timeout.0 > std::time::Duration::from_secs(60) {
+            self.err_help(
+                at.key("probe_timeout"),
+                format!(
+                    "probe_timeout must be at most 1m, found {}",
+                    humantime::format_duration(l.probe_timeout.0)
+                ),
+                "a node that takes longer to answer cannot be told from a dead one in time; the default is 2s",
+            );
+        }
+        if let Some(url) = &l.metadata_url {
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            let host_ok = rest.is_some_and(|r| {
+                let host = r.split('/').next().unwrap_or("");
+                !host.is_empty() && !r.chars().any(|c| c.is_whitespace() || c.is_control())
+            });
+            if !host_ok {
+                self.err_help(
+                    at.key("metadata_url"),
+                    format!("expected an http:// URL with a host, found {url:?}"),
+                    format!("EC2's is {:?}", super::schema::EC2_METADATA_URL),
+                );
             }
         }
     }

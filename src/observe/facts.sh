@@ -1,5 +1,6 @@
-# Prism node facts (run as `sh -c` with no arguments; see node.rs).
-# Sections start with "@@ "; "@@ end" proves the output is complete.
+# Prism node facts (run as `sh -c SCRIPT prism-facts [METADATA_URL]`; see
+# node.rs). Sections start with "@@ "; "@@ end" proves the output is complete.
+metadata=${1:-}
 echo "@@ prism-facts 2"
 echo "@@ meminfo"
 grep -E "^(MemTotal|MemAvailable):" /proc/meminfo
@@ -18,4 +19,26 @@ elif [ -r "$s" ] && [ -w "$s" ]; then sock=usable
 else sock=denied
 fi
 echo "@@ docker cli=$cli socket=$sock"
+# A spot node's interruption notice and rebalance recommendation, when the
+# instance metadata service's URL is given: each section holds the answer's
+# body, then its HTTP status on a line of its own (000: no answer).
+if [ -n "$metadata" ]; then
+    if command -v curl >/dev/null 2>&1; then
+        get() { curl -s --noproxy '*' --connect-timeout 1 -m 2 "$@"; }
+        # IMDSv2 wants a token; IMDSv1 (and the lab's stand-in) answer without.
+        token=$(get -f -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$metadata/latest/api/token") || token=
+        read_md() {
+            echo "@@ $1"
+            if [ -n "$token" ]; then
+                get -H "X-aws-ec2-metadata-token: $token" -w '\n%{http_code}\n' "$metadata/latest/meta-data/$2"
+            else
+                get -w '\n%{http_code}\n' "$metadata/latest/meta-data/$2"
+            fi
+        }
+        read_md spot-action spot/instance-action
+        read_md rebalance events/recommendations/rebalance
+    else
+        echo "@@ metadata-unread curl is missing"
+    fi
+fi
 echo "@@ end"

@@ -46,8 +46,8 @@ pub(crate) use error::{check_header, clip};
 pub use info::{DockerInfo, docker_info_argv, parse_docker_info};
 pub use labels::{Identity, LabelProblem, PrismLabels};
 pub use node::{
-    DockerSetup, FACTS_SCRIPT, NodeFacts, SocketAccess, node_facts_argv, parse_node_facts,
+    DockerSetup, FACTS_SCRIPT, NodeFacts, Notice, SocketAccess, node_facts_argv, parse_node_facts,
 };
-pub use probe::{Condition, ProbeLimits, Probed, probe};
+pub use probe::{Condition, ProbeLimits, Probed, probe, probe_with_metadata};
 pub use record::{container_records, node_record};
 pub use version::{docker_version_argv, parse_docker_version};

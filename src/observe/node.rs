@@ -8,6 +8,10 @@
 //! @@ nproc                one number
 //! @@ df /var/lib/docker   `df -Pk` of that path (`/` if it does not exist)
 //! @@ docker cli=present|missing socket=usable|denied|missing
+//! @@ spot-action          only with a metadata URL: the body of
+//! @@ rebalance            .../spot/instance-action (.../rebalance), then
+//!                         its HTTP status (000: no answer)
+//! @@ metadata-unread why  instead of those two, when curl is missing
 //! @@ end                  the output is complete
 //! ```
 //!
@@ -22,10 +26,19 @@ pub const FACTS_SCRIPT: &str = include_str!("facts.sh");
 
 const HEADER: &str = "prism-facts 2";
 
-/// `sh -c <FACTS_SCRIPT>`. Its exit status is that of its last `echo`: 0
-/// unless the shell itself failed; judge the output, not the status.
-pub fn node_facts_argv() -> Vec<String> {
-    vec!["sh".to_owned(), "-c".to_owned(), FACTS_SCRIPT.to_owned()]
+/// `sh -c <FACTS_SCRIPT> prism-facts [metadata_url]`: with a URL, the
+/// script also reads the instance metadata for a spot notice. Its exit
+/// status is that of its last `echo`: 0 unless the shell itself failed;
+/// judge the output, not the status.
+pub fn node_facts_argv(metadata_url: Option<&str>) -> Vec<String> {
+    let mut argv = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        FACTS_SCRIPT.to_owned(),
+        "prism-facts".to_owned(),
+    ];
+    argv.extend(metadata_url.map(str::to_owned));
+    argv
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +54,31 @@ pub struct NodeFacts {
     /// Bytes available to unprivileged users on `disk_path`'s filesystem.
     pub disk_free: u64,
     pub docker: DockerSetup,
+    /// A spot interruption notice or rebalance recommendation, when the
+    /// metadata was read and holds one.
+    pub notice: Option<Notice>,
+}
+
+/// Why a spot node should be drained, from its instance metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// `spot/instance-action`: EC2 will stop, hibernate or terminate the
+    /// instance at `time` (about two minutes ahead).
+    Interruption { action: String, time: String },
+    /// `events/recommendations/rebalance`: the instance is at elevated risk
+    /// of interruption since `time`.
+    Rebalance { time: String },
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::Interruption { action, time } => {
+                write!(f, "spot interruption notice: {action} at {time}")
+            }
+            Notice::Rebalance { time } => write!(f, "rebalance recommendation since {time}"),
+        }
+    }
 }
 
 /// What the node has of Docker, seen without asking the daemon.
@@ -92,7 +130,16 @@ pub fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
                 ended = true;
                 continue;
             }
-            if !matches!(name, "meminfo" | "nproc" | "df" | "docker") {
+            if !matches!(
+                name,
+                "meminfo"
+                    | "nproc"
+                    | "df"
+                    | "docker"
+                    | "spot-action"
+                    | "rebalance"
+                    | "metadata-unread"
+            ) {
                 return Err(bad(Some(n), format!("unknown section `@@ {name}`")));
             }
             if sections.iter().any(|s| s.name == name) {
@@ -125,6 +172,14 @@ pub fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
     let df_section = section("df")?;
     let disk_free = df_available(df_section)?;
     let docker = docker_setup(section("docker")?)?;
+    let optional = |name: &str| sections.iter().find(|s| s.name == name);
+    let action = optional("spot-action").map(metadata).transpose()?;
+    let rebalance = optional("rebalance").map(metadata).transpose()?;
+    let notice = match (action.flatten(), rebalance.flatten()) {
+        (Some(body), _) => Some(interruption(&body)),
+        (None, Some(body)) => Some(rebalance_notice(&body)),
+        (None, None) => None,
+    };
     Ok(NodeFacts {
         mem_total,
         mem_available,
@@ -132,7 +187,74 @@ pub fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
         disk_path: df_section.args.to_owned(),
         disk_free,
         docker,
+        notice,
     })
+}
+
+/// A metadata section: the body when the status is 200, `None` for any
+/// other status (404: no notice; 000: the service did not answer).
+fn metadata(s: &Section<'_>) -> Result<Option<String>, ParseError> {
+    let lines: Vec<&(usize, &str)> = s
+        .body
+        .iter()
+        .filter(|(_, t)| !t.trim().is_empty())
+        .collect();
+    let Some((&&(n, status), body)) = lines.split_last() else {
+        return Err(malformed(
+            s.line,
+            format!("`@@ {}` has no HTTP status", s.name),
+        ));
+    };
+    let status = status.trim();
+    if status.len() != 3 || !status.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(malformed(
+            n,
+            format!(
+                "expected an HTTP status such as 200 or 404, found {:?}",
+                clip(status)
+            ),
+        ));
+    }
+    Ok((status == "200").then(|| {
+        body.iter()
+            .map(|(_, t)| t.trim())
+            .collect::<Vec<_>>()
+            .join("")
+    }))
+}
+
+/// `{"action": "terminate", "time": "2017-09-18T08:22:00Z"}`. A 200 is a
+/// notice even when its body is not understood: draining early is cheap.
+fn interruption(body: &str) -> Notice {
+    #[derive(serde::Deserialize)]
+    struct Action {
+        action: String,
+        time: String,
+    }
+    match serde_json::from_str::<Action>(body) {
+        Ok(a) => Notice::Interruption {
+            action: a.action,
+            time: a.time,
+        },
+        Err(_) => Notice::Interruption {
+            action: format!("unreadable ({})", clip(body)),
+            time: "an unknown time".into(),
+        },
+    }
+}
+
+/// `{"noticeTime": "2020-11-05T08:22:00Z"}`.
+fn rebalance_notice(body: &str) -> Notice {
+    #[derive(serde::Deserialize)]
+    struct Rebalance {
+        #[serde(rename = "noticeTime")]
+        notice_time: String,
+    }
+    Notice::Rebalance {
+        time: serde_json::from_str::<Rebalance>(body)
+            .map(|r| r.notice_time)
+            .unwrap_or_else(|_| "an unknown time".into()),
+    }
 }
 
 fn malformed(line: usize, detail: String) -> ParseError {

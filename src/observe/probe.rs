@@ -154,11 +154,23 @@ impl Default for ProbeLimits {
 /// same time, Docker's state over the node's kept Docker API connection
 /// (no docker process runs on the node).
 pub async fn probe(pool: &Pool, target: &Target, fleet: &str, limits: ProbeLimits) -> Probed {
+    probe_with_metadata(pool, target, fleet, limits, None).await
+}
+
+/// [`probe`], and with `metadata_url` the node's instance metadata is read
+/// for a spot notice in the same round trip (in [`NodeFacts::notice`]).
+pub async fn probe_with_metadata(
+    pool: &Pool,
+    target: &Target,
+    fleet: &str,
+    limits: ProbeLimits,
+    metadata_url: Option<&str>,
+) -> Probed {
     let limits = ExecLimits {
         timeout: limits.timeout,
         max_output: limits.max_output,
     };
-    let facts_argv = node_facts_argv();
+    let facts_argv = node_facts_argv(metadata_url);
     let (facts, docker) = tokio::join!(
         pool.exec(target, &facts_argv, None, limits),
         docker_state(pool, target, fleet, limits),

@@ -1,27 +1,89 @@
-//! A node's state from its latest probe and the one before: how the
-//! scheduler should treat it. Pure.
+//! A node's state from its latest probe and what came before: how the
+//! scheduler should treat it. Pure; the misses counted between passes live
+//! in [`Misses`].
+
+use std::collections::BTreeMap;
 
 use crate::cloud::{Node, Presence};
 use crate::observe::{Condition, Probed};
 use crate::reconcile::NodeState;
-use crate::store::NodeRecord;
+
+/// What a node is recorded as once it is no longer in the inventory (EC2
+/// terminated it, or it left fleet.toml's static list).
+pub const GONE: &str = "gone";
 
 /// - EC2 says it is going (shutting down, stopping): lost at once.
 /// - A changed host key: untrusted, never touched, until someone looks.
+/// - A spot interruption notice or rebalance recommendation, now or
+///   before: draining (its pods start elsewhere, then leave it); one that
+///   then stops answering is lost at once, as it is going anyway.
 /// - It answers with Docker running: ready.
-/// - Otherwise one missed probe makes it suspect (keeps its pods, takes no
-///   new ones), a second in a row lost (its pods go elsewhere).
-pub fn node_state(node: &Node, probed: &Probed, previous: Option<&NodeRecord>) -> NodeState {
+/// - A node never ready yet that does not (booting, Docker missing or
+///   being installed): preparing.
+/// - Otherwise each missed probe makes it suspect (keeps its pods, takes
+///   no new ones), and `lost_after` in a row lost (its pods go elsewhere).
+///
+/// `previous` is the state recorded by the pass before, `missed` the
+/// probes missed in a row including this one (see [`Misses`]).
+pub fn node_state(
+    node: &Node,
+    probed: &Probed,
+    previous: Option<&str>,
+    missed: u32,
+    lost_after: u32,
+) -> NodeState {
     if node.presence == Presence::Leaving {
         return NodeState::Lost;
     }
+    let was_draining = previous == Some(NodeState::Draining.as_str());
+    let noticed = match probed {
+        Probed::Ready { facts, .. } | Probed::NoDocker { facts, .. } => facts.notice.is_some(),
+        Probed::Failed(_) => false,
+    };
     match probed {
-        Probed::Ready { .. } => NodeState::Ready,
         Probed::Failed(Condition::HostKeyMismatch(_)) => NodeState::Untrusted,
-        _ => match previous.map(|p| p.state.as_str()) {
-            Some("suspect" | "lost") => NodeState::Lost,
-            _ => NodeState::Suspect,
-        },
+        Probed::Ready { .. } | Probed::NoDocker { .. } if noticed || was_draining => {
+            NodeState::Draining
+        }
+        Probed::Ready { .. } => NodeState::Ready,
+        _ if was_draining => NodeState::Lost,
+        _ if matches!(previous, None | Some("preparing")) => NodeState::Preparing,
+        _ if missed >= lost_after => NodeState::Lost,
+        _ => NodeState::Suspect,
+    }
+}
+
+/// Probes missed in a row, per node, kept in memory between passes. A
+/// process that starts without a count (`reconcile --once` from cron)
+/// takes one from the recorded state: suspect counts as one miss, lost as
+/// enough.
+#[derive(Debug, Default)]
+pub struct Misses {
+    counts: BTreeMap<String, u32>,
+}
+
+impl Misses {
+    /// Counts this probe (a miss unless Docker answered); returns the
+    /// misses in a row.
+    pub fn count(&mut self, id: &str, probed: &Probed, previous: Option<&str>) -> u32 {
+        let missed = match probed {
+            Probed::Ready { .. } => 0,
+            _ => {
+                let before = self.counts.get(id).copied().unwrap_or(match previous {
+                    Some("suspect") => 1,
+                    Some("lost") => u32::MAX - 1,
+                    _ => 0,
+                });
+                before.saturating_add(1)
+            }
+        };
+        self.counts.insert(id.to_owned(), missed);
+        missed
+    }
+
+    /// Forgets nodes no longer in the inventory.
+    pub fn retain(&mut self, ids: &[&str]) {
+        self.counts.retain(|id, _| ids.contains(&id.as_str()));
     }
 }
 
@@ -31,7 +93,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use crate::cloud::Lifecycle;
-    use crate::observe::{DockerSetup, NodeFacts, SocketAccess};
+    use crate::observe::{DockerSetup, NodeFacts, Notice, SocketAccess};
 
     fn node(presence: Presence) -> Node {
         Node {
@@ -52,44 +114,37 @@ mod tests {
         }
     }
 
-    fn previous(state: &str) -> NodeRecord {
-        NodeRecord {
-            id: "i-1".into(),
-            name: "n1".into(),
-            address: "10.0.0.1".into(),
-            provider: "ec2".into(),
-            zone: None,
-            instance_type: None,
-            lifecycle: "spot".into(),
-            state: state.into(),
-            condition: None,
-            condition_detail: None,
-            docker_version: None,
-            memory_total: None,
-            memory_free: None,
-            cpus: None,
-            disk_free: None,
-            first_seen: 0,
-            last_seen: 0,
-            last_probe: None,
+    fn facts(notice: Option<Notice>) -> NodeFacts {
+        NodeFacts {
+            mem_total: 1 << 30,
+            mem_available: 1 << 29,
+            cpus: 2,
+            disk_path: "/".into(),
+            disk_free: 1 << 30,
+            docker: DockerSetup {
+                cli: true,
+                socket: SocketAccess::Usable,
+            },
+            notice,
+        }
+    }
+
+    fn ready_with(notice: Option<Notice>) -> Probed {
+        Probed::Ready {
+            facts: facts(notice),
+            docker_version: "20.10".into(),
+            containers: vec![],
         }
     }
 
     fn ready() -> Probed {
-        Probed::Ready {
-            facts: NodeFacts {
-                mem_total: 1 << 30,
-                mem_available: 1 << 29,
-                cpus: 2,
-                disk_path: "/".into(),
-                disk_free: 1 << 30,
-                docker: DockerSetup {
-                    cli: true,
-                    socket: SocketAccess::Usable,
-                },
-            },
-            docker_version: "20.10".into(),
-            containers: vec![],
+        ready_with(None)
+    }
+
+    fn notice() -> Notice {
+        Notice::Interruption {
+            action: "terminate".into(),
+            time: "2026-11-22T02:00:00Z".into(),
         }
     }
 
@@ -97,47 +152,107 @@ mod tests {
         Probed::Failed(Condition::Unreachable("no route".into()))
     }
 
+    fn docker_missing() -> Probed {
+        Probed::NoDocker {
+            facts: facts(None),
+            condition: Condition::DockerMissing,
+        }
+    }
+
+    /// The states a node goes through over a run of probes, from `start`.
+    fn run(start: Option<&str>, probes: &[Probed], lost_after: u32) -> Vec<&'static str> {
+        let n = node(Presence::Running);
+        let mut misses = Misses::default();
+        let mut previous = start.map(str::to_owned);
+        probes
+            .iter()
+            .map(|p| {
+                let missed = misses.count(&n.id, p, previous.as_deref());
+                let state = node_state(&n, p, previous.as_deref(), missed, lost_after).as_str();
+                previous = Some(state.to_owned());
+                state
+            })
+            .collect()
+    }
+
     #[test]
     fn answering_nodes_are_ready() {
-        let n = node(Presence::Running);
-        assert_eq!(node_state(&n, &ready(), None), NodeState::Ready);
+        assert_eq!(run(None, &[ready()], 2), ["ready"]);
+        assert_eq!(run(Some("lost"), &[ready()], 2), ["ready"]);
+        assert_eq!(run(Some("gone"), &[ready()], 2), ["ready"]);
+    }
+
+    #[test]
+    fn misses_in_a_row_make_a_ready_node_suspect_then_lost() {
+        let miss = unreachable;
         assert_eq!(
-            node_state(&n, &ready(), Some(&previous("lost"))),
-            NodeState::Ready
+            run(Some("ready"), &[miss(), miss(), miss()], 2),
+            ["suspect", "lost", "lost"]
+        );
+        assert_eq!(
+            run(Some("ready"), &[miss(), miss(), miss(), miss()], 4),
+            ["suspect", "suspect", "suspect", "lost"]
+        );
+        assert_eq!(run(Some("ready"), &[miss()], 1), ["lost"]);
+        // An answer in between starts the count again.
+        assert_eq!(
+            run(Some("ready"), &[miss(), ready(), miss(), miss()], 2),
+            ["suspect", "ready", "suspect", "lost"]
+        );
+        // Docker down on a node that was ready is a miss too.
+        assert_eq!(
+            run(Some("ready"), &[docker_missing(), docker_missing()], 2),
+            ["suspect", "lost"]
         );
     }
 
     #[test]
-    fn one_miss_is_suspect_two_are_lost() {
-        let n = node(Presence::Running);
-        assert_eq!(node_state(&n, &unreachable(), None), NodeState::Suspect);
+    fn a_fresh_process_takes_the_count_from_the_recorded_state() {
+        assert_eq!(run(Some("suspect"), &[unreachable()], 2), ["lost"]);
+        assert_eq!(run(Some("suspect"), &[unreachable()], 3), ["suspect"]);
+        assert_eq!(run(Some("lost"), &[unreachable()], 5), ["lost"]);
+    }
+
+    #[test]
+    fn a_new_node_is_preparing_until_docker_answers() {
         assert_eq!(
-            node_state(&n, &unreachable(), Some(&previous("ready"))),
-            NodeState::Suspect
+            run(
+                None,
+                &[unreachable(), docker_missing(), unreachable(), ready()],
+                1
+            ),
+            ["preparing", "preparing", "preparing", "ready"]
         );
+    }
+
+    #[test]
+    fn a_notice_drains_until_the_node_goes() {
         assert_eq!(
-            node_state(&n, &unreachable(), Some(&previous("suspect"))),
-            NodeState::Lost
+            run(
+                Some("ready"),
+                &[ready_with(Some(notice())), ready(), ready(), unreachable()],
+                3
+            ),
+            ["draining", "draining", "draining", "lost"]
         );
+        let rebalance = Notice::Rebalance {
+            time: "2026-11-22T02:00:00Z".into(),
+        };
         assert_eq!(
-            node_state(&n, &unreachable(), Some(&previous("lost"))),
-            NodeState::Lost
+            run(Some("ready"), &[ready_with(Some(rebalance))], 2),
+            ["draining"]
         );
     }
 
     #[test]
     fn leaving_instances_are_lost_at_once_and_changed_keys_untrusted() {
         assert_eq!(
-            node_state(&node(Presence::Leaving), &ready(), None),
+            node_state(&node(Presence::Leaving), &ready(), None, 0, 2),
             NodeState::Lost
         );
         let mismatch = Probed::Failed(Condition::HostKeyMismatch("changed".into()));
         assert_eq!(
-            node_state(
-                &node(Presence::Running),
-                &mismatch,
-                Some(&previous("ready"))
-            ),
+            node_state(&node(Presence::Running), &mismatch, Some("ready"), 1, 2),
             NodeState::Untrusted
         );
     }

@@ -1,11 +1,14 @@
 //! One observe pass: every node probed in parallel, what was found recorded.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use super::lifecycle::node_state;
-use crate::cloud::Node;
+use super::lifecycle::{GONE, Misses, node_state};
+use crate::cloud::{Node, Presence};
 use crate::config::{Bytes, Millicores};
-use crate::observe::{ProbeLimits, Probed, container_records, node_record, probe};
+use crate::observe::{
+    Condition, ProbeLimits, Probed, container_records, node_record, probe_with_metadata,
+};
 use crate::reconcile::{NodeState, NodeView};
 use crate::ssh::{Pool, fan_out};
 use crate::store::NodeRecord;
@@ -30,9 +33,49 @@ pub async fn observe(
     fleet: &str,
     limits: ProbeLimits,
 ) -> Vec<Observed> {
+    observe_with_metadata(pool, nodes, fleet, limits, |_| None).await
+}
+
+/// [`observe`]; `metadata` gives, per node, the instance metadata URL to
+/// read a spot notice at in the same round trip, if it is due. A probe,
+/// connecting included, that takes longer than `limits.timeout` is a
+/// timeout: a dead node delays the pass by that much at most.
+pub async fn observe_with_metadata(
+    pool: &Pool,
+    nodes: &[Node],
+    fleet: &str,
+    limits: ProbeLimits,
+    metadata: impl Fn(&Node) -> Option<String>,
+) -> Vec<Observed> {
     let targets: Vec<_> = nodes.iter().map(Node::target).collect();
+    let urls: std::collections::BTreeMap<&str, String> = nodes
+        .iter()
+        .filter_map(|n| Some((n.id.as_str(), metadata(n)?)))
+        .collect();
+    let urls = &urls;
+    // EC2 says these are going: they are lost whatever a probe says, and a
+    // probe of a dying machine only waits out its timeout.
+    let leaving: std::collections::BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| n.presence == Presence::Leaving)
+        .map(|n| n.id.as_str())
+        .collect();
+    let leaving = &leaving;
     let mut found: Vec<Observed> = fan_out(&targets, PARALLEL, |target| async move {
-        probe(pool, &target, fleet, limits).await
+        if leaving.contains(target.id.as_str()) {
+            return Probed::Failed(Condition::Unreachable(
+                "not probed: EC2 says the instance is shutting down or stopped".into(),
+            ));
+        }
+        let url = urls.get(target.id.as_str()).map(String::as_str);
+        let probe = probe_with_metadata(pool, &target, fleet, limits, url);
+        match tokio::time::timeout(limits.timeout, probe).await {
+            Ok(probed) => probed,
+            Err(_) => Probed::Failed(Condition::Timeout(format!(
+                "no answer within {}",
+                humantime::format_duration(limits.timeout)
+            ))),
+        }
     })
     .await
     .into_iter()
@@ -45,16 +88,103 @@ pub async fn observe(
     found
 }
 
-/// Writes a pass to the store: each node's row in its new state, its
-/// containers when they were read, and an event whenever a node's
-/// condition changes. Returns the nodes as the scheduler sees them.
-pub fn record(store: &Arc<Mutex<Store>>, pass: &[Observed]) -> Result<Vec<NodeView>, StoreError> {
+/// Turns passes into node states and records them; remembers the misses
+/// in a row between passes.
+#[derive(Debug)]
+pub struct Recorder {
+    lost_after: u32,
+    misses: Misses,
+    /// Nodes an operator asked to drain (the dashboard's `D`): from the
+    /// next pass on they are draining, as after a spot notice.
+    drains: BTreeSet<String>,
+}
+
+impl Recorder {
+    /// `lost_after`: missed probes in a row that make a node lost.
+    pub fn new(lost_after: u32) -> Recorder {
+        Recorder {
+            lost_after,
+            misses: Misses::default(),
+            drains: BTreeSet::new(),
+        }
+    }
+
+    /// Drains `node` from the next pass on; it stays draining (the state
+    /// sticks) until it leaves the fleet.
+    pub fn drain(&mut self, node: &str) {
+        self.drains.insert(node.to_owned());
+    }
+
+    /// Writes a pass to the store: each node's row in its new state, its
+    /// containers when they were read, and an event whenever a node's
+    /// condition changes. With a `complete` inventory (discovery answered),
+    /// recorded nodes not in it are gone. Returns the nodes as the
+    /// scheduler sees them.
+    pub fn record(
+        &mut self,
+        store: &Arc<Mutex<Store>>,
+        pass: &[Observed],
+        complete: bool,
+    ) -> Result<Vec<NodeView>, StoreError> {
+        let ids: Vec<&str> = pass.iter().map(|o| o.node.id.as_str()).collect();
+        self.misses.retain(&ids);
+        self.drains.retain(|d| ids.contains(&d.as_str()));
+        let mut store = store.lock().unwrap_or_else(|poison| poison.into_inner());
+        let views = record(&mut store, pass, |seen, previous| {
+            let missed = self.misses.count(&seen.node.id, &seen.probed, previous);
+            let previous = if self.drains.contains(&seen.node.id) {
+                Some(NodeState::Draining.as_str())
+            } else {
+                previous
+            };
+            node_state(&seen.node, &seen.probed, previous, missed, self.lost_after)
+        })?;
+        if complete {
+            record_gone(&mut store, &ids)?;
+        }
+        Ok(views)
+    }
+}
+
+/// Recorded nodes no longer in the inventory: gone, with an event, and no
+/// containers (what they ran is not running anywhere).
+fn record_gone(store: &mut Store, present: &[&str]) -> Result<(), StoreError> {
     let now = now_ms();
-    let mut store = store.lock().unwrap_or_else(|poison| poison.into_inner());
+    for mut row in store.nodes()? {
+        if present.contains(&row.id.as_str()) || row.state == GONE {
+            continue;
+        }
+        let was = std::mem::replace(&mut row.state, GONE.to_owned());
+        row.condition = None;
+        row.condition_detail = None;
+        row.last_probe = Some(now);
+        store.record_event(
+            &NewEvent::new(
+                Level::Warn,
+                "node.gone",
+                format!(
+                    "{} is gone: no longer in the inventory (terminated) (was {was})",
+                    row.name
+                ),
+            )
+            .node(row.id.clone()),
+        )?;
+        store.upsert_node(&row)?;
+        store.replace_containers(&row.id, &[])?;
+    }
+    Ok(())
+}
+
+fn record(
+    store: &mut Store,
+    pass: &[Observed],
+    mut state_of: impl FnMut(&Observed, Option<&str>) -> NodeState,
+) -> Result<Vec<NodeView>, StoreError> {
+    let now = now_ms();
     let mut views = Vec::with_capacity(pass.len());
     for seen in pass {
         let previous = store.node(&seen.node.id)?;
-        let state = node_state(&seen.node, &seen.probed, previous.as_ref());
+        let state = state_of(seen, previous.as_ref().map(|p| p.state.as_str()));
         let row = node_record(
             &seen.node,
             &seen.probed,
@@ -129,10 +259,22 @@ fn events(previous: Option<&NodeRecord>, row: &NodeRecord, seen: &Observed) -> V
         } else {
             Level::Warn
         };
+        let why = match &seen.probed {
+            Probed::Ready { facts, .. } | Probed::NoDocker { facts, .. } => {
+                facts.notice.as_ref().map(|n| format!(": {n}"))
+            }
+            Probed::Failed(_) => None,
+        };
         out.push(NewEvent::new(
             level,
             &format!("node.{}", row.state),
-            format!("{} is {} (was {})", row.name, row.state, previous.state),
+            format!(
+                "{} is {} (was {}){}",
+                row.name,
+                row.state,
+                previous.state,
+                why.unwrap_or_default()
+            ),
         ));
     }
     out

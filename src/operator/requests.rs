@@ -66,12 +66,19 @@ pub async fn handle(
             Ok("reconcile started".into())
         }
         RequestKind::Restart => restart(operator, req).await,
-        // The scheduler knows draining nodes (spot notices), but nothing
-        // marks one by hand yet: say so rather than pretend.
-        RequestKind::Drain => Err(format!(
-            "drain {} not done: draining a node by hand is not supported yet",
-            req.node_id.as_deref().unwrap_or("?")
-        )),
+        RequestKind::Drain => {
+            let Some(id) = req.node_id.as_deref() else {
+                return Err("drain needs a node".into());
+            };
+            let Some(node) = operator.drain(id) else {
+                return Err(format!("node {id} was not found by the latest pass"));
+            };
+            control.reconcile_now();
+            Ok(format!(
+                "draining {} ({}): its pods start elsewhere, then leave it",
+                node.name, node.id
+            ))
+        }
     }
 }
 

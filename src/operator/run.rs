@@ -119,7 +119,9 @@ pub async fn run(
             tracing::info!("nodes changed: reconciling again now");
             continue;
         }
-        let wait = interval.saturating_sub(started.elapsed());
+        let wait = operator
+            .next_pass(interval)
+            .saturating_sub(started.elapsed());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = control.wake.notified() => tracing::info!("reconcile requested"),

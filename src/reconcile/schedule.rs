@@ -43,9 +43,11 @@ pub struct NodeView {
 pub enum NodeState {
     /// Answering probes: keeps its pods and takes new ones.
     Ready,
-    /// Missed probes (or still being prepared): keeps its pods, takes no
-    /// new ones.
+    /// Missed probes: keeps its pods, takes no new ones.
     Suspect,
+    /// New, and not ready yet (booting, sshd not up, Docker not running or
+    /// being installed): takes no pods until it is.
+    Preparing,
     /// Gone or unreachable for good: its pods are placed elsewhere.
     Lost,
     /// A spot interruption notice: its pods are started elsewhere first,
@@ -58,7 +60,10 @@ pub enum NodeState {
 impl NodeState {
     /// Whether pods placed on the node stay there.
     pub fn keeps_pods(self) -> bool {
-        matches!(self, NodeState::Ready | NodeState::Suspect)
+        matches!(
+            self,
+            NodeState::Ready | NodeState::Suspect | NodeState::Preparing
+        )
     }
 
     /// Whether new pods may go there.
@@ -75,6 +80,7 @@ impl NodeState {
         match self {
             NodeState::Ready => "ready",
             NodeState::Suspect => "suspect",
+            NodeState::Preparing => "preparing",
             NodeState::Lost => "lost",
             NodeState::Draining => "draining",
             NodeState::Untrusted => "untrusted",

@@ -18,15 +18,81 @@ fn setup(text: &str) -> DockerSetup {
 
 #[test]
 fn argv_is_a_constant_script() {
-    let argv = node_facts_argv();
-    assert_eq!(argv.len(), 3);
+    let argv = node_facts_argv(None);
+    assert_eq!(argv.len(), 4);
     assert_eq!((argv[0].as_str(), argv[1].as_str()), ("sh", "-c"));
     assert_eq!(argv[2], FACTS_SCRIPT);
-    // Nothing is formatted into it, and it reads no arguments.
-    assert!(!FACTS_SCRIPT.contains("$1") && !FACTS_SCRIPT.contains("$@"));
+    assert_eq!(argv[3], "prism-facts");
+    // Nothing is formatted into it: the metadata URL is its one argument.
+    let url = "http://169.254.169.254/x'; rm -rf / #";
+    let argv = node_facts_argv(Some(url));
+    assert_eq!(argv[2], FACTS_SCRIPT);
+    assert_eq!(argv[4], url);
+    // It reads its argument once, into a variable that is only ever
+    // expanded in double quotes.
+    assert_eq!(FACTS_SCRIPT.matches("${1").count(), 1);
+    assert!(FACTS_SCRIPT.contains("metadata=${1:-}"));
+    assert!(!FACTS_SCRIPT.contains(" $metadata"));
     // It survives the SSH layer's quoting (shlex) intact, newlines and all.
     let joined = shlex::try_join(argv.iter().map(String::as_str)).unwrap();
     assert_eq!(shlex::split(&joined).unwrap(), argv);
+}
+
+/// RUNNING with metadata sections before `@@ end`.
+fn with_metadata(sections: &str) -> String {
+    RUNNING.replace("@@ end", &format!("{sections}@@ end"))
+}
+
+#[test]
+fn no_notice_without_metadata_or_with_404() {
+    assert_eq!(parse_node_facts(RUNNING).unwrap().notice, None);
+    let not_found = "<HTML><HEAD><TITLE>404 Not Found</TITLE></HEAD>\n<BODY><H1>404 Not Found</H1>\n</BODY></HTML>\n";
+    let text = with_metadata(&format!(
+        "@@ spot-action\n{not_found}404\n@@ rebalance\n{not_found}404\n"
+    ));
+    assert_eq!(parse_node_facts(&text).unwrap().notice, None);
+    // Nothing answered (000), or curl is missing: no notice either.
+    let text = with_metadata("@@ spot-action\n\n000\n@@ rebalance\n\n000\n");
+    assert_eq!(parse_node_facts(&text).unwrap().notice, None);
+    let text = with_metadata("@@ metadata-unread curl is missing\n");
+    assert_eq!(parse_node_facts(&text).unwrap().notice, None);
+}
+
+#[test]
+fn an_instance_action_is_an_interruption_notice() {
+    let text = with_metadata(
+        "@@ spot-action\n{\"action\": \"terminate\", \"time\": \"2026-11-22T02:30:00Z\"}\n200\n\
+         @@ rebalance\n{\"noticeTime\": \"2026-11-22T02:20:00Z\"}\n200\n",
+    );
+    assert_eq!(
+        parse_node_facts(&text).unwrap().notice,
+        Some(Notice::Interruption {
+            action: "terminate".into(),
+            time: "2026-11-22T02:30:00Z".into()
+        })
+    );
+    let text = with_metadata(
+        "@@ spot-action\n\n404\n@@ rebalance\n{\"noticeTime\": \"2026-11-22T02:20:00Z\"}\n200\n",
+    );
+    let notice = parse_node_facts(&text).unwrap().notice.unwrap();
+    assert_eq!(
+        notice.to_string(),
+        "rebalance recommendation since 2026-11-22T02:20:00Z"
+    );
+    // A 200 that does not parse still drains.
+    let text = with_metadata("@@ spot-action\n{garbled\n200\n");
+    assert!(matches!(
+        parse_node_facts(&text).unwrap().notice,
+        Some(Notice::Interruption { .. })
+    ));
+}
+
+#[test]
+fn a_metadata_section_without_a_status_is_an_error() {
+    let e = err(&with_metadata("@@ spot-action\n"));
+    assert!(e.to_string().contains("has no HTTP status"), "{e}");
+    let e = err(&with_metadata("@@ spot-action\n{}\nok\n"));
+    assert!(e.to_string().contains("expected an HTTP status"), "{e}");
 }
 
 #[test]
@@ -58,6 +124,7 @@ fn docker_running() {
                 cli: true,
                 socket: SocketAccess::Usable
             },
+            notice: None,
         })
     );
 }

@@ -740,6 +740,68 @@ fn draining_without_room_elsewhere_keeps_the_pod_and_says_so() {
 }
 
 #[test]
+fn a_lost_node_s_pod_without_room_waits_for_the_next_ready_node() {
+    // n2 is too small for blog (320M over a 256M reserve).
+    let mut small = ready("n2");
+    small.memory = Bytes(400 << 20);
+    let mut w = World::new(BLOG, vec![ready("n1"), small]);
+    w.converge();
+    w.reachable.remove("n1");
+    w.set_state("n1", NodeState::Lost);
+    let p = w.plan();
+    assert!(p.actions.is_empty());
+    assert_eq!(changes(&p), ["- unplace blog/0 from node n1"]);
+    assert_eq!(
+        problems(&p),
+        ["! cannot place: blog/0 needs 320M of memory; the largest free space is 144M, on node n2"]
+    );
+    w.apply(&p);
+
+    // A new instance appears: nothing goes there while it is prepared.
+    w.nodes.push(node("n3", NodeState::Preparing));
+    w.containers.insert("n3".into(), vec![]);
+    w.reachable.insert("n3".into());
+    let p = w.plan();
+    assert!(p.is_empty(), "{:?}", actions(&p));
+    assert_eq!(p.problems.len(), 1);
+
+    // Ready: the waiting pod goes there at once.
+    w.set_state("n3", NodeState::Ready);
+    let p = w.plan();
+    assert_eq!(changes(&p), ["+ place blog/0 on node n3"]);
+    assert_eq!(p.actions.keys().collect::<Vec<_>>(), ["n3"]);
+    assert!(p.problems.is_empty());
+    w.apply(&p);
+    assert!(w.plan().is_empty());
+}
+
+#[test]
+fn a_draining_node_takes_no_new_pod_even_with_room() {
+    let mut w = World::new(BLOG, vec![ready("n1"), ready("n2")]);
+    w.converge();
+    assert_eq!(w.placements[0].node_id, "n1");
+    w.set_state("n2", NodeState::Draining);
+    // shop/0 is new: n1 takes it, never the draining n2.
+    w.desired = desired(&format!("{BLOG}{SHOP}"));
+    let p = w.plan();
+    assert_eq!(changes(&p), ["+ place shop/0 on node n1"]);
+    assert_eq!(p.actions.keys().collect::<Vec<_>>(), ["n1"]);
+    w.apply(&p);
+    // With n1 draining too, a third app has nowhere to go.
+    w.set_state("n1", NodeState::Draining);
+    w.desired = desired(&format!("{BLOG}{SHOP}{}", SHOP.replace("shop", "wiki")));
+    let p = w.plan();
+    assert!(p.actions.is_empty(), "{:?}", actions(&p));
+    assert!(
+        problems(&p).iter().any(|l| l.starts_with(
+            "! cannot place: wiki/0 has no node to run on: none is ready (2 draining)"
+        )),
+        "{:?}",
+        problems(&p)
+    );
+}
+
+#[test]
 fn a_suspect_node_keeps_its_pods_without_churn() {
     let mut w = World::new(BLOG, vec![ready("n1"), ready("n2")]);
     w.converge();
