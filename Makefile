@@ -1,5 +1,5 @@
 # Two entry points; the work lives in scripts/ so CI and people run the same thing.
-.PHONY: demo test bench bench-proxy
+.PHONY: demo test bench bench-proxy docs
 
 demo:
 	@scripts/demo
@@ -14,3 +14,14 @@ bench:
 # Prism's proxy against nginx on loopback (installs nginx and wrk).
 bench-proxy:
 	@scripts/bench proxy
+
+# Shell completions and man pages, generated from the command line's own
+# definitions, into target/docs/ (for packaging; `prism completions` and
+# `prism man` print them too).
+docs:
+	cargo build --locked --release
+	mkdir -p target/docs/man target/docs/completions
+	target/release/prism man --dir target/docs/man
+	target/release/prism completions bash > target/docs/completions/prism.bash
+	target/release/prism completions zsh > target/docs/completions/_prism
+	target/release/prism completions fish > target/docs/completions/prism.fish

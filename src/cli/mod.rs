@@ -3,6 +3,7 @@
 //! on stderr.
 
 mod daemon;
+mod docs;
 mod plan;
 mod reconcile;
 mod status;
@@ -23,10 +24,19 @@ Exit codes:
   1  the command failed (state store, network, a node)
   2  bad usage, or fleet.toml is invalid (nothing was changed)";
 
+/// The version `--version` prints: the crate's and the git commit it was
+/// built from (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PRISM_COMMIT"),
+    ")"
+);
+
 /// Prism runs your containers on cheap EC2 spot instances (or any machines
 /// with sshd and Docker) and keeps them running when instances are taken away.
 #[derive(Debug, Parser)]
-#[command(name = "prism", version, after_help = EXIT_CODES, propagate_version = true)]
+#[command(name = "prism", version = VERSION, after_help = EXIT_CODES, propagate_version = true)]
 pub struct Cli {
     /// The fleet file: desired state of nodes, apps and the proxy.
     #[arg(
@@ -112,6 +122,26 @@ pub enum Command {
         #[arg(long)]
         probe: bool,
     },
+
+    /// Print shell completions for prism to stdout.
+    ///
+    /// For example `prism completions bash > /etc/bash_completion.d/prism`,
+    /// or for zsh into a folder of $fpath as `_prism`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page prism(1) to stdout, in roff.
+    ///
+    /// `prism man | man -l -` reads it. With --dir, writes prism.1 and one
+    /// page per command (prism-daemon.1, ...) into that folder instead.
+    Man {
+        /// Write every page into this folder (it must exist).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 const RECONCILE_EXIT_CODES: &str = "\
@@ -174,6 +204,9 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> Resu
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Completions { shell } => docs::completions(*shell),
+        Command::Man { dir: None } => docs::man_page(),
+        Command::Man { dir: Some(dir) } => docs::man_pages(dir),
         Command::Validate => validate::run(&cli.config),
         Command::Plan { json } => Config::load(&cli.config)
             .map_err(Failure::from)
