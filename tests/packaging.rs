@@ -136,3 +136,128 @@ fn man_dir_that_does_not_exist_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A checking tool the tests need; `lab/lab install` installs them all.
+fn tool(name: &str) -> String {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .expect("run sh");
+    assert!(
+        found.status.success(),
+        "{name} is not installed: run `lab/lab install` (as root), which installs the checking tools"
+    );
+    text(&found.stdout).trim().to_string()
+}
+
+/// `Key=Value` lines of a unit file, in order, comments skipped.
+fn unit_settings(unit: &str) -> Vec<(String, String)> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn setting<'a>(settings: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    settings
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+const UNIT: &str = "contrib/systemd/prism.service";
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let analyze = tool("systemd-analyze");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // verify insists the ExecStart binary exists and Documentation= man
+    // pages resolve: point it at the binary under test and its own pages.
+    let unit = std::fs::read_to_string(root().join(UNIT)).expect("read the unit");
+    let unit = unit.replace("/usr/local/bin/prism", env!("CARGO_BIN_EXE_prism"));
+    let file = dir.path().join("prism.service");
+    std::fs::write(&file, unit).expect("write");
+    let man1 = dir.path().join("man").join("man1");
+    std::fs::create_dir_all(&man1).expect("mkdir");
+    let out = prism(&["man", "--dir", &man1.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&file)
+        .env("MANPATH", dir.path().join("man"))
+        .output()
+        .expect("run systemd-analyze");
+    // verify exits 0 on unknown keys and bad values too, only warning.
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify {UNIT}: {said}"
+    );
+}
+
+#[test]
+fn the_systemd_unit_runs_the_daemon_where_the_example_fleet_keeps_state() {
+    let unit = std::fs::read_to_string(root().join(UNIT)).expect("read the unit");
+    let s = unit_settings(&unit);
+    assert_eq!(setting(&s, "ExecStart"), ["/usr/local/bin/prism daemon"]);
+    assert_eq!(setting(&s, "User"), ["prism"]);
+    assert_eq!(setting(&s, "Restart"), ["on-failure"]);
+    assert_eq!(setting(&s, "KillSignal"), ["SIGTERM"]);
+    // Longer than the slowest action of a pass (a 10-minute image pull).
+    let stop = humantime::parse_duration(setting(&s, "TimeoutStopSec")[0]).expect("a duration");
+    assert!(stop > std::time::Duration::from_secs(600), "{stop:?}");
+    for key in ["AmbientCapabilities", "CapabilityBoundingSet"] {
+        assert_eq!(setting(&s, key), ["CAP_NET_BIND_SERVICE"], "{key}");
+    }
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+    ] {
+        assert_eq!(setting(&s, key), [value], "{key}");
+    }
+
+    // The config it names keeps its state in the one writable folder.
+    let config = setting(&s, "Environment")
+        .iter()
+        .find_map(|e| e.strip_prefix("PRISM_CONFIG="))
+        .expect("the unit sets PRISM_CONFIG");
+    assert_eq!(config, "/etc/prism/fleet.toml");
+    let state_dir = format!("/var/lib/{}", setting(&s, "StateDirectory")[0]);
+    assert_eq!(setting(&s, "ReadWritePaths"), [state_dir.as_str()]);
+    assert_eq!(setting(&s, "WorkingDirectory"), [state_dir.as_str()]);
+    let example = prism::config::Config::load(&root().join("fleet.toml")).expect("fleet.toml");
+    assert!(
+        example.state_path().starts_with(&state_dir),
+        "the example fleet.toml keeps state in {}, outside {state_dir}",
+        example.state_path().display()
+    );
+
+    // systemd-sysusers makes the user with the state folder as its home
+    // (so `~/` in fleet.toml resolves there); tried on an empty root.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).expect("mkdir");
+    for file in ["passwd", "group"] {
+        std::fs::write(etc.join(file), "").expect("write");
+    }
+    let out = Command::new(tool("systemd-sysusers"))
+        .arg(format!("--root={}", dir.path().display()))
+        .arg(root().join("contrib/systemd/prism.sysusers"))
+        .output()
+        .expect("run systemd-sysusers");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let passwd = std::fs::read_to_string(etc.join("passwd")).expect("read passwd");
+    let user = passwd
+        .lines()
+        .find(|l| l.starts_with("prism:"))
+        .unwrap_or_else(|| panic!("no user prism in {passwd:?}"));
+    let fields: Vec<&str> = user.split(':').collect();
+    assert_eq!(fields[5], state_dir, "home of {user}");
+    assert_eq!(fields[6], "/usr/sbin/nologin", "shell of {user}");
+}
