@@ -261,3 +261,180 @@ fn the_systemd_unit_runs_the_daemon_where_the_example_fleet_keeps_state() {
     assert_eq!(fields[5], state_dir, "home of {user}");
     assert_eq!(fields[6], "/usr/sbin/nologin", "shell of {user}");
 }
+
+/// Shell scripts that ship: provisioning, user data, the benchmark.
+const SHELL_SCRIPTS: [&str; 2] = ["vagrant/provision.sh", "contrib/aws/user-data.sh"];
+
+#[test]
+fn shipped_shell_scripts_pass_shellcheck() {
+    let shellcheck = tool("shellcheck");
+    for script in SHELL_SCRIPTS {
+        let out = Command::new(&shellcheck)
+            .arg(root().join(script))
+            .output()
+            .expect("run shellcheck");
+        assert!(
+            out.status.success(),
+            "shellcheck {script}:\n{}",
+            text(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn user_data_refuses_to_run_without_a_public_key() {
+    // An empty PATH: should the check ever pass, nothing gets installed and
+    // the script stops at "neither apt-get nor dnf" instead.
+    let out = Command::new("/bin/bash")
+        .arg(root().join("contrib/aws/user-data.sh"))
+        .env_clear()
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("run bash");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("PRISM_PUBKEY holds no SSH public key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_vagrant_fleet_is_valid() {
+    let file = root().join("vagrant/fleet.toml");
+    let out = prism(&["-c", &file.display().to_string(), "validate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("3 static node(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn the_vagrantfile_is_ruby() {
+    let out = Command::new(tool("ruby"))
+        .arg("-c")
+        .arg(root().join("vagrant/Vagrantfile"))
+        .output()
+        .expect("run ruby");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Machine {
+    name: String,
+    ips: Vec<String>,
+    provision: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The Vagrantfile evaluated by a stand-in for Vagrant, in a copy of
+/// vagrant/ (it writes keys and known_hosts beside itself).
+fn vagrant_machines(dir: &std::path::Path) -> Vec<Machine> {
+    for file in ["Vagrantfile", "provision.sh"] {
+        std::fs::copy(root().join("vagrant").join(file), dir.join(file)).expect("copy");
+    }
+    let out = Command::new(tool("ruby"))
+        .arg(root().join("tests/packaging/vagrant_stub.rb"))
+        .arg(dir.join("Vagrantfile"))
+        .output()
+        .expect("run ruby");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("the stub prints JSON")
+}
+
+#[test]
+fn the_vagrantfile_brings_up_the_nodes_fleet_toml_lists_with_pinned_host_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let machines = vagrant_machines(dir.path());
+    let fleet = prism::config::Config::load(&root().join("vagrant/fleet.toml")).expect("load");
+    let listed: Vec<(String, Vec<String>)> = fleet
+        .fleet
+        .discovery
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), vec![n.address.clone()]))
+        .collect();
+    let defined: Vec<(String, Vec<String>)> = machines
+        .iter()
+        .map(|m| (m.name.clone(), m.ips.clone()))
+        .collect();
+    assert_eq!(defined, listed);
+
+    // known_hosts names each address with the host key made for that VM,
+    // which is the key its provisioning installs.
+    let known_hosts = dir.path().join("known_hosts");
+    for m in &machines {
+        let host_pub = std::fs::read_to_string(
+            dir.path()
+                .join("keys")
+                .join(format!("{}_host_ed25519.pub", m.name)),
+        )
+        .expect("the Vagrantfile made the host key");
+        let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+        let found = Command::new("ssh-keygen")
+            .args(["-F", &m.ips[0], "-f"])
+            .arg(&known_hosts)
+            .output()
+            .expect("run ssh-keygen (openssh-client)");
+        assert!(found.status.success(), "{} not in known_hosts", m.ips[0]);
+        assert!(text(&found.stdout).contains(&key.join(" ")), "{}", m.name);
+
+        let uploads: Vec<(&str, &str)> = m
+            .provision
+            .iter()
+            .filter(|p| p["kind"] == "file")
+            .map(|p| {
+                (
+                    p["source"].as_str().expect("source"),
+                    p["destination"].as_str().expect("destination"),
+                )
+            })
+            .collect();
+        let host_key = format!("{}_host_ed25519", m.name);
+        assert!(
+            uploads.iter().any(|(from, to)| from.ends_with(&host_key)
+                && *to == "/tmp/prism-provision/ssh_host_ed25519_key"),
+            "{uploads:?}"
+        );
+        for (from, _) in &uploads {
+            assert!(std::path::Path::new(from).is_file(), "{from} is missing");
+        }
+        let shell = m.provision.last().expect("a provisioner");
+        assert_eq!(shell["kind"], "shell");
+        assert_eq!(shell["path"], "provision.sh");
+        assert_eq!(shell["args"][0], "/tmp/prism-provision");
+    }
+
+    // The login key fleet.toml names is the one whose public half goes up.
+    assert_eq!(
+        fleet.fleet.ssh.identity.as_deref(),
+        Some(std::path::Path::new("keys/prism_ed25519"))
+    );
+    let key = dir.path().join("keys/prism_ed25519");
+    let public = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(&key)
+        .output()
+        .expect("run ssh-keygen");
+    let uploaded =
+        std::fs::read_to_string(dir.path().join("keys/prism_ed25519.pub")).expect("read");
+    assert!(
+        uploaded.starts_with(text(&public.stdout).trim()),
+        "{uploaded}"
+    );
+}
+
+#[test]
+fn the_vagrantfile_keeps_keys_it_already_made() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    vagrant_machines(dir.path());
+    let first = std::fs::read_to_string(dir.path().join("known_hosts")).expect("read");
+    vagrant_machines(dir.path());
+    let again = std::fs::read_to_string(dir.path().join("known_hosts")).expect("read");
+    assert_eq!(
+        first, again,
+        "a second `vagrant` command must not change host keys"
+    );
+}
