@@ -263,7 +263,11 @@ fn the_systemd_unit_runs_the_daemon_where_the_example_fleet_keeps_state() {
 }
 
 /// Shell scripts that ship: provisioning, user data, the benchmark.
-const SHELL_SCRIPTS: [&str; 2] = ["vagrant/provision.sh", "contrib/aws/user-data.sh"];
+const SHELL_SCRIPTS: [&str; 3] = [
+    "vagrant/provision.sh",
+    "contrib/aws/user-data.sh",
+    "scripts/footprint",
+];
 
 #[test]
 fn shipped_shell_scripts_pass_shellcheck() {
