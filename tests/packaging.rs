@@ -442,3 +442,23 @@ fn the_vagrantfile_keeps_keys_it_already_made() {
         "a second `vagrant` command must not change host keys"
     );
 }
+
+#[test]
+fn the_footprint_benchmark_refuses_a_bad_duration_before_touching_anything() {
+    // Checked before building, or adding lab nodes.
+    for bad in ["0", "ten", "-1", "2m"] {
+        let out = Command::new(root().join("scripts/footprint"))
+            .arg(bad)
+            .output()
+            .expect("run scripts/footprint");
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "MINUTES must be a whole number above 0, not '{bad}'"
+            )),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    }
+}
