@@ -228,6 +228,8 @@ fn the_systemd_unit_runs_the_daemon_where_the_example_fleet_keeps_state() {
         .find_map(|e| e.strip_prefix("PRISM_CONFIG="))
         .expect("the unit sets PRISM_CONFIG");
     assert_eq!(config, "/etc/prism/fleet.toml");
+    // Plain log lines for the journal (tracing colours them otherwise).
+    assert!(setting(&s, "Environment").contains(&"NO_COLOR=1"));
     let state_dir = format!("/var/lib/{}", setting(&s, "StateDirectory")[0]);
     assert_eq!(setting(&s, "ReadWritePaths"), [state_dir.as_str()]);
     assert_eq!(setting(&s, "WorkingDirectory"), [state_dir.as_str()]);
