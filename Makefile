@@ -1,5 +1,5 @@
 # Two entry points; the work lives in scripts/ so CI and people run the same thing.
-.PHONY: demo test bench bench-proxy bench-reconcile bench-failover
+.PHONY: demo test bench bench-proxy bench-reconcile bench-failover bench-footprint docs
 
 demo:
 	@scripts/demo
@@ -24,3 +24,19 @@ bench-reconcile:
 # build: the operator waits on the network, not on its CPU).
 bench-failover:
 	@cargo bench --profile dev --bench failover
+
+# The daemon's RSS and idle CPU at 10 nodes and 100 containers after
+# 10 minutes (FOOTPRINT_MINUTES), its binary size, and nodes free of Prism.
+bench-footprint:
+	@scripts/bench footprint
+
+# Shell completions and man pages, generated from the command line's own
+# definitions, into target/docs/ (for packaging; `prism completions` and
+# `prism man` print them too).
+docs:
+	cargo build --locked --release
+	mkdir -p target/docs/man target/docs/completions
+	target/release/prism man --dir target/docs/man
+	target/release/prism completions bash > target/docs/completions/prism.bash
+	target/release/prism completions zsh > target/docs/completions/_prism
+	target/release/prism completions fish > target/docs/completions/prism.fish

@@ -3,6 +3,7 @@
 //! on stderr.
 
 mod daemon;
+mod docs;
 pub(crate) mod plan;
 mod reconcile;
 mod status;
@@ -23,12 +24,21 @@ Exit codes:
   1  the command failed (state store, network, a node)
   2  bad usage, or fleet.toml is invalid (nothing was changed)";
 
+/// The version `--version` prints: the crate's and the git commit it was
+/// built from (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PRISM_COMMIT"),
+    ")"
+);
+
 /// Prism runs your containers on cheap EC2 spot instances (or any machines
 /// with sshd and Docker) and keeps them running when instances are taken away.
 ///
 /// Without a command, opens the live dashboard (`prism dashboard`).
 #[derive(Debug, Parser)]
-#[command(name = "prism", version, after_help = EXIT_CODES, propagate_version = true)]
+#[command(name = "prism", version = VERSION, after_help = EXIT_CODES, propagate_version = true)]
 pub struct Cli {
     /// The fleet file: desired state of nodes, apps and the proxy.
     #[arg(
@@ -56,9 +66,10 @@ pub enum Command {
     /// prism-dashboard.log beside the state file. Press ? for the keys.
     #[command(after_help = DASHBOARD_EXIT_CODES)]
     Dashboard {
-        /// Time between passes when the dashboard runs the operator.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        interval: std::time::Duration,
+        /// Time between passes when the dashboard runs the operator
+        /// [default: `[lifecycle] probe_interval`, 2s].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        interval: Option<std::time::Duration>,
     },
 
     /// Check fleet.toml: syntax, keys, units and cross-field rules.
@@ -127,6 +138,26 @@ pub enum Command {
         /// found, then print. Changes nothing on the nodes.
         #[arg(long)]
         probe: bool,
+    },
+
+    /// Print shell completions for prism to stdout.
+    ///
+    /// For example `prism completions bash > /etc/bash_completion.d/prism`,
+    /// or for zsh into a folder of $fpath as `_prism`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page prism(1) to stdout, in roff.
+    ///
+    /// `prism man | man -l -` reads it. With --dir, writes prism.1 and one
+    /// page per command (prism-daemon.1, ...) into that folder instead.
+    Man {
+        /// Write every page into this folder (it must exist).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -203,19 +234,21 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> Resu
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Dashboard {
-        interval: std::time::Duration::from_secs(5),
-    });
+    let command = cli.command.unwrap_or(Command::Dashboard { interval: None });
     let result = match &command {
         Command::Dashboard { interval } => Config::load(&cli.config)
             .map_err(Failure::from)
             .and_then(|config| {
+                let interval = interval.unwrap_or(config.fleet.lifecycle.probe_interval.0);
                 block_on(async {
-                    crate::tui::run(config, *interval)
+                    crate::tui::run(config, interval)
                         .await
                         .map_err(Failure::from)
                 })
             }),
+        Command::Completions { shell } => docs::completions(*shell),
+        Command::Man { dir: None } => docs::man_page(),
+        Command::Man { dir: Some(dir) } => docs::man_pages(dir),
         Command::Validate => validate::run(&cli.config),
         Command::Plan { json } => Config::load(&cli.config)
             .map_err(Failure::from)
