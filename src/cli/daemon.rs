@@ -1,15 +1,22 @@
 //! `prism daemon`: discovery and reconcile in a loop, with logs, until
-//! SIGTERM or SIGINT.
+//! SIGTERM or SIGINT; the bundled proxy in front, its routes following
+//! every pass, and the admin listener with the proxy's and the operator's
+//! metrics.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::Failure;
-use crate::config::Config;
-use std::sync::Arc;
-
-use crate::operator::{Control, Operator, run_loop, start_jobs};
+use crate::config::{Config, Fleet};
+use crate::operator::{Control, FleetMetrics, Operator, ProxyRouter, run_loop, start_jobs};
+use crate::proxy::{self, Listener, Proxy, Settings};
 use crate::store::LockHolder;
 
 /// A daemon that stops heartbeating for this long is presumed dead.
@@ -33,10 +40,105 @@ pub fn init_logs(format: LogFormat) {
     }
 }
 
-pub async fn run(config: Config, interval: Duration) -> Result<(), Failure> {
-    let operator = Arc::new(Operator::new(config).await?);
+/// The proxy and admin listeners, bound before anything is served so a
+/// port in use stops the daemon at once.
+struct Front {
+    proxy: Proxy,
+    listener: Listener,
+    admin: TcpListener,
+}
+
+impl Front {
+    fn bind(fleet: &Fleet, registry: &mut Registry) -> Result<Front, Failure> {
+        let p = &fleet.proxy;
+        let proxy = Proxy::new(Settings::from_config(p), registry);
+        let listener = parse(&p.listen, "proxy")
+            .and_then(|addr| proxy.bind(addr).map_err(|e| listen("proxy", addr, e)))?;
+        let admin = parse(&p.admin, "admin")
+            .and_then(|addr| proxy::bind_admin(addr).map_err(|e| listen("admin", addr, e)))?;
+        Ok(Front {
+            proxy,
+            listener,
+            admin,
+        })
+    }
+
+    /// Serves both until `stop` turns true; the proxy then lets open
+    /// connections finish (up to its grace time).
+    fn serve(self, registry: Arc<Registry>, stop: &watch::Sender<bool>) -> Vec<JoinHandle<()>> {
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tracing::info!(
+            listen = %self.listener.local_addr(),
+            admin = ?self.admin.local_addr().ok(),
+            "proxy serving"
+        );
+        let proxy = self.proxy;
+        let listener = self.listener;
+        let served = stopped(stop.subscribe());
+        let front = tokio::spawn(async move {
+            if let Err(e) = proxy.serve(listener, served).await {
+                tracing::error!(error = %e, "proxy stopped with an error");
+            }
+        });
+        let admin = tokio::spawn(proxy::serve_admin(
+            self.admin,
+            registry,
+            stopped(stop.subscribe()),
+        ));
+        let admin = tokio::spawn(async move {
+            if let Ok(Err(e)) = admin.await {
+                tracing::error!(error = %e, "admin listener stopped with an error");
+            }
+        });
+        vec![front, admin]
+    }
+}
+
+fn parse(addr: &str, what: &'static str) -> Result<SocketAddr, Failure> {
+    addr.parse().map_err(|e| Failure::Listen {
+        what,
+        addr: addr.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })
+}
+
+fn listen(what: &'static str, addr: SocketAddr, source: std::io::Error) -> Failure {
+    Failure::Listen {
+        what,
+        addr: addr.to_string(),
+        source,
+    }
+}
+
+pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result<(), Failure> {
+    let mut operator = Operator::new(config).await?;
     let me = LockHolder::this_process("daemon");
     operator.lock().try_lock(&me, LOCK_TTL)?;
+    let mut registry = Registry::default();
+    let metrics = FleetMetrics::new(&mut registry);
+    let front = if with_proxy {
+        match Front::bind(&operator.config.fleet, &mut registry) {
+            Ok(front) => Some(front),
+            Err(e) => {
+                let _ = operator.lock().unlock(&me);
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(front) = &front {
+        let router = ProxyRouter::new(front.proxy.clone(), operator.config.fleet.clone());
+        operator = operator.with_router(Arc::new(router));
+    }
+    let operator = Arc::new(operator);
+    let (stop_front, _) = watch::channel(false);
+    let serving = match front {
+        Some(front) => front.serve(Arc::new(registry), &stop_front),
+        None => Vec::new(),
+    };
     let mut jobs = match start_jobs(operator.clone()).await {
         Ok(jobs) => Some(jobs),
         Err(e) => {
@@ -51,6 +153,7 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), Failure> {
         "daemon started"
     );
     let control = Control::new();
+    let follow = tokio::spawn(record_reports(control.clone(), metrics));
     let signals = tokio::spawn(stop_on_signal(
         signal(SignalKind::terminate()).map_err(Failure::Runtime)?,
         signal(SignalKind::interrupt()).map_err(Failure::Runtime)?,
@@ -60,6 +163,11 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), Failure> {
         .await
         .map_err(Failure::Store);
     signals.abort();
+    follow.abort();
+    stop_front.send_replace(true);
+    for task in serving {
+        let _ = task.await;
+    }
     if let Some(jobs) = jobs.as_mut()
         && let Err(e) = jobs.shutdown().await
     {
@@ -71,6 +179,17 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), Failure> {
     }
     tracing::info!("daemon stopped");
     result
+}
+
+/// Each pass report into the operator's metrics.
+async fn record_reports(control: Arc<Control>, metrics: FleetMetrics) {
+    let mut reports = control.reports();
+    while reports.changed().await.is_ok() {
+        let report = reports.borrow_and_update().clone();
+        if let Some(report) = report {
+            metrics.record(&report);
+        }
+    }
 }
 
 /// Turns SIGTERM/SIGINT into a stop: the pass in flight finishes first.

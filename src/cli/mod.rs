@@ -83,7 +83,9 @@ pub enum Command {
     /// Run headless: discover and reconcile in a loop, with logs.
     ///
     /// Reconciles every --interval, and at once when a node appears, is
-    /// lost or changes state. Logs go to stderr (PRISM_LOG sets the level
+    /// lost or changes state. Serves the bundled proxy on [proxy] listen,
+    /// its routes following every pass, and /healthz and /metrics on
+    /// [proxy] admin. Logs go to stderr (PRISM_LOG sets the level
     /// filter, e.g. `debug` or `prism=debug`). SIGTERM or SIGINT finish the
     /// pass in flight, release the apply lock and exit 0.
     #[command(after_help = DAEMON_EXIT_CODES)]
@@ -94,6 +96,10 @@ pub enum Command {
         /// Log lines for people, or one JSON object per line.
         #[arg(long, value_enum, default_value = "human")]
         log_format: daemon::LogFormat,
+        /// Run without the bundled proxy and its admin listener ([proxy]
+        /// listen and admin are then not bound).
+        #[arg(long)]
+        no_proxy: bool,
     },
 
     /// Show nodes and containers as last recorded in the state store.
@@ -144,6 +150,12 @@ pub enum Failure {
     Discovery(#[from] crate::cloud::DiscoveryError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Pass(#[from] crate::operator::PassError),
     /// Already reported; only the exit code is left.
@@ -189,11 +201,12 @@ pub fn main() -> ExitCode {
         Command::Daemon {
             interval,
             log_format,
+            no_proxy,
         } => Config::load(&cli.config)
             .map_err(Failure::from)
             .and_then(|config| {
                 daemon::init_logs(*log_format);
-                block_on(daemon::run(config, *interval))
+                block_on(daemon::run(config, *interval, !*no_proxy))
             }),
         Command::Status { json, probe } => Config::load(&cli.config)
             .map_err(Failure::from)

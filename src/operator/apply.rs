@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::routing::Router;
 use crate::reconcile::docker::{
     STOP_GRACE, env_file_content, login_argv, network_create_argv, pull_argv, remove_argv,
     restart_argv, run_argv, start_argv, stop_argv,
@@ -25,19 +26,22 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+/// Where apply runs and what it tells on the way.
+pub struct Context<'a> {
+    pub pool: &'a Pool,
+    pub store: &'a Arc<Mutex<Store>>,
+    pub secrets: &'a Secrets,
+    pub fleet: &'a str,
+    /// Drains a container from the proxy before it is stopped.
+    pub router: Option<&'a dyn Router>,
+    /// Hears of each outcome as it happens.
+    pub progress: &'a (dyn Fn(&Outcome) + Sync),
+}
+
 /// Runs the plan's actions. A failed action ends its node's list for this
-/// pass (later ones may depend on it); other nodes go on. `progress` hears
-/// of each outcome as it happens. Returns every action tried, in order per
-/// node.
-pub async fn apply(
-    pool: &Pool,
-    store: &Arc<Mutex<Store>>,
-    targets: &[Target],
-    plan: &Plan,
-    secrets: &Secrets,
-    fleet: &str,
-    progress: &(dyn Fn(&Outcome) + Sync),
-) -> Vec<Outcome> {
+/// pass (later ones may depend on it); other nodes go on. Returns every
+/// action tried, in order per node.
+pub async fn apply(cx: &Context<'_>, targets: &[Target], plan: &Plan) -> Vec<Outcome> {
     let busy: Vec<Target> = targets
         .iter()
         .filter(|t| plan.actions.contains_key(&t.id))
@@ -46,14 +50,14 @@ pub async fn apply(
     let per_node = fan_out(&busy, PARALLEL, |target| async move {
         let mut outcomes = Vec::new();
         for action in plan.actions.get(&target.id).into_iter().flatten() {
-            let result = run(pool, store, &target, action, secrets, fleet).await;
+            let result = run(cx, &target, action).await;
             let outcome = Outcome {
                 node: target.id.clone(),
                 action: action.to_string(),
                 error: result.err(),
             };
-            record(store, &outcome, action);
-            progress(&outcome);
+            record(cx.store, &outcome, action);
+            (cx.progress)(&outcome);
             let failed = outcome.error.is_some();
             outcomes.push(outcome);
             if failed {
@@ -119,14 +123,8 @@ fn limits(timeout: Duration) -> ExecLimits {
 
 /// One action's commands. Errors are one line for people: the command's
 /// stderr tail, or why it could not run.
-async fn run(
-    pool: &Pool,
-    store: &Arc<Mutex<Store>>,
-    target: &Target,
-    action: &Action,
-    secrets: &Secrets,
-    fleet: &str,
-) -> Result<(), String> {
+async fn run(cx: &Context<'_>, target: &Target, action: &Action) -> Result<(), String> {
+    let (pool, store, secrets, fleet) = (cx.pool, cx.store, cx.secrets, cx.fleet);
     let quick = limits(Duration::from_secs(60));
     match action {
         Action::EnsureNetwork { pod, network } => {
@@ -197,6 +195,10 @@ async fn run(
                 .map_err(|e| e.to_string())
         }
         Action::Remove { container, .. } => {
+            // Routes leave it before it stops: requests in flight finish.
+            if let Some(router) = cx.router {
+                router.drain(&container.id).await;
+            }
             let grace = limits(STOP_GRACE + Duration::from_secs(30));
             let stopped = exec(
                 pool,

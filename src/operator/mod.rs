@@ -5,14 +5,18 @@ mod apply;
 mod health;
 mod jobs;
 mod lifecycle;
+mod metrics;
 mod observe;
 mod pass;
+mod routing;
 mod run;
 
 pub use apply::{Outcome, apply};
 pub use health::{CheckResult, check, check_all};
 pub use jobs::start as start_jobs;
 pub use lifecycle::node_state;
+pub use metrics::FleetMetrics;
 pub use observe::{Observed, observe, record};
 pub use pass::{Operator, PassError, Planned};
+pub use routing::{ProxyRouter, Router, Routes, routes};
 pub use run::{Control, PassReport, run as run_loop};

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::apply::{Outcome, apply};
+use super::apply::{Context, Outcome, apply};
 use super::health::check_all;
 use super::observe::{Observed, observe, record};
+use super::routing::Router;
 use crate::bootstrap::install_docker;
 use crate::cloud::{Discovery, DiscoveryError, Node};
 use crate::config::Config;
@@ -53,6 +54,8 @@ pub struct Operator {
     discovery: Discovery,
     /// The nodes of the latest pass, for work between passes (jobs).
     last_nodes: Mutex<Vec<Node>>,
+    /// The proxy's side of each pass, when one runs (the daemon).
+    router: Option<Arc<dyn Router>>,
 }
 
 /// What a pass saw and decided.
@@ -79,7 +82,26 @@ impl Operator {
             pool,
             discovery,
             last_nodes: Mutex::new(Vec::new()),
+            router: None,
         })
+    }
+
+    /// Routes follow each pass, and containers are drained before they
+    /// stop.
+    pub fn with_router(self, router: Arc<dyn Router>) -> Operator {
+        Operator {
+            router: Some(router),
+            ..self
+        }
+    }
+
+    /// Publishes routes to what a pass observed, if a router is set. Call
+    /// it before applying the pass's plan, so a new instance takes
+    /// requests before its predecessor is drained.
+    pub fn route(&self, planned: &Planned) {
+        if let Some(router) = &self.router {
+            router.publish(planned);
+        }
     }
 
     fn fleet(&self) -> &str {
@@ -133,16 +155,15 @@ impl Operator {
     ) -> Result<Vec<Outcome>, PassError> {
         self.store_placements(&planned.plan)?;
         let targets: Vec<_> = planned.nodes.iter().map(Node::target).collect();
-        Ok(apply(
-            &self.pool,
-            &self.store,
-            &targets,
-            &planned.plan,
-            &self.secrets,
-            self.fleet(),
+        let cx = Context {
+            pool: &self.pool,
+            store: &self.store,
+            secrets: &self.secrets,
+            fleet: self.fleet(),
+            router: self.router.as_deref(),
             progress,
-        )
-        .await)
+        };
+        Ok(apply(&cx, &targets, &planned.plan).await)
     }
 
     fn store_placements(&self, plan: &Plan) -> Result<(), PassError> {
