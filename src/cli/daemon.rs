@@ -17,7 +17,9 @@ use super::Failure;
 use crate::config::{Config, Fleet};
 use crate::operator::{Control, FleetMetrics, Operator, ProxyRouter, run_loop, start_jobs};
 use crate::proxy::{self, Listener, Proxy, Settings};
-use crate::store::LockHolder;
+use crate::store::{LockHolder, NewEvent};
+
+use super::reload;
 
 /// A daemon that stops heartbeating for this long is presumed dead.
 const LOCK_TTL: Duration = Duration::from_secs(60);
@@ -113,6 +115,10 @@ fn listen(what: &'static str, addr: SocketAddr, source: std::io::Error) -> Failu
 }
 
 pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result<(), Failure> {
+    let file = config.file.clone();
+    // What was loaded, to notice edits; unreadable now means any later
+    // readable text counts as an edit.
+    let mut loaded = std::fs::read_to_string(&file).unwrap_or_default();
     let mut operator = Operator::new(config).await?;
     let me = LockHolder::this_process("daemon");
     operator.lock().try_lock(&me, LOCK_TTL)?;
@@ -129,56 +135,93 @@ pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result
     } else {
         None
     };
-    if let Some(front) = &front {
-        let router = ProxyRouter::new(front.proxy.clone(), operator.config.fleet.clone());
-        operator = operator.with_router(Arc::new(router));
-    }
-    let operator = Arc::new(operator);
+    let proxy = front.as_ref().map(|f| f.proxy.clone());
     let (stop_front, _) = watch::channel(false);
     let serving = match front {
         Some(front) => front.serve(Arc::new(registry), &stop_front),
         None => Vec::new(),
     };
-    let mut jobs = match start_jobs(operator.clone()).await {
-        Ok(jobs) => Some(jobs),
-        Err(e) => {
-            tracing::error!(error = %e, "scheduled jobs could not start; reconciling without them");
-            None
-        }
-    };
+    let (quit, quitting) = watch::channel(false);
+    let signals = tokio::spawn(quit_on_signal(
+        signal(SignalKind::terminate()).map_err(Failure::Runtime)?,
+        signal(SignalKind::interrupt()).map_err(Failure::Runtime)?,
+        quit,
+    ));
     tracing::info!(
         fleet = %operator.desired.fleet,
         interval = %humantime::format_duration(interval),
         pid = me.pid,
         "daemon started"
     );
-    let control = Control::new();
-    let follow = tokio::spawn(record_reports(control.clone(), metrics));
-    let signals = tokio::spawn(stop_on_signal(
-        signal(SignalKind::terminate()).map_err(Failure::Runtime)?,
-        signal(SignalKind::interrupt()).map_err(Failure::Runtime)?,
-        control.clone(),
-    ));
-    let result = run_loop(&operator, &me, interval, &control)
-        .await
-        .map_err(Failure::Store);
+    // One round per fleet.toml: an edit that loads starts a new round
+    // with it; the proxy keeps serving across rounds.
+    let result = loop {
+        if let Some(proxy) = &proxy {
+            let router = ProxyRouter::new(proxy.clone(), operator.config.fleet.clone());
+            operator = operator.with_router(Arc::new(router));
+        }
+        let current = Arc::new(operator);
+        let mut jobs = match start_jobs(current.clone()).await {
+            Ok(jobs) => Some(jobs),
+            Err(e) => {
+                tracing::error!(error = %e, "scheduled jobs could not start; reconciling without them");
+                None
+            }
+        };
+        let control = Control::new();
+        let follow = tokio::spawn(record_reports(control.clone(), metrics.clone()));
+        let next = tokio::spawn(reload::next(
+            current.config.clone(),
+            loaded.clone(),
+            interval,
+            quitting.clone(),
+            control.clone(),
+        ));
+        let ran = run_loop(&current, &me, interval, &control).await;
+        follow.abort();
+        if let Some(jobs) = jobs.as_mut()
+            && let Err(e) = jobs.shutdown().await
+        {
+            tracing::warn!(error = %e, "scheduled jobs did not stop cleanly");
+        }
+        if let Err(e) = ran {
+            next.abort();
+            break Err((current, Failure::Store(e)));
+        }
+        match next.await {
+            Ok(reload::Next::Reload {
+                operator: new,
+                text,
+            }) => {
+                tracing::info!("fleet.toml changed: reconciling with the new one");
+                record_reload(&new);
+                operator = *new;
+                loaded = text;
+            }
+            _ => break Ok(current),
+        }
+    };
     signals.abort();
-    follow.abort();
     stop_front.send_replace(true);
     for task in serving {
         let _ = task.await;
     }
-    if let Some(jobs) = jobs.as_mut()
-        && let Err(e) = jobs.shutdown().await
-    {
-        tracing::warn!(error = %e, "scheduled jobs did not stop cleanly");
-    }
-    let unlocked = operator.lock().unlock(&me);
-    if let Err(e) = &unlocked {
+    let (last, result) = match result {
+        Ok(last) => (last, Ok(())),
+        Err((last, e)) => (last, Err(e)),
+    };
+    if let Err(e) = last.lock().unlock(&me) {
         tracing::warn!(error = %e, "could not release the apply lock");
     }
     tracing::info!("daemon stopped");
     result
+}
+
+fn record_reload(operator: &Operator) {
+    let event = NewEvent::info("config.reload", "fleet.toml changed: reloaded".to_owned());
+    if let Err(e) = operator.lock().record_event(&event) {
+        tracing::warn!(error = %e, "could not record the reload");
+    }
 }
 
 /// Each pass report into the operator's metrics.
@@ -192,12 +235,12 @@ async fn record_reports(control: Arc<Control>, metrics: FleetMetrics) {
     }
 }
 
-/// Turns SIGTERM/SIGINT into a stop: the pass in flight finishes first.
-async fn stop_on_signal(mut term: Signal, mut int: Signal, control: Arc<Control>) {
+/// Turns SIGTERM/SIGINT into a quit: the pass in flight finishes first.
+async fn quit_on_signal(mut term: Signal, mut int: Signal, quit: watch::Sender<bool>) {
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
     tracing::info!("{name}: finishing the pass in flight, then stopping");
-    control.stop();
+    quit.send_replace(true);
 }

@@ -5,6 +5,7 @@
 mod daemon;
 mod plan;
 mod reconcile;
+mod reload;
 mod status;
 mod table;
 mod validate;
