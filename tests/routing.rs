@@ -8,18 +8,10 @@ mod common;
 mod deploy;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::Lab;
 use deploy::{Deploy, Load, client, field, get};
-
-/// One daemon at a time on the shared nodes.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poison| poison.into_inner())
-}
 
 /// The value of the sample `name` (with its labels, as printed) in a
 /// Prometheus text page.
@@ -31,7 +23,6 @@ fn metric(page: &str, sample: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_spec_change_redeploys_behind_the_proxy_without_a_failed_request() {
-    let _serial = serial();
     let lab = Lab::load();
     let mut d = Deploy::start(&lab, "route", 2, "v1");
     let http = client();
