@@ -1,5 +1,5 @@
 # Two entry points; the work lives in scripts/ so CI and people run the same thing.
-.PHONY: demo test bench bench-proxy
+.PHONY: demo test bench bench-proxy bench-deploy
 
 demo:
 	@scripts/demo
@@ -14,3 +14,7 @@ bench:
 # Prism's proxy against nginx on loopback (installs nginx and wrk).
 bench-proxy:
 	@scripts/bench proxy
+
+# 10 000+ requests through a redeploy by prism daemon on the lab.
+bench-deploy:
+	@scripts/bench deploy
