@@ -69,6 +69,25 @@ async fn a_spec_change_redeploys_behind_the_proxy_without_a_failed_request() {
         .expect("healthz");
     assert_eq!(status, 200);
 
+    // An edit that does not load changes nothing: logged, v1 still served.
+    let good = d.text();
+    d.write_raw(&good.replace("memory = \"32M\"", "memroy = \"32M\""));
+    let refused = tokio::task::block_in_place(|| {
+        common::retry(Duration::from_secs(20), || {
+            let logs = d.logs();
+            anyhow::ensure!(
+                logs.iter()
+                    .any(|l| l.contains("cannot be used") && l.contains("memroy")),
+                "no refusal logged yet"
+            );
+            Ok(())
+        })
+    });
+    refused.unwrap_or_else(|e| panic!("{e:#}\n{:#?}", d.logs()));
+    d.wait_serving(&http, "v1", Duration::from_secs(5))
+        .await
+        .expect("v1 still served");
+
     // Redeploy under load, with a slow request in flight on an old
     // container when the switch comes.
     let old = tokio::task::block_in_place(|| d.containers());

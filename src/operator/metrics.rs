@@ -144,3 +144,104 @@ impl FleetMetrics {
 fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{Bytes, Millicores};
+    use crate::operator::Planned;
+    use crate::reconcile::{NodeView, Plan, PodKey, PodPlacement};
+
+    fn view(id: &str, state: NodeState) -> NodeView {
+        NodeView {
+            id: id.into(),
+            address: "10.0.0.1".into(),
+            zone: None,
+            memory: Bytes(1 << 30),
+            cpu: Millicores(1000),
+            state,
+        }
+    }
+
+    fn report(took_ms: u64, views: Vec<NodeView>, pods: u32) -> PassReport {
+        let plan = Plan {
+            placements: (0..pods)
+                .map(|i| PodPlacement {
+                    pod: PodKey::new("blog", i),
+                    node: "i-1".into(),
+                })
+                .collect(),
+            ..Plan::default()
+        };
+        PassReport {
+            finished_ms: 1_700_000_000_000,
+            took: Duration::from_millis(took_ms),
+            planned: Some(Arc::new(Planned {
+                nodes: vec![],
+                views,
+                observed: BTreeMap::new(),
+                plan,
+            })),
+            actions: 3,
+            failed: 1,
+            error: None,
+        }
+    }
+
+    fn sample(page: &str, name: &str) -> Option<String> {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn pass_reports_set_node_and_pod_counts_and_time_passes() {
+        let mut registry = Registry::default();
+        let m = FleetMetrics::new(&mut registry);
+        m.record(&report(
+            200,
+            vec![
+                view("i-1", NodeState::Ready),
+                view("i-2", NodeState::Ready),
+                view("i-3", NodeState::Lost),
+            ],
+            2,
+        ));
+        // A later pass: one node fewer, one pod more; a failed pass after
+        // it leaves the counts.
+        m.record(&report(3000, vec![view("i-1", NodeState::Ready)], 3));
+        m.record(&PassReport {
+            planned: None,
+            error: Some("discovery failed".into()),
+            actions: 0,
+            failed: 0,
+            ..report(100, vec![], 0)
+        });
+        let mut page = String::new();
+        prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
+        let s = |name: &str| sample(&page, name).unwrap_or_else(|| panic!("{name} in {page}"));
+        assert_eq!(s("prism_nodes{state=\"ready\"}"), "1");
+        assert_eq!(s("prism_nodes{state=\"lost\"}"), "0");
+        assert_eq!(s("prism_nodes{state=\"draining\"}"), "0");
+        assert_eq!(s("prism_pods_placed"), "3");
+        assert_eq!(s("prism_reconcile_duration_seconds_count"), "3");
+        let sum: f64 = s("prism_reconcile_duration_seconds_sum").parse().unwrap();
+        assert!((sum - 3.3).abs() < 1e-9, "{sum}");
+        assert_eq!(
+            s("prism_reconcile_duration_seconds_bucket{le=\"0.25\"}"),
+            "2"
+        );
+        assert_eq!(s("prism_reconcile_passes_total{result=\"ok\"}"), "2");
+        assert_eq!(s("prism_reconcile_passes_total{result=\"failed\"}"), "1");
+        assert_eq!(s("prism_reconcile_actions_total"), "6");
+        assert_eq!(s("prism_reconcile_actions_failed_total"), "2");
+        assert_eq!(
+            s("prism_reconcile_last_pass_timestamp_seconds"),
+            "1700000000"
+        );
+    }
+}

@@ -163,9 +163,18 @@ health = {{ http = "/up", interval = "1s", timeout = "1s", healthy_threshold = 2
         );
         // Written whole and renamed, as an editor would, so the daemon
         // never reads half a file.
+        self.write_raw(&format!("{head}{app}"));
+    }
+
+    /// Replaces fleet.toml with `text` as it is.
+    pub fn write_raw(&self, text: &str) {
         let tmp = self.dir.path().join("fleet.toml.new");
-        std::fs::write(&tmp, format!("{head}{app}")).expect("write fleet.toml");
+        std::fs::write(&tmp, text).expect("write fleet.toml");
         std::fs::rename(&tmp, &self.file).expect("replace fleet.toml");
+    }
+
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.file).expect("read fleet.toml")
     }
 
     pub fn logs(&self) -> Vec<String> {
