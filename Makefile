@@ -1,5 +1,5 @@
 # Two entry points; the work lives in scripts/ so CI and people run the same thing.
-.PHONY: demo test bench bench-proxy bench-reconcile bench-failover bench-footprint docs
+.PHONY: demo test bench bench-proxy bench-reconcile bench-failover bench-footprint docs bench-deploy
 
 demo:
 	@scripts/demo
@@ -40,3 +40,7 @@ docs:
 	target/release/prism completions bash > target/docs/completions/prism.bash
 	target/release/prism completions zsh > target/docs/completions/_prism
 	target/release/prism completions fish > target/docs/completions/prism.fish
+
+# 10 000+ requests through a redeploy by prism daemon on the lab.
+bench-deploy:
+	@scripts/bench deploy

@@ -342,7 +342,14 @@ fn the_daemon_converges_holds_the_lock_and_stops_cleanly_on_sigterm() {
     let file = fleet.file(&web_app(&lab, 1, "d"));
     let mut daemon = prism_cmd(
         &file,
-        &["daemon", "--interval", "1s", "--log-format", "json"],
+        &[
+            "daemon",
+            "--interval",
+            "1s",
+            "--log-format",
+            "json",
+            "--no-proxy",
+        ],
     )
     .stderr(Stdio::piped())
     .spawn()
@@ -490,7 +497,7 @@ command = ["sh", "-c", "echo broken >&2; exit 3"]
         image = lab.testapp_image
     );
     let file = fleet.file(&apps);
-    let mut daemon = prism_cmd(&file, &["daemon", "--interval", "2s"])
+    let mut daemon = prism_cmd(&file, &["daemon", "--interval", "2s", "--no-proxy"])
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn daemon");

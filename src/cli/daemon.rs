@@ -1,16 +1,27 @@
 //! `prism daemon`: discovery and reconcile in a loop, with logs, until
-//! SIGTERM or SIGINT.
+//! SIGTERM or SIGINT; the bundled proxy in front, its routes following
+//! every pass, and the admin listener with the proxy's and the operator's
+//! metrics.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::Failure;
 use crate::config::Config;
-use std::sync::Arc;
+use crate::operator::{
+    Control, FleetMetrics, Operator, ProxyRouter, run_loop, serve_requests, start_jobs,
+};
+use crate::proxy::{self, Listener, Proxy, Settings, TlsUpkeep};
+use crate::store::{LockHolder, NewEvent};
 
-use crate::operator::{Control, Operator, run_loop, serve_requests, start_jobs};
-use crate::store::LockHolder;
+use super::reload;
 
 /// A daemon that stops heartbeating for this long is presumed dead.
 const LOCK_TTL: Duration = Duration::from_secs(60);
@@ -33,55 +44,232 @@ pub fn init_logs(format: LogFormat) {
     }
 }
 
-pub async fn run(config: Config, interval: Duration) -> Result<(), Failure> {
-    let operator = Arc::new(Operator::new(config).await?);
+/// The proxy and admin listeners, bound before anything is served so a
+/// port in use stops the daemon at once.
+struct Front {
+    proxy: Proxy,
+    listener: Listener,
+    /// `[proxy] https`, and the task keeping its certificates current.
+    https: Option<(Listener, TlsUpkeep)>,
+    admin: TcpListener,
+}
+
+impl Front {
+    fn bind(config: &Config, registry: &mut Registry) -> Result<Front, Failure> {
+        let p = &config.fleet.proxy;
+        let proxy = Proxy::new(Settings::from_config(p), registry);
+        let listener = parse(&p.listen, "proxy")
+            .and_then(|addr| proxy.bind(addr).map_err(|e| listen("proxy", addr, e)))?;
+        let https = match &p.https {
+            Some(addr) => {
+                // Certificate files are read before the port is bound: a
+                // missing one stops the daemon with its field named.
+                let upkeep = proxy.prepare_tls(config)?;
+                let https = parse(addr, "https").and_then(|addr| {
+                    proxy.bind_https(addr).map_err(|e| listen("https", addr, e))
+                })?;
+                Some((https, upkeep))
+            }
+            None => None,
+        };
+        let admin = parse(&p.admin, "admin")
+            .and_then(|addr| proxy::bind_admin(addr).map_err(|e| listen("admin", addr, e)))?;
+        Ok(Front {
+            proxy,
+            listener,
+            https,
+            admin,
+        })
+    }
+
+    /// Serves both until `stop` turns true; the proxy then lets open
+    /// connections finish (up to its grace time).
+    fn serve(self, registry: Arc<Registry>, stop: &watch::Sender<bool>) -> Vec<JoinHandle<()>> {
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tracing::info!(
+            listen = %self.listener.local_addr(),
+            admin = ?self.admin.local_addr().ok(),
+            "proxy serving"
+        );
+        let mut tasks = Vec::new();
+        let mut listeners = vec![("proxy", self.listener)];
+        if let Some((https, upkeep)) = self.https {
+            tracing::info!(https = %https.local_addr(), "proxy serving HTTPS");
+            listeners.push(("https", https));
+            tasks.push(tokio::spawn(upkeep.run(stopped(stop.subscribe()))));
+        }
+        for (what, listener) in listeners {
+            let proxy = self.proxy.clone();
+            let served = stopped(stop.subscribe());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = proxy.serve(listener, served).await {
+                    tracing::error!(error = %e, "{what} listener stopped with an error");
+                }
+            }));
+        }
+        let admin = tokio::spawn(proxy::serve_admin(
+            self.admin,
+            registry,
+            stopped(stop.subscribe()),
+        ));
+        let admin = tokio::spawn(async move {
+            if let Ok(Err(e)) = admin.await {
+                tracing::error!(error = %e, "admin listener stopped with an error");
+            }
+        });
+        tasks.push(admin);
+        tasks
+    }
+}
+
+fn parse(addr: &str, what: &'static str) -> Result<SocketAddr, Failure> {
+    addr.parse().map_err(|e| Failure::Listen {
+        what,
+        addr: addr.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })
+}
+
+fn listen(what: &'static str, addr: SocketAddr, source: std::io::Error) -> Failure {
+    Failure::Listen {
+        what,
+        addr: addr.to_string(),
+        source,
+    }
+}
+
+pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result<(), Failure> {
+    let file = config.file.clone();
+    // What was loaded, to notice edits; unreadable now means any later
+    // readable text counts as an edit.
+    let mut loaded = std::fs::read_to_string(&file).unwrap_or_default();
+    let mut operator = Operator::new(config).await?;
     let me = LockHolder::this_process("daemon");
     operator.lock().try_lock(&me, LOCK_TTL)?;
-    let mut jobs = match start_jobs(operator.clone()).await {
-        Ok(jobs) => Some(jobs),
-        Err(e) => {
-            tracing::error!(error = %e, "scheduled jobs could not start; reconciling without them");
-            None
+    let mut registry = Registry::default();
+    let metrics = FleetMetrics::new(&mut registry);
+    let front = if with_proxy {
+        match Front::bind(&operator.config, &mut registry) {
+            Ok(front) => Some(front),
+            Err(e) => {
+                let _ = operator.lock().unlock(&me);
+                return Err(e);
+            }
         }
+    } else {
+        None
     };
+    let proxy = front.as_ref().map(|f| f.proxy.clone());
+    let (stop_front, _) = watch::channel(false);
+    let serving = match front {
+        Some(front) => front.serve(Arc::new(registry), &stop_front),
+        None => Vec::new(),
+    };
+    let (quit, quitting) = watch::channel(false);
+    let signals = tokio::spawn(quit_on_signal(
+        signal(SignalKind::terminate()).map_err(Failure::Runtime)?,
+        signal(SignalKind::interrupt()).map_err(Failure::Runtime)?,
+        quit,
+    ));
     tracing::info!(
         fleet = %operator.desired.fleet,
         interval = %humantime::format_duration(interval),
         pid = me.pid,
         "daemon started"
     );
-    let control = Control::new();
-    let signals = tokio::spawn(stop_on_signal(
-        signal(SignalKind::terminate()).map_err(Failure::Runtime)?,
-        signal(SignalKind::interrupt()).map_err(Failure::Runtime)?,
-        control.clone(),
-    ));
-    // Actions asked by a dashboard attached to this daemon.
-    let requests = tokio::spawn(serve_requests(operator.clone(), control.clone()));
-    let result = run_loop(&operator, &me, interval, &control)
-        .await
-        .map_err(Failure::Store);
-    requests.abort();
+    // One round per fleet.toml: an edit that loads starts a new round
+    // with it; the proxy keeps serving across rounds.
+    let result = loop {
+        if let Some(proxy) = &proxy {
+            let router = ProxyRouter::new(proxy.clone(), operator.config.fleet.clone());
+            operator = operator.with_router(Arc::new(router));
+        }
+        let current = Arc::new(operator);
+        let mut jobs = match start_jobs(current.clone()).await {
+            Ok(jobs) => Some(jobs),
+            Err(e) => {
+                tracing::error!(error = %e, "scheduled jobs could not start; reconciling without them");
+                None
+            }
+        };
+        let control = Control::new();
+        let follow = tokio::spawn(record_reports(control.clone(), metrics.clone()));
+        // Actions asked by a dashboard attached to this daemon.
+        let requests = tokio::spawn(serve_requests(current.clone(), control.clone()));
+        let next = tokio::spawn(reload::next(
+            current.config.clone(),
+            loaded.clone(),
+            interval,
+            quitting.clone(),
+            control.clone(),
+        ));
+        let ran = run_loop(&current, &me, interval, &control).await;
+        follow.abort();
+        requests.abort();
+        if let Some(jobs) = jobs.as_mut()
+            && let Err(e) = jobs.shutdown().await
+        {
+            tracing::warn!(error = %e, "scheduled jobs did not stop cleanly");
+        }
+        if let Err(e) = ran {
+            next.abort();
+            break Err((current, Failure::Store(e)));
+        }
+        match next.await {
+            Ok(reload::Next::Reload {
+                operator: new,
+                text,
+            }) => {
+                tracing::info!("fleet.toml changed: reconciling with the new one");
+                record_reload(&new);
+                operator = *new;
+                loaded = text;
+            }
+            _ => break Ok(current),
+        }
+    };
     signals.abort();
-    if let Some(jobs) = jobs.as_mut()
-        && let Err(e) = jobs.shutdown().await
-    {
-        tracing::warn!(error = %e, "scheduled jobs did not stop cleanly");
+    stop_front.send_replace(true);
+    for task in serving {
+        let _ = task.await;
     }
-    let unlocked = operator.lock().unlock(&me);
-    if let Err(e) = &unlocked {
+    let (last, result) = match result {
+        Ok(last) => (last, Ok(())),
+        Err((last, e)) => (last, Err(e)),
+    };
+    if let Err(e) = last.lock().unlock(&me) {
         tracing::warn!(error = %e, "could not release the apply lock");
     }
     tracing::info!("daemon stopped");
     result
 }
 
-/// Turns SIGTERM/SIGINT into a stop: the pass in flight finishes first.
-async fn stop_on_signal(mut term: Signal, mut int: Signal, control: Arc<Control>) {
+fn record_reload(operator: &Operator) {
+    let event = NewEvent::info("config.reload", "fleet.toml changed: reloaded".to_owned());
+    if let Err(e) = operator.lock().record_event(&event) {
+        tracing::warn!(error = %e, "could not record the reload");
+    }
+}
+
+/// Each pass report into the operator's metrics.
+async fn record_reports(control: Arc<Control>, metrics: FleetMetrics) {
+    let mut reports = control.reports();
+    while reports.changed().await.is_ok() {
+        let report = reports.borrow_and_update().clone();
+        if let Some(report) = report {
+            metrics.record(&report);
+        }
+    }
+}
+
+/// Turns SIGTERM/SIGINT into a quit: the pass in flight finishes first.
+async fn quit_on_signal(mut term: Signal, mut int: Signal, quit: watch::Sender<bool>) {
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
     tracing::info!("{name}: finishing the pass in flight, then stopping");
-    control.stop();
+    quit.send_replace(true);
 }

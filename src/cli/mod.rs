@@ -6,6 +6,7 @@ mod daemon;
 mod docs;
 pub(crate) mod plan;
 mod reconcile;
+mod reload;
 mod status;
 pub(crate) mod table;
 mod validate;
@@ -110,7 +111,9 @@ pub enum Command {
     /// Run headless: discover and reconcile in a loop, with logs.
     ///
     /// Reconciles every --interval, and at once when a node appears, is
-    /// lost or changes state. Logs go to stderr (PRISM_LOG sets the level
+    /// lost or changes state. Serves the bundled proxy on [proxy] listen,
+    /// its routes following every pass, and /healthz and /metrics on
+    /// [proxy] admin. Logs go to stderr (PRISM_LOG sets the level
     /// filter, e.g. `debug` or `prism=debug`). SIGTERM or SIGINT finish the
     /// pass in flight, release the apply lock and exit 0.
     #[command(after_help = DAEMON_EXIT_CODES)]
@@ -121,6 +124,10 @@ pub enum Command {
         /// Log lines for people, or one JSON object per line.
         #[arg(long, value_enum, default_value = "human")]
         log_format: daemon::LogFormat,
+        /// Run without the bundled proxy and its admin listener ([proxy]
+        /// listen and admin are then not bound).
+        #[arg(long)]
+        no_proxy: bool,
     },
 
     /// Show nodes and containers as last recorded in the state store.
@@ -198,8 +205,17 @@ pub enum Failure {
     Discovery(#[from] crate::cloud::DiscoveryError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Pass(#[from] crate::operator::PassError),
+    /// HTTPS certificates named by fleet.toml could not be used.
+    #[error("{0}")]
+    Tls(#[from] crate::proxy::TlsError),
     #[error("{0}")]
     Dashboard(#[from] crate::tui::TuiError),
     /// Already reported; only the exit code is left.
@@ -210,7 +226,7 @@ pub enum Failure {
 impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
-            Failure::Config(_) => 2,
+            Failure::Config(_) | Failure::Tls(_) => 2,
             Failure::Store(StoreError::Locked { .. }) => 2,
             Failure::Pass(e) if e.is_setup() => 2,
             Failure::Dashboard(crate::tui::TuiError::Store(StoreError::Locked { .. })) => 2,
@@ -264,12 +280,13 @@ pub fn main() -> ExitCode {
         Command::Daemon {
             interval,
             log_format,
+            no_proxy,
         } => Config::load(&cli.config)
             .map_err(Failure::from)
             .and_then(|config| {
                 daemon::init_logs(*log_format);
                 let interval = interval.unwrap_or(config.fleet.lifecycle.probe_interval.0);
-                block_on(daemon::run(config, interval))
+                block_on(daemon::run(config, interval, !*no_proxy))
             }),
         Command::Status { json, probe } => Config::load(&cli.config)
             .map_err(Failure::from)

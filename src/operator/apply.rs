@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::routing::Router;
 use crate::config::PullPolicy;
 use crate::reconcile::docker::{
     STOP_GRACE, env_file_content, image_present_argv, login_command, network_create_argv,
@@ -27,19 +28,22 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+/// Where apply runs and what it tells on the way.
+pub struct Context<'a> {
+    pub pool: &'a Pool,
+    pub store: &'a Arc<Mutex<Store>>,
+    pub secrets: &'a Secrets,
+    pub fleet: &'a str,
+    /// Drains a container from the proxy before it is stopped.
+    pub router: Option<&'a dyn Router>,
+    /// Hears of each outcome as it happens.
+    pub progress: &'a (dyn Fn(&Outcome) + Sync),
+}
+
 /// Runs the plan's actions. A failed action ends its pod's steps on that
-/// node for this pass ([`Blocked`]); other pods and other nodes go on. `progress` hears
-/// of each outcome as it happens. Returns every action tried, in order per
-/// node.
-pub async fn apply(
-    pool: &Pool,
-    store: &Arc<Mutex<Store>>,
-    targets: &[Target],
-    plan: &Plan,
-    secrets: &Secrets,
-    fleet: &str,
-    progress: &(dyn Fn(&Outcome) + Sync),
-) -> Vec<Outcome> {
+/// node for this pass ([`Blocked`]); other pods and other nodes go on.
+/// Returns every action tried, in order per node.
+pub async fn apply(cx: &Context<'_>, targets: &[Target], plan: &Plan) -> Vec<Outcome> {
     let busy: Vec<Target> = targets
         .iter()
         .filter(|t| plan.actions.contains_key(&t.id))
@@ -57,14 +61,14 @@ pub async fn apply(
             if blocked.skips(action) {
                 continue;
             }
-            let result = run(pool, store, &target, action, secrets, fleet).await;
+            let result = run(cx, &target, action).await;
             let outcome = Outcome {
                 node: target.id.clone(),
                 action: action.to_string(),
                 error: result.err(),
             };
-            record(store, &outcome, action);
-            progress(&outcome);
+            record(cx.store, &outcome, action);
+            (cx.progress)(&outcome);
             if outcome.error.is_some() {
                 blocked.failed(action);
             }
@@ -177,14 +181,8 @@ fn limits(timeout: Duration) -> ExecLimits {
 
 /// One action's commands. Errors are one line for people: the command's
 /// stderr tail, or why it could not run.
-async fn run(
-    pool: &Pool,
-    store: &Arc<Mutex<Store>>,
-    target: &Target,
-    action: &Action,
-    secrets: &Secrets,
-    fleet: &str,
-) -> Result<(), String> {
+async fn run(cx: &Context<'_>, target: &Target, action: &Action) -> Result<(), String> {
+    let (pool, store, secrets, fleet) = (cx.pool, cx.store, cx.secrets, cx.fleet);
     let quick = limits(Duration::from_secs(60));
     match action {
         Action::EnsureNetwork { pod, network } => {
@@ -286,6 +284,10 @@ async fn run(
             }
         }
         Action::Remove { container, .. } => {
+            // Routes leave it before it stops: requests in flight finish.
+            if let Some(router) = cx.router {
+                router.drain(&container.id).await;
+            }
             let grace = limits(STOP_GRACE + Duration::from_secs(30));
             let stopped = exec(
                 pool,

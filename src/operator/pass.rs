@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::apply::{Outcome, apply};
+use super::apply::{Context, Outcome, apply};
 use super::health::check_all;
 use super::lifecycle::GONE;
 use super::observe::{Observed, Recorder, observe_with_metadata};
+use super::routing::Router;
 use crate::bootstrap::install_docker;
 use crate::cloud::{Discovery, DiscoveryError, Found, Inventory, Lifecycle, Node, Presence, Stale};
 use crate::config::Config;
@@ -64,6 +65,8 @@ pub struct Operator {
     settling: AtomicBool,
     /// When the last apply started containers.
     started_at: Mutex<Option<Instant>>,
+    /// The proxy's side of each pass, when one runs (the daemon).
+    router: Option<Arc<dyn Router>>,
 }
 
 /// How soon the next pass comes while containers are settling: their
@@ -104,7 +107,26 @@ impl Operator {
             last_nodes: Mutex::new(Vec::new()),
             settling: AtomicBool::new(false),
             started_at: Mutex::new(None),
+            router: None,
         })
+    }
+
+    /// Routes follow each pass, and containers are drained before they
+    /// stop.
+    pub fn with_router(self, router: Arc<dyn Router>) -> Operator {
+        Operator {
+            router: Some(router),
+            ..self
+        }
+    }
+
+    /// Publishes routes to what a pass observed, if a router is set. Call
+    /// it before applying the pass's plan, so a new instance takes
+    /// requests before its predecessor is drained.
+    pub fn route(&self, planned: &Planned) {
+        if let Some(router) = &self.router {
+            router.publish(planned);
+        }
     }
 
     fn fleet(&self) -> &str {
@@ -329,16 +351,15 @@ impl Operator {
             *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         }
         let targets: Vec<_> = planned.nodes.iter().map(Node::target).collect();
-        Ok(apply(
-            &self.pool,
-            &self.store,
-            &targets,
-            &planned.plan,
-            &self.secrets,
-            self.fleet(),
+        let cx = Context {
+            pool: &self.pool,
+            store: &self.store,
+            secrets: &self.secrets,
+            fleet: self.fleet(),
+            router: self.router.as_deref(),
             progress,
-        )
-        .await)
+        };
+        Ok(apply(&cx, &targets, &planned.plan).await)
     }
 
     fn store_placements(&self, plan: &Plan) -> Result<(), PassError> {

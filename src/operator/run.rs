@@ -134,6 +134,7 @@ async fn pass(operator: &Operator, me: &LockHolder) -> Result<PassReport, PassEr
     operator.lock().heartbeat(me)?;
     let t = Instant::now();
     let planned = operator.observe_and_plan().await?;
+    operator.route(&planned);
     for p in &planned.plan.problems {
         tracing::warn!(app = %p.pod.app, instance = p.pod.instance, "{p}");
     }
