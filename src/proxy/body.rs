@@ -10,24 +10,42 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::backends::InFlight;
+use super::pool::Lease;
 
 #[derive(Debug)]
 pub enum ProxyBody {
     /// The proxy's own page; `None` once sent.
     Page(Option<Bytes>),
     /// An instance's body; the guard ends the request's time in flight
-    /// when the body ends or the client goes away.
+    /// when the body ends or the client goes away. The connection it came
+    /// on goes back to the pool if the body was read to the end.
     Upstream {
         body: Incoming,
         guard: Option<InFlight>,
+        lease: Option<Lease>,
     },
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, guard: InFlight) -> ProxyBody {
+    pub fn upstream(body: Incoming, guard: InFlight, lease: Lease) -> ProxyBody {
         ProxyBody::Upstream {
             body,
             guard: Some(guard),
+            lease: Some(lease),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    /// hyper drops a body once it is sent, often without polling it to the
+    /// end (it stops when `is_end_stream` says so): the connection is
+    /// reusable exactly when nothing of the body is left on it.
+    fn drop(&mut self) {
+        if let ProxyBody::Upstream { body, lease, .. } = self
+            && body.is_end_stream()
+            && let Some(lease) = lease.take()
+        {
+            lease.release();
         }
     }
 }
@@ -42,10 +60,21 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Page(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Upstream { body, guard } => {
+            ProxyBody::Upstream { body, guard, lease } => {
                 let poll = Pin::new(body).poll_frame(cx);
-                if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    guard.take();
+                match poll {
+                    Poll::Ready(None) => {
+                        guard.take();
+                        if let Some(lease) = lease.take() {
+                            lease.release();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        guard.take();
+                        // Broken mid-body: never reused.
+                        lease.take();
+                    }
+                    _ => {}
                 }
                 poll
             }

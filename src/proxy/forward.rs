@@ -12,21 +12,20 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
 use http_body_util::{Either, Empty, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use super::backends::{InFlight, LiveRoute, Snapshot};
 use super::body::{ProxyBody, pages};
 use super::headers::{self, X_REQUEST_ID};
 use super::limits::{Settings, Stamped};
 use super::metrics::{Metrics, RouteMetrics};
+use super::pool::{self, Lease, Pool};
 
 /// What an instance receives as a body: the client's, capped at the
 /// route's limit, or nothing (and then the request can be sent again).
@@ -43,26 +42,22 @@ pub struct Shared {
     pub tls: Arc<super::tls::Tls>,
 }
 
-/// One worker thread's own: its pool of connections to instances and its
-/// HTTP server settings. A request is served start to end on one thread.
+/// One worker thread's own: its pool of connections to instances. A
+/// request is served start to end on one thread.
 pub struct Worker {
     pub shared: Arc<Shared>,
-    pub client: Client<HttpConnector, UpstreamBody>,
+    pub pool: Arc<Pool>,
 }
 
 impl Worker {
     pub fn new(shared: Arc<Shared>) -> Worker {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(shared.settings.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            // Shorter than the usual app server's keep-alive (60-75 s), so
-            // the proxy closes an idle connection before the app does.
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Worker { shared, client }
+        // Shorter than the usual app server's keep-alive (60-75 s), so the
+        // proxy closes an idle connection before the app does.
+        let pool = Pool::new(shared.settings.connect_timeout, Duration::from_secs(30));
+        Worker {
+            shared,
+            pool: Arc::new(pool),
+        }
     }
 }
 
@@ -204,7 +199,7 @@ async fn forward<'s>(
 
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut tries = 0;
-    let (resp, guard) = loop {
+    let (resp, guard, lease) = loop {
         let Some(i) = route.pick(shared.settings.balance, &tried[..tries]) else {
             if tries == 0 {
                 return (pages::unavailable(shared.settings.retry_after), metrics);
@@ -222,16 +217,17 @@ async fn forward<'s>(
         }) else {
             return (pages::bad_gateway(), metrics);
         };
-        let Some(req) = out.request(backend.state.authority.clone(), body, last_try) else {
+        let Some(authority) = backend.state.authority.as_ref() else {
             return (pages::bad_gateway(), metrics);
         };
+        let req = out.request(authority, body, last_try);
         let guard = backend.state.start();
         let left = shared
             .settings
             .upstream_timeout
             .saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, worker.client.request(req)).await {
-            Ok(Ok(resp)) => break (resp, guard),
+        match tokio::time::timeout(left, worker.pool.send(authority, req)).await {
+            Ok(Ok((resp, lease))) => break (resp, guard, lease),
             Err(_) => {
                 tracing::warn!(endpoint = %backend.state.endpoint, host = %host_text, "instance did not answer in time");
                 return (pages::gateway_timeout(), metrics);
@@ -254,7 +250,15 @@ async fn forward<'s>(
         }
     };
     (
-        respond(resp, guard, client_upgrade, request_id, shared, route),
+        respond(
+            resp,
+            guard,
+            lease,
+            client_upgrade,
+            request_id,
+            shared,
+            route,
+        ),
         metrics,
     )
 }
@@ -268,19 +272,19 @@ struct Outgoing {
 
 impl Outgoing {
     /// The request for one instance; the headers are copied while another
-    /// try may follow and moved out on the last.
+    /// try may follow and moved out on the last. The URI is in origin form
+    /// (authority form for CONNECT), as sent on the wire.
     fn request(
         &mut self,
-        authority: Option<http::uri::Authority>,
+        authority: &Authority,
         body: UpstreamBody,
         last: bool,
-    ) -> Option<Request<UpstreamBody>> {
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority?)
-            .path_and_query(self.path.clone())
-            .build()
-            .ok()?;
+    ) -> Request<UpstreamBody> {
+        let uri = if self.method == Method::CONNECT {
+            Uri::from(authority.clone())
+        } else {
+            Uri::from(self.path.clone())
+        };
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
@@ -290,7 +294,7 @@ impl Outgoing {
         } else {
             self.headers.clone()
         };
-        Some(req)
+        req
     }
 }
 
@@ -298,6 +302,7 @@ impl Outgoing {
 fn respond(
     mut resp: Response<Incoming>,
     guard: InFlight,
+    lease: Lease,
     client_upgrade: Option<OnUpgrade>,
     request_id: HeaderValue,
     shared: &Shared,
@@ -311,7 +316,7 @@ fn respond(
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let idle = shared.settings.idle_timeout;
-        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard, idle));
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard, lease, idle));
         let (mut parts, _) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, true);
         parts.headers.insert(&X_REQUEST_ID, request_id);
@@ -320,12 +325,19 @@ fn respond(
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     parts.headers.insert(&X_REQUEST_ID, request_id);
-    Response::from_parts(parts, ProxyBody::upstream(body, guard))
+    Response::from_parts(parts, ProxyBody::upstream(body, guard, lease))
 }
 
 /// Splices an upgraded client connection to the instance's until either
-/// side closes or no byte moves for `idle`.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guard: InFlight, idle: Duration) {
+/// side closes or no byte moves for `idle`. The lease only goes with the
+/// connection: an upgraded one is never reused.
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    guard: InFlight,
+    _lease: Lease,
+    idle: Duration,
+) {
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
         (Err(e), _) | (_, Err(e)) => {
@@ -349,7 +361,7 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guard: InFlight, idle: D
 }
 
 /// The body limit was hit while the request streamed to the instance.
-fn is_over_limit(e: &hyper_util::client::legacy::Error) -> bool {
+fn is_over_limit(e: &pool::Error) -> bool {
     let mut source = e.source();
     while let Some(s) = source {
         if s.is::<LengthLimitError>() {

@@ -11,6 +11,7 @@
 //! routes.rs   the table: hosts and prefixes to instances (pure)
 //! backends.rs per-instance state across swaps, balancing, draining
 //! forward.rs  one request: headers, retry, upgrade, streaming
+//! pool.rs     keep-alive connections to instances, per worker thread
 //! server.rs   accepting, limits per connection, graceful stop
 //! headers.rs  hop-by-hop, X-Forwarded-*, request ids
 //! body.rs     response bodies and the proxy's own pages
@@ -28,6 +29,7 @@ mod forward;
 mod headers;
 mod limits;
 mod metrics;
+mod pool;
 mod routes;
 mod server;
 mod tls;

@@ -29,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::forward::{ConnInfo, Shared, Worker, handle};
 use super::limits::{Settings, Stamped, now_ms};
+use super::pool::Pool;
 
 /// The proxy's listening sockets: one per worker, all on one address.
 pub struct Listener {
@@ -178,6 +179,7 @@ async fn worker(
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(socket)?;
     let worker = Arc::new(Worker::new(Arc::clone(&shared)));
+    tokio::spawn(Pool::sweep_while_alive(Arc::downgrade(&worker.pool)));
     let builder = Arc::new(http_builder(&shared.settings));
     let mut conns = JoinSet::new();
     loop {
