@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Fleet;
+use crate::operator::GONE;
 use crate::store::{
     ContainerRecord, Event, HealthRecord, LockInfo, NodeRecord, Placement, Request, Store,
     StoreError,
@@ -27,29 +28,15 @@ pub struct Snapshot {
     pub health: Vec<HealthRecord>,
 }
 
-/// A node recorded this much before the newest one was not in the latest
-/// pass: discovery no longer lists it (a terminated spot instance).
-const GONE_AFTER_MS: i64 = 2_000;
-
 impl Snapshot {
-    /// Nodes the latest pass did not find. A pass records every node it
-    /// discovers with one timestamp, so older ones were not discovered.
+    /// Nodes discovery no longer lists (terminated), as the operator
+    /// records them: history, not the fleet.
     pub fn gone(&self) -> BTreeSet<&str> {
-        let newest = self.nodes.iter().map(|n| n.last_seen).max().unwrap_or(0);
         self.nodes
             .iter()
-            .filter(|n| n.last_seen < newest - GONE_AFTER_MS)
+            .filter(|n| n.state == GONE)
             .map(|n| n.id.as_str())
             .collect()
-    }
-
-    /// A node's state as shown: `gone` when discovery dropped it.
-    pub fn node_state<'a>(&self, node: &'a NodeRecord, gone: &BTreeSet<&str>) -> &'a str {
-        if gone.contains(node.id.as_str()) {
-            "gone"
-        } else {
-            node.state.as_str()
-        }
     }
 
     pub fn load(store: &Store) -> Result<Snapshot, StoreError> {
@@ -113,11 +100,7 @@ impl Counts {
             pods_desired: desired.pods.len(),
             ..Counts::default()
         };
-        let ready_nodes = || {
-            snap.nodes
-                .iter()
-                .filter(|n| n.state == "ready" && !gone.contains(n.id.as_str()))
-        };
+        let ready_nodes = || snap.nodes.iter().filter(|n| n.state == "ready");
         for n in ready_nodes() {
             c.nodes_ready += 1;
             *c.ready_by_lifecycle.entry(n.lifecycle.clone()).or_default() += 1;
@@ -311,12 +294,11 @@ mod tests {
     }
 
     #[test]
-    fn a_node_missing_from_the_latest_pass_is_gone() {
+    fn a_node_recorded_gone_is_history() {
         let mut snap = snapshot();
         assert!(snap.gone().is_empty());
-        snap.nodes[0].last_seen -= 30_000;
+        snap.nodes[0].state = GONE.to_owned();
         assert_eq!(snap.gone().into_iter().collect::<Vec<_>>(), ["i-0aaa"]);
-        assert_eq!(snap.node_state(&snap.nodes[0], &snap.gone()), "gone");
         let c = Counts::of(&snap, &desired());
         // node1 (gone) held blog: neither counted nor running.
         assert_eq!((c.nodes_ready, c.nodes_total), (1, 2));

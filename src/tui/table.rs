@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use super::app::{Screen, Tone};
 use super::data::{DesiredPods, Snapshot};
 use crate::cli::table::{age, size};
+use crate::operator::GONE;
 use crate::store::Level;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +194,6 @@ fn node_name<'a>(data: &'a Snapshot, id: &'a str) -> &'a str {
 }
 
 pub fn node_rows(data: &Snapshot, now: i64) -> Vec<Row> {
-    let gone = data.gone();
     let mut rows: Vec<Row> = data
         .nodes
         .iter()
@@ -207,9 +207,9 @@ pub fn node_rows(data: &Snapshot, now: i64) -> Vec<Row> {
                 (None, Some(total)) => num(size(total), 0),
                 _ => text("-"),
             };
-            let shown = data.node_state(n, &gone);
+            let shown = n.state.as_str();
             let state = match &n.condition {
-                _ if shown == "gone" => "gone (not discovered)".to_owned(),
+                _ if shown == GONE => "gone (not discovered)".to_owned(),
                 Some(c) if n.state != "ready" => format!("{} ({c})", n.state),
                 _ => n.state.clone(),
             };
@@ -247,7 +247,7 @@ pub fn container_rows(data: &Snapshot, desired: &DesiredPods, now: i64) -> Vec<R
     let unknown: BTreeSet<&str> = data
         .nodes
         .iter()
-        .filter(|n| matches!(data.node_state(n, &gone), "lost" | "gone"))
+        .filter(|n| n.state == "lost" || n.state == GONE)
         .map(|n| n.id.as_str())
         .collect();
     let mut rows: Vec<Row> = data
