@@ -262,7 +262,7 @@ async fn run(cx: &Context<'_>, target: &Target, action: &Action) -> Result<(), S
         ),
         Action::Restart { container } => {
             let grace = limits(STOP_GRACE + Duration::from_secs(60));
-            let argv = restart_argv(&container.id, STOP_GRACE);
+            let argv = restart_argv(container.id.as_str(), STOP_GRACE);
             check(
                 exec(pool, target, &argv, None, grace).await?,
                 "docker restart",

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Control, Operator};
+use crate::reconcile::docker::{STOP_GRACE, restart_argv};
 use crate::ssh::ExecLimits;
 use crate::store::{ContainerRecord, Level, NewEvent, Request, RequestKind};
 
 /// How often the store is looked at for new requests.
 const POLL: Duration = Duration::from_secs(1);
-/// Seconds Docker gives a container to stop before it is killed.
-const RESTART_GRACE: u32 = 10;
 
 /// Takes and serves requests every second, until the task is dropped.
 pub async fn serve(operator: Arc<Operator>, control: Arc<Control>) {
@@ -108,19 +107,9 @@ async fn restart(operator: &Operator, req: &Request) -> Result<String, String> {
     let Some(node) = operator.node(node_id) else {
         return Err(format!("node {node_id} was not found by the latest pass"));
     };
-    let argv: Vec<String> = [
-        "docker",
-        "restart",
-        "-t",
-        &RESTART_GRACE.to_string(),
-        "--",
-        name,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let argv = restart_argv(name, STOP_GRACE);
     let limits = ExecLimits {
-        timeout: Duration::from_secs(u64::from(RESTART_GRACE) + 30),
+        timeout: STOP_GRACE + Duration::from_secs(30),
         ..ExecLimits::default()
     };
     match operator

@@ -236,10 +236,14 @@ pub fn start_argv(id: &ContainerId) -> Vec<String> {
     v
 }
 
-/// `docker restart -t SECONDS ID`.
-pub fn restart_argv(id: &ContainerId, grace: Duration) -> Vec<String> {
+/// `docker restart -t SECONDS CONTAINER` (an id, or a name).
+pub fn restart_argv(container: &str, grace: Duration) -> Vec<String> {
     let mut v = argv(["docker", "restart", "-t"]);
-    v.extend([grace.as_secs().to_string(), "--".into(), id.to_string()]);
+    v.extend([
+        grace.as_secs().to_string(),
+        "--".into(),
+        container.to_owned(),
+    ]);
     v
 }
 
@@ -491,7 +495,7 @@ mod tests {
         );
         assert_eq!(start_argv(&id), ["docker", "start", "--", &hex]);
         assert_eq!(
-            restart_argv(&id, Duration::from_secs(7)),
+            restart_argv(id.as_str(), Duration::from_secs(7)),
             ["docker", "restart", "-t", "7", "--", &hex]
         );
         assert_eq!(
