@@ -2,21 +2,12 @@
 //! read from a real state file.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use prism::store::{ContainerRecord, NodeRecord, Placement, Store};
 
-fn prism(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prism"))
-        .args(args)
-        .env_remove("PRISM_CONFIG")
-        .output()
-        .expect("run prism")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+mod common;
+use common::{prism, text};
 
 fn write_fleet(dir: &Path, body: &str) -> String {
     let file = dir.join("fleet.toml");

@@ -12,13 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Lab, http_status, published_addrs};
+use common::{Lab, http_status, published_addrs, text};
 
 const APPS: [&str; 3] = ["blog", "shop", "wiki"];
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn prism(fleet: &Path, args: &[&str]) -> Output {
     let file = fleet.to_str().expect("utf-8 path");

@@ -3,21 +3,12 @@
 //! it needs the lab.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
+
+mod common;
+use common::{prism, text};
 
 const SUBCOMMANDS: [&str; 5] = ["validate", "plan", "reconcile", "daemon", "status"];
-
-fn prism(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prism"))
-        .args(args)
-        .env_remove("PRISM_CONFIG")
-        .output()
-        .expect("run prism")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -394,6 +394,11 @@ pub fn prism(args: &[&str]) -> Output {
     prism_command(args).output().expect("run prism")
 }
 
+/// A command's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// Runs `lab/lab args`; fails with its stderr unless it exits 0.
 pub fn lab_cmd(args: &[&str]) -> Result<String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
