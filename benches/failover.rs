@@ -29,6 +29,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use common::{Lab, OwnNodes};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 use prism::store::Store;
 
 /// Kills measured (`FAILOVER_KILLS` overrides, for a quick look).
@@ -38,20 +42,13 @@ const APPS: [&str; 3] = ["alpha", "bravo", "charlie"];
 
 fn main() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let lab_dir = std::env::var_os("PRISM_LAB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".lab"));
+    let lab = Lab::load();
+    let lab_dir = lab.dir.clone();
     let fleet = format!("failover{}", std::process::id());
-    let mut nodes = OwnNodes {
-        root: root.to_owned(),
-        fleet: fleet.clone(),
-        names: Vec::new(),
-    };
-    for _ in 0..3 {
-        nodes.add()?;
-    }
+    let mut nodes = OwnNodes::new(fleet.clone());
+    nodes.add_many::<3>()?;
     let dir = tempfile::tempdir()?;
-    let image = testapp_image(&lab_dir)?;
+    let image = lab.testapp_image.clone();
     let kills: usize = std::env::var("FAILOVER_KILLS")
         .ok()
         .and_then(|k| k.parse().ok())
@@ -72,7 +69,7 @@ fn main() -> Result<()> {
         wait_healthy(&state, &small, Duration::from_secs(120))?;
         let victim = busiest_node(&state)?;
         let pods = pods_on(&state, &victim)?;
-        let name = nodes.name_of(&victim)?;
+        let name = nodes.by_instance(&victim)?.name;
         let failed_before = client.failed.load(Ordering::SeqCst);
         let killed = Instant::now();
         nodes.preempt(&name)?;
@@ -85,7 +82,7 @@ fn main() -> Result<()> {
             took.as_secs_f64(),
             client.failed.load(Ordering::SeqCst) - failed_before
         );
-        let fresh = nodes.add()?;
+        let fresh = instance(nodes.add()?)?;
         wait_node_ready(&state, &fresh, Duration::from_secs(60))?;
     }
     client.stop();
@@ -114,16 +111,16 @@ fn main() -> Result<()> {
         wait_healthy(&state, &big, Duration::from_secs(120))?;
         let victim = busiest_node(&state)?;
         let pods = pods_on(&state, &victim)?;
-        let name = nodes.name_of(&victim)?;
+        let name = nodes.by_instance(&victim)?.name;
         nodes.preempt(&name)?;
-        let fresh = nodes.add()?;
+        let fresh = instance(nodes.add()?)?;
         let appeared = Instant::now();
         wait_moved(&state, &victim, &pods, Duration::from_secs(120))?;
         let took = appeared.elapsed();
         waits.push(took);
         println!(
             "  no room {round}: {name} preempted; its pod healthy on the new {} {:.2} s after it appeared",
-            nodes.name_of(&fresh)?,
+            nodes.by_instance(&fresh)?.name,
             took.as_secs_f64()
         );
     }
@@ -152,13 +149,9 @@ health = {{ http = "/up", interval = "1s", timeout = "1s" }}
     )
 }
 
-fn testapp_image(lab_dir: &Path) -> Result<String> {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(lab_dir.join("lab.json"))?)?;
-    json["registry"]["testapp_image"]
-        .as_str()
-        .map(str::to_owned)
-        .context("lab.json names no test app image: run lab/lab up")
+fn instance(node: common::Node) -> Result<String> {
+    node.instance_id
+        .with_context(|| format!("{} has no EC2 instance", node.name))
 }
 
 /// The lab's fleet.toml for the benchmark's fleet: its own state, pinned
@@ -187,83 +180,6 @@ fn fleet_toml(lab_dir: &Path, dir: &Path, fleet: &str, apps: &str) -> Result<Pat
     let file = dir.join("fleet.toml");
     std::fs::write(&file, format!("{text}\n{apps}"))?;
     Ok(file)
-}
-
-struct OwnNodes {
-    root: PathBuf,
-    fleet: String,
-    names: Vec<String>,
-}
-
-impl OwnNodes {
-    fn lab(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new(self.root.join("lab/lab"))
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "lab/lab {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    }
-
-    fn lab_json(&self) -> Result<serde_json::Value> {
-        let dir = std::env::var_os("PRISM_LAB_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.root.join(".lab"));
-        Ok(serde_json::from_str(&std::fs::read_to_string(
-            dir.join("lab.json"),
-        )?)?)
-    }
-
-    /// Adds a node; returns its instance id.
-    fn add(&mut self) -> Result<String> {
-        self.lab(&["add", "--fleet", &self.fleet])?;
-        let json = self.lab_json()?;
-        let node = json["nodes"]
-            .as_array()
-            .and_then(|nodes| {
-                nodes.iter().rev().find(|n| {
-                    n["fleet"] == self.fleet.as_str()
-                        && !self.names.iter().any(|m| n["name"] == m.as_str())
-                })
-            })
-            .context("the added node is not in lab.json")?;
-        self.names
-            .push(node["name"].as_str().context("name")?.to_owned());
-        node["instance_id"]
-            .as_str()
-            .map(str::to_owned)
-            .context("the added node has no instance")
-    }
-
-    fn name_of(&self, instance: &str) -> Result<String> {
-        let json = self.lab_json()?;
-        json["nodes"]
-            .as_array()
-            .and_then(|nodes| nodes.iter().find(|n| n["instance_id"] == instance))
-            .and_then(|n| n["name"].as_str())
-            .map(str::to_owned)
-            .with_context(|| format!("no live lab node is instance {instance}"))
-    }
-
-    fn preempt(&mut self, name: &str) -> Result<()> {
-        self.names.retain(|n| n != name);
-        self.lab(&["preempt", name])
-    }
-}
-
-impl Drop for OwnNodes {
-    fn drop(&mut self) {
-        for name in std::mem::take(&mut self.names) {
-            if let Err(e) = self.lab(&["preempt", &name]) {
-                eprintln!("could not remove node {name}: {e:#}");
-            }
-        }
-    }
 }
 
 struct Daemon(Child);

@@ -11,23 +11,16 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{Lab, lab_cmd, retry};
+use common::{Lab, OwnNodes, retry};
 
-/// Everything this test made, removed however it ends: the tmux server
-/// (on its own socket), the nodes it added.
+/// The test's tmux server (on its own socket), killed however it ends.
 struct Cleanup {
     socket: String,
-    nodes: Vec<String>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = tmux(&self.socket, &["kill-server"]);
-        for name in self.nodes.drain(..) {
-            if let Err(e) = lab_cmd(&["preempt", &name]) {
-                eprintln!("could not remove node {name} this test added: {e:#}");
-            }
-        }
     }
 }
 
@@ -125,24 +118,12 @@ memory = "32M"
 fn the_dashboard_follows_a_preemption_on_screen() -> Result<()> {
     let lab = Lab::load();
     let fleet = format!("tui{}", std::process::id());
-    let mut cleanup = Cleanup {
+    // Dropped in reverse: the tmux server goes before the nodes.
+    let mut nodes = OwnNodes::new(fleet.clone());
+    let cleanup = Cleanup {
         socket: format!("prism-dash-{}", std::process::id()),
-        nodes: Vec::new(),
     };
-    for _ in 0..2 {
-        let before: Vec<String> = Lab::load()
-            .other_nodes
-            .into_iter()
-            .map(|n| n.name)
-            .collect();
-        lab_cmd(&["add", "--fleet", &fleet])?;
-        let added = Lab::load()
-            .other_nodes
-            .into_iter()
-            .find(|n| n.fleet == fleet && !before.contains(&n.name))
-            .context("lab/lab add made no node of this fleet")?;
-        cleanup.nodes.push(added.name);
-    }
+    let [a, b] = nodes.add_many::<2>()?.map(|n| n.name);
     let dir = tempfile::tempdir()?;
     let config = fleet_toml(&lab, dir.path(), &fleet);
     let prism = env!("CARGO_BIN_EXE_prism");
@@ -168,7 +149,6 @@ fn the_dashboard_follows_a_preemption_on_screen() -> Result<()> {
     )?;
 
     // Both nodes, and both pods with their two services running.
-    let (a, b) = (cleanup.nodes[0].clone(), cleanup.nodes[1].clone());
     let s = wait_for(&cleanup.socket, "four running containers", 90, |s| {
         PODS.iter().all(|p| running(s, p, None))
     })?;
@@ -194,8 +174,7 @@ fn the_dashboard_follows_a_preemption_on_screen() -> Result<()> {
             })
     })?;
 
-    lab_cmd(&["preempt", &victim])?;
-    cleanup.nodes.retain(|n| *n != victim);
+    nodes.preempt(&victim)?;
     wait_for(&cleanup.socket, "the preempted node shown gone", 60, |s| {
         s.lines()
             .any(|l| l.contains(victim.as_str()) && (l.contains("gone") || l.contains("lost")))
@@ -274,7 +253,6 @@ fn sigterm_restores_the_terminal_and_releases_the_lock() -> Result<()> {
     let config = static_fleet(dir.path(), "sigterm")?;
     let cleanup = Cleanup {
         socket: format!("prism-dash-term-{}", std::process::id()),
-        nodes: Vec::new(),
     };
     let pid_file = dir.path().join("pid");
     let run = format!(
@@ -367,7 +345,6 @@ fn the_dashboard_attaches_to_a_running_daemon() -> Result<()> {
     })?;
     let cleanup = Cleanup {
         socket: format!("prism-dash-attach-{}", std::process::id()),
-        nodes: Vec::new(),
     };
     let run = format!(
         "{} -c {}; echo PRISM-EXITED $?; sleep 120",

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{Lab, lab_cmd, retry};
+use common::{Lab, OwnNodes, lab_cmd, retry};
 use prism::store::{Event, HealthRecord, Store};
 
 /// Nodes are added and killed here: one test at a time.
@@ -29,51 +29,9 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
-/// Nodes this test added to its own fleet; preempted when dropped.
-struct OwnNodes {
-    fleet: String,
-    names: Vec<String>,
-}
-
-impl OwnNodes {
-    fn new(tag: &str) -> OwnNodes {
-        OwnNodes {
-            fleet: format!("lc{}{tag}", std::process::id()),
-            names: Vec::new(),
-        }
-    }
-
-    /// `lab/lab add --fleet` one more node; returns it.
-    fn add(&mut self) -> common::Node {
-        let before: Vec<String> = Lab::load()
-            .other_nodes
-            .into_iter()
-            .map(|n| n.name)
-            .collect();
-        lab_cmd(&["add", "--fleet", &self.fleet]).expect("lab/lab add --fleet");
-        let node = Lab::load()
-            .other_nodes
-            .into_iter()
-            .find(|n| n.fleet == self.fleet && !before.contains(&n.name))
-            .expect("the added node in lab.json");
-        self.names.push(node.name.clone());
-        node
-    }
-
-    fn preempt(&mut self, name: &str) {
-        lab_cmd(&["preempt", name]).expect("lab/lab preempt");
-        self.names.retain(|n| n != name);
-    }
-}
-
-impl Drop for OwnNodes {
-    fn drop(&mut self) {
-        for name in std::mem::take(&mut self.names) {
-            if let Err(e) = lab_cmd(&["preempt", &name]) {
-                eprintln!("could not remove node {name} this test added: {e:#}");
-            }
-        }
-    }
+/// Nodes of this test's own fleet (`lc<pid><tag>`).
+fn own_nodes(tag: &str) -> OwnNodes {
+    OwnNodes::new(format!("lc{}{tag}", std::process::id()))
 }
 
 /// The lab's fleet.toml for fleet `fleet` (its nodes only, by tag), with
@@ -242,8 +200,8 @@ fn containers_on(lab: &Lab, node: &common::Node, fleet: &str) -> Result<Vec<Stri
 fn a_preempted_node_s_pods_run_healthy_elsewhere_and_a_new_instance_is_trusted() {
     let _serial = serial();
     let lab = Lab::load();
-    let mut own = OwnNodes::new("p");
-    let nodes = [own.add(), own.add()];
+    let mut own = own_nodes("p");
+    let nodes = own.add_many::<2>().expect("lab/lab add --fleet");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = fleet_toml(&lab, dir.path(), &own.fleet, None, &web_app(&lab, 2));
     let daemon = Daemon::start(&file);
@@ -258,7 +216,7 @@ fn a_preempted_node_s_pods_run_healthy_elsewhere_and_a_new_instance_is_trusted()
         .expect("the other node");
 
     let killed = Instant::now();
-    own.preempt(&victim.name.clone());
+    own.preempt(&victim.name.clone()).expect("lab/lab preempt");
     retry(Duration::from_secs(60), || {
         let healthy = daemon.healthy()?;
         ensure!(
@@ -285,7 +243,7 @@ fn a_preempted_node_s_pods_run_healthy_elsewhere_and_a_new_instance_is_trusted()
 
     // A replacement: a new instance id with a new host key, pinned and
     // trusted on first sight.
-    let fresh = own.add();
+    let fresh = own.add().expect("lab/lab add --fleet");
     let fresh_id = instance_id(&fresh);
     retry(Duration::from_secs(30), || {
         ensure!(daemon.node_state(&fresh_id)? == "ready");
@@ -304,8 +262,8 @@ fn a_preempted_node_s_pods_run_healthy_elsewhere_and_a_new_instance_is_trusted()
 fn a_changed_host_key_on_the_same_instance_is_untrusted() {
     let _serial = serial();
     let lab = Lab::load();
-    let mut own = OwnNodes::new("k");
-    let nodes = [own.add(), own.add()];
+    let mut own = own_nodes("k");
+    let nodes = own.add_many::<2>().expect("lab/lab add --fleet");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = fleet_toml(&lab, dir.path(), &own.fleet, None, "");
     let path = file.to_str().expect("utf-8");
@@ -342,8 +300,8 @@ fn a_changed_host_key_on_the_same_instance_is_untrusted() {
 fn a_partitioned_node_is_lost_and_its_duplicates_go_when_it_heals() {
     let _serial = serial();
     let lab = Lab::load();
-    let mut own = OwnNodes::new("n");
-    let nodes = [own.add(), own.add()];
+    let mut own = own_nodes("n");
+    let nodes = own.add_many::<2>().expect("lab/lab add --fleet");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = fleet_toml(&lab, dir.path(), &own.fleet, None, &web_app(&lab, 1));
     let daemon = Daemon::start(&file);
@@ -502,8 +460,8 @@ impl Drop for Forwarder {
 fn an_ec2_outage_drops_no_node_and_discovery_recovers() {
     let _serial = serial();
     let lab = Lab::load();
-    let mut own = OwnNodes::new("e");
-    let nodes = [own.add(), own.add()];
+    let mut own = own_nodes("e");
+    let nodes = own.add_many::<2>().expect("lab/lab add --fleet");
     let mut forwarder = Forwarder::start(lab.moto_url.trim_start_matches("http://"));
     let dir = tempfile::tempdir().expect("tempdir");
     let file = fleet_toml(
@@ -576,8 +534,8 @@ fn an_ec2_outage_drops_no_node_and_discovery_recovers() {
 fn a_spot_notice_drains_the_node_make_before_break() {
     let _serial = serial();
     let lab = Lab::load();
-    let mut own = OwnNodes::new("d");
-    let nodes = [own.add(), own.add()];
+    let mut own = own_nodes("d");
+    let nodes = own.add_many::<2>().expect("lab/lab add --fleet");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = fleet_toml(&lab, dir.path(), &own.fleet, None, &web_app(&lab, 1));
     let daemon = Daemon::start(&file);

@@ -399,6 +399,77 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Nodes a test or benchmark added to a fleet of its own (`lab/lab add
+/// --fleet`), the only ones it may kill or cut off; preempted when dropped.
+pub struct OwnNodes {
+    pub fleet: String,
+    names: Vec<String>,
+}
+
+impl OwnNodes {
+    pub fn new(fleet: impl Into<String>) -> OwnNodes {
+        OwnNodes {
+            fleet: fleet.into(),
+            names: Vec::new(),
+        }
+    }
+
+    /// `lab/lab add --fleet` one more node; returns it.
+    pub fn add(&mut self) -> Result<Node> {
+        let before: Vec<String> = Lab::load()
+            .other_nodes
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        lab_cmd(&["add", "--fleet", &self.fleet])?;
+        let node = Lab::load()
+            .other_nodes
+            .into_iter()
+            .find(|n| n.fleet == self.fleet && !before.contains(&n.name))
+            .context("lab/lab add made no node of this fleet")?;
+        self.names.push(node.name.clone());
+        Ok(node)
+    }
+
+    /// `N` more nodes.
+    pub fn add_many<const N: usize>(&mut self) -> Result<[Node; N]> {
+        let mut nodes = Vec::with_capacity(N);
+        for _ in 0..N {
+            nodes.push(self.add()?);
+        }
+        nodes
+            .try_into()
+            .map_err(|_| anyhow!("lab/lab add made fewer than {N} nodes"))
+    }
+
+    /// The live node of this fleet that is EC2 instance `id`.
+    pub fn by_instance(&self, id: &str) -> Result<Node> {
+        Lab::load()
+            .other_nodes
+            .into_iter()
+            .find(|n| n.fleet == self.fleet && n.instance_id.as_deref() == Some(id))
+            .with_context(|| format!("no live node of fleet {} is instance {id}", self.fleet))
+    }
+
+    pub fn preempt(&mut self, name: &str) -> Result<()> {
+        self.names.retain(|n| n != name);
+        lab_cmd(&["preempt", name]).map(|_| ())
+    }
+}
+
+impl Drop for OwnNodes {
+    fn drop(&mut self) {
+        for name in std::mem::take(&mut self.names) {
+            if let Err(e) = lab_cmd(&["preempt", &name]) {
+                eprintln!(
+                    "could not remove node {name} of fleet {}: {e:#}",
+                    self.fleet
+                );
+            }
+        }
+    }
+}
+
 /// Runs `lab/lab args`; fails with its stderr unless it exits 0.
 pub fn lab_cmd(args: &[&str]) -> Result<String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
