@@ -345,6 +345,18 @@ impl App {
         self.rows().into_iter().nth(self.selected())
     }
 
+    /// The selected row's container: node id, name, app/service/instance.
+    fn selected_container(&self) -> Option<(String, String, String)> {
+        match self.selected_row()?.key {
+            RowKey::Container {
+                node_id,
+                name,
+                label,
+            } => Some((node_id, name, label)),
+            _ => None,
+        }
+    }
+
     fn clamp(&mut self) {
         for s in [Screen::Nodes, Screen::Containers, Screen::Events] {
             let n = self.rows_of(s).len();
@@ -575,14 +587,7 @@ impl App {
                 container: None,
             }),
             Action::Logs => {
-                let RowKey::Container {
-                    node_id,
-                    name,
-                    label,
-                } = self.selected_row()?.key
-                else {
-                    return None;
-                };
+                let (node_id, name, label) = self.selected_container()?;
                 self.seq += 1;
                 let spec = LogSpec {
                     seq: self.seq,
@@ -604,14 +609,7 @@ impl App {
                 Some(Effect::Logs(spec))
             }
             Action::Describe => {
-                let RowKey::Container {
-                    node_id,
-                    name,
-                    label,
-                } = self.selected_row()?.key
-                else {
-                    return None;
-                };
+                let (node_id, name, label) = self.selected_container()?;
                 self.seq += 1;
                 self.describe = Some(TextView {
                     title: label,
@@ -626,14 +624,7 @@ impl App {
                 })
             }
             Action::Restart => {
-                let RowKey::Container {
-                    node_id,
-                    name,
-                    label,
-                } = self.selected_row()?.key
-                else {
-                    return None;
-                };
+                let (node_id, name, label) = self.selected_container()?;
                 self.confirm = Some(Confirm {
                     question: format!("Restart {label} ({name})?"),
                     effect: Effect::Request {
