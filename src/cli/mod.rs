@@ -229,11 +229,7 @@ impl Failure {
             Failure::Config(_) | Failure::Tls(_) => 2,
             Failure::Store(StoreError::Locked { .. }) => 2,
             Failure::Pass(e) if e.is_setup() => 2,
-            Failure::Dashboard(crate::tui::TuiError::Store(StoreError::Locked { .. })) => 2,
-            Failure::Dashboard(crate::tui::TuiError::Pass(e)) if e.is_setup() => 2,
-            Failure::Dashboard(crate::tui::TuiError::Ssh(_) | crate::tui::TuiError::NoTerminal) => {
-                2
-            }
+            Failure::Dashboard(e) if e.is_setup() => 2,
             Failure::Reported(code) => *code,
             _ => 1,
         }

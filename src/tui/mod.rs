@@ -60,6 +60,19 @@ pub enum TuiError {
     NoTerminal,
 }
 
+impl TuiError {
+    /// Nothing ran: the set-up was wrong (secrets, the key, no terminal)
+    /// or another applier holds the lock, as for the other commands.
+    pub fn is_setup(&self) -> bool {
+        match self {
+            TuiError::Pass(e) => e.is_setup(),
+            TuiError::Store(e) => matches!(e, StoreError::Locked { .. }),
+            TuiError::Ssh(_) | TuiError::NoTerminal => true,
+            TuiError::Terminal(_) => false,
+        }
+    }
+}
+
 /// Everything that reaches the UI loop.
 pub enum Msg {
     Key(KeyEvent),
