@@ -15,9 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::Failure;
 use crate::config::Config;
-use crate::operator::{
-    Control, FleetMetrics, Operator, ProxyRouter, run_loop, serve_requests, start_jobs,
-};
+use crate::operator::{Control, FleetMetrics, Operator, ProxyRouter, run_applier};
 use crate::proxy::{self, Listener, Proxy, Settings, TlsUpkeep};
 use crate::store::{LockHolder, NewEvent};
 
@@ -187,17 +185,8 @@ pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result
             operator = operator.with_router(Arc::new(router));
         }
         let current = Arc::new(operator);
-        let mut jobs = match start_jobs(current.clone()).await {
-            Ok(jobs) => Some(jobs),
-            Err(e) => {
-                tracing::error!(error = %e, "scheduled jobs could not start; reconciling without them");
-                None
-            }
-        };
         let control = Control::new();
         let follow = tokio::spawn(record_reports(control.clone(), metrics.clone()));
-        // Actions asked by a dashboard attached to this daemon.
-        let requests = tokio::spawn(serve_requests(current.clone(), control.clone()));
         let next = tokio::spawn(reload::next(
             current.config.clone(),
             loaded.clone(),
@@ -205,14 +194,8 @@ pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result
             quitting.clone(),
             control.clone(),
         ));
-        let ran = run_loop(&current, &me, interval, &control).await;
+        let ran = run_applier(current.clone(), &me, interval, control.clone()).await;
         follow.abort();
-        requests.abort();
-        if let Some(jobs) = jobs.as_mut()
-            && let Err(e) = jobs.shutdown().await
-        {
-            tracing::warn!(error = %e, "scheduled jobs did not stop cleanly");
-        }
         if let Err(e) = ran {
             next.abort();
             break Err((current, Failure::Store(e)));

@@ -14,11 +14,9 @@ mod run;
 
 pub use apply::{Outcome, apply};
 pub use health::{CheckResult, check, check_all};
-pub use jobs::start as start_jobs;
 pub use lifecycle::{GONE, Misses, node_state};
 pub use metrics::FleetMetrics;
 pub use observe::{Observed, Recorder, observe, observe_with_metadata};
 pub use pass::{Operator, PassError, Planned};
-pub use requests::serve as serve_requests;
 pub use routing::{ProxyRouter, Router, Routes, routes};
-pub use run::{Control, PassReport, run as run_loop};
+pub use run::{Control, PassReport, run as run_loop, run_applier};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
-use super::{Operator, Outcome, PassError, Planned};
+use super::{Operator, Outcome, PassError, Planned, jobs, requests};
 use crate::store::{LockHolder, StoreError, now_ms};
 
 /// What one pass saw and did.
@@ -128,6 +128,33 @@ pub async fn run(
             _ = stop.changed() => return Ok(()),
         }
     }
+}
+
+/// [`run`], with what goes beside it while this process is the applier:
+/// the scheduled jobs, and the server of requests from attached
+/// dashboards. Both stop when the loop does.
+pub async fn run_applier(
+    operator: Arc<Operator>,
+    me: &LockHolder,
+    interval: Duration,
+    control: Arc<Control>,
+) -> Result<(), StoreError> {
+    let mut jobs = match jobs::start(operator.clone()).await {
+        Ok(jobs) => Some(jobs),
+        Err(e) => {
+            tracing::error!(error = %e, "scheduled jobs could not start; reconciling without them");
+            None
+        }
+    };
+    let requests = tokio::spawn(requests::serve(operator.clone(), control.clone()));
+    let ran = run(&operator, me, interval, &control).await;
+    requests.abort();
+    if let Some(jobs) = jobs.as_mut()
+        && let Err(e) = jobs.shutdown().await
+    {
+        tracing::warn!(error = %e, "scheduled jobs did not stop cleanly");
+    }
+    ran
 }
 
 async fn pass(operator: &Operator, me: &LockHolder) -> Result<PassReport, PassError> {

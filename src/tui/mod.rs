@@ -34,9 +34,7 @@ use data::{DesiredPods, Snapshot};
 use fleet::Reach;
 
 use crate::config::Config;
-use crate::operator::{
-    Control, Operator, PassError, PassReport, run_loop, serve_requests, start_jobs,
-};
+use crate::operator::{Control, Operator, PassError, PassReport, run_applier};
 use crate::ssh::{Pool, SshError, SshSettings};
 use crate::store::{LockHolder, LockInfo, NewRequest, Store, StoreError, now_ms};
 
@@ -129,8 +127,6 @@ struct Local {
     me: LockHolder,
     control: Arc<Control>,
     run: JoinHandle<Result<(), StoreError>>,
-    requests: JoinHandle<()>,
-    jobs: Option<tokio_cron_scheduler::JobScheduler>,
 }
 
 pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
@@ -158,26 +154,16 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
             let me = LockHolder::this_process("dashboard");
             operator.lock().try_lock(&me, LOCK_TTL)?;
             let control = Control::new();
+            // As the daemon does: the loop, scheduled jobs, requests.
             let run = {
                 let (operator, me, control) = (operator.clone(), me.clone(), control.clone());
-                tokio::spawn(async move { run_loop(&operator, &me, interval, &control).await })
-            };
-            let requests = tokio::spawn(serve_requests(operator.clone(), control.clone()));
-            // The daemon's scheduled jobs run here too while the dashboard applies.
-            let jobs = match start_jobs(operator.clone()).await {
-                Ok(jobs) => Some(jobs),
-                Err(e) => {
-                    tracing::error!(error = %e, "scheduled jobs could not start; reconciling without them");
-                    None
-                }
+                tokio::spawn(async move { run_applier(operator, &me, interval, control).await })
             };
             let local = Local {
                 operator: operator.clone(),
                 me,
                 control,
                 run,
-                requests,
-                jobs,
             };
             (
                 Mode::InProcess,
@@ -193,15 +179,9 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
         now_ms(),
     );
     let result = ui_loop(&mut app, config.clone(), store, reach, local.as_ref()).await;
-    if let Some(mut local) = local {
+    if let Some(local) = local {
         eprintln!("prism: finishing the pass in flight, then stopping");
         local.control.stop();
-        local.requests.abort();
-        if let Some(jobs) = local.jobs.as_mut()
-            && let Err(e) = jobs.shutdown().await
-        {
-            eprintln!("prism: scheduled jobs did not stop cleanly: {e}");
-        }
         match local.run.await {
             Ok(Err(e)) => eprintln!("prism: the operator loop ended: {e}"),
             Err(e) => eprintln!("prism: the operator loop failed: {e}"),
