@@ -187,6 +187,46 @@ fn instance_id(node: &common::Node) -> String {
     node.instance_id.clone().expect("a registered instance")
 }
 
+/// Two nodes of the test's own fleet and `instances` web pods placed on
+/// them by a daemon. Fields drop in order: the daemon stops first, the
+/// nodes go last.
+struct Placed {
+    daemon: Daemon,
+    _dir: tempfile::TempDir,
+    /// Pod 0's node, its instance id, and the other node.
+    pod: common::Node,
+    on: String,
+    other: common::Node,
+    own: OwnNodes,
+}
+
+fn placed(lab: &Lab, tag: &str, instances: u32) -> Placed {
+    let mut own = own_nodes(tag);
+    let [a, b] = own.add_many::<2>().expect("lab/lab add --fleet");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = fleet_toml(lab, dir.path(), &own.fleet, None, &web_app(lab, instances));
+    let daemon = Daemon::start(&file);
+    let on = converged(&daemon, instances as usize);
+    let (pod, other) = if instance_id(&a) == on {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert_eq!(
+        instance_id(&pod),
+        on,
+        "pod 0 is on neither of the test's nodes"
+    );
+    Placed {
+        daemon,
+        _dir: dir,
+        pod,
+        on,
+        other,
+        own,
+    }
+}
+
 /// `docker ps` lines (`name state`) of fleet `fleet` on a node.
 fn containers_on(lab: &Lab, node: &common::Node, fleet: &str) -> Result<Vec<String>> {
     let out = lab.ssh(
@@ -200,20 +240,9 @@ fn containers_on(lab: &Lab, node: &common::Node, fleet: &str) -> Result<Vec<Stri
 fn a_preempted_node_s_pods_run_healthy_elsewhere_and_a_new_instance_is_trusted() {
     let _serial = serial();
     let lab = Lab::load();
-    let mut own = own_nodes("p");
-    let nodes = own.add_many::<2>().expect("lab/lab add --fleet");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = fleet_toml(&lab, dir.path(), &own.fleet, None, &web_app(&lab, 2));
-    let daemon = Daemon::start(&file);
-    let on = converged(&daemon, 2);
-    let victim = nodes
-        .iter()
-        .find(|n| instance_id(n) == on)
-        .expect("pod 0's node");
-    let survivor = nodes
-        .iter()
-        .find(|n| instance_id(n) != on)
-        .expect("the other node");
+    let mut p = placed(&lab, "p", 2);
+    let (daemon, on, victim, survivor) = (&p.daemon, p.on.clone(), &p.pod, &p.other);
+    let own = &mut p.own;
 
     let killed = Instant::now();
     own.preempt(&victim.name.clone()).expect("lab/lab preempt");
@@ -300,20 +329,8 @@ fn a_changed_host_key_on_the_same_instance_is_untrusted() {
 fn a_partitioned_node_is_lost_and_its_duplicates_go_when_it_heals() {
     let _serial = serial();
     let lab = Lab::load();
-    let mut own = own_nodes("n");
-    let nodes = own.add_many::<2>().expect("lab/lab add --fleet");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = fleet_toml(&lab, dir.path(), &own.fleet, None, &web_app(&lab, 1));
-    let daemon = Daemon::start(&file);
-    let on = converged(&daemon, 1);
-    let cut = nodes
-        .iter()
-        .find(|n| instance_id(n) == on)
-        .expect("pod's node");
-    let other = nodes
-        .iter()
-        .find(|n| instance_id(n) != on)
-        .expect("other node");
+    let p = placed(&lab, "n", 1);
+    let (daemon, on, cut, other, own) = (&p.daemon, p.on.clone(), &p.pod, &p.other, &p.own);
 
     lab_cmd(&["partition", &cut.name]).expect("partition");
     let healed = Heal(&cut.name);
@@ -534,20 +551,8 @@ fn an_ec2_outage_drops_no_node_and_discovery_recovers() {
 fn a_spot_notice_drains_the_node_make_before_break() {
     let _serial = serial();
     let lab = Lab::load();
-    let mut own = own_nodes("d");
-    let nodes = own.add_many::<2>().expect("lab/lab add --fleet");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = fleet_toml(&lab, dir.path(), &own.fleet, None, &web_app(&lab, 1));
-    let daemon = Daemon::start(&file);
-    let on = converged(&daemon, 1);
-    let noticed = nodes
-        .iter()
-        .find(|n| instance_id(n) == on)
-        .expect("pod's node");
-    let other = nodes
-        .iter()
-        .find(|n| instance_id(n) != on)
-        .expect("other node");
+    let p = placed(&lab, "d", 1);
+    let (daemon, on, noticed, other, own) = (&p.daemon, p.on.clone(), &p.pod, &p.other, &p.own);
 
     lab_cmd(&["notice", &noticed.name]).expect("lab/lab notice");
     retry(Duration::from_secs(60), || {
