@@ -10,4 +10,5 @@ pub mod proxy;
 pub mod reconcile;
 pub mod ssh;
 pub mod store;
+pub mod tasks;
 pub mod tui;

@@ -218,6 +218,9 @@ pub enum Failure {
     Tls(#[from] crate::proxy::TlsError),
     #[error("{0}")]
     Dashboard(#[from] crate::tui::TuiError),
+    /// A task the daemon cannot run without ended (a panic).
+    #[error("{0}")]
+    Task(#[from] crate::tasks::Ended),
     /// Already reported; only the exit code is left.
     #[error("")]
     Reported(u8),

@@ -8,6 +8,7 @@ mod lifecycle;
 mod metrics;
 mod observe;
 mod pass;
+mod published;
 mod requests;
 mod routing;
 mod run;

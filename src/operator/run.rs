@@ -2,7 +2,8 @@
 //! appears, leaves or changes state, or when asked (`Control::reconcile_now`),
 //! until told to stop. `prism daemon` and the dashboard's in-process mode
 //! both run it. Each pass's result is published on a watch channel, so the
-//! proxy, the dashboard or anything else follows the fleet without polling.
+//! proxy, the dashboard or anything else follows the fleet without polling,
+//! and its plan in the store, for dashboards in other processes.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -107,6 +108,10 @@ pub async fn run(
             }
         };
         let now = report.node_states();
+        // For dashboards attached from other processes; they read it.
+        if let Err(e) = operator.lock().publish_plan(&report.published()) {
+            tracing::warn!(error = %e, "could not publish the pass's plan");
+        }
         control.reports.send_replace(Some(Arc::new(report)));
         if *stop.borrow_and_update() {
             return Ok(());

@@ -115,6 +115,15 @@ const STEPS: &[&str] = &[
     );
     CREATE INDEX requests_state ON requests (state);
     "#,
+    // 5: what the applier's last pass planned, for attached readers; one
+    // row, replaced each pass.
+    r#"
+    CREATE TABLE last_plan (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        at   INTEGER NOT NULL,          -- when the pass ended (unix ms)
+        body TEXT NOT NULL              -- JSON: store::PublishedPlan
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
@@ -184,6 +193,7 @@ mod tests {
                 "events",
                 "health",
                 "host_keys",
+                "last_plan",
                 "nodes",
                 "placements",
                 "requests"

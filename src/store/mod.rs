@@ -1,11 +1,13 @@
 //! The state store: one SQLite file (WAL) holding what nodes cannot tell
 //! Prism themselves: nodes seen, placements, events, pinned host keys,
-//! health check counts, the apply lock and requests to the applier.
+//! health check counts, the apply lock, requests to the applier and what
+//! its last pass planned.
 //! Every failure is a `StoreError` naming the file.
 
 mod events;
 mod health;
 mod host_keys;
+mod last_plan;
 mod lock;
 mod migrations;
 mod nodes;
@@ -19,6 +21,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 pub use events::{Event, Level, NewEvent};
 pub use health::{CheckOutcome, Checked, HealthRecord, Recorded, Tally, Thresholds, Verdict};
 pub use host_keys::PinnedKey;
+pub use last_plan::{NodeActions, PlanLines, PublishedPlan, Unplaceable};
 pub use lock::{LockHolder, LockInfo};
 pub use nodes::{ContainerRecord, NodeRecord, Placement};
 pub use requests::{NewRequest, Request, RequestKind, RequestState};

@@ -12,7 +12,7 @@ use regex::Regex;
 use super::data::{Counts, DesiredPods, Snapshot};
 use super::keymap::{Action, lookup};
 use super::table::{self, Row, RowKey};
-use crate::store::{LockInfo, RequestKind, RequestState};
+use crate::store::{LockInfo, PublishedPlan, RequestKind, RequestState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Screen {
@@ -71,7 +71,7 @@ pub enum Tone {
     Muted,
 }
 
-/// The latest pass, when the operator runs in this process.
+/// The latest pass, of this process's operator or the daemon's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastPass {
     pub finished_ms: i64,
@@ -81,6 +81,19 @@ pub struct LastPass {
     pub error: Option<String>,
     /// Pods the plan could not place.
     pub unplaceable: usize,
+}
+
+impl From<&PublishedPlan> for LastPass {
+    fn from(p: &PublishedPlan) -> LastPass {
+        LastPass {
+            finished_ms: p.at,
+            took: Duration::from_millis(p.took_ms),
+            actions: p.applied,
+            failed: p.failed,
+            error: p.error.clone(),
+            unplaceable: p.plan.unplaceable.len(),
+        }
+    }
 }
 
 /// Proxy traffic, when a proxy reports it.
@@ -164,7 +177,9 @@ pub struct App {
     pub data: Snapshot,
     pub data_error: Option<String>,
     pub last_pass: Option<LastPass>,
-    pub plan_text: Option<String>,
+    /// The last pass's plan: from this process's operator, or as the
+    /// daemon published it in the store.
+    pub plan: Option<PublishedPlan>,
     pub proxy: Option<ProxyRate>,
     pub now_ms: i64,
     pub screen: Screen,
@@ -202,7 +217,7 @@ impl App {
             data: Snapshot::default(),
             data_error: None,
             last_pass: None,
-            plan_text: None,
+            plan: None,
             proxy: None,
             now_ms,
             screen: Screen::Containers,
@@ -243,6 +258,11 @@ impl App {
     pub fn set_data(&mut self, data: Snapshot) {
         self.data = data;
         self.data_error = None;
+        // This process's operator reports its passes directly (`Msg::Pass`).
+        if let Mode::Attached(_) = self.mode {
+            self.plan = self.data.plan.clone();
+            self.last_pass = self.plan.as_ref().map(LastPass::from);
+        }
         let mut finished = Vec::new();
         for r in &self.data.requests {
             if self.asked.contains(&r.id)

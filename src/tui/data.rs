@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::Fleet;
 use crate::operator::GONE;
 use crate::store::{
-    ContainerRecord, Event, HealthRecord, LockInfo, NodeRecord, Placement, Request, Store,
-    StoreError,
+    ContainerRecord, Event, HealthRecord, LockInfo, NodeRecord, Placement, PublishedPlan, Request,
+    Store, StoreError,
 };
 
 /// Events kept on screen.
@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub requests: Vec<Request>,
     /// Prism's own health verdicts, which win over Docker's.
     pub health: Vec<HealthRecord>,
+    /// What the applier's last pass planned, as it published it.
+    pub plan: Option<PublishedPlan>,
 }
 
 impl Snapshot {
@@ -48,6 +50,7 @@ impl Snapshot {
             lock: store.lock_info()?,
             requests: store.requests(20)?,
             health: store.health_records()?,
+            plan: store.last_plan()?,
         })
     }
 }
@@ -256,6 +259,44 @@ pub mod fixtures {
                 result: Some("reconcile started".into()),
             }],
             health: Vec::new(),
+            plan: None,
+        }
+    }
+
+    /// A pass that placed blog/0, replaced shop's web and could not place
+    /// wiki/0.
+    pub fn published_plan() -> PublishedPlan {
+        use crate::store::{NodeActions, PlanLines, Unplaceable};
+        PublishedPlan {
+            at: NOW - 12_000,
+            took_ms: 840,
+            applied: 3,
+            failed: 0,
+            error: None,
+            plan: PlanLines {
+                nodes: vec![
+                    NodeActions {
+                        id: "i-0aaa".into(),
+                        name: "node1".into(),
+                        actions: vec![
+                            "+ create network prism-blog-0".into(),
+                            "+ create blog/0 web (new)".into(),
+                        ],
+                    },
+                    NodeActions {
+                        id: "i-0ccc".into(),
+                        name: "node3".into(),
+                        actions: vec!["~ replace shop/0 web (spec changed)".into()],
+                    },
+                ],
+                placements: vec!["+ place blog/0 on node i-0aaa".into()],
+                unplaceable: vec![Unplaceable {
+                    app: "wiki".into(),
+                    instance: 0,
+                    line: "! cannot place: wiki/0 needs 4G of memory; the largest free space is 1G, on node i-0aaa".into(),
+                }],
+                waiting: vec!["shop/0 web: old container kept until the new one is ready".into()],
+            },
         }
     }
 

@@ -27,16 +27,17 @@ use std::time::Duration;
 use ratatui::crossterm::event::{self, Event, KeyEvent, KeyEventKind};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use app::{App, Effect, LastPass, Mode};
 use data::{DesiredPods, Snapshot};
 use fleet::Reach;
 
 use crate::config::Config;
-use crate::operator::{Control, Operator, PassError, PassReport, run_applier};
+use crate::operator::{Control, Operator, PassError, run_applier};
 use crate::ssh::{Pool, SshError, SshSettings};
-use crate::store::{LockHolder, LockInfo, NewRequest, Store, StoreError, now_ms};
+use crate::store::{LockHolder, LockInfo, NewRequest, PublishedPlan, Store, StoreError, now_ms};
+use crate::tasks::{self, Ended, Exit, Tasks};
 
 /// A holder that stops heartbeating for this long is presumed dead.
 const LOCK_TTL: Duration = Duration::from_secs(60);
@@ -52,6 +53,9 @@ pub enum TuiError {
     Ssh(#[from] SshError),
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),
+    /// A task the dashboard cannot go on without ended (a panic).
+    #[error("{0}")]
+    Task(#[from] Ended),
     #[error(
         "the dashboard needs a terminal; `prism daemon` runs headless and `prism status` prints the state"
     )]
@@ -66,7 +70,7 @@ impl TuiError {
             TuiError::Pass(e) => e.is_setup(),
             TuiError::Store(e) => matches!(e, StoreError::Locked { .. }),
             TuiError::Ssh(_) | TuiError::NoTerminal => true,
-            TuiError::Terminal(_) => false,
+            TuiError::Terminal(_) | TuiError::Task(_) => false,
         }
     }
 }
@@ -78,13 +82,15 @@ pub enum Msg {
     Tick,
     Data(Box<Snapshot>),
     DataError(String),
-    Pass(LastPass, Option<String>),
+    Pass(LastPass, Box<PublishedPlan>),
     LogLines(u64, Vec<String>),
     /// A stream's status: "streaming", or how it ended.
     LogEnded(u64, String),
     Described(u64, String),
     Requested(i64, String),
     Notice(String, app::Tone),
+    /// A task the dashboard cannot go on without ended.
+    Failed(Ended),
     Quit,
 }
 
@@ -127,6 +133,8 @@ struct Local {
     me: LockHolder,
     control: Arc<Control>,
     run: JoinHandle<Result<(), StoreError>>,
+    /// The UI loop saw `run` end.
+    ended: bool,
 }
 
 pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
@@ -164,6 +172,7 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
                 me,
                 control,
                 run,
+                ended: false,
             };
             (
                 Mode::InProcess,
@@ -178,14 +187,17 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
         DesiredPods::from_fleet(&config.fleet),
         now_ms(),
     );
-    let result = ui_loop(&mut app, config.clone(), store, reach, local.as_ref()).await;
+    let mut local = local;
+    let result = ui_loop(&mut app, config.clone(), store, reach, local.as_mut()).await;
     if let Some(local) = local {
-        eprintln!("prism: finishing the pass in flight, then stopping");
-        local.control.stop();
-        match local.run.await {
-            Ok(Err(e)) => eprintln!("prism: the operator loop ended: {e}"),
-            Err(e) => eprintln!("prism: the operator loop failed: {e}"),
-            Ok(Ok(())) => {}
+        if !local.ended {
+            eprintln!("prism: finishing the pass in flight, then stopping");
+            local.control.stop();
+            match local.run.await {
+                Ok(Err(e)) => eprintln!("prism: the operator loop ended: {e}"),
+                Err(e) => eprintln!("prism: the operator loop failed: {e}"),
+                Ok(Ok(())) => {}
+            }
         }
         if let Err(e) = local.operator.lock().unlock(&local.me) {
             eprintln!("prism: could not release the apply lock: {e}");
@@ -194,8 +206,9 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
     result
 }
 
-/// Restores the terminal however the UI loop ends (ratatui's panic hook
-/// covers panics).
+/// Restores the terminal however the UI loop ends. ratatui's panic hook
+/// restores it too, on whichever thread panics, before anything else: a
+/// panic that ends the process leaves a usable terminal.
 struct Restore;
 
 impl Drop for Restore {
@@ -204,41 +217,123 @@ impl Drop for Restore {
     }
 }
 
+/// The terminal again, after ratatui's panic hook restored it for a task
+/// that panicked while the dashboard goes on.
+fn reenter(terminal: &mut ratatui::DefaultTerminal) -> std::io::Result<()> {
+    use ratatui::crossterm::{execute, terminal};
+    terminal::enable_raw_mode()?;
+    execute!(std::io::stdout(), terminal::EnterAlternateScreen)?;
+    terminal.clear()
+}
+
+/// The operator loop running here ended before the dashboard did.
+fn applier_ended(joined: Result<Result<(), StoreError>, tokio::task::JoinError>) -> TuiError {
+    let task = "operator loop".to_owned();
+    match joined {
+        Ok(Err(e)) => TuiError::Store(e),
+        Ok(Ok(())) => TuiError::Task(Ended {
+            task,
+            exit: Exit::Returned,
+        }),
+        Err(e) if e.is_panic() => TuiError::Task(Ended {
+            task,
+            exit: Exit::Panicked(tasks::panic_message(e.into_panic().as_ref())),
+        }),
+        Err(_) => TuiError::Task(Ended {
+            task,
+            exit: Exit::Cancelled,
+        }),
+    }
+}
+
+/// When the operator loop running here ends; never without one.
+async fn end_of<T>(run: &mut Option<&mut JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match run {
+        Some(handle) => (&mut **handle).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn ui_loop(
     app: &mut App,
     config: Arc<Config>,
     store: Arc<Mutex<Store>>,
     reach: Arc<Reach>,
-    local: Option<&Local>,
+    local: Option<&mut Local>,
 ) -> Result<(), TuiError> {
     let (tx, mut rx) = unbounded_channel::<Msg>();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks: Vec<JoinHandle<()>> = vec![
-        tokio::spawn(poll_store(store.clone(), tx.clone())),
-        tokio::spawn(ticks(tx.clone())),
-        tokio::spawn(quit_on_signals(tx.clone())),
-    ];
+    // Without these the screen would freeze: a panic in one ends the
+    // dashboard with its name.
+    let mut essential = Tasks::new();
+    essential.spawn("store poller", poll_store(store.clone(), tx.clone()));
+    essential.spawn("clock", ticks(tx.clone()));
+    essential.spawn("signal handler", quit_on_signals(tx.clone()));
+    // These can fail alone: a panic is shown and the dashboard goes on.
+    let mut extras = Tasks::new();
+    let (mut applier, mut applier_ended_here) = (None, None);
     if let Some(local) = local {
-        tasks.push(tokio::spawn(follow_reports(
-            local.control.clone(),
-            tx.clone(),
-        )));
+        essential.spawn(
+            "pass report follower",
+            follow_reports(local.control.clone(), tx.clone()),
+        );
+        applier = Some(&mut local.run);
+        applier_ended_here = Some(&mut local.ended);
     }
     let mut terminal = ratatui::try_init()?;
     let _restore = Restore;
     let input = {
         let (tx, stop) = (tx.clone(), stop.clone());
-        std::thread::spawn(move || read_terminal(tx, stop))
+        std::thread::spawn(move || {
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                read_terminal(&tx, &stop)
+            }));
+            let exit = match read {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => Exit::Failed(e.to_string()),
+                Err(payload) => Exit::Panicked(tasks::panic_message(payload.as_ref())),
+            };
+            let _ = tx.send(Msg::Failed(Ended {
+                task: "terminal reader".into(),
+                exit,
+            }));
+        })
     };
-    let mut logs: Option<JoinHandle<()>> = None;
+    // The running log stream, and which view it feeds.
+    let mut logs: Option<(AbortHandle, u64)> = None;
     let mut result = Ok(());
     'ui: loop {
         if let Err(e) = terminal.draw(|f| ui::draw(f, app)) {
             result = Err(TuiError::Terminal(e));
             break;
         }
-        let Some(first) = rx.recv().await else {
-            break;
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            joined = end_of(&mut applier) => {
+                if let Some(ended) = applier_ended_here.as_mut() {
+                    **ended = true;
+                }
+                result = Err(applier_ended(joined));
+                break;
+            }
+            ended = essential.next_panic() => {
+                result = Err(TuiError::Task(ended));
+                break;
+            }
+            ended = extras.next_panic() => {
+                // The panic hook gave the terminal back; take it again.
+                if let Err(e) = reenter(&mut terminal) {
+                    result = Err(TuiError::Terminal(e));
+                    break;
+                }
+                if let (Some((_, seq)), "log stream") = (&logs, ended.task.as_str()) {
+                    app.log_ended(*seq, ended.to_string());
+                }
+                Msg::Notice(ended.to_string(), app::Tone::Bad)
+            }
         };
         // Take everything waiting before drawing again.
         let mut batch = vec![first];
@@ -263,7 +358,7 @@ async fn ui_loop(
                 }
                 Msg::Pass(p, plan) => {
                     app.last_pass = Some(p);
-                    app.plan_text = plan;
+                    app.plan = Some(*plan);
                     None
                 }
                 Msg::LogLines(seq, lines) => {
@@ -285,6 +380,10 @@ async fn ui_loop(
                 Msg::Notice(text, tone) => {
                     app.notify(text, tone);
                     None
+                }
+                Msg::Failed(ended) => {
+                    result = Err(TuiError::Task(ended));
+                    break 'ui;
                 }
                 Msg::Quit => Some(Effect::Quit),
             };
@@ -308,7 +407,7 @@ async fn ui_loop(
                         by: format!("dashboard (pid {})", std::process::id()),
                     };
                     let (store, tx) = (store.clone(), tx.clone());
-                    tokio::task::spawn_blocking(move || {
+                    extras.spawn_blocking("request writer", move || {
                         let added = store
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -320,17 +419,15 @@ async fn ui_loop(
                     });
                 }
                 Some(Effect::Logs(spec)) => {
-                    if let Some(t) = logs.take() {
+                    if let Some((t, _)) = logs.take() {
                         t.abort();
                     }
                     match node_target(&config, app, &spec.node_id) {
                         Some(target) => {
-                            logs = Some(tokio::spawn(fleet::stream_logs(
-                                reach.clone(),
-                                target,
-                                spec,
-                                tx.clone(),
-                            )));
+                            let seq = spec.seq;
+                            let stream =
+                                fleet::stream_logs(reach.clone(), target, spec, tx.clone());
+                            logs = Some((extras.spawn("log stream", stream), seq));
                         }
                         None => {
                             app.log_ended(spec.seq, format!("node {} is not known", spec.node_id))
@@ -338,7 +435,7 @@ async fn ui_loop(
                     }
                 }
                 Some(Effect::StopLogs) => {
-                    if let Some(t) = logs.take() {
+                    if let Some((t, _)) = logs.take() {
                         t.abort();
                     }
                 }
@@ -355,15 +452,18 @@ async fn ui_loop(
                         .map(|c| (c.app.clone(), c.service.clone()));
                     match node_target(&config, app, &node_id) {
                         Some(target) => {
-                            tasks.push(tokio::spawn(fleet::describe(
-                                reach.clone(),
-                                config.clone(),
-                                target,
-                                container,
-                                app_service,
-                                seq,
-                                tx.clone(),
-                            )));
+                            extras.spawn(
+                                "describe",
+                                fleet::describe(
+                                    reach.clone(),
+                                    config.clone(),
+                                    target,
+                                    container,
+                                    app_service,
+                                    seq,
+                                    tx.clone(),
+                                ),
+                            );
                         }
                         None => app.described(seq, format!("node {node_id} is not known")),
                     }
@@ -372,12 +472,8 @@ async fn ui_loop(
         }
     }
     stop.store(true, Ordering::Relaxed);
-    if let Some(t) = logs {
-        t.abort();
-    }
-    for t in tasks {
-        t.abort();
-    }
+    extras.abort_all();
+    essential.abort_all();
     drop(terminal);
     drop(_restore);
     // The input thread notices the stop within its poll interval.
@@ -394,23 +490,22 @@ fn node_target(config: &Config, app: &App, node_id: &str) -> Option<crate::ssh::
 }
 
 /// Keys and resizes from the terminal; blocking reads live on this thread.
-fn read_terminal(tx: UnboundedSender<Msg>, stop: Arc<AtomicBool>) {
+/// Ends without error when told to stop or when the UI loop is gone.
+fn read_terminal(tx: &UnboundedSender<Msg>, stop: &AtomicBool) -> std::io::Result<()> {
     while !stop.load(Ordering::Relaxed) {
-        match event::poll(Duration::from_millis(200)) {
-            Ok(false) => continue,
-            Ok(true) => {}
-            Err(_) => break,
+        if !event::poll(Duration::from_millis(200))? {
+            continue;
         }
-        let msg = match event::read() {
-            Ok(Event::Key(k)) if k.kind != KeyEventKind::Release => Msg::Key(k),
-            Ok(Event::Resize(..)) => Msg::Redraw,
-            Ok(_) => continue,
-            Err(_) => break,
+        let msg = match event::read()? {
+            Event::Key(k) if k.kind != KeyEventKind::Release => Msg::Key(k),
+            Event::Resize(..) => Msg::Redraw,
+            _ => continue,
         };
         if tx.send(msg).is_err() {
             break;
         }
     }
+    Ok(())
 }
 
 /// The store, read every 500 ms; a message only when something changed.
@@ -467,25 +562,17 @@ async fn quit_on_signals(tx: UnboundedSender<Msg>) {
     let _ = tx.send(Msg::Quit);
 }
 
-pub fn last_pass(report: &PassReport) -> LastPass {
-    LastPass {
-        finished_ms: report.finished_ms,
-        took: report.took,
-        actions: report.actions,
-        failed: report.failed,
-        error: report.error.clone(),
-        unplaceable: report.planned.as_ref().map_or(0, |p| p.plan.problems.len()),
-    }
-}
-
-/// Each pass report of the in-process operator, with its plan as text.
+/// Each pass report of the in-process operator, with its plan.
 async fn follow_reports(control: Arc<Control>, tx: UnboundedSender<Msg>) {
     let mut reports = control.reports();
     loop {
         let report = reports.borrow_and_update().clone();
         if let Some(r) = report {
-            let plan = r.planned.as_ref().map(|p| crate::cli::plan::human(p));
-            if tx.send(Msg::Pass(last_pass(&r), plan)).is_err() {
+            let plan = r.published();
+            if tx
+                .send(Msg::Pass(LastPass::from(&plan), Box::new(plan)))
+                .is_err()
+            {
                 return;
             }
         }

@@ -11,8 +11,10 @@ use ratatui::buffer::Buffer;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::style::{Color, Modifier};
 
+use crate::store::LockInfo;
 use crate::tui::app::{App, LastPass, Mode};
-use crate::tui::data::fixtures::{NOW, desired, snapshot};
+use crate::tui::data::Snapshot;
+use crate::tui::data::fixtures::{NOW, desired, published_plan, snapshot};
 
 fn app() -> App {
     let mut a = App::new("lab".into(), Mode::InProcess, desired(), NOW);
@@ -25,7 +27,7 @@ fn app() -> App {
         error: None,
         unplaceable: 1,
     });
-    a.plan_text = Some("on node1 (i-0aaa):\n  + create blog/web/0\n".into());
+    a.plan = Some(published_plan());
     a
 }
 
@@ -129,6 +131,78 @@ fn restart_dialog() {
     let mut a = app();
     key(&mut a, 'x');
     check_snapshot("restart_dialog_80x24", &render(&mut a, 80, 24));
+}
+
+fn daemon() -> LockInfo {
+    LockInfo {
+        role: "daemon".into(),
+        pid: 4242,
+        host: "ops1".into(),
+        acquired_at: NOW - 3_600_000,
+        heartbeat_at: NOW - 2_000,
+    }
+}
+
+#[test]
+fn plan_attached_to_a_daemon() {
+    let mut a = App::new("lab".into(), Mode::Attached(daemon()), desired(), NOW);
+    let mut snap = snapshot();
+    snap.lock = Some(daemon());
+    snap.plan = Some(published_plan());
+    a.set_data(snap);
+    command(&mut a, "plan");
+    let buf = render(&mut a, 100, 30);
+    check_snapshot("plan_attached_100x30", &buf);
+    // The pod it could not place stands out; the header has the pass too.
+    assert_eq!(buf[find(&buf, "! cannot place")].fg, Color::Red);
+    let screen = text(&buf);
+    assert!(
+        screen.contains("plan of the last pass, 12s ago"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("12s ago, took 840ms: 3 actions ok"),
+        "{screen}"
+    );
+    // Its age moves with the clock.
+    a.tick(NOW + 60_000);
+    let screen = text(&render(&mut a, 100, 30));
+    assert!(
+        screen.contains("plan of the last pass, 72s ago"),
+        "{screen}"
+    );
+}
+
+#[test]
+fn plan_attached_before_the_daemon_published_one() {
+    let mut a = App::new("lab".into(), Mode::Attached(daemon()), desired(), NOW);
+    a.set_data(Snapshot {
+        lock: Some(daemon()),
+        ..snapshot()
+    });
+    command(&mut a, "plan");
+    let screen = text(&render(&mut a, 100, 30));
+    assert!(screen.contains("has not published a plan yet"), "{screen}");
+    // The header falls back to the lock's heartbeat.
+    assert!(screen.contains("last pass began 2s ago"), "{screen}");
+}
+
+#[test]
+fn plan_of_a_failed_pass() {
+    let mut a = app();
+    a.plan = Some(crate::store::PublishedPlan {
+        error: Some("discovery: timed out".into()),
+        plan: Default::default(),
+        ..published_plan()
+    });
+    command(&mut a, "plan");
+    let buf = render(&mut a, 100, 30);
+    let (x, y) = find(
+        &buf,
+        "the pass failed before planning: discovery: timed out",
+    );
+    assert_eq!(buf[(x, y)].fg, Color::Red);
+    assert!(!text(&buf).contains("cannot place"));
 }
 
 #[test]

@@ -6,6 +6,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
 
 use super::style;
+use crate::cli::table::age;
+use crate::store::PublishedPlan;
 use crate::tui::app::{App, Mode, Tone};
 
 pub fn logs(frame: &mut Frame, area: Rect, app: &App) {
@@ -74,19 +76,71 @@ pub fn describe(frame: &mut Frame, area: Rect, app: &App) {
 }
 
 pub fn plan(frame: &mut Frame, area: Rect, app: &App) {
-    let text: Vec<Line> = match (&app.plan_text, &app.mode) {
-        (Some(t), _) => t.lines().map(|l| Line::from(l.to_owned())).collect(),
-        (None, Mode::InProcess) => vec![Line::from(Span::styled(
-            "waiting for the first pass…",
-            style(Tone::Muted),
-        ))],
-        (None, Mode::Attached(_)) => vec![
-            Line::from("The daemon plans and applies; this dashboard only watches it."),
-            Line::from("`r` asks it to reconcile now; `prism plan` prints what it would do."),
-        ],
+    let (title, text) = match (&app.plan, &app.mode) {
+        (Some(p), _) => (
+            format!(" plan of the last pass, {} ago ", age(app.now_ms, p.at)),
+            plan_lines(p),
+        ),
+        (None, Mode::InProcess) => (
+            " plan ".to_owned(),
+            vec![Line::from(Span::styled(
+                "waiting for the first pass…",
+                style(Tone::Muted),
+            ))],
+        ),
+        (None, Mode::Attached(_)) => (
+            " plan ".to_owned(),
+            vec![
+                Line::from("The daemon has not published a plan yet; it does after each pass."),
+                Line::from("`r` asks it to reconcile now; `prism plan` prints what it would do."),
+            ],
+        ),
     };
     let p = Paragraph::new(text)
-        .block(Block::bordered().title(" plan: what the next reconcile would do "))
+        .block(Block::bordered().title(title))
         .scroll((app.plan_scroll().min(u16::MAX as usize) as u16, 0));
     frame.render_widget(p, area);
+}
+
+/// A published plan as `prism plan` prints it, with tones.
+fn plan_lines(p: &PublishedPlan) -> Vec<Line<'static>> {
+    let mut text = Vec::new();
+    if let Some(e) = &p.error {
+        text.push(Line::from(Span::styled(
+            format!("the pass failed before planning: {e}"),
+            style(Tone::Bad),
+        )));
+        return text;
+    }
+    let plan = &p.plan;
+    for n in &plan.nodes {
+        let label = if n.name == n.id {
+            n.id.clone()
+        } else {
+            format!("{} ({})", n.name, n.id)
+        };
+        text.push(Line::from(format!("on {label}:")));
+        text.extend(n.actions.iter().map(|a| Line::from(format!("  {a}"))));
+    }
+    if !plan.placements.is_empty() {
+        text.push(Line::from("placements:"));
+        text.extend(plan.placements.iter().map(|c| Line::from(format!("  {c}"))));
+    }
+    text.extend(
+        plan.unplaceable
+            .iter()
+            .map(|u| Line::from(Span::styled(u.line.clone(), style(Tone::Bad)))),
+    );
+    text.extend(
+        plan.waiting
+            .iter()
+            .map(|w| Line::from(Span::styled(format!("… {w}"), style(Tone::Muted)))),
+    );
+    if text.is_empty() {
+        text.push(Line::from(Span::styled(
+            "No changes: the nodes run what fleet.toml asks for.",
+            style(Tone::Good),
+        )));
+    }
+    text
 }
