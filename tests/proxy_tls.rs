@@ -2,7 +2,8 @@
 //! by SNI (exact and wildcard), HTTP/2 over ALPN, reloading changed files,
 //! and certificates from ACME against Debian's pebble (with
 //! pebble-challtestsrv answering its DNS with 127.0.0.1), validated over
-//! HTTP-01 through the proxy's own HTTP listener.
+//! HTTP-01 through the proxy's own HTTP listener or over TLS-ALPN-01
+//! through its HTTPS listener.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::unix::fs::PermissionsExt as _;
@@ -17,13 +18,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use prism::config::Config;
+use prism::config::{AcmeChallenge, Config};
 use prism::proxy::{Acme, AcmeSettings, Listener, Obtained, Proxy, RouteTable, Settings, Upstream};
 use prometheus_client::registry::Registry;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
@@ -154,6 +156,11 @@ impl Running {
     /// be known before the proxy starts).
     fn start(proxy: Proxy, http: Listener) -> Running {
         let https = proxy.bind_https("127.0.0.1:0".parse().unwrap()).unwrap();
+        Running::start_with(proxy, http, https)
+    }
+
+    /// With the HTTPS listener bound ahead too (TLS-ALPN-01 validates on it).
+    fn start_with(proxy: Proxy, http: Listener, https: Listener) -> Running {
         let addrs = (http.local_addr(), https.local_addr());
         let mut stops = Vec::new();
         for listener in [http, https] {
@@ -577,11 +584,17 @@ struct Pebble {
 }
 
 impl Pebble {
-    /// Starts both; pebble validates HTTP-01 on `http_port` of whatever
-    /// challtestsrv resolves a name to: 127.0.0.1.
+    /// Starts both; pebble validates HTTP-01 on `http_port` and
+    /// TLS-ALPN-01 on `tls_port` of whatever challtestsrv resolves a name
+    /// to: 127.0.0.1.
     /// `validity`: the lifetime of the certificates it issues (default
     /// five years).
-    async fn start(dir: &Path, http_port: u16, validity: Option<Duration>) -> Pebble {
+    async fn start(
+        dir: &Path,
+        http_port: u16,
+        tls_port: u16,
+        validity: Option<Duration>,
+    ) -> Pebble {
         for tool in ["pebble", "pebble-challtestsrv"] {
             assert!(
                 std::process::Command::new("sh")
@@ -608,7 +621,7 @@ impl Pebble {
                 "certificate": dir.join("pebble-cert.pem"),
                 "privateKey": dir.join("pebble-key.pem"),
                 "httpPort": http_port,
-                "tlsPort": free_port(),
+                "tlsPort": tls_port,
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": false
             }
@@ -733,7 +746,7 @@ async fn acme_certificate_from_pebble_is_served_stored_and_reused() {
         "[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n",
     ));
     let http = probe.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let pebble = Pebble::start(dir.path(), http.local_addr().port(), None).await;
+    let pebble = Pebble::start(dir.path(), http.local_addr().port(), free_port(), None).await;
     let config = write_fleet(
         dir.path(),
         &format!(
@@ -853,6 +866,7 @@ async fn acme_upkeep_renews_a_certificate_at_two_thirds_of_its_life() {
     let pebble = Pebble::start(
         dir.path(),
         http.local_addr().port(),
+        free_port(),
         Some(Duration::from_secs(9)),
     )
     .await;
@@ -944,5 +958,260 @@ hosts = ["{ACME_HOST}"]
     assert_eq!(stored, second, "the renewed certificate is the stored one");
     let _ = stop.send(());
     task.await.unwrap();
+    pebble.stop().await;
+}
+
+// ---------------------------------------------------------------- TLS-ALPN-01
+
+const ACME_TLS_1: &[&[u8]] = &[b"acme-tls/1"];
+
+/// Takes any server certificate: for looking at the TLS-ALPN-01 challenge
+/// certificate, which no trust store accepts (self-signed, with a critical
+/// extension webpki does not know, so its signature checks refuse it
+/// too). Test-only.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A handshake that accepts whatever certificate is shown, offering `alpn`
+/// (as a CA's validation does, and as a careless client might).
+async fn any_handshake(
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+/// The leaf and the protocol agreed on.
+fn seen(tls: &TlsStream<TcpStream>) -> (CertificateDer<'static>, Option<Vec<u8>>) {
+    let (_, conn) = tls.get_ref();
+    (
+        conn.peer_certificates().unwrap()[0].clone().into_owned(),
+        conn.alpn_protocol().map(<[u8]>::to_vec),
+    )
+}
+
+/// The acmeIdentifier (1.3.6.1.5.5.7.1.31) of a certificate, if it has
+/// one: whether it is critical, and the digest it holds.
+fn acme_identifier(der: &[u8]) -> Option<(bool, Vec<u8>)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")?;
+    // An OCTET STRING of the 32-byte digest.
+    assert_eq!(&ext.value[..2], [0x04, 32]);
+    Some((ext.critical, ext.value[2..].to_vec()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_acme_validations_get_the_tls_alpn_challenge_certificate() {
+    let site = static_site().await;
+    let addr = site.running.https;
+    let tls = site.running.proxy.tls();
+    let digest = [7u8; 32];
+    // a.test also has a certificate file; z.test has no certificate yet.
+    tls.set_alpn_challenge("a.test", &digest).unwrap();
+    tls.set_alpn_challenge("z.test", &digest).unwrap();
+
+    // The CA's validation: acme-tls/1 alone, the challenge certificate, and
+    // the connection ends with the handshake.
+    for sni in ["a.test", "Z.Test"] {
+        let mut stream = any_handshake(addr, sni, ACME_TLS_1).await.unwrap();
+        let (leaf, alpn) = seen(&stream);
+        assert_eq!(alpn.as_deref(), Some(&b"acme-tls/1"[..]), "{sni}");
+        assert_eq!(acme_identifier(&leaf), Some((true, digest.to_vec())));
+        let names = prism::proxy::cert_info(&leaf).unwrap().names;
+        assert_eq!(names, [sni.to_ascii_lowercase()]);
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the proxy closes a validation connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+
+    // Everyone else, while the challenge is pending: the file's certificate
+    // and never acme-tls/1, whatever they offer alongside it.
+    let offers: [&[&[u8]]; 5] = [
+        &[],
+        H1,
+        H2,
+        &[b"h2", b"acme-tls/1"],
+        &[b"acme-tls/1", b"http/1.1"],
+    ];
+    for alpn in offers {
+        let stream = any_handshake(addr, "a.test", alpn).await.unwrap();
+        let (leaf, agreed) = seen(&stream);
+        assert_eq!(subject_cn(&leaf), "a cert", "offering {alpn:?}");
+        assert_eq!(acme_identifier(&leaf), None);
+        assert_ne!(agreed.as_deref(), Some(&b"acme-tls/1"[..]), "{alpn:?}");
+    }
+    let a = get(addr, "a.test", "/", site.ca.roots(), H2).await.unwrap();
+    assert_eq!(a.version, http::Version::HTTP_2);
+    assert!(a.body.contains("instance=a\n"), "{}", a.body);
+    // A host with only a challenge certificate has nothing for them.
+    for alpn in [&[][..], H1, H2] {
+        assert!(
+            any_handshake(addr, "z.test", alpn).await.is_err(),
+            "z.test offering {alpn:?} got a certificate"
+        );
+    }
+    // acme-tls/1 for a host with no pending challenge, or without SNI: no
+    // certificate at all (the usual one is not shown either).
+    for sni in ["shop.b.test", "y.test", "127.0.0.1"] {
+        assert!(
+            any_handshake(addr, sni, ACME_TLS_1).await.is_err(),
+            "{sni}: a validation without a pending challenge succeeded"
+        );
+    }
+
+    // Withdrawn: validations fail, ordinary traffic goes on.
+    tls.remove_alpn_challenge("a.test");
+    tls.remove_alpn_challenge("Z.TEST");
+    for sni in ["a.test", "z.test"] {
+        assert!(any_handshake(addr, sni, ACME_TLS_1).await.is_err(), "{sni}");
+    }
+    let a = get(addr, "a.test", "/", site.ca.roots(), H1).await.unwrap();
+    assert_eq!(subject_cn(&a.leaf), "a cert");
+    assert_eq!(a.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_tls_alpn_01_certificate_from_pebble_is_served_and_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    // The proxy exists before pebble: pebble validates on its HTTPS port.
+    let proxy = new_proxy(&write_fleet(
+        dir.path(),
+        "[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n",
+    ));
+    let http = proxy.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let https = proxy.bind_https("127.0.0.1:0".parse().unwrap()).unwrap();
+    // Nothing listens on pebble's HTTP-01 port: only TLS-ALPN-01 can pass.
+    let pebble = Pebble::start(dir.path(), free_port(), https.local_addr().port(), None).await;
+    let config = write_fleet(
+        dir.path(),
+        &format!(
+            r#"
+[fleet]
+name = "t"
+state = "state/prism.db"
+[discovery]
+provider = "ec2"
+[proxy]
+https = "127.0.0.1:443"
+[proxy.acme]
+directory = "https://{}/dir"
+email = "ops@prism.test"
+ca = "pebble-ca.pem"
+challenge = "tls-alpn-01"
+[apps.shop.services.web]
+image = "x"
+port = 8080
+hosts = ["{ACME_HOST}"]
+"#,
+            pebble.acme
+        ),
+    );
+    let shop = instance("shop").await;
+    proxy.publish(RouteTable::build(&config.fleet, &[upstream("shop", shop)]));
+    let running = Running::start_with(proxy, http, https);
+    let settings = AcmeSettings::from_config(&config).unwrap();
+    assert_eq!(settings.challenge, AcmeChallenge::TlsAlpn01);
+    let acme = Acme::new(settings, Arc::clone(running.proxy.tls()));
+    let (how, renew_at) = match acme.ensure(ACME_HOST).await {
+        Ok(r) => r,
+        Err(e) => panic!("ACME failed: {e}\n{}", pebble.logs()),
+    };
+    assert_eq!(how, Obtained::Issued);
+    assert!(renew_at > SystemTime::now());
+    let logs = pebble.logs();
+    assert!(logs.contains("set VALID by completed challenge"), "{logs}");
+    // Pebble does not log TLS-ALPN-01 attempts; nothing listens on its
+    // HTTP-01 port and it never tried HTTP, so the handshake proved it.
+    assert!(!logs.contains("validate w/ HTTP"), "{logs}");
+
+    // Served through the proxy, trusting only pebble's issuing root.
+    let roots = pebble.issuing_root().await;
+    let seen = get(running.https, ACME_HOST, "/", roots.clone(), H2)
+        .await
+        .unwrap();
+    assert_eq!(seen.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(seen.status, 200);
+    assert!(seen.body.contains("instance=shop\n"), "{}", seen.body);
+    assert!(seen.body.contains("proto=https\n"), "{}", seen.body);
+    assert_eq!(
+        prism::proxy::cert_info(&seen.leaf).unwrap().names,
+        [ACME_HOST]
+    );
+    assert_eq!(acme_identifier(&seen.leaf), None);
+
+    // Stored, and the key readable by the owner only.
+    let host_dir = dir.path().join("state/acme").join(ACME_HOST);
+    let stored = std::fs::read(host_dir.join("cert.pem")).unwrap();
+    let stored = CertificateDer::pem_slice_iter(&stored)
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, seen.leaf);
+    let mode = std::fs::metadata(host_dir.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The challenge is withdrawn once the order is done.
+    assert!(
+        any_handshake(running.https, ACME_HOST, ACME_TLS_1)
+            .await
+            .is_err()
+    );
+    assert_eq!(acme.ensure(ACME_HOST).await.unwrap().0, Obtained::Stored);
     pebble.stop().await;
 }

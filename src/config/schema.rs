@@ -308,6 +308,23 @@ pub struct Acme {
     /// A PEM file of the CA that signs the directory's HTTPS certificate,
     /// trusted instead of the system's roots (a test CA such as pebble).
     pub ca: Option<PathBuf>,
+    /// How the CA checks that Prism serves a host.
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+}
+
+/// The ACME challenge Prism answers to prove it serves a host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AcmeChallenge {
+    /// HTTP-01 (RFC 8555): the CA fetches a token from the HTTP listener
+    /// (port 80).
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// TLS-ALPN-01 (RFC 8737): the CA opens a TLS connection to the HTTPS
+    /// listener (port 443) with ALPN `acme-tls/1`; no plain HTTP needed.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 impl Default for Proxy {

@@ -884,6 +884,33 @@ mod tests {
     }
 
     #[test]
+    fn acme_challenge_defaults_to_http_01() {
+        use super::super::schema::AcmeChallenge;
+        let fleet = |acme: &str| {
+            let text = format!(
+                "[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n[proxy]\nhttps = \"0.0.0.0:443\"\nacme = {{ directory = \"https://ca.test/dir\", email = \"ops@example.com\"{acme} }}\n"
+            );
+            super::super::parse(std::path::Path::new("fleet.toml"), &text)
+        };
+        let challenge = |acme: &str| fleet(acme).unwrap().proxy.acme.unwrap().challenge;
+        assert_eq!(challenge(""), AcmeChallenge::Http01);
+        assert_eq!(
+            challenge(", challenge = \"http-01\""),
+            AcmeChallenge::Http01
+        );
+        assert_eq!(
+            challenge(", challenge = \"tls-alpn-01\""),
+            AcmeChallenge::TlsAlpn01
+        );
+        for bad in ["TLS-ALPN-01", "dns-01", "tls_alpn_01"] {
+            let err = fleet(&format!(", challenge = \"{bad}\"")).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("proxy.acme.challenge"), "{bad}: {text}");
+            assert!(text.contains("`tls-alpn-01`"), "{bad}: {text}");
+        }
+    }
+
+    #[test]
     fn emails() {
         for ok in ["ops@example.com", "a.b+c@mail.example.org"] {
             assert!(is_email(ok), "{ok}");

@@ -1,5 +1,6 @@
-//! Certificates over ACME (RFC 8555) with the HTTP-01 challenge, answered
-//! by the proxy's own HTTP listener. Certificates, their keys and the
+//! Certificates over ACME (RFC 8555), proved with the HTTP-01 challenge on
+//! the proxy's own HTTP listener or with TLS-ALPN-01 (RFC 8737) on its
+//! HTTPS listener (`[proxy.acme] challenge`). Certificates, their keys and the
 //! account are kept under the state folder, so a restart serves the stored
 //! certificate at once and orders nothing; a background task renews each
 //! one once two thirds of its lifetime have passed.
@@ -25,7 +26,7 @@ use instant_acme::{
 use serde::{Deserialize, Serialize};
 
 use super::tls::{Loaded, Tls, load_pem};
-use crate::config::Config;
+use crate::config::{AcmeChallenge, Config};
 
 /// Where and from whom to get certificates (`[proxy.acme]`).
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct AcmeSettings {
     pub store: PathBuf,
     /// How long to wait before trying again after a failed order.
     pub retry_after: Duration,
+    /// The challenge answered to prove each host.
+    pub challenge: AcmeChallenge,
 }
 
 impl AcmeSettings {
@@ -55,6 +58,7 @@ impl AcmeSettings {
             ca: acme.ca.as_ref().map(|ca| config.resolve(ca)),
             store: dir.join("acme"),
             retry_after: Duration::from_secs(10 * 60),
+            challenge: acme.challenge,
         })
     }
 }
@@ -236,8 +240,8 @@ impl Acme {
         Ok(account)
     }
 
-    /// Orders a certificate for `host`, answers its HTTP-01 challenge and
-    /// stores the result.
+    /// Orders a certificate for `host`, answers its challenge and stores
+    /// the result.
     async fn order(&self, host: &str) -> Result<Loaded, AcmeError> {
         let dir = self.host_dir(host)?;
         let account = self.account().await?;
@@ -247,6 +251,11 @@ impl Acme {
         let mut answers = Answers {
             tls: &self.tls,
             tokens: Vec::new(),
+            alpn_hosts: Vec::new(),
+        };
+        let (kind, name) = match self.settings.challenge {
+            AcmeChallenge::Http01 => (ChallengeType::Http01, "HTTP-01"),
+            AcmeChallenge::TlsAlpn01 => (ChallengeType::TlsAlpn01, "TLS-ALPN-01"),
         };
         let mut auths = order.authorizations();
         while let Some(auth) = auths.next().await {
@@ -261,10 +270,24 @@ impl Acme {
                 }
             }
             let mut challenge = auth
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| AcmeError::Order(format!("the CA offers no HTTP-01 for {host}")))?;
+                .challenge(kind.clone())
+                .ok_or_else(|| AcmeError::Order(format!("the CA offers no {name} for {host}")))?;
             let key_authorization = challenge.key_authorization();
-            answers.add(&challenge.token, key_authorization.as_str());
+            match self.settings.challenge {
+                AcmeChallenge::Http01 => {
+                    answers.add_http(&challenge.token, key_authorization.as_str())
+                }
+                AcmeChallenge::TlsAlpn01 => {
+                    // The identifier the CA will name (SNI) in its validation.
+                    let Identifier::Dns(domain) = challenge.identifier().identifier.clone() else {
+                        return Err(AcmeError::Order(format!(
+                            "the CA asks to validate {:?}, not a DNS name",
+                            challenge.identifier().identifier
+                        )));
+                    };
+                    answers.add_alpn(&domain, key_authorization.digest().as_ref())?;
+                }
+            }
             challenge.set_ready().await?;
         }
         let retry = RetryPolicy::new()
@@ -273,8 +296,16 @@ impl Acme {
             .timeout(Duration::from_secs(120));
         let status = order.poll_ready(&retry).await?;
         if status != OrderStatus::Ready {
+            let hint = match self.settings.challenge {
+                AcmeChallenge::Http01 => {
+                    "the CA could not fetch the challenge over HTTP on port 80?"
+                }
+                AcmeChallenge::TlsAlpn01 => {
+                    "the CA could not complete a TLS-ALPN-01 handshake on port 443?"
+                }
+            };
             return Err(AcmeError::Order(format!(
-                "order for {host} ended {status:?} (the CA could not fetch the challenge over HTTP on port 80?)"
+                "order for {host} ended {status:?} ({hint})"
             )));
         }
         drop(answers);
@@ -343,16 +374,28 @@ impl Acme {
     }
 }
 
-/// The HTTP-01 answers of one order, withdrawn when it is done.
+/// The challenge answers of one order, withdrawn when it is done (or
+/// given up).
 struct Answers<'a> {
     tls: &'a Tls,
+    /// HTTP-01 tokens.
     tokens: Vec<String>,
+    /// Hosts with a TLS-ALPN-01 challenge certificate.
+    alpn_hosts: Vec<String>,
 }
 
 impl Answers<'_> {
-    fn add(&mut self, token: &str, key_authorization: &str) {
+    fn add_http(&mut self, token: &str, key_authorization: &str) {
         self.tls.set_challenge(token, key_authorization);
         self.tokens.push(token.to_owned());
+    }
+
+    fn add_alpn(&mut self, host: &str, digest: &[u8]) -> Result<(), AcmeError> {
+        self.tls
+            .set_alpn_challenge(host, digest)
+            .map_err(AcmeError::Order)?;
+        self.alpn_hosts.push(host.to_owned());
+        Ok(())
     }
 }
 
@@ -360,6 +403,9 @@ impl Drop for Answers<'_> {
     fn drop(&mut self) {
         for t in &self.tokens {
             self.tls.remove_challenge(t);
+        }
+        for h in &self.alpn_hosts {
+            self.tls.remove_alpn_challenge(h);
         }
     }
 }
@@ -429,6 +475,7 @@ mod tests {
                 ca: None,
                 store: PathBuf::from("/store"),
                 retry_after: Duration::from_secs(1),
+                challenge: AcmeChallenge::Http01,
             },
             Arc::new(Tls::new()),
         );

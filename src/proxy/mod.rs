@@ -17,12 +17,14 @@
 //! body.rs     response bodies and the proxy's own pages
 //! limits.rs   settings from [proxy]
 //! metrics.rs  Prometheus metrics;  admin.rs  /healthz and /metrics
-//! tls.rs      certificates by SNI (files, ACME), HTTP-01 answers
+//! tls.rs      certificates by SNI (files, ACME), pending ACME answers
+//! alpn.rs     TLS-ALPN-01 challenge certificates and handshakes
 //! acme.rs     obtaining, storing and renewing certificates over ACME
 //! ```
 
 mod acme;
 mod admin;
+mod alpn;
 mod backends;
 mod body;
 mod forward;

@@ -21,11 +21,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use socket2::{Domain, Socket, Type};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use super::forward::{ConnInfo, Shared, Worker, handle};
 use super::limits::{Settings, Stamped, now_ms};
@@ -129,7 +130,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<io::Result<()>>();
     let workers = listener.sockets.len();
-    let tls = listener.tls.map(TlsAcceptor::from);
+    let tls = listener.tls;
     for (i, socket) in listener.sockets.into_iter().enumerate() {
         let (shared, slots, stop, done, tls) = (
             Arc::clone(&shared),
@@ -173,7 +174,7 @@ pub async fn serve(
 async fn worker(
     shared: Arc<Shared>,
     socket: std::net::TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
     slots: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -214,7 +215,7 @@ async fn worker(
                 worker, builder, stream, peer, "http", permit, stop,
             )),
             Some(tls) => conns.spawn(handshake(
-                tls.clone(),
+                Arc::clone(tls),
                 worker,
                 builder,
                 stream,
@@ -244,7 +245,7 @@ enum Cut {
 /// handshake is cut off like one that stalls its request head), then HTTP
 /// over it.
 async fn handshake(
-    tls: TlsAcceptor,
+    tls: Arc<ServerConfig>,
     worker: Arc<Worker>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stream: TcpStream,
@@ -254,11 +255,14 @@ async fn handshake(
 ) {
     let timeout = worker.shared.settings.header_timeout;
     let accepted = tokio::select! {
-        r = tokio::time::timeout(timeout, tls.accept(stream)) => r,
+        r = tokio::time::timeout(timeout, accept(tls, &worker.shared.tls, stream)) => r,
         _ = stop.wait_for(|stopping| *stopping) => return,
     };
     match accepted {
-        Ok(Ok(stream)) => connection(worker, builder, stream, peer, "https", permit, stop).await,
+        Ok(Ok(Some(stream))) => {
+            connection(worker, builder, stream, peer, "https", permit, stop).await
+        }
+        Ok(Ok(None)) => tracing::debug!(%peer, "ACME: answered a TLS-ALPN-01 validation"),
         // Unknown SNI, no shared protocol, not TLS at all: the client has
         // its alert; only a count for the operator.
         Ok(Err(e)) => {
@@ -270,6 +274,25 @@ async fn handshake(
             tracing::debug!(%peer, "TLS handshake timed out");
         }
     }
+}
+
+/// The TLS handshake: with the settings for a TLS-ALPN-01 validation when
+/// the ClientHello is one for a host with a pending challenge (then the
+/// connection ends with the handshake: `None`), else with `config`.
+async fn accept(
+    config: Arc<ServerConfig>,
+    certs: &super::tls::Tls,
+    stream: TcpStream,
+) -> io::Result<Option<TlsStream<TcpStream>>> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let validation = certs.validation_config(&start.client_hello());
+    if let Some(validation) = validation {
+        let mut stream = start.into_stream(validation).await?;
+        // RFC 8737: nothing is exchanged over acme-tls/1; close cleanly.
+        let _ = stream.shutdown().await;
+        return Ok(None);
+    }
+    start.into_stream(config).await.map(Some)
 }
 
 async fn connection<S>(

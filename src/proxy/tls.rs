@@ -1,5 +1,7 @@
 //! TLS on the HTTPS listener: a certificate per SNI host name, from the
-//! files fleet.toml lists and from ACME, swapped in whole while serving.
+//! files fleet.toml lists and from ACME, swapped in whole while serving;
+//! and the pending ACME challenge answers (HTTP-01 tokens, TLS-ALPN-01
+//! certificates: alpn.rs).
 //!
 //! A handshake whose SNI names no host Prism holds a certificate for (or
 //! that sends no SNI at all, e.g. a client dialling the IP) fails: Prism
@@ -227,14 +229,17 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// The proxy's certificates and pending ACME HTTP-01 answers; shared by
-/// every worker, changed while serving.
+/// The proxy's certificates and pending ACME answers; shared by every
+/// worker, changed while serving.
 pub struct Tls {
     table: Arc<ArcSwap<SniTable>>,
     sources: Mutex<Sources>,
     /// HTTP-01 tokens and their key authorizations, served on the HTTP
     /// listener at `/.well-known/acme-challenge/<token>`.
     challenges: Mutex<HashMap<String, String>>,
+    /// TLS-ALPN-01 challenge certificates by host, served only to
+    /// validation handshakes (see alpn.rs).
+    alpn_challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl fmt::Debug for Tls {
@@ -258,6 +263,7 @@ impl Tls {
             table: Arc::new(ArcSwap::from_pointee(SniTable::default())),
             sources: Mutex::new(Sources::default()),
             challenges: Mutex::new(HashMap::new()),
+            alpn_challenges: Mutex::new(HashMap::new()),
         }
     }
 
@@ -402,6 +408,48 @@ impl Tls {
             .get(token)
             .cloned()
     }
+
+    fn alpn_challenges(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CertifiedKey>>> {
+        self.alpn_challenges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answers TLS-ALPN-01 validations of `host` from now on: a
+    /// self-signed certificate carrying `digest` (the SHA-256 of the key
+    /// authorization), shown only to handshakes offering `acme-tls/1`
+    /// alone. The error says why the certificate could not be made.
+    pub fn set_alpn_challenge(&self, host: &str, digest: &[u8]) -> Result<(), String> {
+        let key = super::alpn::challenge_certificate(&normalize(host), digest)?;
+        self.alpn_challenges()
+            .insert(normalize(host), Arc::new(key));
+        Ok(())
+    }
+
+    /// Stops answering TLS-ALPN-01 validations of `host`.
+    pub fn remove_alpn_challenge(&self, host: &str) {
+        self.alpn_challenges().remove(&normalize(host));
+    }
+
+    /// The settings for a handshake that is a TLS-ALPN-01 validation of a
+    /// host with a pending challenge; `None` for every other handshake
+    /// (those take [`Tls::server_config`]'s).
+    pub(crate) fn validation_config(&self, hello: &ClientHello<'_>) -> Option<Arc<ServerConfig>> {
+        if !super::alpn::is_validation(hello) {
+            return None;
+        }
+        let key = self
+            .alpn_challenges()
+            .get(&normalize(hello.server_name()?))?
+            .clone();
+        match super::alpn::validation_config(key) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                tracing::warn!(error = %e, "ACME: cannot answer a TLS-ALPN-01 validation");
+                None
+            }
+        }
+    }
 }
 
 fn stamp(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
@@ -435,8 +483,9 @@ fn read_pair(field: String, cert: PathBuf, key: PathBuf) -> Result<FileCert, Tls
 }
 
 /// The hosts ACME should get certificates for: every app host (its path
-/// dropped) that is not a wildcard (HTTP-01 cannot prove those) and that no
-/// certificate file serves. Sorted, without duplicates.
+/// dropped) that is not a wildcard (neither HTTP-01 nor TLS-ALPN-01 can
+/// prove those) and that no certificate file serves. Sorted, without
+/// duplicates.
 pub fn acme_hosts(config: &Config, files_cover: impl Fn(&str) -> bool) -> Vec<String> {
     let mut hosts: Vec<String> = config
         .fleet
