@@ -529,48 +529,59 @@ async fn tables_swap_under_load_without_a_failed_request() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     h.publish(&f, &tables[2]);
 
+    // Load and swaps overlap for as long as either lasts, whatever the
+    // build's speed: clients send at least their share and go on until
+    // the swapper has made its swaps; it swaps until they stop.
+    const SWAPS: usize = 100;
+    let swaps = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let swapper = {
-        let (h, done, f) = (Arc::clone(&h), Arc::clone(&done), f.clone());
+        let (h, done, swaps, f) = (
+            Arc::clone(&h),
+            Arc::clone(&done),
+            Arc::clone(&swaps),
+            f.clone(),
+        );
         tokio::spawn(async move {
-            let mut swaps = 0usize;
             while !done.load(Ordering::SeqCst) {
-                h.publish(&f, &tables[swaps % tables.len()]);
-                swaps += 1;
+                let n = swaps.load(Ordering::SeqCst);
+                h.publish(&f, &tables[n % tables.len()]);
+                swaps.store(n + 1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            swaps
         })
     };
     let mut load = JoinSet::new();
     for _ in 0..16 {
-        let h = Arc::clone(&h);
+        let (h, swaps) = (Arc::clone(&h), Arc::clone(&swaps));
         load.spawn(async move {
             let client = client();
-            let mut failed = Vec::new();
-            for _ in 0..150 {
+            let (mut sent, mut failed) = (0usize, Vec::new());
+            while sent < 150 || swaps.load(Ordering::SeqCst) < SWAPS {
                 let (status, _, body) =
                     send(&client, h.addr, "a.test", Method::GET, "/", empty()).await;
                 if status != 200 {
                     failed.push(format!("{status}: {body}"));
                 }
+                sent += 1;
             }
-            failed
+            (sent, failed)
         });
     }
-    let mut failed = Vec::new();
+    let (mut sent, mut failed) = (0, Vec::new());
     while let Some(r) = load.join_next().await {
-        failed.extend(r.unwrap());
+        let (n, f) = r.unwrap();
+        sent += n;
+        failed.extend(f);
     }
     done.store(true, Ordering::SeqCst);
-    let swaps = swapper.await.unwrap();
+    swapper.await.unwrap();
     assert!(
         failed.is_empty(),
-        "{} failed: {:?}",
+        "{} of {sent} failed: {:?}",
         failed.len(),
         &failed[..failed.len().min(5)]
     );
-    assert!(swaps >= 50, "only {swaps} swaps during the load");
     assert!(a.hits() > 0 && b.hits() > 0);
 
     let (status, _, body) = slow.await.unwrap();

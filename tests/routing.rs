@@ -1,7 +1,7 @@
 //! `prism daemon` with its proxy in front of the lab: hosts from fleet.toml
 //! reach the test app wherever it runs, and a spec change redeploys it
 //! without a failed request, draining requests in flight before the old
-//! containers stop.
+//! containers stop; so does removing the app.
 
 mod common;
 #[path = "common/deploy.rs"]
@@ -150,6 +150,65 @@ async fn a_spec_change_redeploys_behind_the_proxy_without_a_failed_request() {
     eprintln!(
         "redeploy under load: {total} requests, {failed} failed; drains waited {waited:?} ms"
     );
+}
+
+/// Removing an app from fleet.toml drains it as a move does: its host
+/// leaves the routes at once, a request in flight finishes, and only then
+/// is the container stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_app_is_drained_before_it_stops() {
+    let lab = Lab::load();
+    let mut d = Deploy::start(&lab, "remove", 1, "v1");
+    let http = client();
+    if let Err(e) = d.wait_serving(&http, "v1", Duration::from_secs(120)).await {
+        panic!("{e:#}\n{:#?}", d.logs());
+    }
+    let slow = {
+        let (http, addr, host) = (client(), d.addr.clone(), d.host.clone());
+        tokio::spawn(async move { get(&http, &addr, &host, "/slow?ms=6000").await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = d.text();
+    let cut = text.find("[apps.").expect("an app in fleet.toml");
+    d.write_raw(&text[..cut]);
+
+    // The host is unknown from the next pass on, while the slow request
+    // still runs.
+    let unrouted = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok((404, _)) = get(&http, &d.addr, &d.host, "/").await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(unrouted.is_ok(), "the host still routes: {:#?}", d.logs());
+    assert!(!slow.is_finished(), "the slow request ended too soon");
+
+    let gone = tokio::task::block_in_place(|| {
+        common::retry(Duration::from_secs(60), || {
+            let left = d.containers();
+            anyhow::ensure!(left.is_empty(), "still there: {left:?}");
+            Ok(())
+        })
+    });
+    let slow = slow.await.expect("slow request task");
+    let logs = d.logs();
+    gone.unwrap_or_else(|e| panic!("{e:#}\n{logs:#?}"));
+    let (status, body) = slow.unwrap_or_else(|e| panic!("slow request: {e:#}\n{logs:#?}"));
+    assert_eq!((status, body.trim()), (200, "slept 6000 ms"), "{logs:#?}");
+    let waited: Vec<u64> = logs
+        .iter()
+        .filter(|l| l.contains("proxy: drained"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["waited_ms"].as_u64())
+        .collect();
+    assert!(
+        waited.len() == 1 && waited[0] >= 2000,
+        "the removal waited for the slow request: {waited:?}\n{logs:#?}"
+    );
+    assert_eq!(d.stop(), Some(0), "{:#?}", d.logs());
 }
 
 #[test]

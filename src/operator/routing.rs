@@ -16,15 +16,15 @@ use futures::future::BoxFuture;
 use super::Planned;
 use crate::config::Fleet;
 use crate::observe::{ContainerId, ContainerState, Health, Protocol, RunState};
-use crate::proxy::{Proxy, RouteTable, Upstream};
+use crate::proxy::{Proxy, RouteTable, Upstream, endpoint};
 use crate::reconcile::{NodeState, NodeView};
 
 /// What the proxy should serve after a pass.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Routes {
     pub table: RouteTable,
-    /// The endpoint (`address:port`) of every container listed, to drain
-    /// it by container.
+    /// The endpoint (`address:port`) of every container listed, and of
+    /// those that lost their route, to drain it by container.
     pub endpoints: HashMap<ContainerId, String>,
 }
 
@@ -32,7 +32,9 @@ pub struct Routes {
 /// node address and published port of each of its running containers on a
 /// node that keeps its pods or is draining (not lost, not untrusted).
 /// Such a container is healthy to the proxy when it passes its health
-/// check, or has none; others are listed but get no requests.
+/// check, or has none; others are listed but get no requests. Running
+/// containers whose app or hosts are no longer in fleet.toml get no route
+/// but keep an endpoint: they are drained before they stop, like the rest.
 pub fn routes(
     fleet: &Fleet,
     views: &[NodeView],
@@ -54,16 +56,19 @@ pub fn routes(
             if labels.fleet != fleet.fleet.name || c.state != RunState::Running {
                 continue;
             }
-            let Some(service) = fleet
+            let service = fleet
                 .apps
                 .get(&labels.app)
                 .and_then(|a| a.services.get(&labels.service))
-            else {
+                .filter(|s| !s.hosts.is_empty());
+            let Some(service) = service else {
+                // Its app or hosts left fleet.toml: no route, but it may
+                // have been routed to until now, so a drain must find it.
+                if let Some(port) = host_port(c, None) {
+                    endpoints.insert(c.id.clone(), endpoint(&view.address, port));
+                }
                 continue;
             };
-            if service.hosts.is_empty() {
-                continue;
-            }
             let Some(port) = host_port(c, service.port) else {
                 continue;
             };

@@ -216,13 +216,18 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Registry {
     states: HashMap<String, Arc<BackendState>>,
+    /// Instances that left the table (their app or host removed from
+    /// fleet.toml) while requests may still run to them: a drain before
+    /// they stop must find them. Kept until a later swap finds them idle.
+    retired: HashMap<String, Arc<BackendState>>,
 }
 
 impl Registry {
     /// The snapshot for `table`. An instance listed before keeps its state
     /// (in flight, down, draining); one at an endpoint that now holds a
     /// different instance starts afresh; instances no longer listed are
-    /// forgotten (requests still running to them keep theirs).
+    /// retired (requests still running to them keep theirs), and
+    /// forgotten at a later swap once idle.
     pub fn snapshot(&mut self, table: RouteTable, metrics: &Metrics) -> Snapshot {
         let mut states: HashMap<String, Arc<BackendState>> = HashMap::new();
         let mut routes = Vec::with_capacity(table.routes().len());
@@ -251,12 +256,24 @@ impl Registry {
                 metrics: metrics.route(&route.pattern),
             });
         }
-        self.states = states;
+        // Retired at an earlier swap and idle since: nothing to drain.
+        self.retired
+            .retain(|endpoint, s| s.in_flight() > 0 && !states.contains_key(endpoint));
+        let old = std::mem::replace(&mut self.states, states);
+        for (endpoint, state) in old {
+            if !self.states.contains_key(&endpoint) {
+                self.retired.insert(endpoint, state);
+            }
+        }
         Snapshot { table, routes }
     }
 
+    /// The instance at `endpoint`: listed now, or retired.
     pub fn get(&self, endpoint: &str) -> Option<Arc<BackendState>> {
-        self.states.get(endpoint).cloned()
+        self.states
+            .get(endpoint)
+            .or_else(|| self.retired.get(endpoint))
+            .cloned()
     }
 }
 
@@ -385,6 +402,43 @@ mod tests {
         assert!(!Arc::ptr_eq(old, &third.routes[0].backends[1].state));
         assert!(reg.get("127.0.0.1:2").is_some());
         assert!(reg.get("127.0.0.1:9").is_none());
+    }
+
+    #[test]
+    fn an_instance_that_leaves_the_table_stays_drainable_while_busy() {
+        let fleet = crate::config::parse(
+            std::path::Path::new("f.toml"),
+            "[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n[apps.blog.services.web]\nimage = \"b\"\nport = 80\nhosts = [\"a.com\"]\n",
+        )
+        .unwrap();
+        let metrics = Metrics::new(&mut Default::default());
+        let mut reg = Registry::default();
+        let both = RouteTable::build(&fleet, &[up(0, 1, true), up(1, 2, true)]);
+        let first = reg.snapshot(both.clone(), &metrics);
+        let busy = Arc::clone(&first.routes[0].backends[1].state);
+        let request = busy.start();
+        // The app leaves the table: both instances are retired, still found.
+        reg.snapshot(RouteTable::default(), &metrics);
+        assert!(Arc::ptr_eq(&reg.get("127.0.0.1:2").unwrap(), &busy));
+        assert!(reg.get("127.0.0.1:1").is_some());
+        // A later swap forgets the idle one and keeps the busy one...
+        reg.snapshot(RouteTable::default(), &metrics);
+        assert!(reg.get("127.0.0.1:1").is_none());
+        assert!(reg.get("127.0.0.1:2").is_some());
+        // ...until its request ends.
+        drop(request);
+        reg.snapshot(RouteTable::default(), &metrics);
+        assert!(reg.get("127.0.0.1:2").is_none());
+        // Listed again while a retired one is busy there: a fresh state,
+        // not the retired (maybe drained) one.
+        let listed = reg.snapshot(both.clone(), &metrics);
+        let busy = Arc::clone(&listed.routes[0].backends[1].state);
+        let _request = busy.start();
+        reg.snapshot(RouteTable::default(), &metrics);
+        let again = reg.snapshot(both, &metrics);
+        let fresh = &again.routes[0].backends[1].state;
+        assert!(!Arc::ptr_eq(fresh, &busy));
+        assert!(Arc::ptr_eq(&reg.get("127.0.0.1:2").unwrap(), fresh));
     }
 
     #[tokio::test]

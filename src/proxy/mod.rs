@@ -51,7 +51,7 @@ pub use acme::{Acme, AcmeError, AcmeSettings, Obtained};
 pub use admin::{bind as bind_admin, serve as serve_admin};
 pub use backends::DrainReport;
 pub use limits::{Balance, Settings};
-pub use routes::{Route, RouteTable, Upstream};
+pub use routes::{Route, RouteTable, Upstream, endpoint};
 pub use server::Listener;
 pub use tls::{CertInfo, Loaded, Tls, TlsError, acme_hosts, cert_info, load_pem};
 
@@ -159,7 +159,8 @@ impl Proxy {
     /// drain_timeout`) passes. An open WebSocket (or other upgraded
     /// connection) counts as in flight until it closes. The instance stays
     /// out of rotation for as long as tables list it; publish one without
-    /// it once it is stopped.
+    /// it once it is stopped. One that a table already left (its app
+    /// removed) is still found while requests run to it.
     pub async fn drain(&self, endpoint: &str, timeout: Option<Duration>) -> DrainReport {
         let timeout = timeout.unwrap_or(self.shared.settings.drain_timeout);
         let state = self

@@ -15,7 +15,8 @@
 //!   volume: on its node, the old container is removed just before the new
 //!   one runs (after the pull), as two must not write the same data.
 //! - Containers of apps, services or instances no longer in fleet.toml are
-//!   removed at once.
+//!   removed at once (apply drains each from the proxy first, as it does
+//!   every container it removes).
 //! - Foreign containers (without Prism's five labels, like job containers)
 //!   and other fleets' containers are never touched; nor is any node that
 //!   is untrusted, unknown, or was not observed this pass.

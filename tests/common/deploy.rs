@@ -69,6 +69,9 @@ pub struct Deploy<'a> {
     pub addr: String,
     pub admin: String,
     pub instances: u32,
+    /// The fleet tag of the nodes it runs on, when not the shared lab's
+    /// (`lab/lab add --fleet`).
+    pub nodes: Option<String>,
     file: PathBuf,
     dir: tempfile::TempDir,
     daemon: Option<Child>,
@@ -76,13 +79,44 @@ pub struct Deploy<'a> {
 }
 
 impl<'a> Deploy<'a> {
-    /// Writes fleet.toml with `version` and starts the daemon on it.
+    /// Writes fleet.toml with `version` and starts the daemon on it, on
+    /// the shared lab nodes.
     pub fn start(lab: &'a Lab, tag: &str, instances: u32, version: &str) -> Deploy<'a> {
+        Self::start_on(lab, tag, instances, version, None)
+    }
+
+    /// As [`Deploy::start`]; with `nodes`, on the nodes of that fleet tag
+    /// instead (nodes of its own, to notice and preempt), their host keys
+    /// pinned and their stand-in metadata service read every second.
+    pub fn start_on(
+        lab: &'a Lab,
+        tag: &str,
+        instances: u32,
+        version: &str,
+        nodes: Option<&str>,
+    ) -> Deploy<'a> {
         let name = format!("t{}{tag}", std::process::id());
         lab.remove_fleet(&name);
         let dir = tempfile::tempdir().expect("tempdir");
         let file = lab.own_fleet(dir.path(), &name, "");
+        if let Some(nodes) = nodes {
+            let text = std::fs::read_to_string(&file).expect("read fleet.toml");
+            let text: String = text
+                .replace(
+                    "tags = { \"prism:fleet\" = \"lab\" }",
+                    &format!("tags = {{ \"prism:fleet\" = {nodes:?} }}"),
+                )
+                .replace("host_keys = \"known_hosts\"", "host_keys = \"pin\"")
+                .lines()
+                .filter(|l| !l.starts_with("known_hosts = "))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let lifecycle = "[lifecycle]\nnotice_interval = \"1s\"\n\
+                             metadata_url = \"http://127.0.0.1:1338\"\n";
+            std::fs::write(&file, format!("{text}\n{lifecycle}")).expect("write fleet.toml");
+        }
         let mut d = Deploy {
+            nodes: nodes.map(str::to_owned),
             lab,
             host: format!("web.{name}.test"),
             name,
@@ -217,7 +251,22 @@ health = {{ http = "/up", interval = "1s", timeout = "1s", healthy_threshold = 2
 
     /// The fleet's containers on the nodes (`docker ps` lines).
     pub fn containers(&self) -> Vec<String> {
-        self.lab.fleet_containers(&self.name)
+        match &self.nodes {
+            None => self.lab.fleet_containers(&self.name),
+            Some(fleet) => {
+                let nodes: Vec<_> = Lab::load()
+                    .other_nodes
+                    .into_iter()
+                    .filter(|n| &n.fleet == fleet)
+                    .collect();
+                self.lab.fleet_containers_on(&nodes, &self.name)
+            }
+        }
+    }
+
+    /// The daemon's state store.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state.db")
     }
 
     /// Waits until only the `instances` new containers are left on the

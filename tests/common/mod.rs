@@ -221,10 +221,15 @@ impl Lab {
     /// Every container of fleet `name` on every node, as `docker ps` lines
     /// `node name app service instance spec state`.
     pub fn fleet_containers(&self, name: &str) -> Vec<String> {
+        self.fleet_containers_on(&self.nodes, name)
+    }
+
+    /// As [`Lab::fleet_containers`], on `nodes` only.
+    pub fn fleet_containers_on(&self, nodes: &[Node], name: &str) -> Vec<String> {
         let format = "{{.Names}} {{.Label \"prism.app\"}} {{.Label \"prism.service\"}} \
                       {{.Label \"prism.instance\"}} {{.Label \"prism.spec\"}} {{.State}}";
         let mut lines = Vec::new();
-        for node in &self.nodes {
+        for node in nodes {
             let out = self
                 .ssh(
                     &node.address,

@@ -245,10 +245,55 @@ fn foreign_other_fleets_unpublished_and_unknown_services_are_left_out() {
     let mut unpublished = container(3, "shop", "web", 0, 30003);
     unpublished.ports.clear();
     let gone = container(4, "gone", "web", 0, 30004);
+    let gone_id = gone.id.clone();
     let observed = BTreeMap::from([("i-1".to_owned(), vec![foreign, other, unpublished, gone])]);
     let routes = routes(&fleet(), &views, &observed);
     assert!(listed(&routes).is_empty(), "{:?}", listed(&routes));
-    assert!(routes.endpoints.is_empty());
+    // An app no longer in fleet.toml gets no route, but its endpoint is
+    // known, to drain it before it stops.
+    assert_eq!(
+        routes.endpoints,
+        HashMap::from([(gone_id, "10.0.0.1:30004".to_owned())])
+    );
     // Hosts are still known: their requests get 503, not 404.
     assert!(routes.table.lookup("shop.example.com", "/").is_some());
+}
+
+#[test]
+fn containers_that_lost_their_route_keep_an_endpoint_to_drain() {
+    let views = [
+        node("i-1", "10.0.0.1", NodeState::Ready),
+        node("i-2", "fd00::2", NodeState::Draining),
+        node("i-3", "10.0.0.3", NodeState::Lost),
+    ];
+    // The blog's hosts were removed from fleet.toml; the shop was removed.
+    let text = format!(
+        "[fleet]\nname = \"hobby\"\n[discovery]\nprovider = \"ec2\"\n{}",
+        APPS.replace(
+            "hosts = [\"blog.example.com\", \"*.blog.example.com\"]\n",
+            ""
+        )
+        .split("[apps.shop")
+        .next()
+        .unwrap()
+    );
+    let fleet = crate::config::parse(Path::new("fleet.toml"), &text).unwrap();
+    let blog = container(1, "blog", "web", 0, 30001);
+    let shop = container(2, "shop", "web", 0, 30002);
+    let on_lost = container(3, "shop", "web", 1, 30003);
+    let (blog_id, shop_id) = (blog.id.clone(), shop.id.clone());
+    let observed = BTreeMap::from([
+        ("i-1".to_owned(), vec![blog]),
+        ("i-2".to_owned(), vec![shop]),
+        ("i-3".to_owned(), vec![on_lost]),
+    ]);
+    let routes = routes(&fleet, &views, &observed);
+    assert!(routes.table.routes().is_empty(), "{:?}", routes.table);
+    assert_eq!(
+        routes.endpoints,
+        HashMap::from([
+            (blog_id, "10.0.0.1:30001".to_owned()),
+            (shop_id, "[fd00::2]:30002".to_owned()),
+        ])
+    );
 }
