@@ -64,7 +64,8 @@ pub fn routes(
             let Some(service) = service else {
                 // Its app or hosts left fleet.toml: no route, but it may
                 // have been routed to until now, so a drain must find it.
-                if let Some(port) = host_port(c, None) {
+                // (Port 0 is Docker's "not published".)
+                if let Some(port) = host_port(c, None).filter(|&p| p != 0) {
                     endpoints.insert(c.id.clone(), endpoint(&view.address, port));
                 }
                 continue;
