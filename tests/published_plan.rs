@@ -151,10 +151,10 @@ fn a_daemons_plan_reaches_an_attached_dashboard() -> Result<()> {
             "no pass after {converged:#?}"
         );
         std::thread::sleep(Duration::from_millis(100));
-        if let Some(plan) = Store::open(&state)?.last_plan()? {
-            if plan.at != converged.at {
-                seen.push(plan);
-            }
+        if let Some(plan) = Store::open(&state)?.last_plan()?
+            && plan.at != converged.at
+        {
+            seen.push(plan);
         }
     }
     // The pod no node can hold is in every pass's plan.
