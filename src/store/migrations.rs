@@ -115,6 +115,17 @@ const STEPS: &[&str] = &[
     );
     CREATE INDEX requests_state ON requests (state);
     "#,
+    // 5: images a node failed to pull while it was preparing: it goes
+    // ready all the same (see the operator's lifecycle).
+    r#"
+    CREATE TABLE pull_failures (
+        node_id TEXT NOT NULL,
+        image   TEXT NOT NULL,
+        at      INTEGER NOT NULL,       -- unix ms, the latest failure
+        error   TEXT NOT NULL,
+        PRIMARY KEY (node_id, image)
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
@@ -186,6 +197,7 @@ mod tests {
                 "host_keys",
                 "nodes",
                 "placements",
+                "pull_failures",
                 "requests"
             ]
         );

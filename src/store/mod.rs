@@ -9,6 +9,7 @@ mod host_keys;
 mod lock;
 mod migrations;
 mod nodes;
+mod pulls;
 mod requests;
 
 use std::path::{Path, PathBuf};
