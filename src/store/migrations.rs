@@ -124,6 +124,17 @@ const STEPS: &[&str] = &[
         body TEXT NOT NULL              -- JSON: store::PublishedPlan
     );
     "#,
+    // 6: images a node failed to pull while it was preparing: it goes
+    // ready all the same (see the operator's lifecycle).
+    r#"
+    CREATE TABLE pull_failures (
+        node_id TEXT NOT NULL,
+        image   TEXT NOT NULL,
+        at      INTEGER NOT NULL,       -- unix ms, the latest failure
+        error   TEXT NOT NULL,
+        PRIMARY KEY (node_id, image)
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
@@ -196,6 +207,7 @@ mod tests {
                 "last_plan",
                 "nodes",
                 "placements",
+                "pull_failures",
                 "requests"
             ]
         );
