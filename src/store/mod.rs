@@ -10,6 +10,7 @@ mod lock;
 mod migrations;
 mod nodes;
 mod requests;
+mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,6 +23,7 @@ pub use host_keys::PinnedKey;
 pub use lock::{LockHolder, LockInfo};
 pub use nodes::{ContainerRecord, NodeRecord, Placement};
 pub use requests::{NewRequest, Request, RequestKind, RequestState};
+pub use traffic::ProxyTraffic;
 
 /// How long a writer waits for another to finish before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

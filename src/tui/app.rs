@@ -12,6 +12,7 @@ use regex::Regex;
 use super::data::{Counts, DesiredPods, Snapshot};
 use super::keymap::{Action, lookup};
 use super::table::{self, Row, RowKey};
+use super::traffic::Meter;
 use crate::store::{LockInfo, RequestKind, RequestState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,13 +82,6 @@ pub struct LastPass {
     pub error: Option<String>,
     /// Pods the plan could not place.
     pub unplaceable: usize,
-}
-
-/// Proxy traffic, when a proxy reports it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProxyRate {
-    pub requests_per_s: f64,
-    pub error_ratio: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +159,9 @@ pub struct App {
     pub data_error: Option<String>,
     pub last_pass: Option<LastPass>,
     pub plan_text: Option<String>,
-    pub proxy: Option<ProxyRate>,
+    /// The proxy's counters as read: this process's proxy on each tick,
+    /// or the daemon's from the store.
+    pub traffic: Meter,
     pub now_ms: i64,
     pub screen: Screen,
     back: Vec<Screen>,
@@ -203,7 +199,7 @@ impl App {
             data_error: None,
             last_pass: None,
             plan_text: None,
-            proxy: None,
+            traffic: Meter::default(),
             now_ms,
             screen: Screen::Containers,
             back: Vec::new(),
@@ -241,6 +237,9 @@ impl App {
     }
 
     pub fn set_data(&mut self, data: Snapshot) {
+        if let (Mode::Attached(_), Some(t)) = (&self.mode, data.traffic) {
+            self.traffic.push(t);
+        }
         self.data = data;
         self.data_error = None;
         let mut finished = Vec::new();

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::Fleet;
 use crate::operator::GONE;
 use crate::store::{
-    ContainerRecord, Event, HealthRecord, LockInfo, NodeRecord, Placement, Request, Store,
-    StoreError,
+    ContainerRecord, Event, HealthRecord, LockInfo, NodeRecord, Placement, ProxyTraffic, Request,
+    Store, StoreError,
 };
 
 /// Events kept on screen.
@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub requests: Vec<Request>,
     /// Prism's own health verdicts, which win over Docker's.
     pub health: Vec<HealthRecord>,
+    /// The daemon's proxy counters, as it last wrote them.
+    pub traffic: Option<ProxyTraffic>,
 }
 
 impl Snapshot {
@@ -48,6 +50,7 @@ impl Snapshot {
             lock: store.lock_info()?,
             requests: store.requests(20)?,
             health: store.health_records()?,
+            traffic: store.proxy_traffic()?,
         })
     }
 }
@@ -256,6 +259,7 @@ pub mod fixtures {
                 result: Some("reconcile started".into()),
             }],
             health: Vec::new(),
+            traffic: None,
         }
     }
 
