@@ -2,10 +2,14 @@
 //! of 120×40 on nodes of this test's own fleet. It shows the nodes and
 //! containers; a node is preempted (`lab/lab preempt`) and the screen shows
 //! it gone and its pods running on the other node; `q` quits and the
-//! terminal is restored. Needs the lab (`lab/lab up`) and tmux.
+//! terminal is restored. In-process, the dashboard also serves the
+//! bundled proxy, and its header counts the requests. Needs the lab
+//! (`lab/lab up`) and tmux.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -82,7 +86,63 @@ fn running(screen: &str, pod: &str, node: Option<&str>) -> bool {
 
 const PODS: [&str; 4] = ["dash/web/0", "dash/web/1", "dash/worker/0", "dash/worker/1"];
 
-fn fleet_toml(lab: &Lab, dir: &Path, fleet: &str) -> std::path::PathBuf {
+/// A loopback port nothing listens on (free when asked).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The proxy's and the admin listener's ports of one test, so tests
+/// running at once never meet on the defaults (80, 9090).
+struct Ports {
+    listen: u16,
+    admin: u16,
+}
+
+impl Ports {
+    fn free() -> Ports {
+        Ports {
+            listen: free_port(),
+            admin: free_port(),
+        }
+    }
+
+    fn section(&self) -> String {
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+            self.listen, self.admin
+        )
+    }
+}
+
+/// `GET path` with `host` from `127.0.0.1:port`: status and body.
+fn get(port: u16, host: &str, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status line: {reply:?}"))?;
+    Ok((status, reply))
+}
+
+/// The requests per second the header shows, if it shows a rate.
+fn header_rate(screen: &str) -> Option<f64> {
+    let line = screen.lines().find(|l| l.contains(" req/s"))?;
+    let (before, _) = line.split_once(" req/s")?;
+    before.rsplit(' ').next()?.parse().ok()
+}
+
+fn fleet_toml(lab: &Lab, dir: &Path, fleet: &str, ports: &Ports) -> std::path::PathBuf {
     let file = lab.fleet_file(dir, "");
     let text = std::fs::read_to_string(&file).expect("read fleet.toml");
     // The lab's apps and proxy are not this test's.
@@ -95,6 +155,7 @@ fn fleet_toml(lab: &Lab, dir: &Path, fleet: &str) -> std::path::PathBuf {
         );
     let apps = format!(
         r#"
+{proxy}
 [apps.dash]
 instances = 2
 [apps.dash.services.web]
@@ -108,7 +169,8 @@ image = "{image}"
 command = ["sh", "-c", "while true; do sleep 60; done"]
 memory = "32M"
 "#,
-        image = lab.testapp_image
+        image = lab.testapp_image,
+        proxy = ports.section(),
     );
     std::fs::write(&file, format!("{text}\n{apps}")).expect("write fleet.toml");
     file
@@ -125,7 +187,8 @@ fn the_dashboard_follows_a_preemption_on_screen() -> Result<()> {
     };
     let [a, b] = nodes.add_many::<2>()?.map(|n| n.name);
     let dir = tempfile::tempdir()?;
-    let config = fleet_toml(&lab, dir.path(), &fleet);
+    let ports = Ports::free();
+    let config = fleet_toml(&lab, dir.path(), &fleet, &ports);
     let prism = env!("CARGO_BIN_EXE_prism");
     // The shell reports how prism ended, then keeps the pane open to read.
     let run = format!(
@@ -217,7 +280,7 @@ fn the_dashboard_follows_a_preemption_on_screen() -> Result<()> {
 
 /// A fleet of one static node that does not answer, with the lab's key:
 /// the dashboard runs, no node is needed.
-fn static_fleet(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
+fn static_fleet(dir: &Path, name: &str, ports: &Ports) -> Result<std::path::PathBuf> {
     let config = dir.join("fleet.toml");
     let lab = common::lab_dir();
     std::fs::write(
@@ -234,11 +297,13 @@ known_hosts = {known:?}
 [discovery]
 provider = "static"
 nodes = [{{ name = "n1", address = "127.0.0.1", port = 1 }}]
+{proxy}
 [apps.blog.services.web]
 image = "blog:1"
 "#,
             identity = lab.join("id_ed25519").display().to_string(),
             known = lab.join("known_hosts").display().to_string(),
+            proxy = ports.section(),
         ),
     )?;
     Ok(config)
@@ -250,7 +315,7 @@ image = "blog:1"
 #[test]
 fn sigterm_restores_the_terminal_and_releases_the_lock() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = static_fleet(dir.path(), "sigterm")?;
+    let config = static_fleet(dir.path(), "sigterm", &Ports::free())?;
     let cleanup = Cleanup {
         socket: format!("prism-dash-term-{}", std::process::id()),
     };
@@ -323,7 +388,8 @@ impl Drop for Daemon {
 #[test]
 fn the_dashboard_attaches_to_a_running_daemon() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = static_fleet(dir.path(), "attach")?;
+    let ports = Ports::free();
+    let config = static_fleet(dir.path(), "attach", &ports)?;
     let state = dir.path().join("state.db");
     let daemon = Daemon(
         Command::new(env!("CARGO_BIN_EXE_prism"))
@@ -369,6 +435,15 @@ fn the_dashboard_attaches_to_a_running_daemon() -> Result<()> {
     wait_for(&cleanup.socket, "the dashboard attached", 30, |s| {
         s.contains(&format!("operator: daemon pid {pid}"))
     })?;
+    // The daemon's proxy figures reach the header through the store:
+    // requests for a host no service has (404) count too.
+    for _ in 0..20 {
+        let (status, reply) = get(ports.listen, "nobody.test", "/")?;
+        ensure!(status == 404, "{reply}");
+    }
+    wait_for(&cleanup.socket, "the daemon's proxy rate", 30, |s| {
+        header_rate(s).is_some_and(|r| r > 0.0)
+    })?;
     keys(&cleanup.socket, &["r"])?;
     wait_for(&cleanup.socket, "the daemon's answer", 30, |s| {
         s.contains("reconcile started")
@@ -412,5 +487,167 @@ fn the_dashboard_attaches_to_a_running_daemon() -> Result<()> {
     })?;
     ensure!(s.contains("PRISM-EXITED 0"), "{s}");
     drop(daemon);
+    Ok(())
+}
+
+/// In-process, the dashboard serves the bundled proxy as the daemon does:
+/// a request by Host reaches the lab app on this test's own node, the
+/// admin listener counts it, and the header shows the requests per second.
+#[test]
+fn the_in_process_dashboard_serves_the_proxy_and_counts_its_requests() -> Result<()> {
+    let lab = Lab::load();
+    let fleet = format!("dashproxy{}", std::process::id());
+    let mut nodes = OwnNodes::new(fleet.clone());
+    let cleanup = Cleanup {
+        socket: format!("prism-dash-proxy-{}", std::process::id()),
+    };
+    nodes.add()?;
+    let dir = tempfile::tempdir()?;
+    let ports = Ports::free();
+    let config = fleet_toml(&lab, dir.path(), &fleet, &ports);
+    // One pod is enough here.
+    let text = std::fs::read_to_string(&config)?.replace("instances = 2", "instances = 1");
+    std::fs::write(&config, text)?;
+    let run = format!(
+        "env -u PRISM_CONFIG AWS_ACCESS_KEY_ID=lab AWS_SECRET_ACCESS_KEY=lab {} -c {}; \
+         echo PRISM-EXITED $?; sleep 120",
+        env!("CARGO_BIN_EXE_prism"),
+        config.display()
+    );
+    tmux(
+        &cleanup.socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "dash",
+            "-x",
+            "120",
+            "-y",
+            "40",
+            &run,
+        ],
+    )?;
+    // Before any request: a proxy, and no traffic.
+    wait_for(&cleanup.socket, "the proxy's figures", 60, |s| {
+        header_rate(s) == Some(0.0)
+    })?;
+    // Routes follow the passes: the app answers once healthy.
+    let (status, reply) = retry(Duration::from_secs(120), || {
+        let (status, reply) = get(ports.listen, "dash.lab.test", "/")?;
+        ensure!(status == 200, "{status}: {reply}");
+        Ok((status, reply))
+    })?;
+    ensure!(
+        status == 200 && reply.contains("dash.lab.test"),
+        "the app did not answer for its host: {reply}"
+    );
+    // Steady traffic for a few seconds, while the header is read.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, port) = (stop.clone(), ports.listen);
+        std::thread::spawn(move || {
+            let mut ok = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if matches!(get(port, "dash.lab.test", "/"), Ok((200, _))) {
+                    ok += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            ok
+        })
+    };
+    let seen = wait_for(&cleanup.socket, "a non-zero request rate", 30, |s| {
+        header_rate(s).is_some_and(|r| r > 0.0) && s.contains("0.0% 5xx")
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ok = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))?;
+    seen?;
+    ensure!(ok > 0, "no request of the load succeeded");
+    let (status, page) = get(ports.admin, "localhost", "/metrics")?;
+    ensure!(
+        status == 200
+            && page
+                .lines()
+                .any(|l| l.starts_with("prism_proxy_requests_total{")
+                    && l.contains("host=\"dash.lab.test\"")
+                    && l.contains("code=\"200\"")),
+        "{page}"
+    );
+
+    keys(&cleanup.socket, &["q"])?;
+    let s = wait_for(&cleanup.socket, "prism to exit", 60, |s| {
+        s.contains("PRISM-EXITED")
+    })?;
+    ensure!(s.contains("PRISM-EXITED 0"), "{s}");
+    // The proxy stopped with the dashboard.
+    ensure!(
+        TcpStream::connect(("127.0.0.1", ports.listen)).is_err(),
+        "the proxy still listens after the dashboard quit"
+    );
+    drop(cleanup);
+    Ok(())
+}
+
+/// A proxy port in use is a set-up error (exit 2) that names the port,
+/// printed on the restored terminal, with the apply lock left free.
+#[test]
+fn a_proxy_port_in_use_stops_the_dashboard_with_exit_2() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let ports = Ports {
+        listen: taken.local_addr()?.port(),
+        admin: free_port(),
+    };
+    let config = static_fleet(dir.path(), "busy", &ports)?;
+    let cleanup = Cleanup {
+        socket: format!("prism-dash-busy-{}", std::process::id()),
+    };
+    let run = format!(
+        "{} -c {}; echo PRISM-EXITED $?; sleep 120",
+        env!("CARGO_BIN_EXE_prism"),
+        config.display()
+    );
+    tmux(
+        &cleanup.socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "dash",
+            "-x",
+            "120",
+            "-y",
+            "24",
+            &run,
+        ],
+    )?;
+    let s = wait_for(&cleanup.socket, "prism to exit", 30, |s| {
+        s.contains("PRISM-EXITED")
+    })?;
+    ensure!(s.contains("PRISM-EXITED 2"), "{s}");
+    ensure!(
+        s.contains(&format!(
+            "cannot listen on 127.0.0.1:{} (proxy)",
+            ports.listen
+        )) && s.contains("--no-proxy"),
+        "{s}"
+    );
+    let flags = tmux(
+        &cleanup.socket,
+        &[
+            "display-message",
+            "-p",
+            "-t",
+            "dash",
+            "#{alternate_on} #{cursor_flag}",
+        ],
+    )?;
+    ensure!(flags.trim() == "0 1", "terminal not restored: {flags}");
+    let store = prism::store::Store::open(&dir.path().join("state.db"))?;
+    ensure!(store.lock_info()?.is_none(), "{:?}", store.lock_info()?);
+    drop(taken);
     Ok(())
 }

@@ -3,21 +3,17 @@
 //! every pass, and the admin listener with the proxy's and the operator's
 //! metrics.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::Failure;
 use crate::config::Config;
-use crate::operator::{Control, FleetMetrics, Operator, ProxyRouter, run_applier};
-use crate::proxy::{self, Listener, Proxy, Settings, TlsUpkeep};
-use crate::store::{LockHolder, NewEvent};
+use crate::operator::{Control, Front, Operator, run_applier};
+use crate::store::{LockHolder, NewEvent, Store};
 use crate::tasks::{Ended, Tasks};
 
 use super::reload;
@@ -43,102 +39,6 @@ pub fn init_logs(format: LogFormat) {
     }
 }
 
-/// The proxy and admin listeners, bound before anything is served so a
-/// port in use stops the daemon at once.
-struct Front {
-    proxy: Proxy,
-    listener: Listener,
-    /// `[proxy] https`, and the task keeping its certificates current.
-    https: Option<(Listener, TlsUpkeep)>,
-    admin: TcpListener,
-}
-
-impl Front {
-    fn bind(config: &Config, registry: &mut Registry) -> Result<Front, Failure> {
-        let p = &config.fleet.proxy;
-        let proxy = Proxy::new(Settings::from_config(p), registry);
-        let listener = parse(&p.listen, "proxy")
-            .and_then(|addr| proxy.bind(addr).map_err(|e| listen("proxy", addr, e)))?;
-        let https = match &p.https {
-            Some(addr) => {
-                // Certificate files are read before the port is bound: a
-                // missing one stops the daemon with its field named.
-                let upkeep = proxy.prepare_tls(config)?;
-                let https = parse(addr, "https").and_then(|addr| {
-                    proxy.bind_https(addr).map_err(|e| listen("https", addr, e))
-                })?;
-                Some((https, upkeep))
-            }
-            None => None,
-        };
-        let admin = parse(&p.admin, "admin")
-            .and_then(|addr| proxy::bind_admin(addr).map_err(|e| listen("admin", addr, e)))?;
-        Ok(Front {
-            proxy,
-            listener,
-            https,
-            admin,
-        })
-    }
-
-    /// Serves both until `stop` turns true; the proxy then lets open
-    /// connections finish (up to its grace time).
-    fn serve(self, registry: Arc<Registry>, stop: &watch::Sender<bool>) -> Vec<JoinHandle<()>> {
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        tracing::info!(
-            listen = %self.listener.local_addr(),
-            admin = ?self.admin.local_addr().ok(),
-            "proxy serving"
-        );
-        let mut tasks = Vec::new();
-        let mut listeners = vec![("proxy", self.listener)];
-        if let Some((https, upkeep)) = self.https {
-            tracing::info!(https = %https.local_addr(), "proxy serving HTTPS");
-            listeners.push(("https", https));
-            tasks.push(tokio::spawn(upkeep.run(stopped(stop.subscribe()))));
-        }
-        for (what, listener) in listeners {
-            let proxy = self.proxy.clone();
-            let served = stopped(stop.subscribe());
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = proxy.serve(listener, served).await {
-                    tracing::error!(error = %e, "{what} listener stopped with an error");
-                }
-            }));
-        }
-        let admin = tokio::spawn(proxy::serve_admin(
-            self.admin,
-            registry,
-            stopped(stop.subscribe()),
-        ));
-        let admin = tokio::spawn(async move {
-            if let Ok(Err(e)) = admin.await {
-                tracing::error!(error = %e, "admin listener stopped with an error");
-            }
-        });
-        tasks.push(admin);
-        tasks
-    }
-}
-
-fn parse(addr: &str, what: &'static str) -> Result<SocketAddr, Failure> {
-    addr.parse().map_err(|e| Failure::Listen {
-        what,
-        addr: addr.to_owned(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-    })
-}
-
-fn listen(what: &'static str, addr: SocketAddr, source: std::io::Error) -> Failure {
-    Failure::Listen {
-        what,
-        addr: addr.to_string(),
-        source,
-    }
-}
-
 pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result<(), Failure> {
     let file = config.file.clone();
     // What was loaded, to notice edits; unreadable now means any later
@@ -147,29 +47,35 @@ pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result
     let mut operator = Operator::new(config).await?;
     let me = LockHolder::this_process("daemon");
     operator.lock().try_lock(&me, LOCK_TTL)?;
-    let mut registry = Registry::default();
-    let metrics = FleetMetrics::new(&mut registry);
     let front = if with_proxy {
-        match Front::bind(&operator.config, &mut registry) {
+        match Front::bind(&operator.config) {
             Ok(front) => Some(front),
             Err(e) => {
                 let _ = operator.lock().unlock(&me);
-                return Err(e);
+                return Err(e.into());
             }
         }
     } else {
         None
     };
-    let proxy = front.as_ref().map(|f| f.proxy.clone());
-    let (stop_front, _) = watch::channel(false);
-    let serving = match front {
-        Some(front) => front.serve(Arc::new(registry), &stop_front),
-        None => Vec::new(),
-    };
+    let mut serving = front.map(Front::serve);
+    if let Some(serving) = serving.as_mut() {
+        // Attached dashboards read the proxy's figures from the store: it
+        // is what they already poll, it needs no address beyond the state
+        // file (the admin port may differ, or be unreachable, from where
+        // the dashboard runs), and a daemon without a proxy simply leaves
+        // the row to go stale.
+        match Store::open(&operator.config.state_path()) {
+            Ok(store) => serving.publish_traffic(store),
+            Err(e) => tracing::warn!(error = %e, "the proxy's counters will not be recorded"),
+        }
+    }
     // Everything beside the applier: a panic in any ends the daemon.
     let mut watched = Tasks::new();
-    for task in serving {
-        watched.adopt("proxy or admin listener", task);
+    if let Some(serving) = serving.as_mut() {
+        for task in serving.take_tasks() {
+            watched.adopt("proxy or admin listener", task);
+        }
     }
     let (quit, quitting) = watch::channel(false);
     let signals = watched.spawn(
@@ -189,16 +95,17 @@ pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result
     // One round per fleet.toml: an edit that loads starts a new round
     // with it; the proxy keeps serving across rounds.
     let result = loop {
-        if let Some(proxy) = &proxy {
-            let router = ProxyRouter::new(proxy.clone(), operator.config.fleet.clone());
-            operator = operator.with_router(Arc::new(router));
+        if let Some(serving) = &serving {
+            operator = serving.route(operator);
         }
         let current = Arc::new(operator);
         let control = Control::new();
-        let follow = watched.spawn(
-            "metrics recorder",
-            record_reports(control.clone(), metrics.clone()),
-        );
+        let follow = serving.as_ref().map(|s| {
+            let task = s.follow(control.clone());
+            let handle = task.abort_handle();
+            watched.adopt("metrics recorder", task);
+            handle
+        });
         let mut next = tokio::spawn(reload::next(
             current.config.clone(),
             loaded.clone(),
@@ -208,7 +115,9 @@ pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result
         ));
         let applier = run_applier(current.clone(), &me, interval, control.clone());
         let supervised = supervise(applier, &mut next, &mut watched, || control.stop()).await;
-        follow.abort();
+        if let Some(follow) = follow {
+            follow.abort();
+        }
         let (ran, done) = match supervised {
             Ok(ran) => ran,
             Err(ended) => {
@@ -241,7 +150,9 @@ pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result
         }
     };
     signals.abort();
-    stop_front.send_replace(true);
+    if let Some(serving) = serving {
+        serving.stop().await;
+    }
     let mut panicked = watched.join_all().await;
     let (last, result) = match result {
         Ok(last) if panicked.is_empty() => (last, Ok(())),
@@ -308,17 +219,6 @@ fn record_reload(operator: &Operator) {
     let event = NewEvent::info("config.reload", "fleet.toml changed: reloaded".to_owned());
     if let Err(e) = operator.lock().record_event(&event) {
         tracing::warn!(error = %e, "could not record the reload");
-    }
-}
-
-/// Each pass report into the operator's metrics.
-async fn record_reports(control: Arc<Control>, metrics: FleetMetrics) {
-    let mut reports = control.reports();
-    while reports.changed().await.is_ok() {
-        let report = reports.borrow_and_update().clone();
-        if let Some(report) = report {
-            metrics.record(&report);
-        }
     }
 }
 

@@ -63,14 +63,21 @@ pub enum Command {
     /// What `prism` runs without a command. If a daemon already applies
     /// for the same state file, the dashboard attaches to it: it shows the
     /// daemon's state and sends it your actions. Otherwise it runs the
-    /// operator itself (discovery, reconcile) until you quit, logging to
-    /// prism-dashboard.log beside the state file. Press ? for the keys.
+    /// operator itself (discovery, reconcile, and the bundled proxy and
+    /// admin listener as `prism daemon` serves them) until you quit,
+    /// logging to prism-dashboard.log beside the state file. Press ? for
+    /// the keys.
     #[command(after_help = DASHBOARD_EXIT_CODES)]
     Dashboard {
         /// Time between passes when the dashboard runs the operator
         /// [default: `[lifecycle] probe_interval`, 2s].
         #[arg(long, value_parser = humantime::parse_duration)]
         interval: Option<std::time::Duration>,
+        /// When the dashboard runs the operator: without the bundled proxy
+        /// and its admin listener ([proxy] listen and admin are then not
+        /// bound).
+        #[arg(long)]
+        no_proxy: bool,
     },
 
     /// Check fleet.toml: syntax, keys, units and cross-field rules.
@@ -226,6 +233,16 @@ pub enum Failure {
     Reported(u8),
 }
 
+impl From<crate::operator::FrontError> for Failure {
+    fn from(e: crate::operator::FrontError) -> Failure {
+        use crate::operator::FrontError;
+        match e {
+            FrontError::Listen { what, addr, source } => Failure::Listen { what, addr, source },
+            FrontError::Tls(e) => Failure::Tls(e),
+        }
+    }
+}
+
 impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
@@ -249,14 +266,17 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> Resu
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Dashboard { interval: None });
+    let command = cli.command.unwrap_or(Command::Dashboard {
+        interval: None,
+        no_proxy: false,
+    });
     let result = match &command {
-        Command::Dashboard { interval } => Config::load(&cli.config)
+        Command::Dashboard { interval, no_proxy } => Config::load(&cli.config)
             .map_err(Failure::from)
             .and_then(|config| {
                 let interval = interval.unwrap_or(config.fleet.lifecycle.probe_interval.0);
                 block_on(async {
-                    crate::tui::run(config, interval)
+                    crate::tui::run(config, interval, !*no_proxy)
                         .await
                         .map_err(Failure::from)
                 })

@@ -2,6 +2,7 @@
 //! record, plan, apply. Each is one function the daemon, `reconcile --once` and the CLI share.
 
 mod apply;
+mod front;
 mod health;
 mod jobs;
 mod lifecycle;
@@ -14,6 +15,7 @@ mod routing;
 mod run;
 
 pub use apply::{Outcome, apply};
+pub use front::{Front, FrontError, Serving};
 pub use health::{CheckResult, check, check_all};
 pub use lifecycle::{GONE, Misses, node_state};
 pub use metrics::FleetMetrics;

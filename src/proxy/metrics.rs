@@ -6,6 +6,7 @@
 //! (or `unknown`), never the Host header, so a client cannot grow the
 //! number of series.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -52,6 +53,26 @@ pub struct Metrics {
     pub swaps: Counter,
     pub tls_handshake_failures: Counter,
     unknown: RouteMetrics,
+    totals: Arc<Totals>,
+}
+
+/// Requests answered so far, over every host: what the dashboard's header
+/// turns into rates. Two atomics beside the families, because summing a
+/// family means locking it.
+#[derive(Debug, Default)]
+struct Totals {
+    requests: AtomicU64,
+    server_errors: AtomicU64,
+}
+
+/// The proxy's request counters at one moment (see [`super::Proxy::traffic`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Requests answered, whatever the status.
+    pub requests: u64,
+    /// Of those, answered with a 5xx status: the app's own, or the proxy's
+    /// 502/503/504 when no instance could answer.
+    pub server_errors: u64,
 }
 
 /// Status codes whose counters a route keeps at hand, so counting one
@@ -66,6 +87,7 @@ pub struct RouteMetrics {
     /// Made on first use, so only codes that occurred have a series.
     common: Arc<[OnceLock<Counter>; COMMON_CODES.len()]>,
     latency: Histogram,
+    totals: Arc<Totals>,
 }
 
 impl RouteMetrics {
@@ -81,6 +103,10 @@ impl RouteMetrics {
             None => self.requests.get_or_create(&labels()).inc(),
         };
         self.latency.observe(elapsed.as_secs_f64());
+        self.totals.requests.fetch_add(1, Ordering::Relaxed);
+        if code >= 500 {
+            self.totals.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -114,7 +140,8 @@ impl Metrics {
             "TLS handshakes that failed or timed out (unknown SNI, no common protocol, not TLS)",
             tls_handshake_failures.clone(),
         );
-        let unknown = route_metrics(&requests, &latency, UNKNOWN_HOST);
+        let totals = Arc::new(Totals::default());
+        let unknown = route_metrics(&requests, &latency, &totals, UNKNOWN_HOST);
         Metrics {
             requests,
             latency,
@@ -122,11 +149,21 @@ impl Metrics {
             swaps,
             tls_handshake_failures,
             unknown,
+            totals,
         }
     }
 
     pub fn route(&self, host: &str) -> RouteMetrics {
-        route_metrics(&self.requests, &self.latency, host)
+        route_metrics(&self.requests, &self.latency, &self.totals, host)
+    }
+
+    /// The request counters now; two relaxed loads, so a request counted
+    /// between them may show in one and not yet the other.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            requests: self.totals.requests.load(Ordering::Relaxed),
+            server_errors: self.totals.server_errors.load(Ordering::Relaxed),
+        }
     }
 
     pub fn unknown(&self) -> &RouteMetrics {
@@ -137,6 +174,7 @@ impl Metrics {
 fn route_metrics(
     requests: &Family<RequestLabels, Counter>,
     latency: &Latency,
+    totals: &Arc<Totals>,
     host: &str,
 ) -> RouteMetrics {
     let host = Arc::new(host.to_owned());
@@ -150,6 +188,7 @@ fn route_metrics(
         requests: requests.clone(),
         common: Arc::new(std::array::from_fn(|_| OnceLock::new())),
         latency,
+        totals: Arc::clone(totals),
     }
 }
 
@@ -254,5 +293,29 @@ impl Collector for TlsCollector {
             ConstGauge::new(secs).encode(metric.encode_family(&CertLabels { name, source })?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_counts_every_host_and_5xx_apart() {
+        let metrics = Metrics::new(&mut Registry::default());
+        let (a, b) = (metrics.route("a.test"), metrics.route("b.test"));
+        let ms = Duration::from_millis(1);
+        a.record(200, ms);
+        a.record(503, ms);
+        b.record(599, ms);
+        b.record(404, ms);
+        metrics.unknown().record(502, ms);
+        assert_eq!(
+            metrics.traffic(),
+            Traffic {
+                requests: 5,
+                server_errors: 3
+            }
+        );
     }
 }

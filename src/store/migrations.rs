@@ -135,6 +135,16 @@ const STEPS: &[&str] = &[
         PRIMARY KEY (node_id, image)
     );
     "#,
+    // 7: the daemon's proxy counters, rewritten every second, for attached
+    // dashboards to turn into rates.
+    r#"
+    CREATE TABLE proxy_traffic (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        at            INTEGER NOT NULL,  -- unix ms, when read from the proxy
+        requests      INTEGER NOT NULL,  -- answered since the proxy started
+        server_errors INTEGER NOT NULL   -- of those, with a 5xx status
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
@@ -207,6 +217,7 @@ mod tests {
                 "last_plan",
                 "nodes",
                 "placements",
+                "proxy_traffic",
                 "pull_failures",
                 "requests"
             ]

@@ -13,6 +13,7 @@ mod migrations;
 mod nodes;
 mod pulls;
 mod requests;
+mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,6 +27,7 @@ pub use last_plan::{NodeActions, PlanLines, PublishedPlan, Unplaceable};
 pub use lock::{LockHolder, LockInfo};
 pub use nodes::{ContainerRecord, NodeRecord, Placement};
 pub use requests::{NewRequest, Request, RequestKind, RequestState};
+pub use traffic::ProxyTraffic;
 
 /// How long a writer waits for another to finish before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -12,6 +12,7 @@ use regex::Regex;
 use super::data::{Counts, DesiredPods, Snapshot};
 use super::keymap::{Action, lookup};
 use super::table::{self, Row, RowKey};
+use super::traffic::Meter;
 use crate::store::{LockInfo, PublishedPlan, RequestKind, RequestState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,13 +97,6 @@ impl From<&PublishedPlan> for LastPass {
     }
 }
 
-/// Proxy traffic, when a proxy reports it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProxyRate {
-    pub requests_per_s: f64,
-    pub error_ratio: f64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     None,
@@ -180,7 +174,9 @@ pub struct App {
     /// The last pass's plan: from this process's operator, or as the
     /// daemon published it in the store.
     pub plan: Option<PublishedPlan>,
-    pub proxy: Option<ProxyRate>,
+    /// The proxy's counters as read: this process's proxy on each tick,
+    /// or the daemon's from the store.
+    pub traffic: Meter,
     pub now_ms: i64,
     pub screen: Screen,
     back: Vec<Screen>,
@@ -218,7 +214,7 @@ impl App {
             data_error: None,
             last_pass: None,
             plan: None,
-            proxy: None,
+            traffic: Meter::default(),
             now_ms,
             screen: Screen::Containers,
             back: Vec::new(),
@@ -256,6 +252,9 @@ impl App {
     }
 
     pub fn set_data(&mut self, data: Snapshot) {
+        if let (Mode::Attached(_), Some(t)) = (&self.mode, data.traffic) {
+            self.traffic.push(t);
+        }
         self.data = data;
         self.data_error = None;
         // This process's operator reports its passes directly (`Msg::Pass`).

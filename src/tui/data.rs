@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::Fleet;
 use crate::operator::GONE;
 use crate::store::{
-    ContainerRecord, Event, HealthRecord, LockInfo, NodeRecord, Placement, PublishedPlan, Request,
-    Store, StoreError,
+    ContainerRecord, Event, HealthRecord, LockInfo, NodeRecord, Placement, ProxyTraffic,
+    PublishedPlan, Request, Store, StoreError,
 };
 
 /// Events kept on screen.
@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub health: Vec<HealthRecord>,
     /// What the applier's last pass planned, as it published it.
     pub plan: Option<PublishedPlan>,
+    /// The daemon's proxy counters, as it last wrote them.
+    pub traffic: Option<ProxyTraffic>,
 }
 
 impl Snapshot {
@@ -51,6 +53,7 @@ impl Snapshot {
             requests: store.requests(20)?,
             health: store.health_records()?,
             plan: store.last_plan()?,
+            traffic: store.proxy_traffic()?,
         })
     }
 }
@@ -259,6 +262,7 @@ pub mod fixtures {
                 result: Some("reconcile started".into()),
             }],
             health: Vec::new(),
+            traffic: None,
             plan: None,
         }
     }

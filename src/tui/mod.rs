@@ -10,13 +10,16 @@
 //! attaches: it shows the store the daemon writes, and its actions become
 //! requests in the store that the daemon serves. Otherwise it takes the
 //! lock and runs the operator loop itself, logging to a file beside the
-//! state file, never to the terminal it draws on.
+//! state file, never to the terminal it draws on, with the bundled proxy
+//! and admin listener in front as `prism daemon` has them (unless
+//! `--no-proxy`).
 
 pub mod app;
 pub mod data;
 mod fleet;
 pub mod keymap;
 pub mod table;
+pub mod traffic;
 pub mod ui;
 
 use std::path::PathBuf;
@@ -34,9 +37,11 @@ use data::{DesiredPods, Snapshot};
 use fleet::Reach;
 
 use crate::config::Config;
-use crate::operator::{Control, Operator, PassError, run_applier};
+use crate::operator::{Control, Front, FrontError, Operator, PassError, Serving, run_applier};
 use crate::ssh::{Pool, SshError, SshSettings};
-use crate::store::{LockHolder, LockInfo, NewRequest, PublishedPlan, Store, StoreError, now_ms};
+use crate::store::{
+    LockHolder, LockInfo, NewRequest, ProxyTraffic, PublishedPlan, Store, StoreError, now_ms,
+};
 use crate::tasks::{self, Ended, Exit, Tasks};
 
 /// A holder that stops heartbeating for this long is presumed dead.
@@ -51,6 +56,8 @@ pub enum TuiError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Ssh(#[from] SshError),
+    #[error("{0}; `prism dashboard --no-proxy` runs without the proxy")]
+    Front(#[from] FrontError),
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),
     /// A task the dashboard cannot go on without ended (a panic).
@@ -69,7 +76,8 @@ impl TuiError {
         match self {
             TuiError::Pass(e) => e.is_setup(),
             TuiError::Store(e) => matches!(e, StoreError::Locked { .. }),
-            TuiError::Ssh(_) | TuiError::NoTerminal => true,
+            // A port in use or a certificate missing: nothing was started.
+            TuiError::Ssh(_) | TuiError::NoTerminal | TuiError::Front(_) => true,
             TuiError::Terminal(_) | TuiError::Task(_) => false,
         }
     }
@@ -135,9 +143,12 @@ struct Local {
     run: JoinHandle<Result<(), StoreError>>,
     /// The UI loop saw `run` end.
     ended: bool,
+    /// The proxy and admin listener, unless `--no-proxy`; and the task
+    /// recording pass reports into the metrics the admin listener serves.
+    front: Option<(Serving, JoinHandle<()>)>,
 }
 
-pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
+pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result<(), TuiError> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         return Err(TuiError::NoTerminal);
@@ -158,10 +169,22 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
         }
         None => {
             init_file_logs(&log_file(&config))?;
-            let operator = Arc::new(Operator::new((*config).clone()).await?);
+            // Bound before the lock is taken: a port in use ends the
+            // dashboard before it draws anything, with nothing to undo.
+            let front = with_proxy.then(|| Front::bind(&config)).transpose()?;
+            let operator = Operator::new((*config).clone()).await?;
             let me = LockHolder::this_process("dashboard");
             operator.lock().try_lock(&me, LOCK_TTL)?;
+            let serving = front.map(Front::serve);
+            let operator = Arc::new(match &serving {
+                Some(s) => s.route(operator),
+                None => operator,
+            });
             let control = Control::new();
+            let front = serving.map(|s| {
+                let follow = s.follow(control.clone());
+                (s, follow)
+            });
             // As the daemon does: the loop, scheduled jobs, requests.
             let run = {
                 let (operator, me, control) = (operator.clone(), me.clone(), control.clone());
@@ -173,6 +196,7 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
                 control,
                 run,
                 ended: false,
+                front,
             };
             (
                 Mode::InProcess,
@@ -198,6 +222,10 @@ pub async fn run(config: Config, interval: Duration) -> Result<(), TuiError> {
                 Err(e) => eprintln!("prism: the operator loop failed: {e}"),
                 Ok(Ok(())) => {}
             }
+        }
+        if let Some((serving, follow)) = local.front {
+            follow.abort();
+            serving.stop().await;
         }
         if let Err(e) = local.operator.lock().unlock(&local.me) {
             eprintln!("prism: could not release the apply lock: {e}");
@@ -272,6 +300,11 @@ async fn ui_loop(
     // These can fail alone: a panic is shown and the dashboard goes on.
     let mut extras = Tasks::new();
     let (mut applier, mut applier_ended_here) = (None, None);
+    // This process's proxy, when it runs one, for the header's figures.
+    let proxy = local
+        .as_deref()
+        .and_then(|l| l.front.as_ref())
+        .map(|(serving, _)| serving.proxy().clone());
     if let Some(local) = local {
         essential.spawn(
             "pass report follower",
@@ -345,7 +378,17 @@ async fn ui_loop(
                 Msg::Key(k) => app.on_key(k),
                 Msg::Redraw => None,
                 Msg::Tick => {
-                    app.tick(now_ms());
+                    let now = now_ms();
+                    app.tick(now);
+                    // Two atomic loads: cheap enough for every tick.
+                    if let Some(proxy) = &proxy {
+                        let t = proxy.traffic();
+                        app.traffic.push(ProxyTraffic {
+                            at_ms: now,
+                            requests: t.requests,
+                            server_errors: t.server_errors,
+                        });
+                    }
                     None
                 }
                 Msg::Data(d) => {

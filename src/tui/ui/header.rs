@@ -10,6 +10,7 @@ use ratatui::widgets::Paragraph;
 use super::style;
 use crate::cli::table::age;
 use crate::tui::app::{App, Mode, Screen, Tone};
+use crate::tui::traffic::ProxyView;
 
 pub const HEIGHT: u16 = 3;
 
@@ -122,21 +123,55 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             third.push(Span::styled("first pass running…", style(Tone::Muted)))
         }
     }
-    if let Some(p) = app.proxy {
-        let tone = if p.error_ratio > 0.05 {
+    // The proxy's figures at the right of the first line, or at the end
+    // of the third when the screen is too narrow for them beside the tabs.
+    let proxy = Line::from(proxy_spans(app.traffic.view(app.now_ms)));
+    let first = Line::from(first);
+    let beside = first.width() + 2 + proxy.width() <= usize::from(area.width);
+    let proxy_area = Rect {
+        x: area.x + area.width.saturating_sub(proxy.width() as u16),
+        width: (proxy.width() as u16).min(area.width),
+        height: 1.min(area.height),
+        ..area
+    };
+    if !beside {
+        third.push(Span::raw("  "));
+        third.extend(proxy.spans.clone());
+    }
+    let text = vec![first, Line::from(second), Line::from(third)];
+    frame.render_widget(Paragraph::new(text), area);
+    if beside {
+        frame.render_widget(Paragraph::new(proxy), proxy_area);
+    }
+}
+
+/// Requests per second through the proxy, and the share of them answered
+/// with a 5xx status (see the help).
+fn proxy_spans(view: ProxyView) -> Vec<Span<'static>> {
+    let r = match view {
+        ProxyView::Off => return vec![Span::styled("proxy off", style(Tone::Muted))],
+        ProxyView::Measuring => return vec![Span::styled("proxy …", style(Tone::Muted))],
+        ProxyView::Rate(r) => r,
+    };
+    let per_s = if r.requests_per_s < 100.0 {
+        format!("{:.1}", r.requests_per_s)
+    } else {
+        format!("{:.0}", r.requests_per_s)
+    };
+    let mut spans = vec![Span::raw(format!("proxy {per_s} req/s"))];
+    if let Some(share) = r.server_errors {
+        let tone = if share > 0.05 {
             Tone::Bad
+        } else if share > 0.0 {
+            Tone::Warn
         } else {
-            Tone::Plain
+            Tone::Good
         };
-        third.push(Span::raw(format!(
-            "  proxy {:.1} req/s, ",
-            p.requests_per_s
-        )));
-        third.push(Span::styled(
-            format!("{:.1}% errors", p.error_ratio * 100.0),
+        spans.push(Span::raw(" "));
+        spans.push(Span::styled(
+            format!("{:.1}% 5xx", share * 100.0),
             style(tone),
         ));
     }
-    let text = vec![Line::from(first), Line::from(second), Line::from(third)];
-    frame.render_widget(Paragraph::new(text), area);
+    spans
 }

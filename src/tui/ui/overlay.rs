@@ -44,6 +44,10 @@ pub fn confirm(frame: &mut Frame, question: &str) {
     );
 }
 
+/// What the header's proxy figures mean, under the keys.
+const PROXY_LEGEND: &str =
+    "proxy: requests/s over the last 5 s, and 5xx: the share of them answered 5xx";
+
 pub fn help(frame: &mut Frame) {
     let lines = help_lines();
     let full = frame.area();
@@ -51,13 +55,22 @@ pub fn help(frame: &mut Frame) {
     let per_column = usize::from(full.height.saturating_sub(4)).max(1);
     let columns = if lines.len() > per_column { 2 } else { 1 };
     let rows = lines.len().div_ceil(columns);
-    let area = centered(full, if columns == 2 { 116 } else { 60 }, rows as u16 + 3);
+    let area = centered(full, if columns == 2 { 116 } else { 80 }, rows as u16 + 4);
     frame.render_widget(Clear, area);
     let block = Block::bordered().title(" keys (any key closes) ");
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let parts =
-        Layout::horizontal(vec![Constraint::Ratio(1, columns as u32); columns]).split(inner);
+    let [keys, _, legend] = Layout::vertical([
+        Constraint::Length(rows as u16),
+        Constraint::Fill(1),
+        Constraint::Length(1),
+    ])
+    .areas(inner);
+    frame.render_widget(
+        Paragraph::new(PROXY_LEGEND).style(style(Tone::Muted)),
+        legend,
+    );
+    let parts = Layout::horizontal(vec![Constraint::Ratio(1, columns as u32); columns]).split(keys);
     for (part, chunk) in parts.iter().zip(lines.chunks(rows)) {
         let text: Vec<Line> = chunk
             .iter()

@@ -266,3 +266,106 @@ fn logs_follow_the_end() {
         "{screen}"
     );
 }
+
+/// Readings of the proxy's counters: 10 requests a second over the last
+/// 5 s, `errors` of them answered 5xx.
+fn with_traffic(a: &mut App, errors: u64) {
+    use crate::store::ProxyTraffic;
+    for (at_ms, requests, server_errors) in [(NOW - 5_000, 100, 0), (NOW, 150, errors)] {
+        a.traffic.push(ProxyTraffic {
+            at_ms,
+            requests,
+            server_errors,
+        });
+    }
+}
+
+#[test]
+fn proxy_figures_at_80x24() {
+    let mut a = app();
+    with_traffic(&mut a, 0);
+    let buf = render(&mut a, 80, 24);
+    check_snapshot("proxy_80x24", &buf);
+    let first = text(&buf).lines().next().expect("a line").to_owned();
+    assert!(first.ends_with("proxy 10.0 req/s 0.0% 5xx"), "{first}");
+    assert_eq!(buf[find(&buf, "0.0% 5xx")].fg, Color::Green);
+}
+
+#[test]
+fn proxy_errors_turn_red_past_5_percent() {
+    let mut a = app();
+    with_traffic(&mut a, 2);
+    let buf = render(&mut a, 80, 24);
+    assert_eq!(buf[find(&buf, "4.0% 5xx")].fg, Color::Yellow);
+    let mut a = app();
+    with_traffic(&mut a, 5);
+    let buf = render(&mut a, 80, 24);
+    assert_eq!(buf[find(&buf, "10.0% 5xx")].fg, Color::Red);
+}
+
+#[test]
+fn no_proxy_says_so_and_stale_figures_are_not_shown() {
+    let mut a = app();
+    let screen = text(&render(&mut a, 80, 24));
+    assert!(
+        screen
+            .lines()
+            .next()
+            .is_some_and(|l| l.ends_with("proxy off")),
+        "{screen}"
+    );
+    // A daemon that stopped writing its figures: they go, "off" comes back.
+    with_traffic(&mut a, 0);
+    a.tick(NOW + 60_000);
+    let screen = text(&render(&mut a, 80, 24));
+    assert!(
+        screen.contains("proxy off") && !screen.contains("req/s"),
+        "{screen}"
+    );
+}
+
+#[test]
+fn proxy_figures_move_to_the_third_line_when_the_tabs_need_the_room() {
+    let mut a = app();
+    a.fleet = "a-fleet-with-a-rather-long-name".into();
+    with_traffic(&mut a, 0);
+    let screen = text(&render(&mut a, 100, 24));
+    let lines: Vec<&str> = screen.lines().collect();
+    assert!(!lines[0].contains("proxy"), "{screen}");
+    assert!(lines[0].contains("plan"), "{screen}");
+    assert!(lines[2].ends_with("proxy 10.0 req/s 0.0% 5xx"), "{screen}");
+}
+
+#[test]
+fn attached_the_figures_come_from_the_store() {
+    use crate::store::{LockInfo, ProxyTraffic};
+    let lock = LockInfo {
+        role: "daemon".into(),
+        pid: 42,
+        host: "box".into(),
+        acquired_at: NOW - 60_000,
+        heartbeat_at: NOW - 1_000,
+    };
+    let mut a = App::new("lab".into(), Mode::Attached(lock), desired(), NOW);
+    for (at_ms, requests) in [(NOW - 2_000, 10), (NOW, 16)] {
+        let mut data = snapshot();
+        data.traffic = Some(ProxyTraffic {
+            at_ms,
+            requests,
+            server_errors: 0,
+        });
+        a.set_data(data);
+    }
+    let screen = text(&render(&mut a, 80, 24));
+    assert!(screen.contains("proxy 3.0 req/s 0.0% 5xx"), "{screen}");
+    // In-process, the store's row is some daemon's from before: ignored.
+    let mut a = app();
+    let mut data = snapshot();
+    data.traffic = Some(ProxyTraffic {
+        at_ms: NOW,
+        requests: 5,
+        server_errors: 0,
+    });
+    a.set_data(data);
+    assert!(text(&render(&mut a, 80, 24)).contains("proxy off"));
+}

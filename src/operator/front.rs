@@ -1,0 +1,241 @@
+//! What runs in front of the operator while this process applies: the
+//! bundled proxy on `[proxy] listen` (and `https`), its routes following
+//! every pass, and the admin listener with the proxy's and the operator's
+//! metrics. `prism daemon` and the dashboard's in-process mode both start
+//! it here, so the two serve the same way.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{Control, FleetMetrics, Operator, ProxyRouter};
+use crate::config::Config;
+use crate::proxy::{self, Listener, Proxy, Settings, TlsError, TlsUpkeep};
+use crate::store::{ProxyTraffic, Store, now_ms};
+
+/// How often [`Serving::publish_traffic`] writes the proxy's counters.
+pub const TRAFFIC_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    /// HTTPS certificates named by fleet.toml could not be used.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+}
+
+/// The proxy and admin listeners, bound before anything is served so a
+/// port in use stops the process at once.
+pub struct Front {
+    proxy: Proxy,
+    listener: Listener,
+    /// `[proxy] https`, and the task keeping its certificates current.
+    https: Option<(Listener, TlsUpkeep)>,
+    admin: TcpListener,
+    registry: Registry,
+    metrics: FleetMetrics,
+}
+
+impl Front {
+    pub fn bind(config: &Config) -> Result<Front, FrontError> {
+        let mut registry = Registry::default();
+        let metrics = FleetMetrics::new(&mut registry);
+        let p = &config.fleet.proxy;
+        let proxy = Proxy::new(Settings::from_config(p), &mut registry);
+        let listener = parse(&p.listen, "proxy")
+            .and_then(|addr| proxy.bind(addr).map_err(|e| listen("proxy", addr, e)))?;
+        let https = match &p.https {
+            Some(addr) => {
+                // Certificate files are read before the port is bound: a
+                // missing one stops the process with its field named.
+                let upkeep = proxy.prepare_tls(config)?;
+                let https = parse(addr, "https").and_then(|addr| {
+                    proxy.bind_https(addr).map_err(|e| listen("https", addr, e))
+                })?;
+                Some((https, upkeep))
+            }
+            None => None,
+        };
+        let admin = parse(&p.admin, "admin")
+            .and_then(|addr| proxy::bind_admin(addr).map_err(|e| listen("admin", addr, e)))?;
+        Ok(Front {
+            proxy,
+            listener,
+            https,
+            admin,
+            registry,
+            metrics,
+        })
+    }
+
+    /// Serves every listener until [`Serving::stop`].
+    pub fn serve(self) -> Serving {
+        let (stop, _) = watch::channel(false);
+        tracing::info!(
+            listen = %self.listener.local_addr(),
+            admin = ?self.admin.local_addr().ok(),
+            "proxy serving"
+        );
+        let mut tasks = Vec::new();
+        let mut listeners = vec![("proxy", self.listener)];
+        if let Some((https, upkeep)) = self.https {
+            tracing::info!(https = %https.local_addr(), "proxy serving HTTPS");
+            listeners.push(("https", https));
+            tasks.push(tokio::spawn(upkeep.run(stopped(stop.subscribe()))));
+        }
+        for (what, listener) in listeners {
+            let proxy = self.proxy.clone();
+            let served = stopped(stop.subscribe());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = proxy.serve(listener, served).await {
+                    tracing::error!(error = %e, "{what} listener stopped with an error");
+                }
+            }));
+        }
+        let admin = tokio::spawn(proxy::serve_admin(
+            self.admin,
+            Arc::new(self.registry),
+            stopped(stop.subscribe()),
+        ));
+        tasks.push(tokio::spawn(async move {
+            if let Ok(Err(e)) = admin.await {
+                tracing::error!(error = %e, "admin listener stopped with an error");
+            }
+        }));
+        Serving {
+            proxy: self.proxy,
+            metrics: self.metrics,
+            stop,
+            tasks,
+        }
+    }
+}
+
+/// The listeners of a [`Front`], being served.
+pub struct Serving {
+    proxy: Proxy,
+    metrics: FleetMetrics,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Serving {
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    /// `operator` with its routes published to this proxy after every pass,
+    /// and its containers drained through it before they stop.
+    pub fn route(&self, operator: Operator) -> Operator {
+        let router = ProxyRouter::new(self.proxy.clone(), operator.config.fleet.clone());
+        operator.with_router(Arc::new(router))
+    }
+
+    /// Records each pass report of `control` into the metrics the admin
+    /// listener serves, until aborted.
+    pub fn follow(&self, control: Arc<Control>) -> JoinHandle<()> {
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let mut reports = control.reports();
+            while reports.changed().await.is_ok() {
+                let report = reports.borrow_and_update().clone();
+                if let Some(report) = report {
+                    metrics.record(&report);
+                }
+            }
+        })
+    }
+
+    /// Writes the proxy's request counters into `store` every second, for
+    /// dashboards attached to this process (they read the store, not this
+    /// process's memory). Stops with the listeners.
+    pub fn publish_traffic(&mut self, store: Store) {
+        let proxy = self.proxy.clone();
+        let store = Arc::new(Mutex::new(store));
+        let mut stop = self.stop.subscribe();
+        self.tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TRAFFIC_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut warned = false;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let t = proxy.traffic();
+                let traffic = ProxyTraffic {
+                    at_ms: now_ms(),
+                    requests: t.requests,
+                    server_errors: t.server_errors,
+                };
+                let store = store.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    store
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .write_proxy_traffic(&traffic)
+                })
+                .await;
+                let failed = match written {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(e.to_string()),
+                };
+                // Once per run of failures: a busy store must not flood the log.
+                match failed {
+                    None => warned = false,
+                    Some(e) if !warned => {
+                        warned = true;
+                        tracing::warn!(error = %e, "could not record the proxy's counters");
+                    }
+                    Some(_) => {}
+                }
+            }
+        }));
+    }
+
+    /// The listener tasks, for a supervisor to watch; `stop` then only
+    /// signals them, and the supervisor joins them.
+    pub fn take_tasks(&mut self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut self.tasks)
+    }
+
+    /// Stops accepting, lets open connections finish (up to the proxy's
+    /// grace time), and returns when every listener has stopped.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn parse(addr: &str, what: &'static str) -> Result<SocketAddr, FrontError> {
+    addr.parse().map_err(|e| FrontError::Listen {
+        what,
+        addr: addr.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })
+}
+
+fn listen(what: &'static str, addr: SocketAddr, source: std::io::Error) -> FrontError {
+    FrontError::Listen {
+        what,
+        addr: addr.to_string(),
+        source,
+    }
+}
