@@ -63,9 +63,7 @@ async fn converge(
                 }
             };
             let outcomes = operator.apply(&planned, &report).await?;
-            // A preparing node's failed pull only lets it go ready: the
-            // next pass places its pods, whose own pulls then fail.
-            if outcomes.iter().any(|o| o.error.is_some() && !o.prepare) {
+            if outcomes.iter().any(|o| o.error.is_some()) {
                 return Ok(Converged::No);
             }
         }

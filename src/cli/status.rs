@@ -67,13 +67,7 @@ pub async fn probe(config: &Config) -> Result<(), Failure> {
         ProbeLimits::default(),
     )
     .await;
-    let images = config
-        .fleet
-        .apps
-        .values()
-        .flat_map(|a| a.services.values().map(|s| s.image.clone()))
-        .collect();
-    Recorder::new(config.fleet.lifecycle.lost_after).record(&store, &pass, true, &images)?;
+    Recorder::new(config.fleet.lifecycle.lost_after).record(&store, &pass, true)?;
     Ok(())
 }
 

@@ -12,8 +12,8 @@ use super::api::{
     parse_container_list, parse_version,
 };
 use super::{
-    ContainerState, DockerSetup, IMAGES_PATH, Images, NodeFacts, ParseError, SocketAccess,
-    docker_version_argv, node_facts_argv, parse_docker_version, parse_image_list, parse_node_facts,
+    ContainerState, DockerSetup, NodeFacts, ParseError, SocketAccess, docker_version_argv,
+    node_facts_argv, parse_docker_version, parse_node_facts,
 };
 use crate::ssh::{
     ApiResponse, DOCKER_SOCKET, DockerApiError, ExecLimits, Output, Pool, SshError, Target,
@@ -109,13 +109,11 @@ impl fmt::Display for Condition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probed {
     /// Docker answers: the node's facts, Docker's version
-    /// (`20.10.24+dfsg1`), the fleet's containers on it and the images it
-    /// holds.
+    /// (`20.10.24+dfsg1`) and the fleet's containers on it.
     Ready {
         facts: NodeFacts,
         docker_version: String,
         containers: Vec<ContainerState>,
-        images: Images,
     },
     /// Reached, but Docker cannot be used.
     NoDocker {
@@ -183,15 +181,10 @@ pub async fn probe_with_metadata(
         Err(e) => return Probed::Failed(Condition::from_ssh(&e)),
     };
     match docker {
-        Ok(DockerState {
-            version: docker_version,
-            containers,
-            images,
-        }) => Probed::Ready {
+        Ok((docker_version, containers)) => Probed::Ready {
             facts,
             docker_version,
             containers,
-            images,
         },
         Err(Unanswered::Socket(reason)) => {
             match no_socket(pool, target, &facts.docker, &reason, limits).await {
@@ -210,22 +203,15 @@ enum Unanswered {
     Failed(Condition),
 }
 
-struct DockerState {
-    version: String,
-    containers: Vec<ContainerState>,
-    images: Images,
-}
-
 /// Docker's version (asked once per API connection), then the fleet's
-/// containers: one list, and one inspect per container, then the node's
-/// images, all on the node's kept connection. A container removed in
-/// between is left out.
+/// containers: one list, and one inspect per container, all on the node's
+/// kept connection. A container removed in between is left out.
 async fn docker_state(
     pool: &Pool,
     target: &Target,
     fleet: &str,
     limits: ExecLimits,
-) -> Result<DockerState, Unanswered> {
+) -> Result<(String, Vec<ContainerState>), Unanswered> {
     let answer = pool.docker_get_once(target, VERSION_PATH, limits).await;
     let version = judge(answer, parse_version)?;
     let answer = pool
@@ -241,14 +227,7 @@ async fn docker_state(
             containers.push(c);
         }
     }
-    // What a preparing node still lacks (see operator::lifecycle).
-    let answer = pool.docker_get(target, IMAGES_PATH, limits).await;
-    let images = judge(answer, parse_image_list)?;
-    Ok(DockerState {
-        version,
-        containers,
-        images,
-    })
+    Ok((version, containers))
 }
 
 /// An API answer, parsed; a failure as the condition it means.

@@ -11,7 +11,6 @@ mod last_plan;
 mod lock;
 mod migrations;
 mod nodes;
-mod pulls;
 mod requests;
 mod traffic;
 
