@@ -44,6 +44,26 @@ fn tmux(socket: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A detached tmux session named `dash`, `width`×`height`, running `run`.
+fn start_session(socket: &str, run: &str, width: u16, height: u16) -> Result<()> {
+    let (width, height) = (width.to_string(), height.to_string());
+    tmux(
+        socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "dash",
+            "-x",
+            &width,
+            "-y",
+            &height,
+            run,
+        ],
+    )?;
+    Ok(())
+}
+
 /// The pane's text now.
 fn screen(socket: &str) -> Result<String> {
     tmux(socket, &["capture-pane", "-p", "-t", "dash"])
@@ -196,20 +216,7 @@ fn the_dashboard_follows_a_preemption_on_screen() -> Result<()> {
          echo PRISM-EXITED $?; sleep 120",
         config.display()
     );
-    tmux(
-        &cleanup.socket,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "dash",
-            "-x",
-            "120",
-            "-y",
-            "40",
-            &run,
-        ],
-    )?;
+    start_session(&cleanup.socket, &run, 120, 40)?;
 
     // Both nodes, and both pods with their two services running.
     let s = wait_for(&cleanup.socket, "four running containers", 90, |s| {
@@ -326,20 +333,7 @@ fn sigterm_restores_the_terminal_and_releases_the_lock() -> Result<()> {
         prism = env!("CARGO_BIN_EXE_prism"),
         config = config.display()
     );
-    tmux(
-        &cleanup.socket,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "dash",
-            "-x",
-            "80",
-            "-y",
-            "24",
-            &run,
-        ],
-    )?;
+    start_session(&cleanup.socket, &run, 80, 24)?;
     wait_for(&cleanup.socket, "the dashboard", 30, |s| {
         s.contains("fleet sigterm") && s.contains("operator: here")
     })?;
@@ -417,20 +411,7 @@ fn the_dashboard_attaches_to_a_running_daemon() -> Result<()> {
         env!("CARGO_BIN_EXE_prism"),
         config.display()
     );
-    tmux(
-        &cleanup.socket,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "dash",
-            "-x",
-            "80",
-            "-y",
-            "24",
-            &run,
-        ],
-    )?;
+    start_session(&cleanup.socket, &run, 80, 24)?;
     let pid = daemon.0.id();
     wait_for(&cleanup.socket, "the dashboard attached", 30, |s| {
         s.contains(&format!("operator: daemon pid {pid}"))
@@ -514,20 +495,7 @@ fn the_in_process_dashboard_serves_the_proxy_and_counts_its_requests() -> Result
         env!("CARGO_BIN_EXE_prism"),
         config.display()
     );
-    tmux(
-        &cleanup.socket,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "dash",
-            "-x",
-            "120",
-            "-y",
-            "40",
-            &run,
-        ],
-    )?;
+    start_session(&cleanup.socket, &run, 120, 40)?;
     // Before any request: a proxy, and no traffic.
     wait_for(&cleanup.socket, "the proxy's figures", 60, |s| {
         header_rate(s) == Some(0.0)
@@ -610,20 +578,7 @@ fn a_proxy_port_in_use_stops_the_dashboard_with_exit_2() -> Result<()> {
         env!("CARGO_BIN_EXE_prism"),
         config.display()
     );
-    tmux(
-        &cleanup.socket,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "dash",
-            "-x",
-            "120",
-            "-y",
-            "24",
-            &run,
-        ],
-    )?;
+    start_session(&cleanup.socket, &run, 120, 24)?;
     let s = wait_for(&cleanup.socket, "prism to exit", 30, |s| {
         s.contains("PRISM-EXITED")
     })?;

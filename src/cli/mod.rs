@@ -212,17 +212,12 @@ pub enum Failure {
     Discovery(#[from] crate::cloud::DiscoveryError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Listen {
-        what: &'static str,
-        addr: String,
-        source: std::io::Error,
-    },
+    /// A listener that could not be bound, or HTTPS certificates named by
+    /// fleet.toml that could not be used.
+    #[error("{0}")]
+    Front(#[from] crate::operator::FrontError),
     #[error("{0}")]
     Pass(#[from] crate::operator::PassError),
-    /// HTTPS certificates named by fleet.toml could not be used.
-    #[error("{0}")]
-    Tls(#[from] crate::proxy::TlsError),
     #[error("{0}")]
     Dashboard(#[from] crate::tui::TuiError),
     /// A task the daemon cannot run without ended (a panic).
@@ -233,20 +228,11 @@ pub enum Failure {
     Reported(u8),
 }
 
-impl From<crate::operator::FrontError> for Failure {
-    fn from(e: crate::operator::FrontError) -> Failure {
-        use crate::operator::FrontError;
-        match e {
-            FrontError::Listen { what, addr, source } => Failure::Listen { what, addr, source },
-            FrontError::Tls(e) => Failure::Tls(e),
-        }
-    }
-}
-
 impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
-            Failure::Config(_) | Failure::Tls(_) => 2,
+            Failure::Config(_) => 2,
+            Failure::Front(crate::operator::FrontError::Tls(_)) => 2,
             Failure::Store(StoreError::Locked { .. }) => 2,
             Failure::Pass(e) if e.is_setup() => 2,
             Failure::Dashboard(e) if e.is_setup() => 2,
