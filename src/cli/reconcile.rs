@@ -63,7 +63,9 @@ async fn converge(
                 }
             };
             let outcomes = operator.apply(&planned, &report).await?;
-            if outcomes.iter().any(|o| o.error.is_some()) {
+            // A preparing node's failed pull only lets it go ready: the
+            // next pass places its pods, whose own pulls then fail.
+            if outcomes.iter().any(|o| o.error.is_some() && !o.prepare) {
                 return Ok(Converged::No);
             }
         }

@@ -67,7 +67,13 @@ pub async fn probe(config: &Config) -> Result<(), Failure> {
         ProbeLimits::default(),
     )
     .await;
-    Recorder::new(config.fleet.lifecycle.lost_after).record(&store, &pass, true)?;
+    let images = config
+        .fleet
+        .apps
+        .values()
+        .flat_map(|a| a.services.values().map(|s| s.image.clone()))
+        .collect();
+    Recorder::new(config.fleet.lifecycle.lost_after).record(&store, &pass, true, &images)?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! | [`VERSION_PATH`] | [`parse_version`] | 200 |
 //! | [`list_containers_path`] | [`parse_container_list`] | 200 |
 //! | [`inspect_container_path`] | [`parse_container_inspect`] | 200, or 404: the container is gone |
+//! | [`super::IMAGES_PATH`] | [`super::parse_image_list`] | 200 |
 //!
 //! Paths carry no API version (`/v1.41/…`): the daemon answers in its
 //! own, the fields read here have kept their shape across versions, and a
@@ -96,7 +97,7 @@ pub fn parse_container_inspect(
 
 /// The body of a 200 answer as text; any other status is Docker's error,
 /// with the message it gave (`{"message": "…"}`).
-fn ok_text(probe: Probe, status: u16, body: &[u8]) -> Result<&str, ParseError> {
+pub(super) fn ok_text(probe: Probe, status: u16, body: &[u8]) -> Result<&str, ParseError> {
     if status != 200 {
         return Err(ParseError::Status {
             probe,

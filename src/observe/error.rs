@@ -13,6 +13,8 @@ pub enum Probe {
     ContainerList,
     /// `GET /containers/{id}/json` of one of them.
     ContainerInspect,
+    /// `GET /images/json`: the node's images.
+    ImageList,
     /// `docker ps -aq` listing a fleet's container ids.
     ContainerIds,
     /// `docker container inspect` of those ids.
@@ -30,6 +32,7 @@ impl Probe {
             Probe::Version => "GET /version",
             Probe::ContainerList => "GET /containers/json",
             Probe::ContainerInspect => "GET /containers/{id}/json",
+            Probe::ImageList => "GET /images/json",
             Probe::ContainerIds => "docker ps -aq",
             Probe::Inspect => "docker container inspect",
             Probe::DockerInfo => "docker info",

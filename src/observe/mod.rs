@@ -12,6 +12,7 @@
 //! | `GET` [`api::VERSION_PATH`] | [`api::parse_version`] | 200 (asked once per connection) |
 //! | `GET` [`api::list_containers_path`] | [`api::parse_container_list`] | 200 |
 //! | `GET` [`api::inspect_container_path`] | [`api::parse_container_inspect`] | 200, or 404: gone |
+//! | `GET` [`IMAGES_PATH`] | [`parse_image_list`] | 200 |
 //! | [`docker_version_argv`] | [`parse_docker_version`] | only when sshd cannot open the socket |
 //!
 //! The docker CLI's reads, parsed the same way (the probe does not run them):
@@ -28,6 +29,7 @@
 pub mod api;
 mod containers;
 mod error;
+mod images;
 mod info;
 pub mod labels;
 mod node;
@@ -43,6 +45,7 @@ pub use containers::{
 };
 pub use error::{ParseError, Probe};
 pub(crate) use error::{check_header, clip};
+pub use images::{IMAGES_PATH, Images, parse_image_list};
 pub use info::{DockerInfo, docker_info_argv, parse_docker_info};
 pub use labels::{Identity, LabelProblem, PrismLabels};
 pub use node::{

@@ -12,8 +12,8 @@ use super::api::{
     parse_container_list, parse_version,
 };
 use super::{
-    ContainerState, DockerSetup, NodeFacts, ParseError, SocketAccess, docker_version_argv,
-    node_facts_argv, parse_docker_version, parse_node_facts,
+    ContainerState, DockerSetup, IMAGES_PATH, Images, NodeFacts, ParseError, SocketAccess,
+    docker_version_argv, node_facts_argv, parse_docker_version, parse_image_list, parse_node_facts,
 };
 use crate::ssh::{
     ApiResponse, DOCKER_SOCKET, DockerApiError, ExecLimits, Output, Pool, SshError, Target,
@@ -109,11 +109,13 @@ impl fmt::Display for Condition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probed {
     /// Docker answers: the node's facts, Docker's version
-    /// (`20.10.24+dfsg1`) and the fleet's containers on it.
+    /// (`20.10.24+dfsg1`), the fleet's containers on it and the images it
+    /// holds.
     Ready {
         facts: NodeFacts,
         docker_version: String,
         containers: Vec<ContainerState>,
+        images: Images,
     },
     /// Reached, but Docker cannot be used.
     NoDocker {
@@ -181,10 +183,15 @@ pub async fn probe_with_metadata(
         Err(e) => return Probed::Failed(Condition::from_ssh(&e)),
     };
     match docker {
-        Ok((docker_version, containers)) => Probed::Ready {
+        Ok(DockerState {
+            version: docker_version,
+            containers,
+            images,
+        }) => Probed::Ready {
             facts,
             docker_version,
             containers,
+            images,
         },
         Err(Unanswered::Socket(reason)) => {
             match no_socket(pool, target, &facts.docker, &reason, limits).await {
@@ -203,15 +210,22 @@ enum Unanswered {
     Failed(Condition),
 }
 
+struct DockerState {
+    version: String,
+    containers: Vec<ContainerState>,
+    images: Images,
+}
+
 /// Docker's version (asked once per API connection), then the fleet's
-/// containers: one list, and one inspect per container, all on the node's
-/// kept connection. A container removed in between is left out.
+/// containers: one list, and one inspect per container, then the node's
+/// images, all on the node's kept connection. A container removed in
+/// between is left out.
 async fn docker_state(
     pool: &Pool,
     target: &Target,
     fleet: &str,
     limits: ExecLimits,
-) -> Result<(String, Vec<ContainerState>), Unanswered> {
+) -> Result<DockerState, Unanswered> {
     let answer = pool.docker_get_once(target, VERSION_PATH, limits).await;
     let version = judge(answer, parse_version)?;
     let answer = pool
@@ -227,7 +241,14 @@ async fn docker_state(
             containers.push(c);
         }
     }
-    Ok((version, containers))
+    // What a preparing node still lacks (see operator::lifecycle).
+    let answer = pool.docker_get(target, IMAGES_PATH, limits).await;
+    let images = judge(answer, parse_image_list)?;
+    Ok(DockerState {
+        version,
+        containers,
+        images,
+    })
 }
 
 /// An API answer, parsed; a failure as the condition it means.

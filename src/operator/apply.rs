@@ -14,7 +14,7 @@ use crate::reconcile::docker::{
 };
 use crate::reconcile::{Action, Plan, PodKey, Secrets};
 use crate::ssh::{ExecLimits, Output, Pool, Target, fan_out};
-use crate::store::{Level, NewEvent, Store};
+use crate::store::{Level, NewEvent, Store, now_ms};
 
 /// Nodes changed at once; each runs its own list in order.
 const PARALLEL: usize = 16;
@@ -26,6 +26,9 @@ pub struct Outcome {
     /// The action as `prism plan` prints it.
     pub action: String,
     pub error: Option<String>,
+    /// A pull ahead of need on a preparing node: its failure is recorded
+    /// and lets the node go ready; the pods that need the image fail later.
+    pub prepare: bool,
 }
 
 /// Where apply runs and what it tells on the way.
@@ -66,6 +69,7 @@ pub async fn apply(cx: &Context<'_>, targets: &[Target], plan: &Plan) -> Vec<Out
                 node: target.id.clone(),
                 action: action.to_string(),
                 error: result.err(),
+                prepare: matches!(action, Action::Pull { prepare: true, .. }),
             };
             record(cx.store, &outcome, action);
             (cx.progress)(&outcome);
@@ -155,8 +159,16 @@ fn record(store: &Arc<Mutex<Store>>, outcome: &Outcome, action: &Action) {
         Some(pod) => event.app(pod.app.clone()),
         None => event,
     };
-    if let Err(e) = lock(store).record_event(&event.node(outcome.node.clone())) {
+    let store = lock(store);
+    if let Err(e) = store.record_event(&event.node(outcome.node.clone())) {
         tracing::warn!(error = %e, "could not record an apply event");
+    }
+    // The node stops waiting for this image (see operator::lifecycle).
+    if let (Action::Pull { image, .. }, Some(error)) = (action, &outcome.error)
+        && outcome.prepare
+        && let Err(e) = store.record_pull_failure(&outcome.node, image, error, now_ms())
+    {
+        tracing::warn!(error = %e, "could not record a failed pull");
     }
 }
 
@@ -204,6 +216,7 @@ async fn run(cx: &Context<'_>, target: &Target, action: &Action) -> Result<(), S
             image,
             login,
             policy,
+            ..
         } => {
             if *policy == PullPolicy::Missing
                 && exec(pool, target, &image_present_argv(image), None, quick)
@@ -379,6 +392,7 @@ mod tests {
             image: image.into(),
             login: None,
             policy: PullPolicy::Missing,
+            prepare: false,
         }
     }
 

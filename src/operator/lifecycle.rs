@@ -2,35 +2,46 @@
 //! scheduler should treat it. Pure; the misses counted between passes live
 //! in [`Misses`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::cloud::{Node, Presence};
-use crate::observe::{Condition, Probed};
+use crate::observe::{Condition, Images, Probed};
 use crate::reconcile::NodeState;
 
 /// What a node is recorded as once it is no longer in the inventory (EC2
 /// terminated it, or it left fleet.toml's static list).
 pub const GONE: &str = "gone";
 
+/// How long a gone node is still listed (`prism status`, the dashboard)
+/// after it went; then its row is dropped. Events keep its history.
+pub const GONE_SHOWN_FOR: Duration = Duration::from_secs(60 * 60);
+
 /// - EC2 says it is going (shutting down, stopping): lost at once.
 /// - A changed host key: untrusted, never touched, until someone looks.
 /// - A spot interruption notice or rebalance recommendation, now or
 ///   before: draining (its pods start elsewhere, then leave it); one that
 ///   then stops answering is lost at once, as it is going anyway.
-/// - It answers with Docker running: ready.
-/// - A node never ready yet that does not (booting, Docker missing or
-///   being installed): preparing.
+/// - It answers with Docker running: ready, except that a node never
+///   ready yet is preparing until it is `prepared`: it holds every image
+///   of the fleet, or its pull failed (a bad image must not hold a node
+///   for ever; its pods then fail as anywhere else). A node that was
+///   ready once never goes back to preparing.
+/// - A node never ready yet that does not answer (booting, Docker missing
+///   or being installed): preparing.
 /// - Otherwise each missed probe makes it suspect (keeps its pods, takes
 ///   no new ones), and `lost_after` in a row lost (its pods go elsewhere).
 ///
 /// `previous` is the state recorded by the pass before, `missed` the
-/// probes missed in a row including this one (see [`Misses`]).
+/// probes missed in a row including this one (see [`Misses`]), `prepared`
+/// whether its images are settled ([`images_settled`]).
 pub fn node_state(
     node: &Node,
     probed: &Probed,
     previous: Option<&str>,
     missed: u32,
     lost_after: u32,
+    prepared: bool,
 ) -> NodeState {
     if node.presence == Presence::Leaving {
         return NodeState::Lost;
@@ -45,12 +56,45 @@ pub fn node_state(
         Probed::Ready { .. } | Probed::NoDocker { .. } if noticed || was_draining => {
             NodeState::Draining
         }
+        Probed::Ready { .. } if never_ready(previous) && !prepared => NodeState::Preparing,
         Probed::Ready { .. } => NodeState::Ready,
         _ if was_draining => NodeState::Lost,
-        _ if matches!(previous, None | Some("preparing")) => NodeState::Preparing,
+        _ if never_ready(previous) => NodeState::Preparing,
         _ if missed >= lost_after => NodeState::Lost,
         _ => NodeState::Suspect,
     }
+}
+
+fn never_ready(previous: Option<&str>) -> bool {
+    matches!(previous, None | Some("preparing"))
+}
+
+/// Whether a node that answers holds what it needs before it takes pods:
+/// each of the fleet's images (`wanted`) is on it (`held`), or failed to
+/// pull there (`failed`).
+pub fn images_settled(wanted: &BTreeSet<String>, held: &Images, failed: &BTreeSet<String>) -> bool {
+    wanted
+        .iter()
+        .all(|image| held.contains(image) || failed.contains(image))
+}
+
+/// Whether a failed probe is worth asking discovery again in the same pass
+/// (a second DescribeInstances): only a node's first miss after it
+/// answered. Spot termination looks like that: the pass's listing said
+/// running, then the node stopped answering; asking again finds it
+/// shutting down and makes it lost at once instead of suspect. A node
+/// that keeps missing is seen by the next pass's listing anyway, one
+/// never ready has no pods to move, and one EC2 already reports leaving
+/// is lost already; a host key or login problem is no sign of termination.
+pub fn worth_recheck(node: &Node, probed: &Probed, previous: Option<&str>) -> bool {
+    let answered_before = matches!(previous, Some("ready" | "draining"));
+    let silent = matches!(
+        probed,
+        Probed::Failed(
+            Condition::Unreachable(_) | Condition::Timeout(_) | Condition::ProbeFailed(_)
+        )
+    );
+    node.presence != Presence::Leaving && answered_before && silent
 }
 
 /// Probes missed in a row, per node, kept in memory between passes. A
@@ -134,6 +178,7 @@ mod tests {
             facts: facts(notice),
             docker_version: "20.10".into(),
             containers: vec![],
+            images: Images::default(),
         }
     }
 
@@ -159,16 +204,28 @@ mod tests {
         }
     }
 
-    /// The states a node goes through over a run of probes, from `start`.
+    /// The states a node goes through over a run of probes, from `start`,
+    /// its images settled throughout.
     fn run(start: Option<&str>, probes: &[Probed], lost_after: u32) -> Vec<&'static str> {
+        let steps: Vec<(Probed, bool)> = probes.iter().map(|p| (p.clone(), true)).collect();
+        run_with(start, &steps, lost_after)
+    }
+
+    /// The same, with each probe's `prepared`.
+    fn run_with(
+        start: Option<&str>,
+        steps: &[(Probed, bool)],
+        lost_after: u32,
+    ) -> Vec<&'static str> {
         let n = node(Presence::Running);
         let mut misses = Misses::default();
         let mut previous = start.map(str::to_owned);
-        probes
+        steps
             .iter()
-            .map(|p| {
+            .map(|(p, prepared)| {
                 let missed = misses.count(&n.id, p, previous.as_deref());
-                let state = node_state(&n, p, previous.as_deref(), missed, lost_after).as_str();
+                let state =
+                    node_state(&n, p, previous.as_deref(), missed, lost_after, *prepared).as_str();
                 previous = Some(state.to_owned());
                 state
             })
@@ -226,6 +283,62 @@ mod tests {
     }
 
     #[test]
+    fn a_new_node_is_preparing_until_its_images_are_settled() {
+        let (settled, pulling) = (true, false);
+        assert_eq!(
+            run_with(
+                None,
+                &[
+                    (unreachable(), pulling),
+                    (ready(), pulling),
+                    (ready(), pulling),
+                    (ready(), settled),
+                    (ready(), pulling),
+                ],
+                2
+            ),
+            ["preparing", "preparing", "preparing", "ready", "ready"],
+            "once ready, a new image in fleet.toml does not make it preparing again"
+        );
+        // Nor after it was lost, suspect or drained.
+        for was in ["ready", "suspect", "lost", "gone"] {
+            assert_eq!(
+                run_with(Some(was), &[(ready(), pulling)], 2),
+                ["ready"],
+                "{was}"
+            );
+        }
+        assert_eq!(
+            run_with(Some("draining"), &[(ready(), pulling)], 2),
+            ["draining"]
+        );
+        // A preparing node that stops answering stays preparing.
+        assert_eq!(
+            run_with(Some("preparing"), &[(unreachable(), settled)], 1),
+            ["preparing"]
+        );
+    }
+
+    #[test]
+    fn images_are_settled_when_each_is_held_or_failed() {
+        let set = |names: &[&str]| -> BTreeSet<String> {
+            names.iter().map(|n| (*n).to_owned()).collect()
+        };
+        let wanted = set(&["reg/app:1", "redis:7-alpine"]);
+        let held = Images::new(["reg/app:1", "docker.io/library/redis:7-alpine"]);
+        assert!(images_settled(&wanted, &held, &set(&[])));
+        let held = Images::new(["reg/app:1"]);
+        assert!(!images_settled(&wanted, &held, &set(&[])));
+        assert!(images_settled(&wanted, &held, &set(&["redis:7-alpine"])));
+        assert!(!images_settled(
+            &wanted,
+            &Images::default(),
+            &set(&["redis:7-alpine"])
+        ));
+        assert!(images_settled(&set(&[]), &Images::default(), &set(&[])));
+    }
+
+    #[test]
     fn a_notice_drains_until_the_node_goes() {
         assert_eq!(
             run(
@@ -245,14 +358,57 @@ mod tests {
     }
 
     #[test]
+    fn only_a_first_miss_asks_discovery_again() {
+        let running = node(Presence::Running);
+        let timeout = Probed::Failed(Condition::Timeout("no answer".into()));
+        let auth = Probed::Failed(Condition::AuthRefused("denied".into()));
+        let mismatch = Probed::Failed(Condition::HostKeyMismatch("changed".into()));
+        for previous in ["ready", "draining"] {
+            assert!(worth_recheck(&running, &unreachable(), Some(previous)));
+            assert!(worth_recheck(&running, &timeout, Some(previous)));
+        }
+        // Answers, or Docker down: no sign of termination.
+        assert!(!worth_recheck(&running, &ready(), Some("ready")));
+        assert!(!worth_recheck(&running, &docker_missing(), Some("ready")));
+        assert!(!worth_recheck(&running, &auth, Some("ready")));
+        assert!(!worth_recheck(&running, &mismatch, Some("ready")));
+        // Missed before, never ready, or known to be leaving: the next
+        // listing (or this one) tells.
+        for previous in [
+            None,
+            Some("suspect"),
+            Some("lost"),
+            Some("preparing"),
+            Some("gone"),
+        ] {
+            assert!(
+                !worth_recheck(&running, &unreachable(), previous),
+                "{previous:?}"
+            );
+        }
+        assert!(!worth_recheck(
+            &node(Presence::Leaving),
+            &unreachable(),
+            Some("ready")
+        ));
+    }
+
+    #[test]
     fn leaving_instances_are_lost_at_once_and_changed_keys_untrusted() {
         assert_eq!(
-            node_state(&node(Presence::Leaving), &ready(), None, 0, 2),
+            node_state(&node(Presence::Leaving), &ready(), None, 0, 2, true),
             NodeState::Lost
         );
         let mismatch = Probed::Failed(Condition::HostKeyMismatch("changed".into()));
         assert_eq!(
-            node_state(&node(Presence::Running), &mismatch, Some("ready"), 1, 2),
+            node_state(
+                &node(Presence::Running),
+                &mismatch,
+                Some("ready"),
+                1,
+                2,
+                true
+            ),
             NodeState::Untrusted
         );
     }

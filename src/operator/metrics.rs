@@ -164,6 +164,7 @@ mod tests {
             memory: Bytes(1 << 30),
             cpu: Millicores(1000),
             state,
+            images: None,
         }
     }
 

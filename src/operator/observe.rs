@@ -1,9 +1,9 @@
 //! One observe pass: every node probed in parallel, what was found recorded.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use super::lifecycle::{GONE, Misses, node_state};
+use super::lifecycle::{GONE, GONE_SHOWN_FOR, Misses, images_settled, node_state};
 use crate::cloud::{Node, Presence};
 use crate::config::{Bytes, Millicores};
 use crate::observe::{
@@ -118,18 +118,28 @@ impl Recorder {
     /// Writes a pass to the store: each node's row in its new state, its
     /// containers when they were read, and an event whenever a node's
     /// condition changes. With a `complete` inventory (discovery answered),
-    /// recorded nodes not in it are gone. Returns the nodes as the
+    /// recorded nodes not in it are gone. `wanted`: the fleet's images, which
+    /// a new node pulls before it is ready. Returns the nodes as the
     /// scheduler sees them.
     pub fn record(
         &mut self,
         store: &Arc<Mutex<Store>>,
         pass: &[Observed],
         complete: bool,
+        wanted: &BTreeSet<String>,
     ) -> Result<Vec<NodeView>, StoreError> {
         let ids: Vec<&str> = pass.iter().map(|o| o.node.id.as_str()).collect();
         self.misses.retain(&ids);
         self.drains.retain(|d| ids.contains(&d.as_str()));
         let mut store = store.lock().unwrap_or_else(|poison| poison.into_inner());
+        // A fleet's first pass takes its nodes as they are: nothing runs
+        // yet, so its pods wait for their pulls either way, and a first
+        // `prism plan` shows the work. Nodes that join later are prepared.
+        let first_pass = store.nodes()?.is_empty();
+        let mut failed = BTreeMap::new();
+        for id in &ids {
+            failed.insert(*id, store.pull_failures(id)?);
+        }
         let views = record(&mut store, pass, |seen, previous| {
             let missed = self.misses.count(&seen.node.id, &seen.probed, previous);
             let previous = if self.drains.contains(&seen.node.id) {
@@ -137,7 +147,25 @@ impl Recorder {
             } else {
                 previous
             };
-            node_state(&seen.node, &seen.probed, previous, missed, self.lost_after)
+            let prepared = first_pass
+                || match &seen.probed {
+                    Probed::Ready { images, .. } => images_settled(
+                        wanted,
+                        images,
+                        failed
+                            .get(seen.node.id.as_str())
+                            .unwrap_or(&BTreeSet::new()),
+                    ),
+                    _ => false,
+                };
+            node_state(
+                &seen.node,
+                &seen.probed,
+                previous,
+                missed,
+                self.lost_after,
+                prepared,
+            )
         })?;
         if complete {
             record_gone(&mut store, &ids)?;
@@ -147,9 +175,11 @@ impl Recorder {
 }
 
 /// Recorded nodes no longer in the inventory: gone, with an event, and no
-/// containers (what they ran is not running anywhere).
+/// containers (what they ran is not running anywhere). Those gone for
+/// longer than [`GONE_SHOWN_FOR`] are forgotten.
 fn record_gone(store: &mut Store, present: &[&str]) -> Result<(), StoreError> {
     let now = now_ms();
+    store.forget_gone(GONE, now - GONE_SHOWN_FOR.as_millis() as i64)?;
     for mut row in store.nodes()? {
         if present.contains(&row.id.as_str()) || row.state == GONE {
             continue;
@@ -199,14 +229,14 @@ fn record(
         if let Probed::Ready { containers, .. } = &seen.probed {
             store.replace_containers(&row.id, &container_records(&row.id, containers, now))?;
         }
-        views.push(view(&seen.node, &row, state));
+        views.push(view(&seen.node, &seen.probed, &row, state));
     }
     Ok(views)
 }
 
 /// Capacity is the smaller of what fleet.toml declares and what the node
 /// reports (a node's cgroup may see the host's memory).
-fn view(node: &Node, row: &NodeRecord, state: NodeState) -> NodeView {
+fn view(node: &Node, probed: &Probed, row: &NodeRecord, state: NodeState) -> NodeView {
     let reported_memory = row.memory_total.and_then(|m| u64::try_from(m).ok());
     let reported_cpu = row.cpus.and_then(|c| u64::try_from(c).ok());
     let smaller = |a: Option<u64>, b: Option<u64>| match (a, b) {
@@ -220,6 +250,10 @@ fn view(node: &Node, row: &NodeRecord, state: NodeState) -> NodeView {
         memory: Bytes(smaller(node.memory, reported_memory)),
         cpu: Millicores(smaller(node.cpu, reported_cpu)),
         state,
+        images: match probed {
+            Probed::Ready { images, .. } => Some(images.clone()),
+            _ => None,
+        },
     }
 }
 

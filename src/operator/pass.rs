@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::apply::{Context, Outcome, apply};
 use super::health::check_all;
-use super::lifecycle::GONE;
+use super::lifecycle::{GONE, worth_recheck};
 use super::observe::{Observed, Recorder, observe_with_metadata};
 use super::routing::Router;
 use crate::bootstrap::install_docker;
@@ -150,9 +150,11 @@ impl Operator {
             self.notice_due(n)
         })
         .await;
-        // A node that did not answer may have been terminated while it was
-        // probed: asking again now moves its pods a pass earlier.
-        if stale.is_none() && pass.iter().any(|o| matches!(o.probed, Probed::Failed(_))) {
+        // A node that stopped answering may have been terminated while it
+        // was probed: asking again now moves its pods a pass earlier. Only
+        // on a first miss, so a node that stays unreachable costs one
+        // DescribeInstances per pass, not two.
+        if stale.is_none() && self.recheck_due(&pass)? {
             self.recheck(&mut nodes, &mut pass).await?;
         }
         *self.last_nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes.clone();
@@ -163,7 +165,7 @@ impl Operator {
             .recorder
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .record(&self.store, &pass, stale.is_none())?;
+            .record(&self.store, &pass, stale.is_none(), &self.desired.images())?;
         // Prism's own checks decide health for services that declare one.
         let verdicts = check_all(&self.pool, &self.store, &self.config.fleet, &pass).await?;
         let starting = verdicts.values().any(|h| *h == Health::Starting);
@@ -209,6 +211,25 @@ impl Operator {
         } else {
             interval
         }
+    }
+
+    /// Whether some node's probe is its first miss ([`worth_recheck`]).
+    fn recheck_due(&self, pass: &[Observed]) -> Result<bool, PassError> {
+        let store = self.lock();
+        for o in pass
+            .iter()
+            .filter(|o| matches!(o.probed, Probed::Failed(_)))
+        {
+            let previous = store.node(&o.node.id)?;
+            if worth_recheck(
+                &o.node,
+                &o.probed,
+                previous.as_ref().map(|p| p.state.as_str()),
+            ) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Asks discovery again; drops what it no longer lists from the pass and

@@ -118,6 +118,22 @@ impl Desired {
     }
 
     /// The app of a pod, if the pod is wanted.
+    /// Every image a service runs, each with the strongest pull policy
+    /// among its services (`always` over `missing`).
+    pub fn image_policies(&self) -> BTreeMap<String, PullPolicy> {
+        let mut out: BTreeMap<String, PullPolicy> = BTreeMap::new();
+        for svc in self.apps.values().flat_map(|a| &a.services) {
+            let policy = out.entry(svc.container.image.clone()).or_default();
+            *policy = (*policy).max(svc.pull);
+        }
+        out
+    }
+
+    /// Every image a service runs.
+    pub fn images(&self) -> BTreeSet<String> {
+        self.image_policies().into_keys().collect()
+    }
+
     pub fn app_of(&self, pod: &PodKey) -> Option<&AppSpec> {
         self.apps
             .get(&pod.app)

@@ -32,7 +32,7 @@ use serde::{Serialize, Serializer};
 use super::desired::{Desired, PodKey, ServiceSpec};
 use super::docker::{RunSpec, registry_host};
 use super::problem::Problem;
-use super::schedule::{NodeView, PodDemand, schedule};
+use super::schedule::{NodeState, NodeView, PodDemand, schedule};
 use super::spec::SpecHash;
 use crate::config::{PullPolicy, RestartPolicy};
 use crate::observe::{ContainerId, ContainerState, Health, PrismLabels, RunState};
@@ -149,11 +149,15 @@ pub enum Action {
     /// Pull an image before running it; `login`: a registry host with
     /// credentials in fleet.toml, to `docker login` to first. With
     /// `policy` `missing` (the default), only when the node lacks the
-    /// image: then neither login nor pull happens.
+    /// image: then neither login nor pull happens. `prepare`: pulled
+    /// ahead, for no pod yet, by a preparing node that lacks it; a failure
+    /// is recorded and lets the node go ready all the same.
     Pull {
         image: String,
         login: Option<String>,
         policy: PullPolicy,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        prepare: bool,
     },
     /// Create and start a container (`docker run`).
     Run {
@@ -251,15 +255,23 @@ impl fmt::Display for Action {
                 image,
                 login,
                 policy,
+                prepare,
             } => {
                 write!(f, "+ pull {image}")?;
-                match (policy, login) {
-                    (PullPolicy::Missing, None) => f.write_str(" (if missing)"),
-                    (PullPolicy::Missing, Some(host)) => {
-                        write!(f, " (if missing, logging in to {host})")
-                    }
-                    (PullPolicy::Always, None) => Ok(()),
-                    (PullPolicy::Always, Some(host)) => write!(f, " (logging in to {host})"),
+                let mut notes = Vec::new();
+                if *policy == PullPolicy::Missing {
+                    notes.push("if missing".to_owned());
+                }
+                if let Some(host) = login {
+                    notes.push(format!("logging in to {host}"));
+                }
+                if *prepare {
+                    notes.push("preparing the node".to_owned());
+                }
+                if notes.is_empty() {
+                    Ok(())
+                } else {
+                    write!(f, " ({})", notes.join(", "))
                 }
             }
             Action::Run { spec, reason } => {
@@ -376,6 +388,7 @@ pub fn plan(
             }
         }
         p.remove_emptied_networks();
+        p.prepare();
         out.waiting.append(&mut p.waiting);
         if !p.actions.is_empty() {
             out.actions.insert(node.id.clone(), dedup(p.actions));
@@ -676,6 +689,40 @@ impl NodePlanner<'_, '_> {
         }
     }
 
+    /// The registry to log in to before pulling `image`, if fleet.toml
+    /// has credentials for it.
+    fn login(&self, image: &str) -> Option<String> {
+        let host = registry_host(image);
+        self.desired
+            .registries
+            .contains(host)
+            .then(|| host.to_owned())
+    }
+
+    /// A preparing node pulls each of the fleet's images it lacks, before
+    /// it takes pods (see operator::lifecycle). After its pods' own pulls,
+    /// so those come first where both want an image.
+    fn prepare(&mut self) {
+        if self.node.state != NodeState::Preparing {
+            return;
+        }
+        let Some(held) = &self.node.images else {
+            return;
+        };
+        for (image, policy) in self.desired.image_policies() {
+            if held.contains(&image) {
+                continue;
+            }
+            let login = self.login(&image);
+            self.actions.push(Action::Pull {
+                image,
+                login,
+                policy,
+                prepare: true,
+            });
+        }
+    }
+
     /// Brings one pod placed on this node to its desired state.
     fn converge_pod(&mut self, pod: &PodKey, current: &BTreeMap<PodKey, String>) {
         let Some(app) = self.desired.app_of(pod) else {
@@ -700,16 +747,12 @@ impl NodePlanner<'_, '_> {
                 network: self.desired.network(pod),
             });
             for (image, policy) in runs {
-                let host = registry_host(&image);
-                let login = self
-                    .desired
-                    .registries
-                    .contains(host)
-                    .then(|| host.to_owned());
+                let login = self.login(&image);
                 self.actions.push(Action::Pull {
                     image,
                     login,
                     policy,
+                    prepare: false,
                 });
             }
         }

@@ -21,6 +21,7 @@ use serde::Serialize;
 use super::desired::{PodKey, Reserve};
 use super::problem::{Problem, ProblemKind};
 use crate::config::{Bytes, Millicores};
+use crate::observe::Images;
 
 /// A node as the scheduler and planner see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,6 +37,10 @@ pub struct NodeView {
     /// Total CPU.
     pub cpu: Millicores,
     pub state: NodeState,
+    /// The images it holds, when its probe read them: a preparing node
+    /// pulls the fleet's missing ones.
+    #[serde(skip)]
+    pub images: Option<Images>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -46,7 +51,8 @@ pub enum NodeState {
     /// Missed probes: keeps its pods, takes no new ones.
     Suspect,
     /// New, and not ready yet (booting, sshd not up, Docker not running or
-    /// being installed): takes no pods until it is.
+    /// being installed, the fleet's images being pulled): takes no pods
+    /// until it is.
     Preparing,
     /// Gone or unreachable for good: its pods are placed elsewhere.
     Lost,

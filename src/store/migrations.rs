@@ -124,7 +124,18 @@ const STEPS: &[&str] = &[
         body TEXT NOT NULL              -- JSON: store::PublishedPlan
     );
     "#,
-    // 6: the daemon's proxy counters, rewritten every second, for attached
+    // 6: images a node failed to pull while it was preparing: it goes
+    // ready all the same (see the operator's lifecycle).
+    r#"
+    CREATE TABLE pull_failures (
+        node_id TEXT NOT NULL,
+        image   TEXT NOT NULL,
+        at      INTEGER NOT NULL,       -- unix ms, the latest failure
+        error   TEXT NOT NULL,
+        PRIMARY KEY (node_id, image)
+    );
+    "#,
+    // 7: the daemon's proxy counters, rewritten every second, for attached
     // dashboards to turn into rates.
     r#"
     CREATE TABLE proxy_traffic (
@@ -207,6 +218,7 @@ mod tests {
                 "nodes",
                 "placements",
                 "proxy_traffic",
+                "pull_failures",
                 "requests"
             ]
         );

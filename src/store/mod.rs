@@ -11,6 +11,7 @@ mod last_plan;
 mod lock;
 mod migrations;
 mod nodes;
+mod pulls;
 mod requests;
 mod traffic;
 

@@ -130,6 +130,36 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 
+    /// Forgets the nodes that went before `before` (unix ms): their rows,
+    /// containers and failed pulls. A gone node's `last_probe` is when it
+    /// went (see the operator's `record_gone`); events keep its history.
+    /// Returns how many were forgotten.
+    pub fn forget_gone(&mut self, gone: &str, before: i64) -> Result<usize, StoreError> {
+        let file = self.file.clone();
+        let err = |e| super::classify(&file, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let ids: Vec<String> = {
+            let mut stmt = tx
+                .prepare("SELECT id FROM nodes WHERE state = ?1 AND COALESCE(last_probe, last_seen) < ?2")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(params![gone, before], |r| r.get(0))
+                .map_err(err)?;
+            rows.collect::<Result<_, _>>().map_err(err)?
+        };
+        for id in &ids {
+            for sql in [
+                "DELETE FROM nodes WHERE id = ?1",
+                "DELETE FROM containers WHERE node_id = ?1",
+                "DELETE FROM pull_failures WHERE node_id = ?1",
+            ] {
+                tx.execute(sql, [id]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(ids.len())
+    }
+
     /// Replaces what is known of one node's containers with a new observation.
     pub fn replace_containers(
         &mut self,
@@ -311,6 +341,42 @@ pub(crate) mod tests {
         assert_eq!(got.condition.as_deref(), Some("unreachable"));
         assert_eq!(store.nodes().expect("all").len(), 1);
         assert!(store.node("i-2").expect("read").is_none());
+    }
+
+    #[test]
+    fn gone_nodes_are_forgotten_once_they_went_long_enough_ago() {
+        let (_d, mut store) = store();
+        let at = |id: &str, state: &str, went: i64| {
+            let mut n = node(id, id);
+            n.state = state.into();
+            n.last_probe = Some(went);
+            n
+        };
+        store.upsert_node(&at("i-old", "gone", 1_000)).expect("old");
+        store.upsert_node(&at("i-new", "gone", 5_000)).expect("new");
+        store
+            .upsert_node(&at("i-lost", "lost", 1_000))
+            .expect("lost");
+        store
+            .replace_containers("i-old", &[container("i-old", "blog", "web")])
+            .expect("containers");
+        store
+            .record_pull_failure("i-old", "reg/a:1", "no such tag", 900)
+            .expect("failure");
+        assert_eq!(store.forget_gone("gone", 3_000).expect("forget"), 1);
+        let ids: Vec<String> = store
+            .nodes()
+            .expect("all")
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        assert_eq!(ids, ["i-lost", "i-new"]);
+        assert!(store.containers().expect("containers").is_empty());
+        assert!(store.pull_failures("i-old").expect("failures").is_empty());
+        // Later, the other one goes too; nothing else is gone.
+        assert_eq!(store.forget_gone("gone", 6_000).expect("forget"), 1);
+        assert_eq!(store.forget_gone("gone", 6_000).expect("again"), 0);
+        assert_eq!(store.nodes().expect("all").len(), 1);
     }
 
     #[test]

@@ -34,6 +34,7 @@ fn node(id: &str, address: &str, state: NodeState) -> NodeView {
         memory: Bytes(2 << 30),
         cpu: Millicores(2000),
         state,
+        images: None,
     }
 }
 

@@ -68,6 +68,7 @@ fn node(id: &str, state: NodeState) -> NodeView {
         memory: Bytes(2 << 30),
         cpu: Millicores(2000),
         state,
+        images: None,
     }
 }
 
@@ -83,14 +84,16 @@ fn brief(a: &Action) -> String {
             image,
             login,
             policy,
+            prepare,
         } => {
             let always = match policy {
                 PullPolicy::Always => " always",
                 PullPolicy::Missing => "",
             };
+            let ahead = if *prepare { " to prepare" } else { "" };
             match login {
-                Some(host) => format!("pull{always} {image} login {host}"),
-                None => format!("pull{always} {image}"),
+                Some(host) => format!("pull{always} {image} login {host}{ahead}"),
+                None => format!("pull{always} {image}{ahead}"),
             }
         }
         Action::RemoveNetwork { pod, .. } => format!("remove network {pod}"),
@@ -1392,4 +1395,82 @@ memory = "64M"
         missing.desired.apps["shop"].service("web").unwrap().spec,
         w.desired.apps["shop"].service("web").unwrap().spec
     );
+}
+
+#[test]
+fn a_preparing_node_pulls_the_fleet_s_missing_images_and_takes_no_pod() {
+    let mut small = ready("n1");
+    small.memory = Bytes(600 << 20);
+    let mut fresh = node("n2", NodeState::Preparing);
+    fresh.images = Some(crate::observe::Images::new(["docker.io/library/redis:7"]));
+    let apps = format!(
+        "{BLOG}{}",
+        SHOP.replace("memory = \"128M\"", "memory = \"128M\"\npull = \"always\"")
+    );
+    let mut w = World::new(&apps, vec![small, fresh]);
+    let p = w.plan();
+    assert_eq!(changes(&p), ["+ place blog/0 on node n1"]);
+    assert_eq!(
+        p.problems.len(),
+        1,
+        "shop waits for a ready node: {:?}",
+        problems(&p)
+    );
+    assert_eq!(
+        actions(&p)["n2"],
+        strings(&[
+            "pull reg.example.com/blog:1.4 login reg.example.com to prepare",
+            "pull always reg.example.com/shop:2 login reg.example.com to prepare",
+        ]),
+        "each image it lacks (redis is there), with its policy and login"
+    );
+    let lines: Vec<String> = p.actions["n2"].iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines[0],
+        "+ pull reg.example.com/blog:1.4 (if missing, logging in to reg.example.com, preparing the node)"
+    );
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["actions"]["n2"][0]["prepare"], true);
+    assert!(
+        json["actions"]["n1"][1].get("prepare").is_none(),
+        "{json:#}"
+    );
+
+    // Once ready (the next pass saw its images), it takes the waiting pod
+    // and pulls nothing more than the pod's own.
+    w.apply(&p);
+    w.set_state("n2", NodeState::Ready);
+    let p = w.plan();
+    assert_eq!(changes(&p), ["+ place shop/0 on node n2"]);
+    assert!(
+        p.all_actions()
+            .all(|(_, a)| !matches!(a, Action::Pull { prepare: true, .. })),
+        "{:?}",
+        actions(&p)
+    );
+}
+
+#[test]
+fn only_a_preparing_node_whose_images_were_read_pulls_ahead() {
+    let held = crate::observe::Images::new(["redis:7", "reg.example.com/blog:1.4"]);
+    let with = |state: NodeState, images: Option<crate::observe::Images>| {
+        let mut n = node("n1", state);
+        n.images = images;
+        n
+    };
+    for n in [
+        with(NodeState::Preparing, None),
+        with(NodeState::Ready, Some(crate::observe::Images::default())),
+        with(NodeState::Suspect, Some(crate::observe::Images::default())),
+        with(NodeState::Preparing, Some(held)),
+    ] {
+        let w = World::new(BLOG, vec![n.clone()]);
+        let p = w.plan();
+        assert!(
+            p.all_actions()
+                .all(|(_, a)| !matches!(a, Action::Pull { prepare: true, .. })),
+            "{n:?}: {:?}",
+            actions(&p)
+        );
+    }
 }

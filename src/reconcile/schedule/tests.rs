@@ -10,6 +10,7 @@ fn node(id: &str, zone: Option<&str>, memory_mi: u64, cpu: u64, state: NodeState
         memory: Bytes(memory_mi * MI),
         cpu: Millicores(cpu),
         state,
+        images: None,
     }
 }
 
