@@ -181,7 +181,7 @@ memory = "3G"
             .expect("failures")
             .into_iter()
             .collect::<Vec<_>>(),
-        [bad.clone()]
+        std::slice::from_ref(&bad)
     );
     // What happened on the new node, in order: preparing, the pulls (one
     // failed, said so), ready, then the pod.
