@@ -79,9 +79,10 @@ fn a_new_node_pulls_the_fleet_s_images_before_it_takes_a_pod_and_a_bad_image_doe
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let lab = Lab::load();
     let mut own = OwnNodes::new(format!("prep{}", std::process::id()));
-    let bad = lab.testapp_image.replace("/testapp:", "/no-such-app:");
-    // One web pod per node (2G each), and an app too big for any node whose
-    // image does not exist: only a preparing node ever pulls it.
+    // An image only node `a` holds (tagged there, in no registry): the
+    // pod that runs it stays on `a`, and a new node fails to pull it.
+    let bad = lab.testapp_image.replace("/testapp:", "/only-on-a:");
+    // One web pod per node (1200M each, nodes hold 1792M).
     let apps = format!(
         r#"
 [apps.web]
@@ -91,24 +92,36 @@ image = "{}"
 port = 8080
 memory = "1200M"
 
-[apps.broken]
-[apps.broken.services.web]
+[apps.local]
+[apps.local.services.web]
 image = "{bad}"
-memory = "3G"
+memory = "64M"
 "#,
         lab.testapp_image
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let file = fleet_toml(&lab, dir.path(), &own.fleet, None, "", &apps);
 
-    // The fleet's first node is taken as it is, and runs web/0.
+    // The fleet's first node is taken as it is, and runs web/0 and local/0.
     let a = own.add().expect("lab/lab add --fleet");
+    let tag = format!(
+        "docker pull -q {img} && docker tag {img} {bad}",
+        img = lab.testapp_image
+    );
+    lab.ssh(&a.address, &tag).expect("tag the local image on a");
     let out = prism(&file, &["reconcile", "--once", "--timeout", "90s"]);
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     assert!(said(&out).contains("cannot place: web/1"), "{}", said(&out));
     let s = store(&file);
     let a_row = s.node(&instance(&a)).expect("read").expect("a recorded");
     assert_eq!(a_row.state, "ready");
+    assert!(
+        s.containers()
+            .expect("containers")
+            .iter()
+            .any(|c| c.node_id == a_row.id && c.app == "local" && c.state == "running"),
+        "local/0 runs on a"
+    );
     drop(s);
 
     // A node that joins is preparing: the plan pulls both images there

@@ -119,10 +119,12 @@ impl Desired {
 
     /// The app of a pod, if the pod is wanted.
     /// Every image a service runs, each with the strongest pull policy
-    /// among its services (`always` over `missing`).
+    /// among its services (`always` over `missing`). An app scaled to zero
+    /// runs nothing, so its images are not wanted anywhere.
     pub fn image_policies(&self) -> BTreeMap<String, PullPolicy> {
         let mut out: BTreeMap<String, PullPolicy> = BTreeMap::new();
-        for svc in self.apps.values().flat_map(|a| &a.services) {
+        let running = self.apps.values().filter(|a| a.instances > 0);
+        for svc in running.flat_map(|a| &a.services) {
             let policy = out.entry(svc.container.image.clone()).or_default();
             *policy = (*policy).max(svc.pull);
         }

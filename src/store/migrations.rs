@@ -124,7 +124,17 @@ const STEPS: &[&str] = &[
         body TEXT NOT NULL              -- JSON: store::PublishedPlan
     );
     "#,
-    // 6: images a node failed to pull while it was preparing: it goes
+    // 6: the daemon's proxy counters, rewritten every second, for attached
+    // dashboards to turn into rates.
+    r#"
+    CREATE TABLE proxy_traffic (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        at            INTEGER NOT NULL,  -- unix ms, when read from the proxy
+        requests      INTEGER NOT NULL,  -- answered since the proxy started
+        server_errors INTEGER NOT NULL   -- of those, with a 5xx status
+    );
+    "#,
+    // 7: images a node failed to pull while it was preparing: it goes
     // ready all the same (see the operator's lifecycle).
     r#"
     CREATE TABLE pull_failures (
@@ -133,16 +143,6 @@ const STEPS: &[&str] = &[
         at      INTEGER NOT NULL,       -- unix ms, the latest failure
         error   TEXT NOT NULL,
         PRIMARY KEY (node_id, image)
-    );
-    "#,
-    // 7: the daemon's proxy counters, rewritten every second, for attached
-    // dashboards to turn into rates.
-    r#"
-    CREATE TABLE proxy_traffic (
-        id            INTEGER PRIMARY KEY CHECK (id = 1),
-        at            INTEGER NOT NULL,  -- unix ms, when read from the proxy
-        requests      INTEGER NOT NULL,  -- answered since the proxy started
-        server_errors INTEGER NOT NULL   -- of those, with a 5xx status
     );
     "#,
 ];

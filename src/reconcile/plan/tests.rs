@@ -1451,6 +1451,21 @@ fn a_preparing_node_pulls_the_fleet_s_missing_images_and_takes_no_pod() {
 }
 
 #[test]
+fn a_preparing_node_does_not_pull_the_images_of_an_app_scaled_to_zero() {
+    let mut fresh = node("n1", NodeState::Preparing);
+    fresh.images = Some(crate::observe::Images::new(["docker.io/library/redis:7"]));
+    let apps = format!(
+        "{BLOG}{}",
+        SHOP.replace("[apps.shop]\n", "[apps.shop]\ninstances = 0\n")
+    );
+    let p = World::new(&apps, vec![fresh]).plan();
+    assert_eq!(
+        actions(&p)["n1"],
+        strings(&["pull reg.example.com/blog:1.4 login reg.example.com to prepare"]),
+    );
+}
+
+#[test]
 fn only_a_preparing_node_whose_images_were_read_pulls_ahead() {
     let held = crate::observe::Images::new(["redis:7", "reg.example.com/blog:1.4"]);
     let with = |state: NodeState, images: Option<crate::observe::Images>| {
