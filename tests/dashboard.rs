@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{Lab, OwnNodes, retry};
+use common::{Lab, OwnNodes, ProxyPorts, Trust, free_port, retry};
 
 /// The test's tmux server (on its own socket), killed however it ends.
 struct Cleanup {
@@ -106,37 +106,6 @@ fn running(screen: &str, pod: &str, node: Option<&str>) -> bool {
 
 const PODS: [&str; 4] = ["dash/web/0", "dash/web/1", "dash/worker/0", "dash/worker/1"];
 
-/// A loopback port nothing listens on (free when asked).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// The proxy's and the admin listener's ports of one test, so tests
-/// running at once never meet on the defaults (80, 9090).
-struct Ports {
-    listen: u16,
-    admin: u16,
-}
-
-impl Ports {
-    fn free() -> Ports {
-        Ports {
-            listen: free_port(),
-            admin: free_port(),
-        }
-    }
-
-    fn section(&self) -> String {
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
-            self.listen, self.admin
-        )
-    }
-}
-
 /// `GET path` with `host` from `127.0.0.1:port`: status and body.
 fn get(port: u16, host: &str, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
@@ -162,20 +131,11 @@ fn header_rate(screen: &str) -> Option<f64> {
     before.rsplit(' ').next()?.parse().ok()
 }
 
-fn fleet_toml(lab: &Lab, dir: &Path, fleet: &str, ports: &Ports) -> std::path::PathBuf {
-    let file = lab.fleet_file(dir, "");
-    let text = std::fs::read_to_string(&file).expect("read fleet.toml");
-    // The lab's apps and proxy are not this test's.
-    let cut = text.find("[proxy]").unwrap_or(text.len());
-    let text = text[..cut]
-        .replace("name = \"lab\"", &format!("name = {fleet:?}"))
-        .replace(
-            "[discovery]\n",
-            &format!("[discovery]\ntags = {{ \"prism:fleet\" = {fleet:?} }}\n"),
-        );
+/// This test's fleet on its own nodes, its proxy on `ports`, one app of
+/// two pods behind a host name.
+fn fleet_toml(lab: &Lab, dir: &Path, fleet: &str, ports: &ProxyPorts) -> std::path::PathBuf {
     let apps = format!(
         r#"
-{proxy}
 [apps.dash]
 instances = 2
 [apps.dash.services.web]
@@ -190,10 +150,8 @@ command = ["sh", "-c", "while true; do sleep 60; done"]
 memory = "32M"
 "#,
         image = lab.testapp_image,
-        proxy = ports.section(),
     );
-    std::fs::write(&file, format!("{text}\n{apps}")).expect("write fleet.toml");
-    file
+    lab.own_nodes_fleet(dir, fleet, Trust::KnownHosts, ports, &apps)
 }
 
 #[test]
@@ -207,7 +165,7 @@ fn the_dashboard_follows_a_preemption_on_screen() -> Result<()> {
     };
     let [a, b] = nodes.add_many::<2>()?.map(|n| n.name);
     let dir = tempfile::tempdir()?;
-    let ports = Ports::free();
+    let ports = ProxyPorts::free();
     let config = fleet_toml(&lab, dir.path(), &fleet, &ports);
     let prism = env!("CARGO_BIN_EXE_prism");
     // The shell reports how prism ended, then keeps the pane open to read.
@@ -287,7 +245,7 @@ fn the_dashboard_follows_a_preemption_on_screen() -> Result<()> {
 
 /// A fleet of one static node that does not answer, with the lab's key:
 /// the dashboard runs, no node is needed.
-fn static_fleet(dir: &Path, name: &str, ports: &Ports) -> Result<std::path::PathBuf> {
+fn static_fleet(dir: &Path, name: &str, ports: &ProxyPorts) -> Result<std::path::PathBuf> {
     let config = dir.join("fleet.toml");
     let lab = common::lab_dir();
     std::fs::write(
@@ -322,7 +280,7 @@ image = "blog:1"
 #[test]
 fn sigterm_restores_the_terminal_and_releases_the_lock() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = static_fleet(dir.path(), "sigterm", &Ports::free())?;
+    let config = static_fleet(dir.path(), "sigterm", &ProxyPorts::free())?;
     let cleanup = Cleanup {
         socket: format!("prism-dash-term-{}", std::process::id()),
     };
@@ -382,7 +340,7 @@ impl Drop for Daemon {
 #[test]
 fn the_dashboard_attaches_to_a_running_daemon() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let ports = Ports::free();
+    let ports = ProxyPorts::free();
     let config = static_fleet(dir.path(), "attach", &ports)?;
     let state = dir.path().join("state.db");
     let daemon = Daemon(
@@ -484,7 +442,7 @@ fn the_in_process_dashboard_serves_the_proxy_and_counts_its_requests() -> Result
     };
     nodes.add()?;
     let dir = tempfile::tempdir()?;
-    let ports = Ports::free();
+    let ports = ProxyPorts::free();
     let config = fleet_toml(&lab, dir.path(), &fleet, &ports);
     // One pod is enough here.
     let text = std::fs::read_to_string(&config)?.replace("instances = 2", "instances = 1");
@@ -565,7 +523,7 @@ fn the_in_process_dashboard_serves_the_proxy_and_counts_its_requests() -> Result
 fn a_proxy_port_in_use_stops_the_dashboard_with_exit_2() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let ports = Ports {
+    let ports = ProxyPorts {
         listen: taken.local_addr()?.port(),
         admin: free_port(),
     };

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{Lab, OwnNodes, lab_cmd, retry};
+use common::{Lab, OwnNodes, ProxyPorts, Trust, lab_cmd, retry};
 use prism::store::{Event, HealthRecord, Store};
 
 /// Nodes are added and killed here: one test at a time.
@@ -34,31 +34,16 @@ fn own_nodes(tag: &str) -> OwnNodes {
     OwnNodes::new(format!("lc{}{tag}", std::process::id()))
 }
 
-/// The lab's fleet.toml for fleet `fleet` (its nodes only, by tag), with
-/// pinned host keys, quick SSH timeouts, the lab's stand-in metadata
-/// service, `endpoint` as the EC2 endpoint, and `apps`.
+/// This test's fleet on its own nodes, host keys pinned, the lab's
+/// stand-in metadata service, `endpoint` as the EC2 endpoint, and `apps`.
 fn fleet_toml(lab: &Lab, dir: &Path, fleet: &str, endpoint: Option<&str>, apps: &str) -> PathBuf {
-    let file = lab.fleet_file(dir, "");
-    let text = std::fs::read_to_string(&file).expect("read fleet.toml");
-    let cut = text.find("[apps.").unwrap_or(text.len());
-    let mut text = text[..cut]
-        .replace("name = \"lab\"", &format!("name = {fleet:?}"))
-        .replace("host_keys = \"known_hosts\"", "host_keys = \"pin\"")
-        .replace("[ssh]\n", "[ssh]\nconnect_timeout = \"2s\"\n");
-    text = text
-        .lines()
-        .filter(|l| !l.starts_with("known_hosts = "))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if let Some(endpoint) = endpoint {
-        text = text.replace(
-            &format!("endpoint = {:?}", lab.moto_url),
-            &format!("endpoint = {endpoint:?}"),
-        );
-    }
     let lifecycle = "[lifecycle]\nlost_after = 2\nnotice_interval = \"1s\"\n\
                      metadata_url = \"http://127.0.0.1:1338\"\n";
-    std::fs::write(&file, format!("{text}\n{lifecycle}\n{apps}")).expect("write fleet.toml");
+    let rest = format!("{lifecycle}\n{apps}");
+    let file = lab.own_nodes_fleet(dir, fleet, Trust::Pin, &ProxyPorts::free(), &rest);
+    if let Some(endpoint) = endpoint {
+        lab.set_endpoint(&file, endpoint);
+    }
     file
 }
 

@@ -12,15 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
-use common::{Lab, OwnNodes, lab_cmd, text};
+use common::{Lab, OwnNodes, ProxyPorts, Trust, lab_cmd, text};
 use prism::store::{Level, Store};
 
 /// Nodes are added and cut off here: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The lab's fleet.toml for fleet `fleet` (its nodes only, by tag), with
-/// pinned host keys, quick SSH timeouts, `endpoint` as the EC2 endpoint,
-/// `lifecycle` and `apps`.
+/// This test's fleet on its own nodes, host keys pinned, `endpoint` as
+/// the EC2 endpoint, then `lifecycle` and `apps`.
 fn fleet_toml(
     lab: &Lab,
     dir: &Path,
@@ -29,28 +28,11 @@ fn fleet_toml(
     lifecycle: &str,
     apps: &str,
 ) -> PathBuf {
-    let file = lab.fleet_file(dir, "");
-    let text = std::fs::read_to_string(&file).expect("read fleet.toml");
-    let cut = text.find("[apps.").unwrap_or(text.len());
-    let mut text: String = text[..cut]
-        .replace("name = \"lab\"", &format!("name = {fleet:?}"))
-        .replace("host_keys = \"known_hosts\"", "host_keys = \"pin\"")
-        .replace("[ssh]\n", "[ssh]\nconnect_timeout = \"2s\"\n")
-        .replace(
-            "[discovery]\n",
-            &format!("[discovery]\ntags = {{ \"prism:fleet\" = {fleet:?} }}\n"),
-        )
-        .lines()
-        .filter(|l| !l.starts_with("known_hosts = "))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let rest = format!("{lifecycle}\n{apps}");
+    let file = lab.own_nodes_fleet(dir, fleet, Trust::Pin, &ProxyPorts::free(), &rest);
     if let Some(endpoint) = endpoint {
-        text = text.replace(
-            &format!("endpoint = {:?}", lab.moto_url),
-            &format!("endpoint = {endpoint:?}"),
-        );
+        lab.set_endpoint(&file, endpoint);
     }
-    std::fs::write(&file, format!("{text}\n{lifecycle}\n{apps}")).expect("write fleet.toml");
     file
 }
 

@@ -10,30 +10,16 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{Lab, OwnNodes};
+use common::{Lab, OwnNodes, ProxyPorts, Trust};
 use prism::store::{PublishedPlan, Store};
 use prism::tui::app::{App, Mode, Screen};
 use prism::tui::data::{DesiredPods, Snapshot};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
-/// The lab's fleet.toml for this test's fleet (its nodes only, by tag),
-/// without the lab's apps and proxy, with one app that fits and one that
-/// fits no node.
+/// This test's fleet on its own nodes, with one app that fits and one
+/// that fits no node.
 fn fleet_toml(lab: &Lab, dir: &Path, fleet: &str) -> PathBuf {
-    let file = lab.fleet_file(dir, "");
-    let text = std::fs::read_to_string(&file).expect("read fleet.toml");
-    let cut = [text.find("[proxy]"), text.find("[apps.")]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(text.len());
-    let text = text[..cut]
-        .replace("name = \"lab\"", &format!("name = {fleet:?}"))
-        .replace(
-            "[discovery]\n",
-            &format!("[discovery]\ntags = {{ \"prism:fleet\" = {fleet:?} }}\n"),
-        );
     let apps = format!(
         r#"
 [apps.small.services.web]
@@ -48,8 +34,7 @@ memory = "1000M"
 "#,
         image = lab.testapp_image
     );
-    std::fs::write(&file, format!("{text}\n{apps}")).expect("write fleet.toml");
-    file
+    lab.own_nodes_fleet(dir, fleet, Trust::KnownHosts, &ProxyPorts::free(), &apps)
 }
 
 /// Stops the daemon (SIGTERM) however the test ends.

@@ -21,20 +21,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::common::{Lab, prism_command};
+use super::common::{Lab, free_port, prism_command};
 
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
-}
-
-/// A loopback port nothing listens on (free when asked).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// `GET path` with `host` through the proxy at `addr`: status and body.

@@ -218,6 +218,52 @@ impl Lab {
         file
     }
 
+    /// The lab's fleet.toml for fleet `name`, whose nodes are only those
+    /// the test added ([`OwnNodes`]: discovery finds them by the default tag
+    /// `prism:fleet = NAME`): the lab's settings without its proxy and
+    /// apps, host keys trusted as `trust` says, quick SSH connects, the
+    /// proxy on `ports`, then `rest` (more tables, the apps).
+    pub fn own_nodes_fleet(
+        &self,
+        dir: &Path,
+        name: &str,
+        trust: Trust,
+        ports: &ProxyPorts,
+        rest: &str,
+    ) -> PathBuf {
+        let file = self.fleet_file(dir, "");
+        let text = std::fs::read_to_string(&file).expect("read fleet.toml");
+        let cut = [text.find("[proxy]"), text.find("[apps.")]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(text.len());
+        let mut text = text[..cut]
+            .replace("name = \"lab\"", &format!("name = {name:?}"))
+            .replace("[ssh]\n", "[ssh]\nconnect_timeout = \"2s\"\n");
+        if let Trust::Pin = trust {
+            text = text
+                .replace("host_keys = \"known_hosts\"", "host_keys = \"pin\"")
+                .lines()
+                .filter(|l| !l.starts_with("known_hosts = "))
+                .map(|l| format!("{l}\n"))
+                .collect();
+        }
+        let proxy = ports.section();
+        std::fs::write(&file, format!("{text}\n{proxy}\n{rest}")).expect("write fleet.toml");
+        file
+    }
+
+    /// Points a fleet file written by [`Lab::fleet_file`] at another EC2
+    /// endpoint (a forwarder in front of moto, a closed port).
+    pub fn set_endpoint(&self, file: &Path, endpoint: &str) {
+        let text = std::fs::read_to_string(file).expect("read fleet.toml");
+        let from = format!("endpoint = {:?}", self.moto_url);
+        assert!(text.contains(&from), "no {from} in {}", file.display());
+        let text = text.replace(&from, &format!("endpoint = {endpoint:?}"));
+        std::fs::write(file, text).expect("write fleet.toml");
+    }
+
     /// Every container of fleet `name` on every node, as `docker ps` lines
     /// `node name app service instance spec state`.
     pub fn fleet_containers(&self, name: &str) -> Vec<String> {
@@ -402,6 +448,49 @@ pub fn prism(args: &[&str]) -> Output {
 /// A command's output as text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// How a test's own fleet trusts its nodes' host keys.
+#[derive(Debug, Clone, Copy)]
+pub enum Trust {
+    /// The lab's known_hosts, which lists every node `lab/lab` made.
+    KnownHosts,
+    /// Pinned per instance id in the fleet's state, as Prism does for
+    /// instances that come and go.
+    Pin,
+}
+
+/// The proxy's and the admin listener's ports of one test: free loopback
+/// ports, so tests running at once never meet on the defaults (80, 9090).
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyPorts {
+    pub listen: u16,
+    pub admin: u16,
+}
+
+impl ProxyPorts {
+    pub fn free() -> ProxyPorts {
+        ProxyPorts {
+            listen: free_port(),
+            admin: free_port(),
+        }
+    }
+
+    /// Its `[proxy]` table.
+    pub fn section(&self) -> String {
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+            self.listen, self.admin
+        )
+    }
+}
+
+/// A loopback port nothing listens on (free when asked).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// Nodes a test or benchmark added to a fleet of its own (`lab/lab add
