@@ -64,8 +64,7 @@ pub fn routes(
             let Some(service) = service else {
                 // Its app or hosts left fleet.toml: no route, but it may
                 // have been routed to until now, so a drain must find it.
-                // (Port 0 is Docker's "not published".)
-                if let Some(port) = host_port(c, None).filter(|&p| p != 0) {
+                if let Some(port) = host_port(c, None) {
                     endpoints.insert(c.id.clone(), endpoint(&view.address, port));
                 }
                 continue;
@@ -96,7 +95,12 @@ pub fn routes(
 /// made from an older spec may publish another port than fleet.toml says
 /// now; Prism publishes one port per container, so that one is taken.
 fn host_port(c: &ContainerState, port: Option<u16>) -> Option<u16> {
-    let tcp = || c.ports.iter().filter(|p| p.protocol == Protocol::Tcp);
+    // Port 0 is Docker's "exposed but not published": nothing to reach.
+    let tcp = || {
+        c.ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp && p.host_port != 0)
+    };
     if let Some(p) = port.and_then(|port| tcp().find(|p| p.container_port == port)) {
         return Some(p.host_port);
     }

@@ -144,6 +144,22 @@ fn hosts_route_to_the_node_address_and_published_port_of_each_instance() {
 }
 
 #[test]
+fn a_port_exposed_but_not_published_is_no_endpoint() {
+    let views = [node("i-1", "10.0.0.1", NodeState::Ready)];
+    // Docker lists an exposed, unpublished port with host port 0.
+    let observed = BTreeMap::from([(
+        "i-1".to_owned(),
+        vec![
+            container(1, "blog", "web", 0, 0),
+            container(2, "gone", "web", 0, 0),
+        ],
+    )]);
+    let routes = routes(&fleet(), &views, &observed);
+    assert_eq!(listed(&routes), Vec::<(String, String, bool)>::new());
+    assert!(routes.endpoints.is_empty(), "{:?}", routes.endpoints);
+}
+
+#[test]
 fn only_running_containers_count_and_health_decides_who_gets_requests() {
     let views = [node("i-1", "10.0.0.1", NodeState::Ready)];
     let mut starting = container(1, "blog", "web", 0, 30001);
