@@ -3,13 +3,18 @@
 //! container, drain a node. Each is taken once, acted on, and its outcome
 //! recorded on the request and as an event.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use super::{Control, Operator};
 use crate::reconcile::docker::{STOP_GRACE, restart_argv};
 use crate::ssh::ExecLimits;
 use crate::store::{ContainerRecord, Level, NewEvent, Request, RequestKind};
+use crate::tasks::panic_message;
 
 /// How often the store is looked at for new requests.
 const POLL: Duration = Duration::from_secs(1);
@@ -29,7 +34,7 @@ pub async fn serve(operator: Arc<Operator>, control: Arc<Control>) {
             }
         };
         for req in requests {
-            let outcome = handle(&operator, &control, &req).await;
+            let outcome = unless_panicked(handle(&operator, &control, &req)).await;
             let (ok, text) = match &outcome {
                 Ok(t) => (true, t.as_str()),
                 Err(t) => (false, t.as_str()),
@@ -49,6 +54,21 @@ pub async fn serve(operator: Arc<Operator>, control: Arc<Control>) {
             {
                 tracing::warn!(error = %e, id = req.id, "cannot record a request's outcome");
             }
+        }
+    }
+}
+
+/// `acting`'s outcome, or a failure naming the panic if it panicked: the
+/// request is still answered, and the server goes on with the next one.
+async fn unless_panicked(
+    acting: impl Future<Output = Result<String, String>>,
+) -> Result<String, String> {
+    match AssertUnwindSafe(acting).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            tracing::error!(panic = %message, "acting on a request panicked");
+            Err(format!("Prism panicked while acting on it: {message}"))
         }
     }
 }
@@ -131,6 +151,23 @@ async fn restart(operator: &Operator, req: &Request) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::store::RequestState;
+
+    #[tokio::test]
+    async fn a_panic_while_acting_is_a_failed_request_with_its_message() {
+        let ok = unless_panicked(async { Ok("done".to_owned()) }).await;
+        assert_eq!(ok, Ok("done".to_owned()));
+        let failed = unless_panicked(async {
+            if true {
+                panic!("no such node row");
+            }
+            Ok(String::new())
+        })
+        .await;
+        assert_eq!(
+            failed,
+            Err("Prism panicked while acting on it: no such node row".to_owned())
+        );
+    }
 
     fn request(node: Option<&str>, container: Option<&str>) -> Request {
         Request {
