@@ -313,6 +313,11 @@ struct StaticSite {
 }
 
 async fn static_site() -> StaticSite {
+    static_site_with("").await
+}
+
+/// [`static_site`] with `proxy` added to its `[proxy]` table.
+async fn static_site_with(proxy: &str) -> StaticSite {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("Prism test CA");
     let certs = dir.path().join("certs");
@@ -327,7 +332,8 @@ async fn static_site() -> StaticSite {
     }
     let config = write_fleet(
         dir.path(),
-        r#"
+        &format!(
+            r#"
 [fleet]
 name = "t"
 [discovery]
@@ -335,6 +341,7 @@ provider = "ec2"
 [proxy]
 listen = "127.0.0.1:80"
 https = "127.0.0.1:443"
+{proxy}
 [[proxy.certificates]]
 cert = "certs/a.pem"
 key = "certs/a.key"
@@ -344,12 +351,13 @@ key = "certs/b.key"
 [apps.a.services.web]
 image = "x"
 port = 8080
-hosts = ["a.test"]
+hosts = ["a.test", "plain.test"]
 [apps.b.services.web]
 image = "x"
 port = 8080
 hosts = ["*.b.test"]
-"#,
+"#
+        ),
     );
     let (proxy, metrics) = proxy_with_metrics(&config);
     let upkeep = proxy.prepare_tls(&config).unwrap();
@@ -389,30 +397,65 @@ async fn sni_picks_the_certificate_and_the_route() {
     assert_eq!(subject_cn(&b.leaf), "b wildcard cert");
     assert!(b.body.contains("instance=b\n"), "{}", b.body);
     assert!(b.body.contains("proto=https\n"), "{}", b.body);
+}
 
-    // The plain listener still says http, and passes ACME paths it has no
-    // pending challenge for on to the app.
+/// One plain-HTTP request to the static site: status, Location, body.
+async fn plain_get(site: &StaticSite, host: &str, path: &str) -> (u16, String, String) {
     let tcp = TcpStream::connect(site.running.http).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(conn);
-    for path in ["/", "/.well-known/acme-challenge/unknown-token"] {
-        // The connection takes the next request once the last one is done.
-        send.ready().await.unwrap();
-        let resp = send
-            .send_request(
-                Request::get(path)
-                    .header("host", "a.test")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let body = String::from_utf8_lossy(&body);
-        assert!(body.contains("instance=a\nproto=http\n"), "{path}: {body}");
-    }
+    let resp = send
+        .send_request(
+            Request::get(path)
+                .header("host", host)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        location,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_for_a_host_with_a_certificate_is_redirected_to_https() {
+    let site = static_site().await;
+    // `https` in fleet.toml is port 443: no port in the Location.
+    let (status, location, _) = plain_get(&site, "A.test:80", "/cart?item=2&n=1").await;
+    assert_eq!(status, 308);
+    assert_eq!(location, "https://a.test/cart?item=2&n=1");
+    let (status, location, _) = plain_get(&site, "shop.b.test", "/").await;
+    assert_eq!((status, location.as_str()), (308, "https://shop.b.test/"));
+
+    // ACME paths stay on HTTP (passed on to the app when no challenge is
+    // pending), as does a host no certificate covers.
+    let (status, _, body) =
+        plain_get(&site, "a.test", "/.well-known/acme-challenge/unknown-token").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("instance=a\nproto=http\n"), "{body}");
+    let (status, _, body) = plain_get(&site, "plain.test", "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("instance=a\nproto=http\n"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_https_false_serves_plain_http_as_it_comes() {
+    let site = static_site_with("redirect_https = false\n").await;
+    let (status, location, body) = plain_get(&site, "a.test", "/").await;
+    assert_eq!((status, location.as_str()), (200, ""));
+    assert!(body.contains("instance=a\nproto=http\n"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -280,6 +280,10 @@ pub struct Proxy {
     /// The HTTPS listener, e.g. "0.0.0.0:443"; without it the proxy serves
     /// plain HTTP only.
     pub https: Option<String>,
+    /// With `https`: a plain-HTTP request for a host the proxy has a
+    /// certificate for is sent to HTTPS (308), except ACME HTTP-01 paths.
+    #[serde(default = "yes")]
+    pub redirect_https: bool,
     /// Certificate files served over HTTPS; each serves the names its
     /// certificate lists (exact and `*.` wildcard).
     #[serde(default)]
@@ -344,12 +348,16 @@ impl Default for Proxy {
             balance: Balance::default(),
             workers: None,
             https: None,
+            redirect_https: true,
             certificates: Vec::new(),
             acme: None,
         }
     }
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_listen() -> String {
     "0.0.0.0:80".into()
 }

@@ -119,6 +119,18 @@ pub fn page(status: StatusCode, text: String) -> Response<ProxyBody> {
 pub mod pages {
     use super::*;
 
+    /// 308: the same request, at `url` (the method and body are kept).
+    pub fn moved_to(url: &str) -> Response<ProxyBody> {
+        let mut resp = page(
+            StatusCode::PERMANENT_REDIRECT,
+            format!("308 Permanent Redirect\n\nThis site is served at {url}\n"),
+        );
+        if let Ok(location) = HeaderValue::from_str(url) {
+            resp.headers_mut().insert(header::LOCATION, location);
+        }
+        resp
+    }
+
     pub fn unknown_host(host: &str) -> Response<ProxyBody> {
         page(
             StatusCode::NOT_FOUND,

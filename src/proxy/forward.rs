@@ -136,6 +136,37 @@ fn acme_challenge(
         .map(|answer| super::body::page(StatusCode::OK, answer))
 }
 
+/// The redirect of a plain-HTTP request to HTTPS, when redirects are on
+/// and the host has a certificate (so the HTTPS side can answer). ACME
+/// HTTP-01 paths stay on HTTP: the CA asks for them there.
+fn to_https(
+    shared: &Shared,
+    conn: &ConnInfo,
+    host: &str,
+    uri: &Uri,
+) -> Option<Response<ProxyBody>> {
+    let port = shared.settings.redirect_https?;
+    if conn.proto != "http" || uri.path().starts_with("/.well-known/acme-challenge/") {
+        return None;
+    }
+    let name = super::routes::normalize_host(host)?;
+    if !shared.tls.serves(&name) {
+        return None;
+    }
+    let target = https_url(&name, port, uri);
+    Some(pages::moved_to(&target))
+}
+
+/// `https://name[:port]/path?query`; the port only when not 443.
+fn https_url(name: &str, port: u16, uri: &Uri) -> String {
+    let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    if port == 443 {
+        format!("https://{name}{path}")
+    } else {
+        format!("https://{name}:{port}{path}")
+    }
+}
+
 /// The response and the metrics of the route it went to, if any.
 async fn forward<'s>(
     worker: &Worker,
@@ -160,6 +191,9 @@ async fn forward<'s>(
         return (pages::unknown_host(host_text), None);
     };
     let metrics = Some(&route.metrics);
+    if let Some(resp) = to_https(shared, conn, host_text, req.uri()) {
+        return (resp, metrics);
+    }
     let limit = route.route.max_body;
     if req.body().size_hint().lower() > limit {
         return (pages::too_large(limit), metrics);
@@ -382,4 +416,24 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_urls_keep_the_path_and_query_and_name_a_port_other_than_443() {
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        assert_eq!(
+            https_url("a.test", 443, &uri("/x/y?q=1&r")),
+            "https://a.test/x/y?q=1&r"
+        );
+        assert_eq!(https_url("a.test", 8443, &uri("/")), "https://a.test:8443/");
+        // An absolute-form request line: its path and query only.
+        assert_eq!(
+            https_url("a.test", 443, &uri("http://a.test:80/p?q")),
+            "https://a.test/p?q"
+        );
+    }
 }

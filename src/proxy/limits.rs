@@ -32,6 +32,9 @@ pub struct Settings {
     pub retry_after: u32,
     /// How long open connections get to finish when the proxy stops.
     pub shutdown_grace: Duration,
+    /// The HTTPS port plain-HTTP requests are redirected to, for hosts
+    /// with a certificate; `None`: no redirects.
+    pub redirect_https: Option<u16>,
 }
 
 impl Settings {
@@ -52,6 +55,12 @@ impl Settings {
             balance: p.balance,
             retry_after: 5,
             shutdown_grace: Duration::from_secs(10),
+            redirect_https: p
+                .https
+                .as_deref()
+                .filter(|_| p.redirect_https)
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                .map(|a| a.port()),
         }
     }
 }
@@ -157,5 +166,21 @@ mod tests {
         assert_eq!(s.max_header_size, 32 << 10);
         assert_eq!(s.max_connections, 4096);
         assert_eq!(s.balance, Balance::RoundRobin);
+        assert_eq!(s.redirect_https, None, "no https listener");
+    }
+
+    #[test]
+    fn plain_http_is_redirected_to_the_https_listener_s_port_unless_turned_off() {
+        let with = |https: &str, redirect: bool| {
+            Settings::from_config(&config::Proxy {
+                https: Some(https.into()),
+                redirect_https: redirect,
+                ..config::Proxy::default()
+            })
+            .redirect_https
+        };
+        assert_eq!(with("0.0.0.0:443", true), Some(443));
+        assert_eq!(with("[::]:8443", true), Some(8443));
+        assert_eq!(with("0.0.0.0:443", false), None);
     }
 }

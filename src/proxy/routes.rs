@@ -179,7 +179,7 @@ fn split_entry(entry: &str) -> (String, String) {
 
 /// The name part of a Host header, lowercased, without port or final dot.
 /// `None` for an empty name.
-fn normalize_host(host: &str) -> Option<std::borrow::Cow<'_, str>> {
+pub(crate) fn normalize_host(host: &str) -> Option<std::borrow::Cow<'_, str>> {
     let name = if let Some(rest) = host.strip_prefix('[') {
         // [::1]:8080
         rest.split(']').next().unwrap_or(rest)
