@@ -13,8 +13,11 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
+
+use futures::task::AtomicWaker;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -302,7 +305,7 @@ async fn connection<S>(
     peer: SocketAddr,
     proto: &'static str,
     _permit: OwnedSemaphorePermit,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -310,41 +313,122 @@ async fn connection<S>(
     shared.metrics.connections.inc();
     let (io, last) = Stamped::new(stream);
     let info = Arc::new(ConnInfo::new(peer, proto));
+    // The watchdog and the stop signal wait in a task of their own and
+    // raise `orders` when the connection must go: this task, woken for
+    // every request, then looks at one flag rather than polling a timer
+    // and a watch channel each time.
+    let orders = Arc::new(Orders::default());
+    let _watching = AbortOnDrop(tokio::spawn(watch_connection(
+        Arc::clone(&info),
+        last,
+        shared.settings.clone(),
+        stop,
+        Arc::clone(&orders),
+        peer,
+    )));
     let service = {
         let info = Arc::clone(&info);
         service_fn(move |req| handle(Arc::clone(&worker), Arc::clone(&info), req))
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let watchdog = watchdog(&info, &last, &shared.settings);
-    tokio::pin!(watchdog);
-    let mut grace = None;
     loop {
         tokio::select! {
+            biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 break;
             }
-            cut = &mut watchdog, if grace.is_none() => {
-                // Nothing is in flight: closing loses nothing.
-                tracing::debug!(%peer, ?cut, "connection closed by the proxy");
-                break;
-            }
-            _ = stop.wait_for(|stopping| *stopping), if grace.is_none() => {
-                conn.as_mut().graceful_shutdown();
-                grace = Some(Box::pin(tokio::time::sleep(shared.settings.shutdown_grace)));
-            }
-            _ = async {
-                match grace.as_mut() {
-                    Some(sleep) => sleep.await,
-                    None => std::future::pending().await,
-                }
-            }, if grace.is_some() => break,
+            order = orders.next() => match order {
+                Order::Finish => conn.as_mut().graceful_shutdown(),
+                Order::Close => break,
+            },
         }
     }
     shared.metrics.connections.dec();
+}
+
+/// What the watching task tells a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// The proxy stops: finish the request in flight, take no more.
+    Finish,
+    /// Close now (slow head, silence, or the stop's grace is over).
+    Close,
+}
+
+/// Orders for one connection: a flag and the waker of its task.
+#[derive(Default)]
+struct Orders {
+    /// 0: none; else an `Order`, as `code` gives it.
+    pending: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl Orders {
+    fn code(order: Order) -> u8 {
+        match order {
+            Order::Finish => 1,
+            Order::Close => 2,
+        }
+    }
+
+    fn give(&self, order: Order) {
+        self.pending.store(Self::code(order), Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// The next order given.
+    fn next(&self) -> impl Future<Output = Order> + '_ {
+        std::future::poll_fn(move |cx| {
+            let take = || match self.pending.swap(0, Ordering::Acquire) {
+                1 => Some(Order::Finish),
+                2 => Some(Order::Close),
+                _ => None,
+            };
+            if let Some(order) = take() {
+                return Poll::Ready(order);
+            }
+            self.waker.register(cx.waker());
+            // An order given between the look and the register.
+            take().map_or(Poll::Pending, Poll::Ready)
+        })
+    }
+}
+
+/// Aborts a task when dropped: a connection's watcher ends with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches one connection: cuts it when the watchdog says so, and on the
+/// proxy's stop lets it finish its request in flight, up to the grace.
+async fn watch_connection(
+    info: Arc<ConnInfo>,
+    last: Arc<AtomicU64>,
+    settings: Settings,
+    mut stop: watch::Receiver<bool>,
+    orders: Arc<Orders>,
+    peer: SocketAddr,
+) {
+    tokio::select! {
+        cut = watchdog(&info, &last, &settings) => {
+            // Nothing is in flight: closing loses nothing.
+            tracing::debug!(%peer, ?cut, "connection closed by the proxy");
+            orders.give(Order::Close);
+            return;
+        }
+        _ = stop.wait_for(|stopping| *stopping) => {}
+    }
+    orders.give(Order::Finish);
+    tokio::time::sleep(settings.shutdown_grace).await;
+    orders.give(Order::Close);
 }
 
 /// Resolves when the connection should be cut: its first request head is
