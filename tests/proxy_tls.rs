@@ -438,6 +438,11 @@ async fn plain_http_for_a_host_with_a_certificate_is_redirected_to_https() {
     assert_eq!(location, "https://a.test/cart?item=2&n=1");
     let (status, location, _) = plain_get(&site, "shop.b.test", "/").await;
     assert_eq!((status, location.as_str()), (308, "https://shop.b.test/"));
+    // A Host that is no plain DNS name never makes a Location, though it
+    // ends like the wildcard.
+    let (status, location, body) = plain_get(&site, "evil%2ecom/.b.test", "/").await;
+    assert_eq!((status, location.as_str()), (200, ""));
+    assert!(body.contains("instance=b\n"), "{body}");
 
     // ACME paths stay on HTTP (passed on to the app when no challenge is
     // pending), as does a host no certificate covers.

@@ -116,6 +116,9 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// Where an ACME CA asks for HTTP-01 challenges.
+const ACME_PATH: &str = "/.well-known/acme-challenge/";
+
 /// The answer to a pending ACME HTTP-01 challenge, which the CA asks for
 /// over plain HTTP. Other paths under /.well-known/ go to the app.
 fn acme_challenge(
@@ -123,10 +126,7 @@ fn acme_challenge(
     conn: &ConnInfo,
     req: &Request<Incoming>,
 ) -> Option<Response<ProxyBody>> {
-    let token = req
-        .uri()
-        .path()
-        .strip_prefix("/.well-known/acme-challenge/")?;
+    let token = req.uri().path().strip_prefix(ACME_PATH)?;
     if conn.proto != "http" || req.method() != Method::GET {
         return None;
     }
@@ -146,11 +146,16 @@ fn to_https(
     uri: &Uri,
 ) -> Option<Response<ProxyBody>> {
     let port = shared.settings.redirect_https?;
-    if conn.proto != "http" || uri.path().starts_with("/.well-known/acme-challenge/") {
+    let path = uri.path();
+    // `*` (OPTIONS) has no URL to send the client to.
+    if conn.proto != "http" || !path.starts_with('/') || path.starts_with(ACME_PATH) {
         return None;
     }
     let name = super::routes::normalize_host(host)?;
-    if !shared.tls.serves(&name) {
+    // Only a plain DNS name goes into a Location: the Host header is the
+    // client's, and `evil%2ecom/.example.com` also ends in `.example.com`.
+    let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.';
+    if !name.bytes().all(plain) || !shared.tls.serves(&name) {
         return None;
     }
     let target = https_url(&name, port, uri);

@@ -60,7 +60,8 @@ impl Settings {
                 .as_deref()
                 .filter(|_| p.redirect_https)
                 .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-                .map(|a| a.port()),
+                .map(|a| a.port())
+                .filter(|&port| port != 0),
         }
     }
 }
@@ -182,5 +183,6 @@ mod tests {
         assert_eq!(with("0.0.0.0:443", true), Some(443));
         assert_eq!(with("[::]:8443", true), Some(8443));
         assert_eq!(with("0.0.0.0:443", false), None);
+        assert_eq!(with("127.0.0.1:0", true), None, "no port to name");
     }
 }

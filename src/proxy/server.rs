@@ -334,17 +334,19 @@ async fn connection<S>(
     tokio::pin!(conn);
     loop {
         tokio::select! {
+            // Orders first: a close decided while nothing was in flight
+            // must not let a request that arrived since start.
             biased;
+            order = orders.next() => match order {
+                Order::Finish => conn.as_mut().graceful_shutdown(),
+                Order::Close => break,
+            },
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 break;
             }
-            order = orders.next() => match order {
-                Order::Finish => conn.as_mut().graceful_shutdown(),
-                Order::Close => break,
-            },
         }
     }
     shared.metrics.connections.dec();
