@@ -67,10 +67,13 @@ pub async fn probe(config: &Config) -> Result<(), Failure> {
         ProbeLimits::default(),
     )
     .await;
+    // As Desired::images (which needs the secrets): apps scaled to zero
+    // want no image.
     let images = config
         .fleet
         .apps
         .values()
+        .filter(|a| a.instances > 0)
         .flat_map(|a| a.services.values().map(|s| s.image.clone()))
         .collect();
     Recorder::new(config.fleet.lifecycle.lost_after).record(&store, &pass, true, &images)?;

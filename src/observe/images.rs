@@ -48,7 +48,8 @@ impl Images {
 }
 
 /// `redis` → `redis:latest`, `docker.io/library/redis:7` → `redis:7`,
-/// `reg:5000/app` → `reg:5000/app:latest`; a digest is kept as it is.
+/// `reg:5000/app` → `reg:5000/app:latest`; with a digest, the digest alone
+/// (`redis:7@sha256:…` → `redis@sha256:…`, as Docker lists it).
 fn normal(image: &str) -> String {
     let mut name = image.trim();
     for prefix in ["docker.io/", "index.docker.io/"] {
@@ -59,8 +60,18 @@ fn normal(image: &str) -> String {
     if let Some(rest) = name.strip_prefix("library/") {
         name = rest;
     }
+    if let Some((repo, digest)) = name.split_once('@') {
+        // A tag sits after the last path segment's colon (a registry's
+        // port sits before a slash).
+        let segment = repo.rfind('/').map_or(0, |i| i + 1);
+        let repo = match repo[segment..].rfind(':') {
+            Some(colon) => &repo[..segment + colon],
+            None => repo,
+        };
+        return format!("{repo}@{digest}");
+    }
     let last = name.rsplit('/').next().unwrap_or(name);
-    if name.contains('@') || last.contains(':') {
+    if last.contains(':') {
         name.to_owned()
     } else {
         format!("{name}:latest")
@@ -116,6 +127,7 @@ mod tests {
             "docker.io/library/redis:7-alpine",
             "index.docker.io/library/redis",
             "redis@sha256:2222",
+            "redis:7-alpine@sha256:2222",
             "docker.io/bitnami/postgresql:16",
         ] {
             assert!(images.contains(present), "{present}");
@@ -150,6 +162,13 @@ mod tests {
         assert_eq!(normal("reg:5000/app"), "reg:5000/app:latest");
         assert_eq!(normal("reg:5000/app:2"), "reg:5000/app:2");
         assert_eq!(normal("app@sha256:ff"), "app@sha256:ff");
+        assert_eq!(normal("redis:7@sha256:ff"), "redis@sha256:ff");
+        assert_eq!(
+            normal("docker.io/library/redis:7@sha256:ff"),
+            "redis@sha256:ff"
+        );
+        assert_eq!(normal("reg:5000/app:2@sha256:ff"), "reg:5000/app@sha256:ff");
+        assert_eq!(normal("reg:5000/app@sha256:ff"), "reg:5000/app@sha256:ff");
         assert_eq!(normal("ghcr.io/acme/blog:1.4.2"), "ghcr.io/acme/blog:1.4.2");
     }
 }

@@ -110,12 +110,13 @@ impl fmt::Display for Condition {
 pub enum Probed {
     /// Docker answers: the node's facts, Docker's version
     /// (`20.10.24+dfsg1`), the fleet's containers on it and the images it
-    /// holds.
+    /// holds (`None` when their list could not be read: that alone is no
+    /// reason to doubt a node that answers).
     Ready {
         facts: NodeFacts,
         docker_version: String,
         containers: Vec<ContainerState>,
-        images: Images,
+        images: Option<Images>,
     },
     /// Reached, but Docker cannot be used.
     NoDocker {
@@ -204,6 +205,7 @@ pub async fn probe_with_metadata(
 }
 
 /// Why Docker's API gave no state.
+#[derive(Debug)]
 enum Unanswered {
     /// sshd could not connect to the socket (why: see [`no_socket`]).
     Socket(String),
@@ -213,7 +215,7 @@ enum Unanswered {
 struct DockerState {
     version: String,
     containers: Vec<ContainerState>,
-    images: Images,
+    images: Option<Images>,
 }
 
 /// Docker's version (asked once per API connection), then the fleet's
@@ -243,7 +245,13 @@ async fn docker_state(
     }
     // What a preparing node still lacks (see operator::lifecycle).
     let answer = pool.docker_get(target, IMAGES_PATH, limits).await;
-    let images = judge(answer, parse_image_list)?;
+    let images = match judge(answer, parse_image_list) {
+        Ok(images) => Some(images),
+        Err(why) => {
+            tracing::debug!(node = %target.id, reason = ?why, "cannot list the node's images");
+            None
+        }
+    };
     Ok(DockerState {
         version,
         containers,

@@ -178,7 +178,7 @@ mod tests {
             facts: facts(notice),
             docker_version: "20.10".into(),
             containers: vec![],
-            images: Images::default(),
+            images: Some(Images::default()),
         }
     }
 

@@ -149,7 +149,10 @@ impl Recorder {
             };
             let prepared = first_pass
                 || match &seen.probed {
-                    Probed::Ready { images, .. } => images_settled(
+                    Probed::Ready {
+                        images: Some(images),
+                        ..
+                    } => images_settled(
                         wanted,
                         images,
                         failed
@@ -251,7 +254,7 @@ fn view(node: &Node, probed: &Probed, row: &NodeRecord, state: NodeState) -> Nod
         cpu: Millicores(smaller(node.cpu, reported_cpu)),
         state,
         images: match probed {
-            Probed::Ready { images, .. } => Some(images.clone()),
+            Probed::Ready { images, .. } => images.clone(),
             _ => None,
         },
     }

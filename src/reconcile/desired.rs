@@ -117,7 +117,6 @@ impl Desired {
             .flat_map(|a| (0..a.instances).map(|i| PodKey::new(&a.name, i)))
     }
 
-    /// The app of a pod, if the pod is wanted.
     /// Every image a service runs, each with the strongest pull policy
     /// among its services (`always` over `missing`). An app scaled to zero
     /// runs nothing, so its images are not wanted anywhere.
@@ -136,6 +135,7 @@ impl Desired {
         self.image_policies().into_keys().collect()
     }
 
+    /// The app of a pod, if the pod is wanted.
     pub fn app_of(&self, pod: &PodKey) -> Option<&AppSpec> {
         self.apps
             .get(&pod.app)

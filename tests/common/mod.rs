@@ -470,9 +470,13 @@ pub struct ProxyPorts {
 
 impl ProxyPorts {
     pub fn free() -> ProxyPorts {
+        // Both held at once, so the two differ.
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        let (a, b) = (bind(), bind());
+        let port = |l: &std::net::TcpListener| l.local_addr().expect("bound").port();
         ProxyPorts {
-            listen: free_port(),
-            admin: free_port(),
+            listen: port(&a),
+            admin: port(&b),
         }
     }
 
