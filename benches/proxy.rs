@@ -1,8 +1,8 @@
 //! Prism's proxy against Debian's nginx, in front of the same instance on
 //! loopback, under the same wrk load in interleaved rounds, printed side
-//! by side: requests per second, p50 and p99 latency, and each proxy's
-//! memory (resident set, peak sampled under load). Prints figures; asserts
-//! nothing.
+//! by side: requests per second, p50 and p99 latency, CPU time and (with
+//! `perf`) instructions per request, and each proxy's memory (resident
+//! set, peak sampled under load). Prints figures; asserts nothing.
 //!
 //!     cargo bench --bench proxy          (needs nginx and wrk: scripts/bench)
 //!
@@ -119,6 +119,20 @@ fn main() -> Result<()> {
         format!("{:.1} us", nginx_run.cpu_per_request * 1e6),
         format!("{:.1} us", prism_run.cpu_per_request * 1e6),
     );
+    let instr = |f: &Figures, pick: fn((f64, f64)) -> f64| {
+        f.instructions
+            .map_or("n/a".to_owned(), |c| format!("{:.1}k", pick(c) / 1e3))
+    };
+    row(
+        "user instr/request",
+        instr(&nginx_run, |c| c.0),
+        instr(&prism_run, |c| c.0),
+    );
+    row(
+        "kernel instr/request",
+        instr(&nginx_run, |c| c.1),
+        instr(&prism_run, |c| c.1),
+    );
     row(
         "peak RSS under load",
         mib(nginx_run.rss),
@@ -147,6 +161,10 @@ struct Figures {
     rss: u64,
     /// CPU time the proxy's processes spent per request, in seconds.
     cpu_per_request: f64,
+    /// Instructions the proxy's processes ran per request, in user space
+    /// and in the kernel (`perf stat`; `None` without perf or counters).
+    /// Unlike time, these barely move when the machine's speed does.
+    instructions: Option<(f64, f64)>,
 }
 
 /// The middle value (the upper one of an even count).
@@ -166,15 +184,26 @@ impl Figures {
             errors: runs.iter().map(|r| r.errors).sum(),
             rss: runs.iter().map(|r| r.rss).max().unwrap_or(0),
             cpu_per_request: median(runs.iter().map(|r| r.cpu_per_request).collect()),
+            instructions: {
+                let counted: Vec<(f64, f64)> = runs.iter().filter_map(|r| r.instructions).collect();
+                (!counted.is_empty()).then(|| {
+                    (
+                        median(counted.iter().map(|c| c.0).collect()),
+                        median(counted.iter().map(|c| c.1).collect()),
+                    )
+                })
+            },
         }
     }
 }
 
 /// A short warm-up (not counted), then the measured run, sampling the
-/// proxy's memory every 250 ms.
+/// proxy's memory every 250 ms and counting its instructions with perf
+/// when it can.
 fn run(name: &str, port: u16, pid: u32, threads: u64, conns: u64, secs: u64) -> Result<Figures> {
     let url = format!("http://127.0.0.1:{port}/");
     wrk(&url, threads, conns, 2).with_context(|| format!("warming up {name}"))?;
+    let counting = Counting::start(pid, secs);
     let mut child = Command::new("wrk")
         .args(["--latency", "-H", &format!("Host: {HOST}")])
         .arg(format!("-t{threads}"))
@@ -200,9 +229,55 @@ fn run(name: &str, port: u16, pid: u32, threads: u64, conns: u64, secs: u64) -> 
     let text = String::from_utf8_lossy(&out.stdout);
     println!("\n--- {name} ---\n{}", text.trim_end());
     let mut f = parse_wrk(&text).with_context(|| format!("reading wrk's report on {name}"))?;
+    let requests = (f.rps * secs as f64).max(1.0);
     f.rss = rss;
-    f.cpu_per_request = cpu.as_secs_f64() / (f.rps * secs as f64).max(1.0);
+    f.cpu_per_request = cpu.as_secs_f64() / requests;
+    f.instructions = counting
+        .and_then(Counting::finish)
+        .map(|(user, kernel)| (user / requests, kernel / requests));
     Ok(f)
+}
+
+/// `perf stat` on a process tree for the length of a run.
+struct Counting {
+    child: Child,
+    out: tempfile::NamedTempFile,
+}
+
+impl Counting {
+    fn start(pid: u32, secs: u64) -> Option<Counting> {
+        if !on_path("perf") {
+            return None;
+        }
+        let out = tempfile::NamedTempFile::new().ok()?;
+        let pids: Vec<String> = tree_pids(pid).iter().map(u32::to_string).collect();
+        let child = Command::new("perf")
+            .args(["stat", "-x,", "-e", "instructions:u,instructions:k", "-p"])
+            .arg(pids.join(","))
+            .arg("-o")
+            .arg(out.path())
+            .args(["--", "sleep", &secs.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Counting { child, out })
+    }
+
+    /// User and kernel instructions counted, if perf could count them.
+    fn finish(mut self) -> Option<(f64, f64)> {
+        self.child.wait().ok()?;
+        let text = std::fs::read_to_string(self.out.path()).ok()?;
+        let count = |event: &str| -> Option<f64> {
+            text.lines()
+                .find(|l| l.contains(event))?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()
+        };
+        Some((count("instructions:u")?, count("instructions:k")?))
+    }
 }
 
 fn wrk(url: &str, threads: u64, conns: u64, secs: u64) -> Result<String> {
@@ -252,6 +327,7 @@ fn parse_wrk(text: &str) -> Result<Figures> {
         errors,
         rss: 0,
         cpu_per_request: 0.0,
+        instructions: None,
     })
 }
 
@@ -280,26 +356,25 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-/// Resident memory of a process and its children (nginx's workers).
-fn tree_rss(pid: u32) -> u64 {
-    let mut total = rss_of(pid);
+/// A process and its descendants (nginx's workers).
+fn tree_pids(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
     if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
         for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            total += tree_rss(child);
+            pids.extend(tree_pids(child));
         }
     }
-    total
+    pids
+}
+
+/// Resident memory of a process and its children.
+fn tree_rss(pid: u32) -> u64 {
+    tree_pids(pid).into_iter().map(rss_of).sum()
 }
 
 /// User and system CPU time of a process and its children so far.
 fn tree_cpu(pid: u32) -> Duration {
-    let mut total = cpu_of(pid);
-    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
-        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            total += tree_cpu(child);
-        }
-    }
-    total
+    tree_pids(pid).into_iter().map(cpu_of).sum()
 }
 
 /// utime + stime from /proc/PID/stat, in clock ticks of 1/100 s (Linux's
