@@ -24,7 +24,6 @@ use hyper::Request;
 use hyper::header::{CONNECTION, HOST, USER_AGENT};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 use super::Observed;
 use crate::cloud::Node;
@@ -37,6 +36,7 @@ use crate::store::{
     CheckOutcome, Checked, HealthRecord, Level, NewEvent, Recorded, Store, StoreError, Thresholds,
     Verdict, now_ms,
 };
+use crate::tasks::AbortOnDrop;
 
 /// Checks run at once. Each waits on the network (or on one SSH channel
 /// of an already open connection), so this is well above the core count.
@@ -403,16 +403,6 @@ async fn http_get(
     }
 }
 
-/// Aborts the task when dropped: the connection of a check that timed out
-/// goes with it.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// One request on a fresh connection (a health check must not reuse a
 /// connection that a broken server would keep alive); only the status is
 /// read.
@@ -428,6 +418,7 @@ async fn status_of(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP: {e}"))?;
+    // Dropped with the check: the connection of one that timed out goes too.
     let _driver = AbortOnDrop(tokio::spawn(async move {
         // Its error, if any, is the request's error too.
         let _ = conn.await;

@@ -34,6 +34,7 @@ use tokio_rustls::server::TlsStream;
 use super::forward::{ConnInfo, Shared, Worker, handle};
 use super::limits::{Settings, Stamped, now_ms};
 use super::pool::Pool;
+use crate::tasks::AbortOnDrop;
 
 /// The proxy's listening sockets: one per worker, all on one address.
 pub struct Listener {
@@ -397,15 +398,6 @@ impl Orders {
             // An order given between the look and the register.
             take().map_or(Poll::Pending, Poll::Ready)
         })
-    }
-}
-
-/// Aborts a task when dropped: a connection's watcher ends with it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
