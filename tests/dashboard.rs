@@ -131,6 +131,23 @@ fn header_rate(screen: &str) -> Option<f64> {
     before.rsplit(' ').next()?.parse().ok()
 }
 
+/// The pane's terminal is restored: out of the alternate screen, cursor
+/// shown.
+fn ensure_restored(socket: &str) -> Result<()> {
+    let flags = tmux(
+        socket,
+        &[
+            "display-message",
+            "-p",
+            "-t",
+            "dash",
+            "#{alternate_on} #{cursor_flag}",
+        ],
+    )?;
+    ensure!(flags.trim() == "0 1", "terminal not restored: {flags}");
+    Ok(())
+}
+
 /// This test's fleet on its own nodes, its proxy on `ports`, one app of
 /// two pods behind a host name.
 fn fleet_toml(lab: &Lab, dir: &Path, fleet: &str, ports: &ProxyPorts) -> std::path::PathBuf {
@@ -223,18 +240,7 @@ fn the_dashboard_follows_a_preemption_on_screen() -> Result<()> {
         s.contains("PRISM-EXITED")
     })?;
     ensure!(s.contains("PRISM-EXITED 0"), "prism did not exit 0:\n{s}");
-    // Restored: out of the alternate screen, cursor shown.
-    let flags = tmux(
-        &cleanup.socket,
-        &[
-            "display-message",
-            "-p",
-            "-t",
-            "dash",
-            "#{alternate_on} #{cursor_flag}",
-        ],
-    )?;
-    ensure!(flags.trim() == "0 1", "terminal not restored: {flags}");
+    ensure_restored(&cleanup.socket)?;
     ensure!(
         !s.contains("nodes 2/2 ready"),
         "the dashboard is still on screen:\n{s}"
@@ -302,17 +308,7 @@ fn sigterm_restores_the_terminal_and_releases_the_lock() -> Result<()> {
         s.contains("PRISM-EXITED")
     })?;
     ensure!(s.contains("PRISM-EXITED 0"), "{s}");
-    let flags = tmux(
-        &cleanup.socket,
-        &[
-            "display-message",
-            "-p",
-            "-t",
-            "dash",
-            "#{alternate_on} #{cursor_flag}",
-        ],
-    )?;
-    ensure!(flags.trim() == "0 1", "terminal not restored: {flags}");
+    ensure_restored(&cleanup.socket)?;
     let store = prism::store::Store::open(&dir.path().join("state.db"))?;
     ensure!(
         store.lock_info()?.is_none(),
@@ -548,17 +544,7 @@ fn a_proxy_port_in_use_stops_the_dashboard_with_exit_2() -> Result<()> {
         )) && s.contains("--no-proxy"),
         "{s}"
     );
-    let flags = tmux(
-        &cleanup.socket,
-        &[
-            "display-message",
-            "-p",
-            "-t",
-            "dash",
-            "#{alternate_on} #{cursor_flag}",
-        ],
-    )?;
-    ensure!(flags.trim() == "0 1", "terminal not restored: {flags}");
+    ensure_restored(&cleanup.socket)?;
     let store = prism::store::Store::open(&dir.path().join("state.db"))?;
     ensure!(store.lock_info()?.is_none(), "{:?}", store.lock_info()?);
     drop(taken);

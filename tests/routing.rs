@@ -21,14 +21,21 @@ fn metric(page: &str, sample: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_spec_change_redeploys_behind_the_proxy_without_a_failed_request() {
-    let lab = Lab::load();
-    let mut d = Deploy::start(&lab, "route", 2, "v1");
+/// A deploy of `instances` of v1 named `name`, once every instance
+/// answers through the proxy, and a client for it.
+async fn serving<'a>(lab: &'a Lab, name: &str, instances: u32) -> (Deploy<'a>, deploy::HttpClient) {
+    let d = Deploy::start(lab, name, instances, "v1");
     let http = client();
     if let Err(e) = d.wait_serving(&http, "v1", Duration::from_secs(120)).await {
         panic!("{e:#}\n{:#?}", d.logs());
     }
+    (d, http)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spec_change_redeploys_behind_the_proxy_without_a_failed_request() {
+    let lab = Lab::load();
+    let (mut d, http) = serving(&lab, "route", 2).await;
 
     // The host reaches the app; the app sees the client's Host.
     let (status, body) = get(&http, &d.addr, &d.host, "/").await.expect("GET");
@@ -158,11 +165,7 @@ async fn a_spec_change_redeploys_behind_the_proxy_without_a_failed_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_removed_app_is_drained_before_it_stops() {
     let lab = Lab::load();
-    let mut d = Deploy::start(&lab, "remove", 1, "v1");
-    let http = client();
-    if let Err(e) = d.wait_serving(&http, "v1", Duration::from_secs(120)).await {
-        panic!("{e:#}\n{:#?}", d.logs());
-    }
+    let (mut d, http) = serving(&lab, "remove", 1).await;
     let slow = {
         let (http, addr, host) = (client(), d.addr.clone(), d.host.clone());
         tokio::spawn(async move { get(&http, &addr, &host, "/slow?ms=6000").await })
