@@ -749,25 +749,7 @@ async fn slowloris_is_cut_off_after_the_header_timeout() {
 
     // A head trickling in, a byte every 200 ms.
     let mut s = TcpStream::connect(h.addr).await.unwrap();
-    let started = Instant::now();
-    let head = b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    let mut cut = None;
-    for byte in head.iter() {
-        if s.write_all(&[*byte]).await.is_err() {
-            cut = Some(started.elapsed());
-            break;
-        }
-        // A closed socket reads as EOF (or an error).
-        let mut buf = [0u8; 256];
-        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
-            Ok(Ok(_)) | Ok(Err(_)) => {
-                cut = Some(started.elapsed());
-                break;
-            }
-            Err(_) => {}
-        }
-    }
-    let cut = cut.expect("the proxy never closed the slow connection");
+    let cut = trickle(&mut s).await;
     assert!(
         cut >= Duration::from_millis(900) && cut < Duration::from_millis(2500),
         "cut after {cut:?}"
@@ -782,6 +764,70 @@ async fn slowloris_is_cut_off_after_the_header_timeout() {
     // Others are served all along.
     assert_eq!(h.get("a.test", "/").await.0, 200);
     assert_eq!(a.hits(), 1);
+}
+
+/// Trickles a request head into `s`, a byte every 200 ms, and returns how
+/// long it took the proxy to close the connection.
+async fn trickle(s: &mut TcpStream) -> Duration {
+    let started = Instant::now();
+    let head = b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for byte in head.iter() {
+        if s.write_all(&[*byte]).await.is_err() {
+            return started.elapsed();
+        }
+        // A closed socket reads as EOF (or an error).
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+        if read.is_ok() {
+            return started.elapsed();
+        }
+    }
+    panic!("the proxy never closed the slow connection");
+}
+
+/// Reads one answer to `GET /slow` off a kept-alive connection.
+async fn answer_on(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !out.ends_with(b"slept=0\n") {
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("the connection stays open");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_waits_out_the_idle_timeout_and_a_later_slow_head_is_cut() {
+    let a = Instance::start("a").await;
+    let h = Harness::start(Settings {
+        header_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(5),
+        ..fast_settings()
+    })
+    .await;
+    h.publish(
+        &fleet(&app("a", &["a.test"], "")),
+        &[a.upstream("a", 0, true)],
+    );
+    let request = b"GET /slow?ms=0 HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    assert!(answer_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Between requests the idle timeout applies, not the header one.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.write_all(request).await.unwrap();
+    assert!(answer_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    // A later head that trickles in is timed from its first byte.
+    let cut = trickle(&mut s).await;
+    assert!(
+        cut >= Duration::from_millis(900) && cut < Duration::from_millis(2500),
+        "cut after {cut:?}"
+    );
+    assert_eq!(a.hits(), 2);
 }
 
 #[tokio::test]

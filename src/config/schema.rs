@@ -244,8 +244,9 @@ pub struct Proxy {
     /// Loopback-only admin listener (/healthz, /metrics).
     #[serde(default = "default_admin")]
     pub admin: String,
-    /// Time a client has to send a whole request head; on HTTP/1.1 it also
-    /// bounds the wait for the next request on a kept-alive connection.
+    /// Time a client has to send a whole request head: the first from the
+    /// connection's start, a later one (HTTP/1.1) from its first byte. A
+    /// kept-alive connection waiting for its next request is idle.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Interval,
     /// A connection with no bytes either way and no request in flight for

@@ -5,9 +5,12 @@
 
 use std::convert::Infallible;
 use std::error::Error as _;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -23,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use super::backends::{InFlight, LiveRoute, Snapshot};
 use super::body::{ProxyBody, pages};
 use super::headers::{self, X_REQUEST_ID};
-use super::limits::{Settings, Stamped};
+use super::limits::{Activity, Settings, Stamped};
 use super::metrics::{Metrics, RouteMetrics};
 use super::pool::{self, Lease, Pool};
 
@@ -69,29 +72,26 @@ pub struct ConnInfo {
     pub client_ip: HeaderValue,
     /// `http` or `https`, for X-Forwarded-Proto.
     pub proto: &'static str,
-    /// Requests being handled (until the response head is sent).
-    pub busy: AtomicUsize,
+    /// Bytes moved and requests in flight, for the watchdog.
+    pub activity: Arc<Activity>,
     /// Requests seen on this connection.
     pub requests: AtomicU64,
+    /// The upstream timeout's timer, kept between requests: moving a
+    /// registered timer later costs one atomic, a new one a trip through
+    /// the timer wheel.
+    timer: std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, proto: &'static str) -> ConnInfo {
+    pub fn new(peer: SocketAddr, proto: &'static str, activity: Arc<Activity>) -> ConnInfo {
         ConnInfo {
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
             proto,
-            busy: AtomicUsize::new(0),
+            activity,
             requests: AtomicU64::new(0),
+            timer: std::sync::Mutex::new(None),
         }
-    }
-}
-
-struct Busy<'a>(&'a ConnInfo);
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -103,8 +103,9 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let shared = &worker.shared;
     conn.requests.fetch_add(1, Ordering::Relaxed);
-    conn.busy.fetch_add(1, Ordering::Relaxed);
-    let _busy = Busy(&conn);
+    let _in_flight = conn
+        .activity
+        .start_request(req.version() == Version::HTTP_2);
     let started = Instant::now();
     if let Some(resp) = acme_challenge(shared, &conn, &req) {
         return Ok(resp);
@@ -236,6 +237,11 @@ async fn forward<'s>(
         headers,
     };
 
+    // Every try shares the one upstream timeout.
+    let deadline = started
+        .checked_add(shared.settings.upstream_timeout)
+        .unwrap_or(started + Duration::from_secs(365 * 86_400));
+    let deadline = tokio::time::Instant::from_std(deadline);
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut tries = 0;
     let (resp, guard, lease) = loop {
@@ -261,17 +267,14 @@ async fn forward<'s>(
         };
         let req = out.request(authority, body, last_try);
         let guard = backend.state.start();
-        let left = shared
-            .settings
-            .upstream_timeout
-            .saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, worker.pool.send(authority, req)).await {
-            Ok(Ok((resp, lease))) => break (resp, guard, lease),
-            Err(_) => {
+        let send = std::pin::pin!(worker.pool.send(authority, req));
+        match within(conn, deadline, send).await {
+            Some(Ok((resp, lease))) => break (resp, guard, lease),
+            None => {
                 tracing::warn!(endpoint = %backend.state.endpoint, host = %host_text, "instance did not answer in time");
                 return (pages::gateway_timeout(), metrics);
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 if e.is_connect() {
                     backend.state.mark_down(shared.settings.down_time);
                     tracing::warn!(endpoint = %backend.state.endpoint, error = %chain(&e), "cannot connect to instance; marked down");
@@ -300,6 +303,36 @@ async fn forward<'s>(
         ),
         metrics,
     )
+}
+
+/// `fut`'s output, or `None` once `deadline` has passed, on the
+/// connection's kept timer (a fresh one when another request holds it, on
+/// HTTP/2).
+///
+/// `fut` comes pinned where it was made: moved in by value, it would be
+/// stored twice in this future (a large one, moved whole at every await).
+async fn within<F: Future>(
+    conn: &ConnInfo,
+    deadline: tokio::time::Instant,
+    mut fut: Pin<&mut F>,
+) -> Option<F::Output> {
+    let kept = conn.timer.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let mut timer = match kept {
+        Some(mut timer) => {
+            timer.as_mut().reset(deadline);
+            timer
+        }
+        None => Box::pin(tokio::time::sleep_until(deadline)),
+    };
+    let out = std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await;
+    *conn.timer.lock().unwrap_or_else(|p| p.into_inner()) = Some(timer);
+    out
 }
 
 /// The parts of a request sent to each instance tried.

@@ -2,6 +2,9 @@
 //! the connection's own and never forwarded; X-Forwarded-* tell the app who
 //! asked and how; every request carries an id.
 
+use std::cell::RefCell;
+
+use bytes::BytesMut;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
@@ -122,12 +125,27 @@ pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
 /// 128 random bits as 32 hex digits.
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    /// Ids are cut from a block of this many bytes per thread: the id's
+    /// two copies (request and response) then share one buffer, and a
+    /// block serves 128 requests, where a value of its own would be an
+    /// allocation for the id and another for its first copy.
+    const BLOCK: usize = 32 * 128;
+    thread_local! {
+        static IDS: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    }
     let bits = fastrand::u128(..);
     let mut text = [0u8; 32];
     for (i, c) in text.iter_mut().enumerate() {
         *c = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
+    let id = IDS.with_borrow_mut(|ids| {
+        if ids.capacity() < text.len() {
+            *ids = BytesMut::with_capacity(BLOCK);
+        }
+        ids.extend_from_slice(&text);
+        ids.split_to(text.len()).freeze()
+    });
+    HeaderValue::from_maybe_shared(id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -249,5 +267,16 @@ mod tests {
         assert_eq!(request_id(&mut h).len(), 32);
         let mut h = map(&[("x-request-id", "has space")]);
         assert_ne!(request_id(&mut h), "has space");
+    }
+
+    #[test]
+    fn new_request_ids_stay_whole_and_distinct_across_blocks() {
+        let ids: Vec<HeaderValue> = (0..1000).map(|_| new_request_id()).collect();
+        let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(|i| i.as_bytes()).collect();
+        assert_eq!(distinct.len(), ids.len());
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 32 && id.as_bytes().iter().all(u8::is_ascii_hexdigit))
+        );
     }
 }

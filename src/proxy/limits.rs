@@ -4,9 +4,9 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -72,34 +72,129 @@ impl Default for Settings {
     }
 }
 
-/// Milliseconds on a clock shared by every connection, from process start.
+/// Milliseconds on the coarse monotonic clock, shared by every connection.
+/// Bytes are stamped with it on every read and write: the coarse clock is
+/// read without asking the hardware, and a few milliseconds of resolution
+/// is plenty for timeouts counted in seconds.
 pub fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let clock = rustix::time::ClockId::MonotonicCoarse;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let clock = rustix::time::ClockId::Monotonic;
+    let t = rustix::time::clock_gettime(clock);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000;
+    secs.saturating_mul(1000).saturating_add(millis)
 }
 
-/// Wraps a client socket and stamps the time of its last read or write,
-/// so a watchdog can close connections that went quiet.
+/// What a connection's watchdog reads: when bytes last moved each way,
+/// since when a request head has been coming in, and what is in flight.
+/// Stamped by [`Stamped`] as bytes move and by the request handler.
+#[derive(Debug)]
+pub struct Activity {
+    /// When a byte was last read, and written (`now_ms`).
+    read: AtomicU64,
+    written: AtomicU64,
+    /// When the first byte read while no request was being handled came;
+    /// 0 once a request head is complete. On HTTP/1.1 that byte starts
+    /// the next head.
+    head_since: AtomicU64,
+    /// Requests being handled (until the response head is sent).
+    busy: AtomicUsize,
+    /// HTTP/2: frames come between requests, so no byte starts a head.
+    multiplexed: AtomicBool,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        let now = now_ms();
+        Activity {
+            read: AtomicU64::new(now),
+            written: AtomicU64::new(now),
+            head_since: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+            multiplexed: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Activity {
+    /// When a byte last moved either way.
+    pub fn last(&self) -> u64 {
+        let read = self.read.load(Ordering::Relaxed);
+        read.max(self.written.load(Ordering::Relaxed))
+    }
+
+    pub fn busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) > 0
+    }
+
+    pub fn multiplexed(&self) -> bool {
+        self.multiplexed.load(Ordering::Relaxed)
+    }
+
+    /// When the HTTP/1.1 request head being read started to count, if one
+    /// is: from its first byte, or from the last byte written if that came
+    /// later (bytes of a pipelined request that arrive while a long
+    /// response streams out wait for it, they are not slow).
+    pub fn head_started(&self) -> Option<u64> {
+        let since = self.head_since.load(Ordering::Relaxed);
+        if since == 0 || self.busy() || self.multiplexed() {
+            return None;
+        }
+        Some(since.max(self.written.load(Ordering::Relaxed)))
+    }
+
+    /// A request head is complete: in flight until the guard drops.
+    pub fn start_request(&self, multiplexed: bool) -> InFlight<'_> {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
+        if multiplexed {
+            self.multiplexed.store(true, Ordering::Relaxed);
+        }
+        InFlight(self)
+    }
+
+    fn stamp_read(&self) {
+        // 0 means "no head", so a stamp is never 0.
+        let now = now_ms().max(1);
+        self.read.store(now, Ordering::Relaxed);
+        if !self.busy() && self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn stamp_written(&self) {
+        self.written.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// A request in flight on a connection (see [`Activity::start_request`]).
+pub struct InFlight<'a>(&'a Activity);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Wraps a client socket and stamps its [`Activity`] as bytes move, so a
+/// watchdog can close connections that went quiet or trickle their heads.
 pub struct Stamped<T> {
     inner: T,
-    last: Arc<AtomicU64>,
+    activity: Arc<Activity>,
 }
 
 impl<T> Stamped<T> {
-    pub fn new(inner: T) -> (Stamped<T>, Arc<AtomicU64>) {
-        let last = Arc::new(AtomicU64::new(now_ms()));
+    pub fn new(inner: T) -> (Stamped<T>, Arc<Activity>) {
+        let activity = Arc::new(Activity::default());
         (
             Stamped {
                 inner,
-                last: Arc::clone(&last),
+                activity: Arc::clone(&activity),
             },
-            last,
+            activity,
         )
-    }
-
-    fn touch(&self) {
-        self.last.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -112,7 +207,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Stamped<T> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.touch();
+            self.activity.stamp_read();
         }
         poll
     }
@@ -126,7 +221,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<T> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.activity.stamp_written();
         }
         poll
     }
@@ -138,7 +233,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<T> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.activity.stamp_written();
         }
         poll
     }
@@ -159,6 +254,44 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_counts_from_its_first_byte_read_while_nothing_is_in_flight() {
+        let a = Activity::default();
+        assert_eq!(a.head_started(), None, "nothing read yet");
+        a.stamp_read();
+        let first = a.head_started().expect("a head has started");
+        std::thread::sleep(Duration::from_millis(5));
+        a.stamp_read();
+        assert_eq!(
+            a.head_started(),
+            Some(first),
+            "later bytes of the same head"
+        );
+
+        let request = a.start_request(false);
+        assert_eq!(a.head_started(), None, "the head is complete");
+        a.stamp_read();
+        assert_eq!(a.head_started(), None, "a body's bytes start no head");
+        drop(request);
+        assert_eq!(a.head_started(), None);
+
+        // A pipelined head waits while the response streams out.
+        a.stamp_read();
+        let next = a.head_started().expect("the next head");
+        std::thread::sleep(Duration::from_millis(5));
+        a.stamp_written();
+        assert!(a.head_started().expect("still pending") > next);
+    }
+
+    #[test]
+    fn http2_frames_between_requests_start_no_head() {
+        let a = Activity::default();
+        drop(a.start_request(true));
+        a.stamp_read();
+        assert_eq!(a.head_started(), None);
+        assert!(a.multiplexed());
+    }
 
     #[test]
     fn defaults_follow_the_config_defaults() {

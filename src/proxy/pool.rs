@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::uri::Authority;
 use http::{Request, Response};
@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::forward::UpstreamBody;
+use super::limits::now_ms;
 
 /// Idle connections kept per instance at most.
 const MAX_IDLE_PER_INSTANCE: usize = 256;
@@ -27,7 +28,7 @@ const MAX_IDLE_PER_INSTANCE: usize = 256;
 type Sender = SendRequest<UpstreamBody>;
 
 pub struct Pool {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    idle: Mutex<HashMap<Box<str>, Vec<Idle>, foldhash::fast::RandomState>>,
     builder: http1::Builder,
     connect_timeout: Duration,
     /// An idle connection older than this is closed, not reused.
@@ -36,7 +37,8 @@ pub struct Pool {
 
 struct Idle {
     sender: Sender,
-    since: Instant,
+    /// When it went idle (`now_ms`).
+    since: u64,
 }
 
 /// A connection in use; [`Lease::release`] puts it back for the next
@@ -98,7 +100,7 @@ impl std::error::Error for Error {
 impl Pool {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Pool {
         Pool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
             builder: http1::Builder::new(),
             connect_timeout,
             idle_timeout,
@@ -117,7 +119,9 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.take(authority).await {
                 Some(sender) => (sender, true),
-                None => (self.connect(authority).await?, false),
+                // Boxed: a new connection is rare, and its future would make
+                // every request's future (moved several times) larger.
+                None => (Box::pin(self.connect(authority)).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -144,9 +148,9 @@ impl Pool {
                 .idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get_mut(authority)?
+                .get_mut(authority.as_str())?
                 .pop()?;
-            if idle.sender.is_closed() || idle.since.elapsed() >= self.idle_timeout {
+            if idle.sender.is_closed() || self.expired(idle.since, now_ms()) {
                 continue;
             }
             let mut sender = idle.sender;
@@ -183,16 +187,24 @@ impl Pool {
         Ok(sender)
     }
 
+    fn expired(&self, since: u64, now: u64) -> bool {
+        let timeout = u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(since) >= timeout
+    }
+
     fn put(&self, authority: Authority, sender: Sender) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(authority).or_default();
+        let list = match idle.get_mut(authority.as_str()) {
+            Some(list) => list,
+            None => idle.entry(authority.as_str().into()).or_default(),
+        };
         if list.len() < MAX_IDLE_PER_INSTANCE {
             list.push(Idle {
                 sender,
-                since: Instant::now(),
+                since: now_ms(),
             });
         }
     }
@@ -200,10 +212,10 @@ impl Pool {
     /// Closes idle connections past the idle timeout (or closed by the
     /// instance) and forgets instances with none left.
     fn sweep(&self) {
-        let timeout = self.idle_timeout;
+        let now = now_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, list| {
-            list.retain(|i| !i.sender.is_closed() && i.since.elapsed() < timeout);
+            list.retain(|i| !i.sender.is_closed() && !self.expired(i.since, now));
             !list.is_empty()
         });
     }
@@ -334,7 +346,7 @@ mod tests {
         lease.release();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         pool.sweep();
-        assert!(pool.idle.lock().unwrap().contains_key(&authority));
+        assert!(pool.idle.lock().unwrap().contains_key(authority.as_str()));
         tokio::time::sleep(Duration::from_millis(150)).await;
         pool.sweep();
         assert!(pool.idle.lock().unwrap().is_empty());

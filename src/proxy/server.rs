@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::forward::{ConnInfo, Shared, Worker, handle};
-use super::limits::{Settings, Stamped, now_ms};
+use super::limits::{Activity, Settings, Stamped, now_ms};
 use super::pool::Pool;
 use crate::tasks::AbortOnDrop;
 
@@ -106,7 +106,10 @@ pub fn http_builder(s: &Settings) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(s.header_timeout)
+        // The watchdog times heads instead (see `watchdog`): hyper's timer
+        // also runs while a kept-alive connection waits for its next
+        // request, and costs a timer of its own per request.
+        .header_read_timeout(None)
         .max_buf_size(s.max_header_size)
         .keep_alive(true);
     builder
@@ -312,8 +315,8 @@ async fn connection<S>(
 {
     let shared = Arc::clone(&worker.shared);
     shared.metrics.connections.inc();
-    let (io, last) = Stamped::new(stream);
-    let info = Arc::new(ConnInfo::new(peer, proto));
+    let (io, activity) = Stamped::new(stream);
+    let info = Arc::new(ConnInfo::new(peer, proto, activity));
     // The watchdog and the stop signal wait in a task of their own and
     // raise `orders` when the connection must go: this task, woken for
     // every request, then looks at one flag rather than polling a timer
@@ -321,7 +324,6 @@ async fn connection<S>(
     let orders = Arc::new(Orders::default());
     let _watching = AbortOnDrop(tokio::spawn(watch_connection(
         Arc::clone(&info),
-        last,
         shared.settings.clone(),
         stop,
         Arc::clone(&orders),
@@ -405,14 +407,13 @@ impl Orders {
 /// proxy's stop lets it finish its request in flight, up to the grace.
 async fn watch_connection(
     info: Arc<ConnInfo>,
-    last: Arc<AtomicU64>,
     settings: Settings,
     mut stop: watch::Receiver<bool>,
     orders: Arc<Orders>,
     peer: SocketAddr,
 ) {
     tokio::select! {
-        cut = watchdog(&info, &last, &settings) => {
+        cut = watchdog(&info, &settings) => {
             // Nothing is in flight: closing loses nothing.
             tracing::debug!(%peer, ?cut, "connection closed by the proxy");
             orders.give(Order::Close);
@@ -425,10 +426,12 @@ async fn watch_connection(
     orders.give(Order::Close);
 }
 
-/// Resolves when the connection should be cut: its first request head is
-/// not in after the header timeout (HTTP/1.1 heads after it are hyper's own
-/// job), or it has been silent with nothing in flight for the idle timeout.
-async fn watchdog(info: &ConnInfo, last: &AtomicU64, s: &Settings) -> Cut {
+/// Resolves when the connection should be cut: a request head is not in
+/// within the header timeout (the first one counted from the connection's
+/// start, later HTTP/1.1 ones from their first byte), or the connection
+/// has been silent with nothing in flight for the idle timeout.
+async fn watchdog(info: &ConnInfo, s: &Settings) -> Cut {
+    let activity = &info.activity;
     let accepted = now_ms();
     let header_ms = millis(s.header_timeout);
     let idle_ms = millis(s.idle_timeout);
@@ -442,23 +445,36 @@ async fn watchdog(info: &ConnInfo, last: &AtomicU64, s: &Settings) -> Cut {
             }
             wake = wake.min(deadline);
         }
-        if info.busy.load(Ordering::Relaxed) == 0 {
-            let deadline = last.load(Ordering::Relaxed).saturating_add(idle_ms);
+        if let Some(started) = activity.head_started() {
+            let deadline = started.saturating_add(header_ms);
+            if now >= deadline {
+                return Cut::SlowHead;
+            }
+            wake = wake.min(deadline);
+        }
+        if !activity.busy() {
+            let deadline = activity.last().saturating_add(idle_ms);
             if now >= deadline {
                 return Cut::Idle;
             }
             wake = wake.min(deadline);
         }
+        if !activity.multiplexed() {
+            // A head may start at any moment and nothing says so: looking
+            // at least this often finds it before its time is up, and the
+            // next sleep then ends on its deadline.
+            wake = wake.min(now.saturating_add(header_ms));
+        }
         tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now).max(10))).await;
     }
 }
 
-/// Resolves once no byte has moved for `idle` (per `last`).
-pub async fn quiet_for(last: &AtomicU64, idle: Duration) {
+/// Resolves once no byte has moved for `idle`.
+pub async fn quiet_for(activity: &Activity, idle: Duration) {
     let idle_ms = millis(idle);
     loop {
         let now = now_ms();
-        let deadline = last.load(Ordering::Relaxed).saturating_add(idle_ms);
+        let deadline = activity.last().saturating_add(idle_ms);
         if now >= deadline {
             return;
         }
