@@ -7,11 +7,12 @@
 //!     cargo bench --bench proxy          (needs nginx and wrk: scripts/bench)
 //!
 //! PRISM_BENCH_ROUNDS sets the rounds (default 6), PRISM_BENCH_SECS each
-//! proxy's run in a round (10), PRISM_BENCH_CONNS the connections (64) and
-//! PRISM_BENCH_THREADS wrk's threads (2). Short runs, interleaved: on a
-//! shared VM the machine's speed drifts by tens of percent within a minute,
-//! so each round's two runs are compared with each other, and the target
-//! is judged on the median of those ratios.
+//! proxy's run in a round (10), PRISM_BENCH_CONNS the connections (64),
+//! PRISM_BENCH_THREADS wrk's threads (2) and PRISM_BENCH_BODY_BYTES the
+//! size of the instance's answer (the 24-byte greeting). Short runs,
+//! interleaved: on a shared VM the machine's speed drifts by tens of
+//! percent within a minute, so each round's two runs are compared with
+//! each other, and the target is judged on the median of those ratios.
 //!
 //! The instance and Prism's proxy each run in a process of their own (this
 //! binary again, told its part by PRISM_BENCH_ROLE), so nothing of the
@@ -65,7 +66,7 @@ fn main() -> Result<()> {
 
     println!(
         "proxy benchmark: wrk -t{threads} -c{conns} -d{secs}s, Host: {HOST}, {} byte answers, on {} CPUs, {rounds} interleaved round(s)",
-        BODY.len(),
+        std::env::var("PRISM_BENCH_BODY_BYTES").unwrap_or_else(|_| BODY.len().to_string()),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     // Rounds alternate the two proxies, so a machine whose speed drifts
@@ -511,17 +512,28 @@ fn role_port(var: &str) -> Result<u16> {
         .with_context(|| format!("{var} is not a port"))
 }
 
-/// The instance both proxies forward to: a fixed small answer.
+/// The instance both proxies forward to: a fixed answer, the 24-byte
+/// greeting or `PRISM_BENCH_BODY_BYTES` bytes.
 fn role_instance() -> Result<()> {
     let port = role_port("PRISM_BENCH_PORT")?;
+    let body = match std::env::var("PRISM_BENCH_BODY_BYTES") {
+        Ok(n) => Bytes::from(vec![
+            b'x';
+            n.parse()
+                .context("PRISM_BENCH_BODY_BYTES is not a size")?
+        ]),
+        Err(_) => Bytes::from_static(BODY),
+    };
     tokio::runtime::Runtime::new()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
+            let body = body.clone();
             tokio::spawn(async move {
-                let service = service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(BODY))))
+                let service = service_fn(move |_req| {
+                    let body = body.clone();
+                    async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(body))) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)

@@ -27,6 +27,17 @@ const MAX_IDLE_PER_INSTANCE: usize = 256;
 
 type Sender = SendRequest<UpstreamBody>;
 
+/// hyper's settings for connections to instances. Requests are written
+/// with one `write` of a buffer rather than a `writev` of the head and
+/// each body chunk: most requests are a head alone, and that buffer saves
+/// work on both sides of the socket (body bytes are copied into it, as
+/// nginx buffers request bodies too).
+fn requests_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder.writev(false);
+    builder
+}
+
 pub struct Pool {
     idle: Mutex<HashMap<Box<str>, Vec<Idle>, foldhash::fast::RandomState>>,
     builder: http1::Builder,
@@ -101,7 +112,7 @@ impl Pool {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Pool {
         Pool {
             idle: Mutex::new(HashMap::default()),
-            builder: http1::Builder::new(),
+            builder: requests_builder(),
             connect_timeout,
             idle_timeout,
         }
