@@ -706,6 +706,41 @@ async fn an_instance_that_does_not_answer_in_time_is_504() {
     let (status, _, _) = h.get("a.test", "/slow?ms=3000").await;
     assert_eq!(status, 504);
     assert!(started.elapsed() < Duration::from_secs(2));
+
+    // One kept-alive connection keeps its timer between requests: each
+    // request gets the whole timeout, after one that ran out as well.
+    let stream = TcpStream::connect(h.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for (path, want) in [
+        ("/slow?ms=3000", 504),
+        ("/slow?ms=0", 200),
+        ("/slow?ms=200", 200),
+        ("/slow?ms=3000", 504),
+        ("/slow?ms=200", 200),
+    ] {
+        let req = Request::get(path)
+            .header("host", "a.test")
+            .body(empty())
+            .unwrap();
+        let started = Instant::now();
+        let resp = sender
+            .send_request(req)
+            .await
+            .expect("the connection stays open");
+        let status = resp.status();
+        resp.into_body().collect().await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(status, want, "{path} after {took:?}");
+        if want == 504 {
+            assert!(
+                took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+                "{path}: 504 after {took:?}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------- upgrades
