@@ -8,8 +8,8 @@ use std::error::Error as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -45,11 +45,33 @@ pub struct Shared {
     pub tls: Arc<super::tls::Tls>,
 }
 
-/// One worker thread's own: its pool of connections to instances. A
-/// request is served start to end on one thread.
+/// One worker thread's own: its pool of connections to instances and its
+/// hold on the route table. A request is served start to end on one
+/// thread.
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub pool: Arc<Pool>,
+    routes: Mutex<Held>,
+}
+
+/// The route table as a worker holds it: requests count their hold on
+/// the worker's own handle, so workers on other cores never write to the
+/// table's reference count, a cache line that would bounce between them
+/// on every request.
+struct Held {
+    table: Arc<Snapshot>,
+    handle: Arc<Handle>,
+}
+
+/// A worker's handle on a route table.
+struct Handle(Arc<Snapshot>);
+
+impl std::ops::Deref for Handle {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.0
+    }
 }
 
 impl Worker {
@@ -57,10 +79,29 @@ impl Worker {
         // Shorter than the usual app server's keep-alive (60-75 s), so the
         // proxy closes an idle connection before the app does.
         let pool = Pool::new(shared.settings.connect_timeout, Duration::from_secs(30));
+        let table = shared.routes.load_full();
         Worker {
             shared,
             pool: Arc::new(pool),
+            routes: Mutex::new(Held {
+                handle: Arc::new(Handle(Arc::clone(&table))),
+                table,
+            }),
         }
+    }
+
+    /// The current route table (the one published last).
+    fn routes(&self) -> Arc<Handle> {
+        let current = self.shared.routes.load();
+        let mut held = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&held.table, &current) {
+            let table = arc_swap::Guard::into_inner(current);
+            *held = Held {
+                handle: Arc::new(Handle(Arc::clone(&table))),
+                table,
+            };
+        }
+        Arc::clone(&held.handle)
     }
 }
 
@@ -79,7 +120,7 @@ pub struct ConnInfo {
     /// The upstream timeout's timer, kept between requests: moving a
     /// registered timer later costs one atomic, a new one a trip through
     /// the timer wheel.
-    timer: std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
+    timer: Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
 }
 
 impl ConnInfo {
@@ -90,7 +131,7 @@ impl ConnInfo {
             proto,
             activity,
             requests: AtomicU64::new(0),
-            timer: std::sync::Mutex::new(None),
+            timer: Mutex::new(None),
         }
     }
 }
@@ -110,7 +151,7 @@ pub async fn handle(
     if let Some(resp) = acme_challenge(shared, &conn, &req) {
         return Ok(resp);
     }
-    let snapshot = shared.routes.load_full();
+    let snapshot = worker.routes();
     let (resp, metrics) = forward(&worker, &conn, &snapshot, req, started).await;
     let metrics = metrics.unwrap_or(shared.metrics.unknown());
     metrics.record(resp.status().as_u16(), started.elapsed());

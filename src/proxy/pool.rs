@@ -39,11 +39,19 @@ fn requests_builder() -> http1::Builder {
 }
 
 pub struct Pool {
-    idle: Mutex<HashMap<Box<str>, Vec<Idle>, foldhash::fast::RandomState>>,
+    idle: Mutex<HashMap<Box<str>, Slot, foldhash::fast::RandomState>>,
     builder: http1::Builder,
     connect_timeout: Duration,
     /// An idle connection older than this is closed, not reused.
     idle_timeout: Duration,
+}
+
+/// One instance's idle connections, and the worker's own copy of its
+/// address: leases clone that one, so workers on other cores never write
+/// to the reference count of the routes' copy.
+struct Slot {
+    authority: Authority,
+    idle: Vec<Idle>,
 }
 
 struct Idle {
@@ -128,7 +136,8 @@ impl Pool {
         mut req: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Lease), Error> {
         loop {
-            let (mut sender, reused) = match self.take(authority).await {
+            let (local, taken) = self.take(authority).await;
+            let (mut sender, reused) = match taken {
                 Some(sender) => (sender, true),
                 // Boxed: a new connection is rare, and its future would make
                 // every request's future (moved several times) larger.
@@ -138,7 +147,7 @@ impl Pool {
                 Ok(resp) => {
                     let lease = Lease {
                         pool: Arc::clone(self),
-                        authority: authority.clone(),
+                        authority: local,
                         sender,
                     };
                     return Ok((resp, lease));
@@ -151,16 +160,28 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that is still open and
-    /// ready for a request.
-    async fn take(&self, authority: &Authority) -> Option<Sender> {
+    /// The worker's copy of `authority`, and the most recently used idle
+    /// connection to it that is still open and ready for a request.
+    async fn take(&self, authority: &Authority) -> (Authority, Option<Sender>) {
         loop {
-            let idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(authority.as_str())?
-                .pop()?;
+            let (local, idle) = {
+                let mut slots = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                match slots.get_mut(authority.as_str()) {
+                    Some(slot) => (slot.authority.clone(), slot.idle.pop()),
+                    None => {
+                        let own = own_copy(authority);
+                        let slot = Slot {
+                            authority: own.clone(),
+                            idle: Vec::new(),
+                        };
+                        slots.insert(authority.as_str().into(), slot);
+                        (own, None)
+                    }
+                }
+            };
+            let Some(idle) = idle else {
+                return (local, None);
+            };
             if idle.sender.is_closed() || self.expired(idle.since, now_ms()) {
                 continue;
             }
@@ -168,7 +189,7 @@ impl Pool {
             // Put back as soon as its body ended, it may still be finishing
             // that response: this waits for that (or reports it closed).
             if sender.ready().await.is_ok() {
-                return Some(sender);
+                return (local, Some(sender));
             }
         }
     }
@@ -207,16 +228,21 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = match idle.get_mut(authority.as_str()) {
-            Some(list) => list,
-            None => idle.entry(authority.as_str().into()).or_default(),
+        let idle = Idle {
+            sender,
+            since: now_ms(),
         };
-        if list.len() < MAX_IDLE_PER_INSTANCE {
-            list.push(Idle {
-                sender,
-                since: now_ms(),
-            });
+        let mut slots = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        match slots.get_mut(authority.as_str()) {
+            Some(slot) if slot.idle.len() < MAX_IDLE_PER_INSTANCE => slot.idle.push(idle),
+            Some(_) => {}
+            // Swept while the connection was out: the lease's copy is
+            // already the worker's own.
+            None => {
+                let key = authority.as_str().into();
+                let idle = vec![idle];
+                slots.insert(key, Slot { authority, idle });
+            }
         }
     }
 
@@ -225,9 +251,10 @@ impl Pool {
     fn sweep(&self) {
         let now = now_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|_, list| {
-            list.retain(|i| !i.sender.is_closed() && !self.expired(i.since, now));
-            !list.is_empty()
+        idle.retain(|_, slot| {
+            slot.idle
+                .retain(|i| !i.sender.is_closed() && !self.expired(i.since, now));
+            !slot.idle.is_empty()
         });
     }
 
@@ -248,6 +275,12 @@ impl Pool {
             }
         }
     }
+}
+
+/// A worker's own copy of an instance's address: the bytes copied, not
+/// shared.
+fn own_copy(authority: &Authority) -> Authority {
+    Authority::try_from(authority.as_str().as_bytes()).unwrap_or_else(|_| authority.clone())
 }
 
 #[cfg(test)]
