@@ -146,13 +146,13 @@ impl Activity {
     }
 
     /// A request head is complete: in flight until the guard drops.
-    pub fn start_request(&self, multiplexed: bool) -> InFlight<'_> {
+    pub fn start_request(&self, multiplexed: bool) -> Handling<'_> {
         self.busy.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
         if multiplexed {
             self.multiplexed.store(true, Ordering::Relaxed);
         }
-        InFlight(self)
+        Handling(self)
     }
 
     fn stamp_read(&self) {
@@ -170,9 +170,9 @@ impl Activity {
 }
 
 /// A request in flight on a connection (see [`Activity::start_request`]).
-pub struct InFlight<'a>(&'a Activity);
+pub struct Handling<'a>(&'a Activity);
 
-impl Drop for InFlight<'_> {
+impl Drop for Handling<'_> {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
