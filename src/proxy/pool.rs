@@ -139,9 +139,7 @@ impl Pool {
             let (local, taken) = self.take(authority).await;
             let (mut sender, reused) = match taken {
                 Some(sender) => (sender, true),
-                // Boxed: a new connection is rare, and its future would make
-                // every request's future (moved several times) larger.
-                None => (Box::pin(self.connect(authority)).await?, false),
+                None => (self.connect(authority).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
