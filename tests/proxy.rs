@@ -865,6 +865,81 @@ async fn a_kept_alive_connection_waits_out_the_idle_timeout_and_a_later_slow_hea
     assert_eq!(a.hits(), 2);
 }
 
+/// An instance that answers each request with its head and a first chunk
+/// at once, and the last chunk after `pause`.
+async fn dripping_instance(pause: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    let start =
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+                    if s.write_all(start).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                    if s.write_all(b"4\r\nlast\r\n0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_pipelined_request_waits_out_a_slow_answer_without_the_connection_being_cut() {
+    let port = dripping_instance(Duration::from_millis(2500)).await;
+    let h = Harness::start(Settings {
+        header_timeout: Duration::from_secs(1),
+        ..fast_settings()
+    })
+    .await;
+    h.publish(
+        &fleet(&app("d", &["d.test"], "")),
+        &[upstream_at("d", 0, port, true)],
+    );
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: d.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The second request comes while the first answer is still streaming
+    // and goes silent for longer than the header timeout.
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !out.ends_with(b"first\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    s.write_all(b"GET /2 HTTP/1.1\r\nHost: d.test\r\n\r\n")
+        .await
+        .unwrap();
+    let answers = |out: &[u8]| out.windows(5).filter(|w| w == b"0\r\n\r\n").count();
+    while answers(&out) < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("both answers in time")
+            .unwrap_or(0);
+        assert!(n > 0, "cut after {:?}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert_eq!(text.matches("last").count(), 2, "{text}");
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed() {
     let a = Instance::start("a").await;

@@ -245,8 +245,9 @@ pub struct Proxy {
     #[serde(default = "default_admin")]
     pub admin: String,
     /// Time a client has to send a whole request head: the first from the
-    /// connection's start, a later one (HTTP/1.1) from its first byte. A
-    /// kept-alive connection waiting for its next request is idle.
+    /// connection's start, a later one (HTTP/1.1) from its first byte after
+    /// the previous response. A kept-alive connection waiting for its next
+    /// request is idle.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Interval,
     /// A connection with no bytes either way and no request in flight for

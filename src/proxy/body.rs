@@ -10,6 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::backends::InFlight;
+use super::limits::Answering;
 use super::pool::Lease;
 
 #[derive(Debug)]
@@ -95,6 +96,44 @@ impl Body for ProxyBody {
             }
             ProxyBody::Upstream { body, .. } => body.size_hint(),
         }
+    }
+}
+
+/// A response body as the client connection sends it: with the
+/// connection's count of responses being sent, which drops when hyper is
+/// done with the body.
+#[derive(Debug)]
+pub struct Answer {
+    body: ProxyBody,
+    _answering: Answering,
+}
+
+impl Answer {
+    pub fn new(body: ProxyBody, answering: Answering) -> Answer {
+        Answer {
+            body,
+            _answering: answering,
+        }
+    }
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

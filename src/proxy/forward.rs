@@ -24,7 +24,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::backends::{InFlight, LiveRoute, Snapshot};
-use super::body::{ProxyBody, pages};
+use super::body::{Answer, ProxyBody, pages};
 use super::headers::{self, X_REQUEST_ID};
 use super::limits::{Activity, Settings, Stamped};
 use super::metrics::{Metrics, RouteMetrics};
@@ -141,21 +141,24 @@ pub async fn handle(
     worker: Arc<Worker>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<Answer>, Infallible> {
     let shared = &worker.shared;
     conn.requests.fetch_add(1, Ordering::Relaxed);
-    let _in_flight = conn
+    let (_handling, answering) = conn
         .activity
         .start_request(req.version() == Version::HTTP_2);
     let started = Instant::now();
-    if let Some(resp) = acme_challenge(shared, &conn, &req) {
-        return Ok(resp);
-    }
-    let snapshot = worker.routes();
-    let (resp, metrics) = forward(&worker, &conn, &snapshot, req, started).await;
-    let metrics = metrics.unwrap_or(shared.metrics.unknown());
-    metrics.record(resp.status().as_u16(), started.elapsed());
-    Ok(resp)
+    let resp = match acme_challenge(shared, &conn, &req) {
+        Some(resp) => resp,
+        None => {
+            let snapshot = worker.routes();
+            let (resp, metrics) = forward(&worker, &conn, &snapshot, req, started).await;
+            let metrics = metrics.unwrap_or(shared.metrics.unknown());
+            metrics.record(resp.status().as_u16(), started.elapsed());
+            resp
+        }
+    };
+    Ok(resp.map(|body| Answer::new(body, answering)))
 }
 
 /// Where an ACME CA asks for HTTP-01 challenges.

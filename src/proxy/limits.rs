@@ -95,12 +95,15 @@ pub struct Activity {
     /// When a byte was last read, and written (`now_ms`).
     read: AtomicU64,
     written: AtomicU64,
-    /// When the first byte read while no request was being handled came;
-    /// 0 once a request head is complete. On HTTP/1.1 that byte starts
-    /// the next head.
+    /// When the first byte read while no request was being handled or
+    /// answered came; 0 once a request head is complete. On HTTP/1.1 that
+    /// byte starts the next head.
     head_since: AtomicU64,
-    /// Requests being handled (until the response head is sent).
+    /// Requests being handled (until the handler returns the response).
     busy: AtomicUsize,
+    /// Responses whose bodies are still being sent: bytes read meanwhile
+    /// (a pipelined request, the rest of an upload) start no head.
+    answering: AtomicUsize,
     /// HTTP/2: frames come between requests, so no byte starts a head.
     multiplexed: AtomicBool,
 }
@@ -113,6 +116,7 @@ impl Default for Activity {
             written: AtomicU64::new(now),
             head_since: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
+            answering: AtomicUsize::new(0),
             multiplexed: AtomicBool::new(false),
         }
     }
@@ -133,33 +137,36 @@ impl Activity {
         self.multiplexed.load(Ordering::Relaxed)
     }
 
-    /// When the HTTP/1.1 request head being read started to count, if one
-    /// is: from its first byte, or from the last byte written if that came
-    /// later (bytes of a pipelined request that arrive while a long
-    /// response streams out wait for it, they are not slow).
+    /// When the HTTP/1.1 request head being read started, if one is: its
+    /// first byte read after the last response was sent.
     pub fn head_started(&self) -> Option<u64> {
         let since = self.head_since.load(Ordering::Relaxed);
-        if since == 0 || self.busy() || self.multiplexed() {
-            return None;
-        }
-        Some(since.max(self.written.load(Ordering::Relaxed)))
+        (since != 0 && self.quiet() && !self.multiplexed()).then_some(since)
     }
 
-    /// A request head is complete: in flight until the guard drops.
-    pub fn start_request(&self, multiplexed: bool) -> Handling<'_> {
+    /// Neither handling a request nor sending a response.
+    fn quiet(&self) -> bool {
+        !self.busy() && self.answering.load(Ordering::Relaxed) == 0
+    }
+
+    /// A request head is complete: it is being handled until the first
+    /// guard drops, and answered until the second does (give that one to
+    /// the response body).
+    pub fn start_request(self: &Arc<Self>, multiplexed: bool) -> (Handling<'_>, Answering) {
         self.busy.fetch_add(1, Ordering::Relaxed);
+        self.answering.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
         if multiplexed {
             self.multiplexed.store(true, Ordering::Relaxed);
         }
-        Handling(self)
+        (Handling(self), Answering(Arc::clone(self)))
     }
 
     fn stamp_read(&self) {
         // 0 means "no head", so a stamp is never 0.
         let now = now_ms().max(1);
         self.read.store(now, Ordering::Relaxed);
-        if !self.busy() && self.head_since.load(Ordering::Relaxed) == 0 {
+        if self.quiet() && self.head_since.load(Ordering::Relaxed) == 0 {
             self.head_since.store(now, Ordering::Relaxed);
         }
     }
@@ -175,6 +182,16 @@ pub struct Handling<'a>(&'a Activity);
 impl Drop for Handling<'_> {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response being sent on a connection (see [`Activity::start_request`]).
+#[derive(Debug)]
+pub struct Answering(Arc<Activity>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.answering.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -256,12 +273,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_head_counts_from_its_first_byte_read_while_nothing_is_in_flight() {
-        let a = Activity::default();
+    fn a_head_counts_from_its_first_byte_read_while_nothing_is_handled_or_answered() {
+        let a = Arc::new(Activity::default());
         assert_eq!(a.head_started(), None, "nothing read yet");
         a.stamp_read();
         let first = a.head_started().expect("a head has started");
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(20));
         a.stamp_read();
         assert_eq!(
             a.head_started(),
@@ -269,24 +286,26 @@ mod tests {
             "later bytes of the same head"
         );
 
-        let request = a.start_request(false);
+        let (handling, answering) = a.start_request(false);
         assert_eq!(a.head_started(), None, "the head is complete");
         a.stamp_read();
         assert_eq!(a.head_started(), None, "a body's bytes start no head");
-        drop(request);
-        assert_eq!(a.head_started(), None);
-
-        // A pipelined head waits while the response streams out.
+        drop(handling);
         a.stamp_read();
-        let next = a.head_started().expect("the next head");
-        std::thread::sleep(Duration::from_millis(5));
-        a.stamp_written();
-        assert!(a.head_started().expect("still pending") > next);
+        assert_eq!(
+            a.head_started(),
+            None,
+            "bytes read while the response is sent (pipelined, or the rest of an upload)"
+        );
+        drop(answering);
+        assert_eq!(a.head_started(), None);
+        a.stamp_read();
+        assert!(a.head_started().is_some(), "the next head");
     }
 
     #[test]
     fn http2_frames_between_requests_start_no_head() {
-        let a = Activity::default();
+        let a = Arc::new(Activity::default());
         drop(a.start_request(true));
         a.stamp_read();
         assert_eq!(a.head_started(), None);

@@ -414,7 +414,8 @@ async fn watch_connection(
 ) {
     tokio::select! {
         cut = watchdog(&info, &settings) => {
-            // Nothing is in flight: closing loses nothing.
+            // No request is being handled: a head that never came, or a
+            // connection silent both ways for the idle timeout.
             tracing::debug!(%peer, ?cut, "connection closed by the proxy");
             orders.give(Order::Close);
             return;
