@@ -13,8 +13,17 @@ use super::backends::InFlight;
 use super::limits::Answering;
 use super::pool::Lease;
 
+/// A response body as the client connection sends it.
 #[derive(Debug)]
-pub enum ProxyBody {
+pub struct ProxyBody {
+    kind: Kind,
+    /// The client connection's count of responses being sent, held until
+    /// hyper is done with the body.
+    answering: Option<Answering>,
+}
+
+#[derive(Debug)]
+enum Kind {
     /// The proxy's own page; `None` once sent.
     Page(Option<Bytes>),
     /// An instance's body; the guard ends the request's time in flight
@@ -29,11 +38,29 @@ pub enum ProxyBody {
 
 impl ProxyBody {
     pub fn upstream(body: Incoming, guard: InFlight, lease: Lease) -> ProxyBody {
-        ProxyBody::Upstream {
+        ProxyBody::of(Kind::Upstream {
             body,
             guard: Some(guard),
             lease: Some(lease),
+        })
+    }
+
+    /// No body at all (a 101's, or a page already sent).
+    pub fn empty() -> ProxyBody {
+        ProxyBody::of(Kind::Page(None))
+    }
+
+    fn of(kind: Kind) -> ProxyBody {
+        ProxyBody {
+            kind,
+            answering: None,
         }
+    }
+
+    /// The same body, counted on its connection until it is sent.
+    pub fn answering(mut self, answering: Answering) -> ProxyBody {
+        self.answering = Some(answering);
+        self
     }
 }
 
@@ -42,7 +69,7 @@ impl Drop for ProxyBody {
     /// end (it stops when `is_end_stream` says so): the connection is
     /// reusable exactly when nothing of the body is left on it.
     fn drop(&mut self) {
-        if let ProxyBody::Upstream { body, lease, .. } = self
+        if let Kind::Upstream { body, lease, .. } = &mut self.kind
             && body.is_end_stream()
             && let Some(lease) = lease.take()
         {
@@ -59,9 +86,9 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Page(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Upstream { body, guard, lease } => {
+        match &mut self.get_mut().kind {
+            Kind::Page(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Upstream { body, guard, lease } => {
                 let poll = Pin::new(body).poll_frame(cx);
                 match poll {
                     Poll::Ready(None) => {
@@ -83,63 +110,23 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Page(data) => data.is_none(),
-            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+        match &self.kind {
+            Kind::Page(data) => data.is_none(),
+            Kind::Upstream { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Page(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            ProxyBody::Upstream { body, .. } => body.size_hint(),
+        match &self.kind {
+            Kind::Page(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Upstream { body, .. } => body.size_hint(),
         }
-    }
-}
-
-/// A response body as the client connection sends it: with the
-/// connection's count of responses being sent, which drops when hyper is
-/// done with the body.
-#[derive(Debug)]
-pub struct Answer {
-    body: ProxyBody,
-    _answering: Answering,
-}
-
-impl Answer {
-    pub fn new(body: ProxyBody, answering: Answering) -> Answer {
-        Answer {
-            body,
-            _answering: answering,
-        }
-    }
-}
-
-impl Body for Answer {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
 /// A plain-text page from the proxy itself.
 pub fn page(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::Page(Some(Bytes::from(text))));
+    let mut resp = Response::new(ProxyBody::of(Kind::Page(Some(Bytes::from(text)))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

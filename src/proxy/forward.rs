@@ -24,7 +24,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::backends::{InFlight, LiveRoute, Snapshot};
-use super::body::{Answer, ProxyBody, pages};
+use super::body::{ProxyBody, pages};
 use super::headers::{self, X_REQUEST_ID};
 use super::limits::{Activity, Settings, Stamped};
 use super::metrics::{Metrics, RouteMetrics};
@@ -141,7 +141,7 @@ pub async fn handle(
     worker: Arc<Worker>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<Answer>, Infallible> {
+) -> Result<Response<ProxyBody>, Infallible> {
     let shared = &worker.shared;
     conn.requests.fetch_add(1, Ordering::Relaxed);
     let (_handling, answering) = conn
@@ -158,7 +158,7 @@ pub async fn handle(
             resp
         }
     };
-    Ok(resp.map(|body| Answer::new(body, answering)))
+    Ok(resp.map(|body| body.answering(answering)))
 }
 
 /// Where an ACME CA asks for HTTP-01 challenges.
@@ -436,7 +436,7 @@ fn respond(
         let (mut parts, _) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, true);
         parts.headers.insert(&X_REQUEST_ID, request_id);
-        return Response::from_parts(parts, ProxyBody::Page(None));
+        return Response::from_parts(parts, ProxyBody::empty());
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
