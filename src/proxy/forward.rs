@@ -51,19 +51,13 @@ pub struct Shared {
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub pool: Arc<Pool>,
-    routes: Mutex<Held>,
+    routes: Mutex<Arc<Handle>>,
 }
 
-/// The route table as a worker holds it: requests count their hold on
-/// the worker's own handle, so workers on other cores never write to the
+/// A worker's handle on a route table: requests count their hold on the
+/// worker's own handle, so workers on other cores never write to the
 /// table's reference count, a cache line that would bounce between them
 /// on every request.
-struct Held {
-    table: Arc<Snapshot>,
-    handle: Arc<Handle>,
-}
-
-/// A worker's handle on a route table.
 struct Handle(Arc<Snapshot>);
 
 impl std::ops::Deref for Handle {
@@ -83,10 +77,7 @@ impl Worker {
         Worker {
             shared,
             pool: Arc::new(pool),
-            routes: Mutex::new(Held {
-                handle: Arc::new(Handle(Arc::clone(&table))),
-                table,
-            }),
+            routes: Mutex::new(Arc::new(Handle(table))),
         }
     }
 
@@ -94,14 +85,10 @@ impl Worker {
     fn routes(&self) -> Arc<Handle> {
         let current = self.shared.routes.load();
         let mut held = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        if !Arc::ptr_eq(&held.table, &current) {
-            let table = arc_swap::Guard::into_inner(current);
-            *held = Held {
-                handle: Arc::new(Handle(Arc::clone(&table))),
-                table,
-            };
+        if !Arc::ptr_eq(&held.0, &current) {
+            *held = Arc::new(Handle(arc_swap::Guard::into_inner(current)));
         }
-        Arc::clone(&held.handle)
+        Arc::clone(&held)
     }
 }
 
