@@ -8,7 +8,6 @@ use std::error::Error as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -102,8 +101,6 @@ pub struct ConnInfo {
     pub proto: &'static str,
     /// Bytes moved and requests in flight, for the watchdog.
     pub activity: Arc<Activity>,
-    /// Requests seen on this connection.
-    pub requests: AtomicU64,
     /// The upstream timeout's timer, kept between requests: moving a
     /// registered timer later costs one atomic, a new one a trip through
     /// the timer wheel.
@@ -117,7 +114,6 @@ impl ConnInfo {
                 .unwrap_or(HeaderValue::from_static("unknown")),
             proto,
             activity,
-            requests: AtomicU64::new(0),
             timer: Mutex::new(None),
         }
     }
@@ -130,7 +126,6 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let shared = &worker.shared;
-    conn.requests.fetch_add(1, Ordering::Relaxed);
     let (_handling, answering) = conn
         .activity
         .start_request(req.version() == Version::HTTP_2);

@@ -95,9 +95,10 @@ pub struct Activity {
     /// When a byte was last read, and written (`now_ms`).
     read: AtomicU64,
     written: AtomicU64,
-    /// When the first byte read while no request was being handled or
-    /// answered came; 0 once a request head is complete. On HTTP/1.1 that
-    /// byte starts the next head.
+    /// Since when a request head is awaited: the connection's start for
+    /// the first, then the first byte read while no request was being
+    /// handled or answered (on HTTP/1.1 that byte starts the next head);
+    /// 0 once a head is complete.
     head_since: AtomicU64,
     /// Requests being handled (until the handler returns the response).
     busy: AtomicUsize,
@@ -110,11 +111,11 @@ pub struct Activity {
 
 impl Default for Activity {
     fn default() -> Self {
-        let now = now_ms();
+        let now = now_ms().max(1);
         Activity {
             read: AtomicU64::new(now),
             written: AtomicU64::new(now),
-            head_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(now),
             busy: AtomicUsize::new(0),
             answering: AtomicUsize::new(0),
             multiplexed: AtomicBool::new(false),
@@ -137,7 +138,8 @@ impl Activity {
         self.multiplexed.load(Ordering::Relaxed)
     }
 
-    /// When the HTTP/1.1 request head being read started, if one is: its
+    /// Since when the request head being awaited has been, if one is: the
+    /// connection's start for the first, later (HTTP/1.1) ones from their
     /// first byte read after the last response was sent.
     pub fn head_started(&self) -> Option<u64> {
         let since = self.head_since.load(Ordering::Relaxed);
@@ -275,9 +277,11 @@ mod tests {
     #[test]
     fn a_head_counts_from_its_first_byte_read_while_nothing_is_handled_or_answered() {
         let a = Arc::new(Activity::default());
-        assert_eq!(a.head_started(), None, "nothing read yet");
+        let first = a
+            .head_started()
+            .expect("the first head counts from the start");
         a.stamp_read();
-        let first = a.head_started().expect("a head has started");
+        assert_eq!(a.head_started(), Some(first), "its first byte");
         std::thread::sleep(Duration::from_millis(20));
         a.stamp_read();
         assert_eq!(

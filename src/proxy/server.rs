@@ -433,19 +433,11 @@ async fn watch_connection(
 /// has been silent with nothing in flight for the idle timeout.
 async fn watchdog(info: &ConnInfo, s: &Settings) -> Cut {
     let activity = &info.activity;
-    let accepted = now_ms();
     let header_ms = millis(s.header_timeout);
     let idle_ms = millis(s.idle_timeout);
     loop {
         let now = now_ms();
         let mut wake = now.saturating_add(idle_ms);
-        if info.requests.load(Ordering::Relaxed) == 0 {
-            let deadline = accepted.saturating_add(header_ms);
-            if now >= deadline {
-                return Cut::SlowHead;
-            }
-            wake = wake.min(deadline);
-        }
         if let Some(started) = activity.head_started() {
             let deadline = started.saturating_add(header_ms);
             if now >= deadline {
