@@ -490,7 +490,11 @@ async fn requests_spread_evenly_over_healthy_instances() {
         Instance::start("i2").await,
         Instance::start("sick").await,
     ];
-    let h = Harness::start(fast_settings()).await;
+    let h = Harness::start(Settings {
+        workers: 2,
+        ..fast_settings()
+    })
+    .await;
     let ups: Vec<Upstream> = insts
         .iter()
         .enumerate()
@@ -500,8 +504,12 @@ async fn requests_spread_evenly_over_healthy_instances() {
     for _ in 0..30 {
         assert_eq!(h.get("a.test", "/").await.0, 200);
     }
+    // Each worker thread takes its own turns (as nginx's do), so with two
+    // workers an instance's share can be off by one.
     let hits: Vec<usize> = insts.iter().map(Instance::hits).collect();
-    assert_eq!(hits, [10, 10, 10, 0]);
+    assert_eq!(hits.iter().sum::<usize>(), 30);
+    assert!(hits[..3].iter().all(|n| (9..=11).contains(n)), "{hits:?}");
+    assert_eq!(hits[3], 0, "the sick one got requests: {hits:?}");
 }
 
 // ---------------------------------------------------------------- swaps

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use super::limits::{Balance, now_ms};
 use super::metrics::{Metrics, RouteMetrics};
 use super::routes::{Route, RouteTable, Upstream};
+use super::shards::Shards;
 
 /// One instance as the proxy tracks it. Shared by every table that lists
 /// the same instance at the same endpoint, and by the requests in flight
@@ -24,17 +25,35 @@ pub struct BackendState {
     pub endpoint: String,
     /// `None` when the address cannot form a URI authority: never chosen.
     pub authority: Option<Authority>,
-    in_flight: AtomicUsize,
+    /// Requests in flight, counted by each worker apart (see [`Shards`]).
+    in_flight: Shards<Arc<Count>>,
     down_until_ms: AtomicU64,
-    draining: AtomicBool,
+    draining: Arc<Draining>,
     connect_failures: AtomicU64,
-    /// Woken when `in_flight` drops to zero.
+}
+
+/// One worker's requests in flight to an instance. Aligned to its own
+/// lines, and in an `Arc` of its own, so that a request taking and
+/// dropping its hold writes nothing another worker reads.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Count {
+    n: AtomicUsize,
+    draining: Arc<Draining>,
+}
+
+/// Set once a drain starts; the drain is woken whenever a worker's count
+/// drops to zero meanwhile, and adds the counts up again.
+#[derive(Debug, Default)]
+struct Draining {
+    on: AtomicBool,
     idle: Notify,
 }
 
 impl BackendState {
-    fn new(upstream: &Upstream) -> BackendState {
+    fn new(upstream: &Upstream, workers: usize) -> BackendState {
         let endpoint = upstream.endpoint();
+        let draining = Arc::new(Draining::default());
         BackendState {
             upstream: Upstream {
                 healthy: false,
@@ -42,20 +61,30 @@ impl BackendState {
             },
             authority: endpoint.parse().ok(),
             endpoint,
-            in_flight: AtomicUsize::new(0),
+            in_flight: Shards::new(workers, || {
+                Arc::new(Count {
+                    n: AtomicUsize::new(0),
+                    draining: Arc::clone(&draining),
+                })
+            }),
             down_until_ms: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
+            draining,
             connect_failures: AtomicU64::new(0),
-            idle: Notify::new(),
         }
     }
 
+    /// Every worker's count added up. SeqCst, as is each count's change
+    /// and the drain's flag: a drain that reads a count before its drop
+    /// is then sure to be woken by it (see [`InFlight`]'s drop).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight
+            .iter()
+            .map(|c| c.n.load(Ordering::SeqCst))
+            .sum()
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.draining.on.load(Ordering::Acquire)
     }
 
     pub fn is_down(&self) -> bool {
@@ -73,21 +102,22 @@ impl BackendState {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a request from now until the guard drops (with the response
-    /// body, or the end of an upgraded connection).
-    pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(Arc::clone(self))
+    /// Counts a request on `worker`'s count from now until the guard drops
+    /// (with the response body, or the end of an upgraded connection).
+    pub fn start(&self, worker: usize) -> InFlight {
+        let count = self.in_flight.get(worker);
+        count.n.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(count))
     }
 
     /// Stops new requests to this instance and waits until those in flight
     /// finish, or `timeout` passes.
     pub async fn drain(&self, timeout: Duration) -> DrainReport {
-        self.draining.store(true, Ordering::Release);
+        self.draining.on.store(true, Ordering::SeqCst);
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let notified = self.idle.notified();
+            let notified = self.draining.idle.notified();
             tokio::pin!(notified);
             // Registered before the check, so a drop to zero in between
             // still wakes us.
@@ -134,12 +164,16 @@ pub struct DrainReport {
 
 /// A request in flight to an instance.
 #[derive(Debug)]
-pub struct InFlight(Arc<BackendState>);
+pub struct InFlight(Arc<Count>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+        let count = &self.0;
+        // The drain sets its flag and then reads the counts; this drops
+        // the count and then reads the flag. All SeqCst, so at least one
+        // side sees the other: the drain reads zero here, or is woken.
+        if count.n.fetch_sub(1, Ordering::SeqCst) == 1 && count.draining.on.load(Ordering::SeqCst) {
+            count.draining.idle.notify_waiters();
         }
     }
 }
@@ -156,23 +190,25 @@ impl Backend {
     fn available(&self, now: u64) -> bool {
         self.healthy
             && self.state.authority.is_some()
-            && !self.state.draining.load(Ordering::Relaxed)
+            && !self.state.draining.on.load(Ordering::Relaxed)
             && self.state.down_until_ms.load(Ordering::Relaxed) <= now
     }
 }
 
-/// A route with its live instances, its round-robin position and metrics.
+/// A route with its live instances, each worker's round-robin position,
+/// and metrics.
 #[derive(Debug)]
 pub struct LiveRoute {
     pub route: Route,
     pub backends: Vec<Backend>,
-    next: AtomicUsize,
+    turns: Shards<AtomicUsize>,
     pub metrics: RouteMetrics,
 }
 
 impl LiveRoute {
-    /// An available instance not in `tried`, by the balance rule.
-    pub fn pick(&self, balance: Balance, tried: &[usize]) -> Option<usize> {
+    /// An available instance not in `tried`, by the balance rule. Each
+    /// worker takes its own turns, as nginx's workers do.
+    pub fn pick(&self, balance: Balance, tried: &[usize], worker: usize) -> Option<usize> {
         let n = self.backends.len();
         if n == 0 {
             return None;
@@ -183,7 +219,7 @@ impl LiveRoute {
         if count == 0 {
             return None;
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let turn = self.turns.get(worker).fetch_add(1, Ordering::Relaxed);
         match balance {
             // Turns over the available instances only, so one that is out
             // does not send its share to its neighbour.
@@ -213,8 +249,10 @@ impl Snapshot {
 }
 
 /// Every instance the proxy knows of, by endpoint.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
+    /// Worker threads per listener, for the per-worker counts.
+    workers: usize,
     states: HashMap<String, Arc<BackendState>>,
     /// Instances that left the table (their app or host removed from
     /// fleet.toml) while requests may still run to them: a drain before
@@ -223,6 +261,14 @@ pub struct Registry {
 }
 
 impl Registry {
+    pub fn new(workers: usize) -> Registry {
+        Registry {
+            workers,
+            states: HashMap::new(),
+            retired: HashMap::new(),
+        }
+    }
+
     /// The snapshot for `table`. An instance listed before keeps its state
     /// (in flight, down, draining); one at an endpoint that now holds a
     /// different instance starts afresh; instances no longer listed are
@@ -241,7 +287,7 @@ impl Registry {
                     .or(self.states.get(&endpoint).filter(same))
                 {
                     Some(s) => Arc::clone(s),
-                    None => Arc::new(BackendState::new(up)),
+                    None => Arc::new(BackendState::new(up, self.workers)),
                 };
                 states.insert(endpoint, Arc::clone(&state));
                 backends.push(Backend {
@@ -252,7 +298,7 @@ impl Registry {
             routes.push(LiveRoute {
                 route: route.clone(),
                 backends,
-                next: AtomicUsize::new(0),
+                turns: Shards::new(self.workers, AtomicUsize::default),
                 metrics: metrics.route(&route.pattern),
             });
         }
@@ -310,12 +356,12 @@ mod tests {
             backends: ups
                 .iter()
                 .map(|u| Backend {
-                    state: Arc::new(BackendState::new(u)),
+                    state: Arc::new(BackendState::new(u, 2)),
                     healthy: u.healthy,
                 })
                 .collect(),
-            next: AtomicUsize::new(0),
-            metrics: Metrics::new(&mut Default::default()).route("x"),
+            turns: Shards::new(2, AtomicUsize::default),
+            metrics: Metrics::new(&mut Default::default(), 2).route("x"),
         }
     }
 
@@ -328,46 +374,50 @@ mod tests {
             up(3, 4, true),
         ]);
         let picks: Vec<_> = (0..6)
-            .map(|_| r.pick(Balance::RoundRobin, &[]).unwrap())
+            .map(|_| r.pick(Balance::RoundRobin, &[], 0).unwrap())
             .collect();
         assert_eq!(picks, [0, 2, 3, 0, 2, 3]);
         r.backends[0].state.mark_down(Duration::from_secs(60));
-        r.backends[3].state.draining.store(true, Ordering::Relaxed);
+        r.backends[3]
+            .state
+            .draining
+            .on
+            .store(true, Ordering::Relaxed);
         for _ in 0..4 {
-            assert_eq!(r.pick(Balance::RoundRobin, &[]), Some(2));
+            assert_eq!(r.pick(Balance::RoundRobin, &[], 0), Some(2));
         }
-        assert_eq!(r.pick(Balance::RoundRobin, &[2]), None);
+        assert_eq!(r.pick(Balance::RoundRobin, &[2], 0), None);
     }
 
     #[test]
     fn a_down_mark_expires() {
         let r = live(&[up(0, 1, true)]);
         r.backends[0].state.mark_down(Duration::ZERO);
-        assert_eq!(r.pick(Balance::RoundRobin, &[]), Some(0));
+        assert_eq!(r.pick(Balance::RoundRobin, &[], 0), Some(0));
         assert_eq!(r.backends[0].state.connect_failures(), 1);
     }
 
     #[test]
     fn least_connections_picks_the_least_busy() {
         let r = live(&[up(0, 1, true), up(1, 2, true), up(2, 3, true)]);
-        let _a = r.backends[0].state.start();
-        let _b = r.backends[1].state.start();
-        let _c = r.backends[1].state.start();
+        let _a = r.backends[0].state.start(0);
+        let _b = r.backends[1].state.start(0);
+        let _c = r.backends[1].state.start(0);
         for _ in 0..3 {
-            assert_eq!(r.pick(Balance::LeastConnections, &[]), Some(2));
+            assert_eq!(r.pick(Balance::LeastConnections, &[], 0), Some(2));
         }
-        let _d = r.backends[2].state.start();
-        let _e = r.backends[2].state.start();
-        assert_eq!(r.pick(Balance::LeastConnections, &[]), Some(0));
-        assert_eq!(r.pick(Balance::LeastConnections, &[0]), Some(1));
+        let _d = r.backends[2].state.start(0);
+        let _e = r.backends[2].state.start(0);
+        assert_eq!(r.pick(Balance::LeastConnections, &[], 0), Some(0));
+        assert_eq!(r.pick(Balance::LeastConnections, &[0], 0), Some(1));
     }
 
     #[test]
     fn no_instances_means_no_pick() {
         let r = live(&[]);
-        assert_eq!(r.pick(Balance::RoundRobin, &[]), None);
+        assert_eq!(r.pick(Balance::RoundRobin, &[], 0), None);
         let r = live(&[up(0, 1, false)]);
-        assert_eq!(r.pick(Balance::LeastConnections, &[]), None);
+        assert_eq!(r.pick(Balance::LeastConnections, &[], 0), None);
     }
 
     #[test]
@@ -377,8 +427,8 @@ mod tests {
             "[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n[apps.blog.services.web]\nimage = \"b\"\nport = 80\nhosts = [\"a.com\", \"b.com\"]\n",
         )
         .unwrap();
-        let metrics = Metrics::new(&mut Default::default());
-        let mut reg = Registry::default();
+        let metrics = Metrics::new(&mut Default::default(), 2);
+        let mut reg = Registry::new(2);
         let first = reg.snapshot(
             RouteTable::build(&fleet, &[up(0, 1, true), up(1, 2, true)]),
             &metrics,
@@ -411,12 +461,12 @@ mod tests {
             "[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n[apps.blog.services.web]\nimage = \"b\"\nport = 80\nhosts = [\"a.com\"]\n",
         )
         .unwrap();
-        let metrics = Metrics::new(&mut Default::default());
-        let mut reg = Registry::default();
+        let metrics = Metrics::new(&mut Default::default(), 2);
+        let mut reg = Registry::new(2);
         let both = RouteTable::build(&fleet, &[up(0, 1, true), up(1, 2, true)]);
         let first = reg.snapshot(both.clone(), &metrics);
         let busy = Arc::clone(&first.routes[0].backends[1].state);
-        let request = busy.start();
+        let request = busy.start(1);
         // The app leaves the table: both instances are retired, still found.
         reg.snapshot(RouteTable::default(), &metrics);
         assert!(Arc::ptr_eq(&reg.get("127.0.0.1:2").unwrap(), &busy));
@@ -433,7 +483,7 @@ mod tests {
         // not the retired (maybe drained) one.
         let listed = reg.snapshot(both.clone(), &metrics);
         let busy = Arc::clone(&listed.routes[0].backends[1].state);
-        let _request = busy.start();
+        let _request = busy.start(0);
         reg.snapshot(RouteTable::default(), &metrics);
         let again = reg.snapshot(both, &metrics);
         let fresh = &again.routes[0].backends[1].state;
@@ -443,21 +493,26 @@ mod tests {
 
     #[tokio::test]
     async fn drain_waits_for_requests_in_flight_up_to_the_timeout() {
-        let state = Arc::new(BackendState::new(&up(0, 1, true)));
-        let guard = state.start();
+        let state = Arc::new(BackendState::new(&up(0, 1, true), 2));
+        // One request on each worker's count: the drain waits for both.
+        let (first, second) = (state.start(0), state.start(1));
         let waiter = {
             let state = Arc::clone(&state);
             tokio::spawn(async move { state.drain(Duration::from_secs(5)).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(state.is_draining());
-        drop(guard);
+        drop(second);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished());
+        assert_eq!(state.in_flight(), 1);
+        drop(first);
         let report = waiter.await.unwrap();
         assert!(report.finished);
-        assert!(report.waited >= Duration::from_millis(100));
+        assert!(report.waited >= Duration::from_millis(200));
         assert!(report.waited < Duration::from_secs(5));
 
-        let _stuck = state.start();
+        let _stuck = state.start(1);
         let report = state.drain(Duration::from_millis(200)).await;
         assert!(!report.finished);
         assert_eq!(report.in_flight_left, 1);

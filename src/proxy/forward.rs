@@ -44,11 +44,14 @@ pub struct Shared {
     pub tls: Arc<super::tls::Tls>,
 }
 
-/// One worker thread's own: its pool of connections to instances and its
-/// hold on the route table. A request is served start to end on one
-/// thread.
+/// One worker thread's own: its number, its pool of connections to
+/// instances and its hold on the route table. A request is served start to
+/// end on one thread.
 pub struct Worker {
     pub shared: Arc<Shared>,
+    /// Which part of each per-worker count is this worker's (see
+    /// [`super::shards`]).
+    index: usize,
     pub pool: Arc<Pool>,
     routes: Mutex<Arc<Handle>>,
 }
@@ -68,13 +71,14 @@ impl std::ops::Deref for Handle {
 }
 
 impl Worker {
-    pub fn new(shared: Arc<Shared>) -> Worker {
+    pub fn new(shared: Arc<Shared>, index: usize) -> Worker {
         // Shorter than the usual app server's keep-alive (60-75 s), so the
         // proxy closes an idle connection before the app does.
         let pool = Pool::new(shared.settings.connect_timeout, Duration::from_secs(30));
         let table = shared.routes.load_full();
         Worker {
             shared,
+            index,
             pool: Arc::new(pool),
             routes: Mutex::new(Arc::new(Handle(table))),
         }
@@ -136,7 +140,7 @@ pub async fn handle(
             let snapshot = worker.routes();
             let (resp, metrics) = forward(&worker, &conn, &snapshot, req, started).await;
             let metrics = metrics.unwrap_or(shared.metrics.unknown());
-            metrics.record(resp.status().as_u16(), started.elapsed());
+            metrics.record(worker.index, resp.status().as_u16(), started.elapsed());
             resp
         }
     };
@@ -271,7 +275,7 @@ async fn forward<'s>(
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut tries = 0;
     let (resp, guard, lease) = loop {
-        let Some(i) = route.pick(shared.settings.balance, &tried[..tries]) else {
+        let Some(i) = route.pick(shared.settings.balance, &tried[..tries], worker.index) else {
             if tries == 0 {
                 return (pages::unavailable(shared.settings.retry_after), metrics);
             }
@@ -292,7 +296,7 @@ async fn forward<'s>(
             return (pages::bad_gateway(), metrics);
         };
         let req = out.request(authority, body, last_try);
-        let guard = backend.state.start();
+        let guard = backend.state.start(worker.index);
         let send = std::pin::pin!(worker.pool.send(authority, req));
         match within(conn, deadline, send).await {
             Some(Ok((resp, lease))) => break (resp, guard, lease),

@@ -6,63 +6,86 @@
 //! (or `unknown`), never the Host header, so a client cannot grow the
 //! number of series.
 
+use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::backends::{BackendState, Snapshot};
+use super::shards::Shards;
 use super::tls::Tls;
 
 /// The `host` label of requests that matched no route.
 pub const UNKNOWN_HOST: &str = "unknown";
 
-/// Seconds to the response head: 1 ms to 30 s.
+/// Upper bounds of the latency buckets, in seconds to the response head:
+/// 1 ms to 30 s (and +Inf after).
 const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    host: Arc<String>,
-    code: u16,
-}
+/// The same bounds in nanoseconds, which a request's time is compared to.
+const BUCKET_NANOS: [u64; BUCKETS.len()] = [
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+];
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HostLabels {
-    host: Arc<String>,
-}
-
-type Latency = Family<HostLabels, Histogram, fn() -> Histogram>;
+/// Status codes counted in a worker's own part; others (rare) go to one
+/// map per host under a lock.
+const COMMON_CODES: [u16; 12] = [200, 101, 204, 301, 302, 304, 400, 404, 413, 502, 503, 504];
 
 /// The proxy's metric handles; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    requests: Family<RequestLabels, Counter>,
-    latency: Latency,
+    hosts: Arc<Mutex<Hosts>>,
     pub connections: Gauge,
     pub swaps: Counter,
     pub tls_handshake_failures: Counter,
     unknown: RouteMetrics,
-    totals: Arc<Totals>,
 }
 
-/// Requests answered so far, over every host: what the dashboard's header
-/// turns into rates. Two atomics beside the families, because summing a
-/// family means locking it.
-#[derive(Debug, Default)]
-struct Totals {
-    requests: AtomicU64,
-    server_errors: AtomicU64,
+/// Every host's counts so far, by its label. A host removed from
+/// fleet.toml keeps its series: counters never go back.
+#[derive(Debug)]
+struct Hosts {
+    workers: usize,
+    by_label: BTreeMap<String, RouteMetrics>,
+}
+
+impl Hosts {
+    fn get(&mut self, host: &str) -> RouteMetrics {
+        if let Some(m) = self.by_label.get(host) {
+            return Arc::clone(m);
+        }
+        let m = Arc::new(HostCounts {
+            parts: Shards::new(self.workers, Part::default),
+            rare: Mutex::default(),
+        });
+        self.by_label.insert(host.to_owned(), Arc::clone(&m));
+        m
+    }
 }
 
 /// The proxy's request counters at one moment (see [`super::Proxy::traffic`]).
@@ -75,59 +98,99 @@ pub struct Traffic {
     pub server_errors: u64,
 }
 
-/// Status codes whose counters a route keeps at hand, so counting one
-/// needs no lookup in the family (a lock and a hash).
-const COMMON_CODES: [u16; 12] = [200, 101, 204, 301, 302, 304, 400, 404, 413, 502, 503, 504];
+/// One host's counts: what a route (or the unknown host) records into.
+pub type RouteMetrics = Arc<HostCounts>;
 
-/// One host's handles, looked up once per table rather than per request.
-#[derive(Debug, Clone)]
-pub struct RouteMetrics {
-    host: Arc<String>,
-    requests: Family<RequestLabels, Counter>,
-    /// Made on first use, so only codes that occurred have a series.
-    common: Arc<[OnceLock<Counter>; COMMON_CODES.len()]>,
-    latency: Histogram,
-    totals: Arc<Totals>,
+/// One host's requests by status and latency, a part per worker (see
+/// [`Shards`]): every request counts on its own worker's lines only.
+#[derive(Debug)]
+pub struct HostCounts {
+    parts: Shards<Part>,
+    /// Codes not in [`COMMON_CODES`].
+    rare: Mutex<HashMap<u16, u64>>,
 }
 
-impl RouteMetrics {
-    pub fn record(&self, code: u16, elapsed: Duration) {
-        let labels = || RequestLabels {
-            host: Arc::clone(&self.host),
-            code,
-        };
+/// One worker's counts for one host.
+#[derive(Debug, Default)]
+struct Part {
+    /// By [`COMMON_CODES`] index.
+    codes: [AtomicU64; COMMON_CODES.len()],
+    /// Requests by latency bucket, not cumulative; the last is +Inf. Every
+    /// request lands in one, so they also add up to the request count.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    /// The requests' latencies added up.
+    nanos: AtomicU64,
+}
+
+impl HostCounts {
+    /// Counts a request answered with `code` after `elapsed`, on
+    /// `worker`'s part.
+    pub fn record(&self, worker: usize, code: u16, elapsed: Duration) {
+        let part = self.parts.get(worker);
         match COMMON_CODES.iter().position(|c| *c == code) {
-            Some(i) => self.common[i]
-                .get_or_init(|| self.requests.get_or_create(&labels()).clone())
-                .inc(),
-            None => self.requests.get_or_create(&labels()).inc(),
-        };
-        self.latency.observe(elapsed.as_secs_f64());
-        self.totals.requests.fetch_add(1, Ordering::Relaxed);
-        if code >= 500 {
-            self.totals.server_errors.fetch_add(1, Ordering::Relaxed);
+            Some(i) => {
+                part.codes[i].fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                let mut rare = self.rare.lock().unwrap_or_else(|p| p.into_inner());
+                *rare.entry(code).or_default() += 1;
+            }
         }
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BUCKET_NANOS.partition_point(|&bound| bound < nanos);
+        part.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        part.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Requests by status code, every worker's parts added up.
+    fn by_code(&self) -> BTreeMap<u16, u64> {
+        let mut codes: BTreeMap<u16, u64> = self
+            .rare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(c, n)| (*c, *n))
+            .collect();
+        for part in self.parts.iter() {
+            for (code, n) in COMMON_CODES.iter().zip(&part.codes) {
+                match n.load(Ordering::Relaxed) {
+                    0 => {}
+                    n => *codes.entry(*code).or_default() += n,
+                }
+            }
+        }
+        codes
+    }
+
+    /// Requests by latency bucket, and the latencies' sum in seconds.
+    fn latency(&self) -> ([u64; BUCKETS.len() + 1], f64) {
+        let mut buckets = [0; BUCKETS.len() + 1];
+        let mut nanos = 0u64;
+        for part in self.parts.iter() {
+            for (total, n) in buckets.iter_mut().zip(&part.buckets) {
+                *total += n.load(Ordering::Relaxed);
+            }
+            nanos = nanos.saturating_add(part.nanos.load(Ordering::Relaxed));
+        }
+        #[allow(clippy::cast_precision_loss)] // Seconds for a scrape.
+        (buckets, nanos as f64 / 1e9)
     }
 }
 
 impl Metrics {
-    /// Registers the proxy's metrics under `prism_proxy_` in `registry`.
-    pub fn new(registry: &mut Registry) -> Metrics {
+    /// Registers the proxy's metrics under `prism_proxy_` in `registry`,
+    /// with request counts kept in a part for each of `workers` workers.
+    pub fn new(registry: &mut Registry, workers: usize) -> Metrics {
+        let mut hosts = Hosts {
+            workers,
+            by_label: BTreeMap::new(),
+        };
+        let unknown = hosts.get(UNKNOWN_HOST);
+        let hosts = Arc::new(Mutex::new(hosts));
+        registry.register_collector(Box::new(RequestCollector(Arc::clone(&hosts))));
         let sub = registry.sub_registry_with_prefix("prism_proxy");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency: Latency = Family::new_with_constructor(|| Histogram::new(BUCKETS));
         let connections = Gauge::default();
         let swaps = Counter::default();
-        sub.register(
-            "requests",
-            "Requests answered, by route host and status code",
-            requests.clone(),
-        );
-        sub.register(
-            "request_duration_seconds",
-            "Time from a request's arrival to its response head, by route host",
-            latency.clone(),
-        );
         sub.register(
             "connections",
             "Client connections open",
@@ -140,30 +203,38 @@ impl Metrics {
             "TLS handshakes that failed or timed out (unknown SNI, no common protocol, not TLS)",
             tls_handshake_failures.clone(),
         );
-        let totals = Arc::new(Totals::default());
-        let unknown = route_metrics(&requests, &latency, &totals, UNKNOWN_HOST);
         Metrics {
-            requests,
-            latency,
+            hosts,
             connections,
             swaps,
             tls_handshake_failures,
             unknown,
-            totals,
         }
     }
 
+    /// The counts of requests to the route whose `hosts` entry is `host`.
     pub fn route(&self, host: &str) -> RouteMetrics {
-        route_metrics(&self.requests, &self.latency, &self.totals, host)
+        self.hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
     }
 
-    /// The request counters now; two relaxed loads, so a request counted
-    /// between them may show in one and not yet the other.
+    /// The request counters now, every host and worker added up. Parts
+    /// are read one after another, so a request counted meanwhile may show
+    /// in one figure and not yet the other.
     pub fn traffic(&self) -> Traffic {
-        Traffic {
-            requests: self.totals.requests.load(Ordering::Relaxed),
-            server_errors: self.totals.server_errors.load(Ordering::Relaxed),
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut traffic = Traffic::default();
+        for counts in hosts.by_label.values() {
+            for (code, n) in counts.by_code() {
+                traffic.requests += n;
+                if code >= 500 {
+                    traffic.server_errors += n;
+                }
+            }
         }
+        traffic
     }
 
     pub fn unknown(&self) -> &RouteMetrics {
@@ -171,24 +242,46 @@ impl Metrics {
     }
 }
 
-fn route_metrics(
-    requests: &Family<RequestLabels, Counter>,
-    latency: &Latency,
-    totals: &Arc<Totals>,
-    host: &str,
-) -> RouteMetrics {
-    let host = Arc::new(host.to_owned());
-    let latency = latency
-        .get_or_create(&HostLabels {
-            host: Arc::clone(&host),
-        })
-        .clone();
-    RouteMetrics {
-        host,
-        requests: requests.clone(),
-        common: Arc::new(std::array::from_fn(|_| OnceLock::new())),
-        latency,
-        totals: Arc::clone(totals),
+/// Requests by host and status, and latency by host, read at scrape time.
+#[derive(Debug)]
+struct RequestCollector(Arc<Mutex<Hosts>>);
+
+impl Collector for RequestCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let hosts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut metric = encoder.encode_descriptor(
+            "prism_proxy_requests",
+            "Requests answered, by route host and status code",
+            None,
+            MetricType::Counter,
+        )?;
+        for (host, counts) in &hosts.by_label {
+            for (code, n) in counts.by_code() {
+                let labels = ([("host", host.as_str())], [("code", code)]);
+                ConstCounter::new(n).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        let mut metric = encoder.encode_descriptor(
+            "prism_proxy_request_duration_seconds",
+            "Time from a request's arrival to its response head, by route host",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (host, counts) in &hosts.by_label {
+            let (buckets, sum) = counts.latency();
+            let count = buckets.iter().sum();
+            let bounds = BUCKETS.iter().copied().chain([f64::INFINITY]);
+            let buckets: Vec<(f64, u64)> = bounds.zip(buckets).collect();
+            metric
+                .encode_family(&[("host", host.as_str())])?
+                .encode_histogram(
+                    sum,
+                    count,
+                    &buckets,
+                    None::<&HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+                )?;
+        }
+        Ok(())
     }
 }
 
@@ -302,14 +395,14 @@ mod tests {
 
     #[test]
     fn traffic_counts_every_host_and_5xx_apart() {
-        let metrics = Metrics::new(&mut Registry::default());
+        let metrics = Metrics::new(&mut Registry::default(), 2);
         let (a, b) = (metrics.route("a.test"), metrics.route("b.test"));
         let ms = Duration::from_millis(1);
-        a.record(200, ms);
-        a.record(503, ms);
-        b.record(599, ms);
-        b.record(404, ms);
-        metrics.unknown().record(502, ms);
+        a.record(0, 200, ms);
+        a.record(1, 503, ms);
+        b.record(1, 599, ms);
+        b.record(0, 404, ms);
+        metrics.unknown().record(0, 502, ms);
         assert_eq!(
             metrics.traffic(),
             Traffic {
@@ -317,5 +410,34 @@ mod tests {
                 server_errors: 3
             }
         );
+    }
+
+    #[test]
+    fn scrapes_add_up_every_workers_part() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry, 2);
+        let a = metrics.route("a.test");
+        // The same host again (a later table) shares its counts.
+        let again = metrics.route("a.test");
+        a.record(0, 200, Duration::from_micros(500));
+        again.record(1, 200, Duration::from_millis(3));
+        a.record(3, 418, Duration::from_secs(60));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "prism_proxy_requests_total{host=\"a.test\",code=\"200\"} 2",
+            "prism_proxy_requests_total{host=\"a.test\",code=\"418\"} 1",
+            "prism_proxy_request_duration_seconds_count{host=\"a.test\"} 3",
+            "prism_proxy_request_duration_seconds_sum{host=\"a.test\"} 60.0035",
+            "prism_proxy_request_duration_seconds_bucket{le=\"0.001\",host=\"a.test\"} 1",
+            "prism_proxy_request_duration_seconds_bucket{le=\"0.005\",host=\"a.test\"} 2",
+            "prism_proxy_request_duration_seconds_bucket{le=\"30.0\",host=\"a.test\"} 2",
+            "prism_proxy_request_duration_seconds_bucket{le=\"+Inf\",host=\"a.test\"} 3",
+            // Known hosts have a histogram before their first request.
+            "prism_proxy_request_duration_seconds_count{host=\"unknown\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+        assert!(!text.contains("code=\"404\""), "{text}");
     }
 }

@@ -17,6 +17,7 @@
 //! body.rs     response bodies and the proxy's own pages
 //! limits.rs   settings from [proxy]
 //! metrics.rs  Prometheus metrics;  admin.rs  /healthz and /metrics
+//! shards.rs   counts kept per worker thread, so no two cores write one line
 //! tls.rs      certificates by SNI (files, ACME), pending ACME answers
 //! alpn.rs     TLS-ALPN-01 challenge certificates and handshakes
 //! acme.rs     obtaining, storing and renewing certificates over ACME
@@ -34,6 +35,7 @@ mod metrics;
 mod pool;
 mod routes;
 mod server;
+mod shards;
 mod tls;
 
 use std::future::Future;
@@ -126,7 +128,8 @@ impl Proxy {
         let tls = Arc::new(Tls::new());
         metrics.register_collector(Box::new(UpstreamCollector(Arc::clone(&routes))));
         metrics.register_collector(Box::new(TlsCollector(Arc::clone(&tls))));
-        let metrics = Metrics::new(metrics);
+        let workers = settings.workers;
+        let metrics = Metrics::new(metrics, workers);
         Proxy {
             shared: Arc::new(Shared {
                 routes,
@@ -134,7 +137,7 @@ impl Proxy {
                 metrics,
                 tls,
             }),
-            registry: Arc::new(Mutex::new(backends::Registry::default())),
+            registry: Arc::new(Mutex::new(backends::Registry::new(workers))),
         }
     }
 

@@ -152,7 +152,7 @@ pub async fn serve(
                 let result = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|rt| rt.block_on(worker(shared, socket, tls, slots, stop)));
+                    .and_then(|rt| rt.block_on(worker(shared, i, socket, tls, slots, stop)));
                 let _ = done.send(result);
             })?;
     }
@@ -177,16 +177,18 @@ pub async fn serve(
     first.unwrap_or(Ok(()))
 }
 
-/// One worker thread: accepts on its socket and serves its connections.
+/// Worker thread `index`: accepts on its socket and serves its
+/// connections.
 async fn worker(
     shared: Arc<Shared>,
+    index: usize,
     socket: std::net::TcpListener,
     tls: Option<Arc<ServerConfig>>,
     slots: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(socket)?;
-    let worker = Arc::new(Worker::new(Arc::clone(&shared)));
+    let worker = Arc::new(Worker::new(Arc::clone(&shared), index));
     tokio::spawn(Pool::sweep_while_alive(Arc::downgrade(&worker.pool)));
     let builder = Arc::new(http_builder(&shared.settings));
     let mut conns = JoinSet::new();
