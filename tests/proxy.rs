@@ -949,6 +949,33 @@ async fn a_pipelined_request_waits_out_a_slow_answer_without_the_connection_bein
 }
 
 #[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let a = Instance::start("a").await;
+    let h = Harness::start(fast_settings()).await;
+    h.publish(
+        &fleet(&app("a", &["a.test"], "")),
+        &[a.upstream("a", 0, true)],
+    );
+    // Sends its request, shuts its sending side (as `nc -N` and some
+    // HTTP/1.0-era clients do), then waits for the answer: the end of
+    // input must not cut the request short while the instance works.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /slow?ms=300 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes after answering")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("instance=a\nslept=300"), "{text}");
+    assert_eq!(h.proxy.in_flight(&a.addr.to_string()), Some(0));
+}
+
+#[tokio::test]
 async fn idle_connections_are_closed() {
     let a = Instance::start("a").await;
     let h = Harness::start(Settings {

@@ -52,7 +52,10 @@ mod tests {
         assert_eq!(parts, [1, 2, 1]);
         let a = std::ptr::from_ref(s.get(0)) as usize;
         let b = std::ptr::from_ref(s.get(1)) as usize;
-        assert!(b - a >= 128 && a.is_multiple_of(128), "parts at {a:#x} and {b:#x}");
+        assert!(
+            b - a >= 128 && a.is_multiple_of(128),
+            "parts at {a:#x} and {b:#x}"
+        );
         assert_eq!(Shards::new(0, AtomicU64::default).iter().count(), 1);
     }
 }
