@@ -603,13 +603,21 @@ async fn tables_swap_under_load_without_a_failed_request() {
 async fn a_dead_instance_is_retried_elsewhere_and_marked_down() {
     let mut a = Instance::start("a").await;
     let b = Instance::start("b").await;
-    let h = Arc::new(Harness::start(fast_settings()).await);
+    // Two workers, each taking its own turns: four requests reach both.
+    let h = Arc::new(
+        Harness::start(Settings {
+            workers: 2,
+            ..fast_settings()
+        })
+        .await,
+    );
     let f = fleet(&app("a", &["a.test"], ""));
     h.publish(&f, &[a.upstream("a", 0, true), b.upstream("a", 1, true)]);
     for _ in 0..4 {
         assert_eq!(h.get("a.test", "/").await.0, 200);
     }
-    assert_eq!((a.hits(), b.hits()), (2, 2));
+    assert_eq!(a.hits() + b.hits(), 4);
+    assert!(a.hits() > 0 && b.hits() > 0, "{} / {}", a.hits(), b.hits());
 
     // Requests in flight on a when it dies, and more after.
     let mut load = JoinSet::new();
@@ -1367,7 +1375,11 @@ async fn the_lab_test_app_on_two_nodes_behind_the_proxy() {
             LabApp::start(&lab, &lab.nodes[1], 1),
         )
     });
-    let h = Harness::start(fast_settings()).await;
+    let h = Harness::start(Settings {
+        workers: 2,
+        ..fast_settings()
+    })
+    .await;
     h.publish(
         &fleet(&app("demo", &["demo.lab.test"], "")),
         &[a.upstream(0), b.upstream(1)],
@@ -1380,7 +1392,14 @@ async fn the_lab_test_app_on_two_nodes_behind_the_proxy() {
         assert_eq!(e["host"], "demo.lab.test");
         *seen.entry(e["instance"].clone()).or_insert(0) += 1;
     }
-    assert_eq!(seen, BTreeMap::from([("0".into(), 5), ("1".into(), 5)]));
+    // Each of the two workers takes its own turns: 5 and 5, or one off.
+    assert_eq!(seen.values().sum::<usize>(), 10);
+    assert!(
+        ["0", "1"]
+            .iter()
+            .all(|i| (4..=6).contains(&seen.get(*i).copied().unwrap_or(0))),
+        "{seen:?}"
+    );
     let (status, _, body) = h.get("demo.lab.test", "/slow?ms=300").await;
     assert_eq!((status, body.trim()), (StatusCode::OK, "slept 300 ms"));
 
