@@ -674,7 +674,12 @@ async fn a_request_with_a_body_is_not_sent_twice() {
         l.local_addr().unwrap().port()
     };
     let b = Instance::start("b").await;
-    let h = Harness::start(fast_settings()).await;
+    // One worker: its turns start at the dead one.
+    let h = Harness::start(Settings {
+        workers: 1,
+        ..fast_settings()
+    })
+    .await;
     let f = fleet(&app("a", &["a.test"], ""));
     h.publish(
         &f,

@@ -104,10 +104,18 @@ impl BackendState {
 
     /// Counts a request on `worker`'s count from now until the guard drops
     /// (with the response body, or the end of an upgraded connection).
-    pub fn start(&self, worker: usize) -> InFlight {
+    /// `None` when a drain started since the instance was picked: the
+    /// drain may have read the counts before this one, so the request goes
+    /// elsewhere. (Counted first, then the flag read: as the drop, against
+    /// the drain's flag-then-counts.)
+    pub fn start(&self, worker: usize) -> Option<InFlight> {
         let count = self.in_flight.get(worker);
         count.n.fetch_add(1, Ordering::SeqCst);
-        InFlight(Arc::clone(count))
+        let guard = InFlight(Arc::clone(count));
+        if self.draining.on.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(guard)
     }
 
     /// Stops new requests to this instance and waits until those in flight
@@ -219,7 +227,9 @@ impl LiveRoute {
         if count == 0 {
             return None;
         }
-        let turn = self.turns.get(worker).fetch_add(1, Ordering::Relaxed);
+        // Each worker starts at an instance of its own, so after a swap
+        // the first instance does not take every worker's first request.
+        let turn = worker.wrapping_add(self.turns.get(worker).fetch_add(1, Ordering::Relaxed));
         match balance {
             // Turns over the available instances only, so one that is out
             // does not send its share to its neighbour.
@@ -377,6 +387,11 @@ mod tests {
             .map(|_| r.pick(Balance::RoundRobin, &[], 0).unwrap())
             .collect();
         assert_eq!(picks, [0, 2, 3, 0, 2, 3]);
+        // Another worker keeps turns of its own, from its own place.
+        let picks: Vec<_> = (0..3)
+            .map(|_| r.pick(Balance::RoundRobin, &[], 1).unwrap())
+            .collect();
+        assert_eq!(picks, [2, 3, 0]);
         r.backends[0].state.mark_down(Duration::from_secs(60));
         r.backends[3]
             .state
@@ -400,14 +415,14 @@ mod tests {
     #[test]
     fn least_connections_picks_the_least_busy() {
         let r = live(&[up(0, 1, true), up(1, 2, true), up(2, 3, true)]);
-        let _a = r.backends[0].state.start(0);
-        let _b = r.backends[1].state.start(0);
-        let _c = r.backends[1].state.start(0);
+        let _a = r.backends[0].state.start(0).unwrap();
+        let _b = r.backends[1].state.start(0).unwrap();
+        let _c = r.backends[1].state.start(0).unwrap();
         for _ in 0..3 {
             assert_eq!(r.pick(Balance::LeastConnections, &[], 0), Some(2));
         }
-        let _d = r.backends[2].state.start(0);
-        let _e = r.backends[2].state.start(0);
+        let _d = r.backends[2].state.start(0).unwrap();
+        let _e = r.backends[2].state.start(0).unwrap();
         assert_eq!(r.pick(Balance::LeastConnections, &[], 0), Some(0));
         assert_eq!(r.pick(Balance::LeastConnections, &[0], 0), Some(1));
     }
@@ -466,7 +481,7 @@ mod tests {
         let both = RouteTable::build(&fleet, &[up(0, 1, true), up(1, 2, true)]);
         let first = reg.snapshot(both.clone(), &metrics);
         let busy = Arc::clone(&first.routes[0].backends[1].state);
-        let request = busy.start(1);
+        let request = busy.start(1).unwrap();
         // The app leaves the table: both instances are retired, still found.
         reg.snapshot(RouteTable::default(), &metrics);
         assert!(Arc::ptr_eq(&reg.get("127.0.0.1:2").unwrap(), &busy));
@@ -483,7 +498,7 @@ mod tests {
         // not the retired (maybe drained) one.
         let listed = reg.snapshot(both.clone(), &metrics);
         let busy = Arc::clone(&listed.routes[0].backends[1].state);
-        let _request = busy.start(0);
+        let _request = busy.start(0).unwrap();
         reg.snapshot(RouteTable::default(), &metrics);
         let again = reg.snapshot(both, &metrics);
         let fresh = &again.routes[0].backends[1].state;
@@ -495,7 +510,7 @@ mod tests {
     async fn drain_waits_for_requests_in_flight_up_to_the_timeout() {
         let state = Arc::new(BackendState::new(&up(0, 1, true), 2));
         // One request on each worker's count: the drain waits for both.
-        let (first, second) = (state.start(0), state.start(1));
+        let (first, second) = (state.start(0).unwrap(), state.start(1).unwrap());
         let waiter = {
             let state = Arc::clone(&state);
             tokio::spawn(async move { state.drain(Duration::from_secs(5)).await })
@@ -512,7 +527,13 @@ mod tests {
         assert!(report.waited >= Duration::from_millis(200));
         assert!(report.waited < Duration::from_secs(5));
 
-        let _stuck = state.start(1);
+        // Picked before the drain, started after it read the counts: the
+        // request is turned away, not missed.
+        assert!(state.start(0).is_none());
+        assert_eq!(state.in_flight(), 0);
+
+        let state = BackendState::new(&up(0, 1, true), 2);
+        let _stuck = state.start(1).unwrap();
         let report = state.drain(Duration::from_millis(200)).await;
         assert!(!report.finished);
         assert_eq!(report.in_flight_left, 1);

@@ -275,7 +275,12 @@ async fn forward<'s>(
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut tries = 0;
     let (resp, guard, lease) = loop {
-        let Some(i) = route.pick(shared.settings.balance, &tried[..tries], worker.index) else {
+        let picked = if tries < MAX_ATTEMPTS {
+            route.pick(shared.settings.balance, &tried[..tries], worker.index)
+        } else {
+            None
+        };
+        let Some(i) = picked else {
             if tries == 0 {
                 return (pages::unavailable(shared.settings.retry_after), metrics);
             }
@@ -284,6 +289,10 @@ async fn forward<'s>(
         tried[tries] = i;
         tries += 1;
         let backend = &route.backends[i];
+        // A drain that began since the pick turns the request elsewhere.
+        let Some(guard) = backend.state.start(worker.index) else {
+            continue;
+        };
         let last_try = !retryable || tries >= MAX_ATTEMPTS.min(route.backends.len());
         let Some(body) = (if retryable {
             Some(Either::Right(Empty::new()))
@@ -296,7 +305,6 @@ async fn forward<'s>(
             return (pages::bad_gateway(), metrics);
         };
         let req = out.request(authority, body, last_try);
-        let guard = backend.state.start(worker.index);
         let send = std::pin::pin!(worker.pool.send(authority, req));
         match within(conn, deadline, send).await {
             Some(Ok((resp, lease))) => break (resp, guard, lease),

@@ -34,27 +34,18 @@ const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// The same bounds in nanoseconds, which a request's time is compared to.
-const BUCKET_NANOS: [u64; BUCKETS.len()] = [
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    10_000_000_000,
-    30_000_000_000,
+/// The same bounds in microseconds, which a request's time is compared to.
+const BUCKET_MICROS: [u64; BUCKETS.len()] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000, 30_000_000,
 ];
 
 /// Status codes counted in a worker's own part; others (rare) go to one
 /// map per host under a lock.
-const COMMON_CODES: [u16; 12] = [200, 101, 204, 301, 302, 304, 400, 404, 413, 502, 503, 504];
+const COMMON_CODES: [u16; 20] = [
+    200, 101, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 413, 429, 500, 502, 503,
+    504,
+];
 
 /// The proxy's metric handles; cheap to clone.
 #[derive(Debug, Clone)]
@@ -118,8 +109,9 @@ struct Part {
     /// Requests by latency bucket, not cumulative; the last is +Inf. Every
     /// request lands in one, so they also add up to the request count.
     buckets: [AtomicU64; BUCKETS.len() + 1],
-    /// The requests' latencies added up.
-    nanos: AtomicU64,
+    /// The requests' latencies added up, in microseconds: a part wraps
+    /// after 584,000 years of them.
+    micros: AtomicU64,
 }
 
 impl HostCounts {
@@ -136,10 +128,11 @@ impl HostCounts {
                 *rare.entry(code).or_default() += 1;
             }
         }
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = BUCKET_NANOS.partition_point(|&bound| bound < nanos);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        // `le` buckets: the first whose bound is not below the time.
+        let bucket = BUCKET_MICROS.partition_point(|&bound| bound < micros);
         part.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        part.nanos.fetch_add(nanos, Ordering::Relaxed);
+        part.micros.fetch_add(micros, Ordering::Relaxed);
     }
 
     /// Requests by status code, every worker's parts added up.
@@ -165,15 +158,15 @@ impl HostCounts {
     /// Requests by latency bucket, and the latencies' sum in seconds.
     fn latency(&self) -> ([u64; BUCKETS.len() + 1], f64) {
         let mut buckets = [0; BUCKETS.len() + 1];
-        let mut nanos = 0u64;
+        let mut micros = 0u128;
         for part in self.parts.iter() {
             for (total, n) in buckets.iter_mut().zip(&part.buckets) {
                 *total += n.load(Ordering::Relaxed);
             }
-            nanos = nanos.saturating_add(part.nanos.load(Ordering::Relaxed));
+            micros += u128::from(part.micros.load(Ordering::Relaxed));
         }
         #[allow(clippy::cast_precision_loss)] // Seconds for a scrape.
-        (buckets, nanos as f64 / 1e9)
+        (buckets, micros as f64 / 1e6)
     }
 }
 

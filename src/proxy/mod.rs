@@ -128,7 +128,9 @@ impl Proxy {
         let tls = Arc::new(Tls::new());
         metrics.register_collector(Box::new(UpstreamCollector(Arc::clone(&routes))));
         metrics.register_collector(Box::new(TlsCollector(Arc::clone(&tls))));
-        let workers = settings.workers;
+        // A count part for each worker of the HTTP listener, then of the
+        // HTTPS one (see `server::serve`).
+        let workers = 2 * settings.workers;
         let metrics = Metrics::new(metrics, workers);
         Proxy {
             shared: Arc::new(Shared {

@@ -145,7 +145,15 @@ pub async fn serve(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<io::Result<()>>();
     let workers = listener.sockets.len();
     let tls = listener.tls;
+    // HTTPS workers count in the parts after the HTTP ones (see
+    // `super::shards`).
+    let first = if tls.is_some() {
+        shared.settings.workers
+    } else {
+        0
+    };
     for (i, socket) in listener.sockets.into_iter().enumerate() {
+        let index = first + i;
         let (shared, slots, stop, done, tls) = (
             Arc::clone(&shared),
             Arc::clone(&slots),
@@ -159,7 +167,7 @@ pub async fn serve(
                 let result = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|rt| rt.block_on(worker(shared, i, socket, tls, slots, stop)));
+                    .and_then(|rt| rt.block_on(worker(shared, index, socket, tls, slots, stop)));
                 let _ = done.send(result);
             })?;
     }

@@ -6,9 +6,9 @@
 //! writes only lines no other core writes; readers (a scrape, a drain, the
 //! dashboard) add the parts up, which is rare and may be slow.
 //!
-//! Workers are numbered from 0 ([`super::forward::Worker`]); a number past
-//! the end wraps around, so sharing a part (an HTTPS worker with the HTTP
-//! one of the same number) only costs speed: every part is atomic.
+//! Workers are numbered from 0 ([`super::forward::Worker`]): those of the
+//! HTTP listener, then those of the HTTPS one. A number past the end wraps
+//! around; sharing a part only costs speed, since every part is atomic.
 
 /// One part per worker.
 #[derive(Debug)]
