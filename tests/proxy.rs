@@ -237,6 +237,16 @@ impl Harness {
         }
     }
 
+    /// A proxy with `settings` serving `a.test` from `a` alone.
+    async fn serving_a(a: &Instance, settings: Settings) -> Harness {
+        let h = Harness::start(settings).await;
+        h.publish(
+            &fleet(&app("a", &["a.test"], "")),
+            &[a.upstream("a", 0, true)],
+        );
+        h
+    }
+
     fn publish(&self, fleet: &Fleet, upstreams: &[Upstream]) {
         self.proxy.publish(RouteTable::build(fleet, upstreams));
     }
@@ -400,11 +410,7 @@ async fn unknown_host_is_404_and_no_healthy_instance_is_503() {
 #[tokio::test]
 async fn headers_are_forwarded_rewritten_and_stripped() {
     let a = Instance::start("a").await;
-    let h = Harness::start(fast_settings()).await;
-    h.publish(
-        &fleet(&app("a", &["a.test"], "")),
-        &[a.upstream("a", 0, true)],
-    );
+    let h = Harness::serving_a(&a, fast_settings()).await;
     let req = Request::builder()
         .uri(format!("http://{}/hello", h.addr))
         .header("host", "a.test")
@@ -457,11 +463,7 @@ async fn headers_are_forwarded_rewritten_and_stripped() {
 #[tokio::test]
 async fn http2_clients_reach_http1_instances() {
     let a = Instance::start("a").await;
-    let h = Harness::start(fast_settings()).await;
-    h.publish(
-        &fleet(&app("a", &["a.test"], "")),
-        &[a.upstream("a", 0, true)],
-    );
+    let h = Harness::serving_a(&a, fast_settings()).await;
     // HTTP/2 with prior knowledge; the host travels as :authority.
     let stream = TcpStream::connect(h.addr).await.unwrap();
     let (mut h2, conn) =
@@ -714,15 +716,14 @@ async fn a_request_with_a_body_is_not_sent_twice() {
 #[tokio::test]
 async fn an_instance_that_does_not_answer_in_time_is_504() {
     let a = Instance::start("a").await;
-    let h = Harness::start(Settings {
-        upstream_timeout: Duration::from_millis(300),
-        ..fast_settings()
-    })
+    let h = Harness::serving_a(
+        &a,
+        Settings {
+            upstream_timeout: Duration::from_millis(300),
+            ..fast_settings()
+        },
+    )
     .await;
-    h.publish(
-        &fleet(&app("a", &["a.test"], "")),
-        &[a.upstream("a", 0, true)],
-    );
     let started = Instant::now();
     let (status, _, _) = h.get("a.test", "/slow?ms=3000").await;
     assert_eq!(status, 504);
@@ -793,15 +794,14 @@ async fn websockets_pass_through() {
 #[tokio::test]
 async fn slowloris_is_cut_off_after_the_header_timeout() {
     let a = Instance::start("a").await;
-    let h = Harness::start(Settings {
-        header_timeout: Duration::from_secs(1),
-        ..fast_settings()
-    })
+    let h = Harness::serving_a(
+        &a,
+        Settings {
+            header_timeout: Duration::from_secs(1),
+            ..fast_settings()
+        },
+    )
     .await;
-    h.publish(
-        &fleet(&app("a", &["a.test"], "")),
-        &[a.upstream("a", 0, true)],
-    );
 
     // A head trickling in, a byte every 200 ms.
     let mut s = TcpStream::connect(h.addr).await.unwrap();
@@ -859,16 +859,15 @@ async fn answer_on(s: &mut TcpStream) -> String {
 #[tokio::test]
 async fn a_kept_alive_connection_waits_out_the_idle_timeout_and_a_later_slow_head_is_cut() {
     let a = Instance::start("a").await;
-    let h = Harness::start(Settings {
-        header_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(5),
-        ..fast_settings()
-    })
+    let h = Harness::serving_a(
+        &a,
+        Settings {
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+            ..fast_settings()
+        },
+    )
     .await;
-    h.publish(
-        &fleet(&app("a", &["a.test"], "")),
-        &[a.upstream("a", 0, true)],
-    );
     let request = b"GET /slow?ms=0 HTTP/1.1\r\nHost: a.test\r\n\r\n";
     let mut s = TcpStream::connect(h.addr).await.unwrap();
     s.write_all(request).await.unwrap();
@@ -964,11 +963,7 @@ async fn a_pipelined_request_waits_out_a_slow_answer_without_the_connection_bein
 #[tokio::test]
 async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
     let a = Instance::start("a").await;
-    let h = Harness::start(fast_settings()).await;
-    h.publish(
-        &fleet(&app("a", &["a.test"], "")),
-        &[a.upstream("a", 0, true)],
-    );
+    let h = Harness::serving_a(&a, fast_settings()).await;
     // Sends its request, shuts its sending side (as `nc -N` and some
     // HTTP/1.0-era clients do), then waits for the answer: the end of
     // input must not cut the request short while the instance works.
@@ -991,15 +986,14 @@ async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
 #[tokio::test]
 async fn idle_connections_are_closed() {
     let a = Instance::start("a").await;
-    let h = Harness::start(Settings {
-        idle_timeout: Duration::from_millis(800),
-        ..fast_settings()
-    })
+    let h = Harness::serving_a(
+        &a,
+        Settings {
+            idle_timeout: Duration::from_millis(800),
+            ..fast_settings()
+        },
+    )
     .await;
-    h.publish(
-        &fleet(&app("a", &["a.test"], "")),
-        &[a.upstream("a", 0, true)],
-    );
     // HTTP/2 has no header timeout between requests: the idle one applies.
     let mut s = TcpStream::connect(h.addr).await.unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
@@ -1071,15 +1065,14 @@ async fn oversized_heads_and_bodies_are_refused() {
 #[tokio::test]
 async fn connections_past_the_limit_wait_their_turn() {
     let a = Instance::start("a").await;
-    let h = Harness::start(Settings {
-        max_connections: 2,
-        ..fast_settings()
-    })
+    let h = Harness::serving_a(
+        &a,
+        Settings {
+            max_connections: 2,
+            ..fast_settings()
+        },
+    )
     .await;
-    h.publish(
-        &fleet(&app("a", &["a.test"], "")),
-        &[a.upstream("a", 0, true)],
-    );
     let first = TcpStream::connect(h.addr).await.unwrap();
     let _second = TcpStream::connect(h.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1258,11 +1251,7 @@ async fn admin_serves_health_and_metrics() {
 #[tokio::test]
 async fn shutdown_lets_requests_in_flight_finish() {
     let a = Instance::start("a").await;
-    let mut h = Harness::start(fast_settings()).await;
-    h.publish(
-        &fleet(&app("a", &["a.test"], "")),
-        &[a.upstream("a", 0, true)],
-    );
+    let mut h = Harness::serving_a(&a, fast_settings()).await;
     let addr = h.addr;
     let slow = tokio::spawn(async move {
         send(

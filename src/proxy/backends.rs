@@ -51,7 +51,7 @@ struct Draining {
 }
 
 impl BackendState {
-    fn new(upstream: &Upstream, workers: usize) -> BackendState {
+    fn new(upstream: &Upstream, parts: usize) -> BackendState {
         let endpoint = upstream.endpoint();
         let draining = Arc::new(Draining::default());
         BackendState {
@@ -61,7 +61,7 @@ impl BackendState {
             },
             authority: endpoint.parse().ok(),
             endpoint,
-            in_flight: Shards::new(workers, || {
+            in_flight: Shards::new(parts, || {
                 Arc::new(Count {
                     n: AtomicUsize::new(0),
                     draining: Arc::clone(&draining),
@@ -261,8 +261,9 @@ impl Snapshot {
 /// Every instance the proxy knows of, by endpoint.
 #[derive(Debug)]
 pub struct Registry {
-    /// Worker threads per listener, for the per-worker counts.
-    workers: usize,
+    /// Parts of each per-worker count: one per worker number (see
+    /// [`Shards`]).
+    parts: usize,
     states: HashMap<String, Arc<BackendState>>,
     /// Instances that left the table (their app or host removed from
     /// fleet.toml) while requests may still run to them: a drain before
@@ -271,9 +272,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(workers: usize) -> Registry {
+    pub fn new(parts: usize) -> Registry {
         Registry {
-            workers,
+            parts,
             states: HashMap::new(),
             retired: HashMap::new(),
         }
@@ -297,7 +298,7 @@ impl Registry {
                     .or(self.states.get(&endpoint).filter(same))
                 {
                     Some(s) => Arc::clone(s),
-                    None => Arc::new(BackendState::new(up, self.workers)),
+                    None => Arc::new(BackendState::new(up, self.parts)),
                 };
                 states.insert(endpoint, Arc::clone(&state));
                 backends.push(Backend {
@@ -308,7 +309,7 @@ impl Registry {
             routes.push(LiveRoute {
                 route: route.clone(),
                 backends,
-                turns: Shards::new(self.workers, AtomicUsize::default),
+                turns: Shards::new(self.parts, AtomicUsize::default),
                 metrics: metrics.route(&route.pattern),
             });
         }

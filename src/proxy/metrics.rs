@@ -61,21 +61,21 @@ pub struct Metrics {
 /// fleet.toml keeps its series: counters never go back.
 #[derive(Debug)]
 struct Hosts {
-    workers: usize,
+    /// Parts per host: one per worker number (see [`Shards`]).
+    parts: usize,
     by_label: BTreeMap<String, RouteMetrics>,
 }
 
 impl Hosts {
     fn get(&mut self, host: &str) -> RouteMetrics {
-        if let Some(m) = self.by_label.get(host) {
-            return Arc::clone(m);
-        }
-        let m = Arc::new(HostCounts {
-            parts: Shards::new(self.workers, Part::default),
-            rare: Mutex::default(),
+        let parts = self.parts;
+        let counts = self.by_label.entry(host.to_owned()).or_insert_with(|| {
+            Arc::new(HostCounts {
+                parts: Shards::new(parts, Part::default),
+                rare: Mutex::default(),
+            })
         });
-        self.by_label.insert(host.to_owned(), Arc::clone(&m));
-        m
+        Arc::clone(counts)
     }
 }
 
@@ -172,10 +172,10 @@ impl HostCounts {
 
 impl Metrics {
     /// Registers the proxy's metrics under `prism_proxy_` in `registry`,
-    /// with request counts kept in a part for each of `workers` workers.
-    pub fn new(registry: &mut Registry, workers: usize) -> Metrics {
+    /// with request counts kept in `parts` parts (see [`Shards`]).
+    pub fn new(registry: &mut Registry, parts: usize) -> Metrics {
         let mut hosts = Hosts {
-            workers,
+            parts,
             by_label: BTreeMap::new(),
         };
         let unknown = hosts.get(UNKNOWN_HOST);

@@ -128,10 +128,8 @@ impl Proxy {
         let tls = Arc::new(Tls::new());
         metrics.register_collector(Box::new(UpstreamCollector(Arc::clone(&routes))));
         metrics.register_collector(Box::new(TlsCollector(Arc::clone(&tls))));
-        // A count part for each worker of the HTTP listener, then of the
-        // HTTPS one (see `server::serve`).
-        let workers = 2 * settings.workers;
-        let metrics = Metrics::new(metrics, workers);
+        let parts = shards::parts(settings.workers);
+        let metrics = Metrics::new(metrics, parts);
         Proxy {
             shared: Arc::new(Shared {
                 routes,
@@ -139,7 +137,7 @@ impl Proxy {
                 metrics,
                 tls,
             }),
-            registry: Arc::new(Mutex::new(backends::Registry::new(workers))),
+            registry: Arc::new(Mutex::new(backends::Registry::new(parts))),
         }
     }
 

@@ -112,11 +112,11 @@ pub fn http_builder(s: &Settings) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(None)
         .max_buf_size(s.max_header_size)
         // A client that shuts its sending side after its request still
-        // gets the answer (as HAProxy's default; nginx cuts it). This also
-        // keeps hyper from reading while a request is handled, when the
-        // request's headers still point into its read buffer and the read
-        // would need a new one: two allocations fewer per request. A
-        // client that leaves meanwhile is noticed when its answer is sent.
+        // gets the answer (nginx cuts it). This also keeps hyper from
+        // reading while a request is handled, when the request's headers
+        // still point into its read buffer and the read would need a new
+        // one: two allocations fewer per request. A client that leaves
+        // meanwhile is noticed when its answer is sent.
         .half_close(true)
         .keep_alive(true);
     builder
@@ -145,15 +145,8 @@ pub async fn serve(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<io::Result<()>>();
     let workers = listener.sockets.len();
     let tls = listener.tls;
-    // HTTPS workers count in the parts after the HTTP ones (see
-    // `super::shards`).
-    let first = if tls.is_some() {
-        shared.settings.workers
-    } else {
-        0
-    };
     for (i, socket) in listener.sockets.into_iter().enumerate() {
-        let index = first + i;
+        let index = super::shards::worker_number(shared.settings.workers, tls.is_some(), i);
         let (shared, slots, stop, done, tls) = (
             Arc::clone(&shared),
             Arc::clone(&slots),

@@ -6,9 +6,19 @@
 //! writes only lines no other core writes; readers (a scrape, a drain, the
 //! dashboard) add the parts up, which is rare and may be slow.
 //!
-//! Workers are numbered from 0 ([`super::forward::Worker`]): those of the
+//! Workers are numbered from 0 ([`worker_number`]): those of the
 //! HTTP listener, then those of the HTTPS one. A number past the end wraps
 //! around; sharing a part only costs speed, since every part is atomic.
+
+/// Parts for a proxy with `workers` workers per listener.
+pub fn parts(workers: usize) -> usize {
+    2 * workers
+}
+
+/// The number of a listener's worker `i` (of `workers`).
+pub fn worker_number(workers: usize, https: bool, i: usize) -> usize {
+    if https { workers + i } else { i }
+}
 
 /// One part per worker.
 #[derive(Debug)]
