@@ -261,7 +261,11 @@ fn store(state: &Path) -> Result<Store> {
 
 /// The node's recorded state; `None` while the store is busy.
 fn node_state(state: &Path, id: &str) -> Option<String> {
-    store(state).ok()?.node(id).ok()?.map(|n| n.state)
+    store(state)
+        .ok()?
+        .node(id)
+        .ok()?
+        .map(|n| n.state.as_str().to_owned())
 }
 
 /// Whether each of the app's `pods` is healthy on a node other than `from`.

@@ -302,7 +302,9 @@ fn wait_moved(state: &Path, from: &str, pods: &[(String, u32)], limit: Duration)
 fn wait_node_ready(state: &Path, id: &str, limit: Duration) -> Result<()> {
     poll(limit, "the new node ready", || {
         let node = store(state)?.node(id)?;
-        Ok(node.filter(|n| n.state == "ready").map(|_| ()))
+        Ok(node
+            .filter(|n| n.state == prism::reconcile::NodeState::Ready)
+            .map(|_| ()))
     })
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 
-use tokio::task::{AbortHandle, Id, JoinError, JoinHandle, JoinSet};
+use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
 
 /// How a task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,16 +43,6 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
         s.clone()
     } else {
         "a panic without a message".to_owned()
-    }
-}
-
-/// A task that goes when this is dropped: one that serves a single owner
-/// (a check's connection, a client connection's watcher).
-pub struct AbortOnDrop(pub JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -2,11 +2,11 @@
 //! outcome to an exit code. Commands print for people on stdout, problems
 //! on stderr.
 
+mod confirm;
 mod daemon;
 mod docs;
 pub(crate) mod plan;
 mod reconcile;
-mod reload;
 mod status;
 pub(crate) mod table;
 mod validate;
@@ -64,14 +64,15 @@ pub enum Command {
     /// for the same state file, the dashboard attaches to it: it shows the
     /// daemon's state and sends it your actions. Otherwise it runs the
     /// operator itself (discovery, reconcile, and the bundled proxy and
-    /// admin listener as `prism daemon` serves them) until you quit,
-    /// logging to prism-dashboard.log beside the state file. Press ? for
+    /// admin listener, started as `prism daemon` starts them) until you
+    /// quit, logging to prism-dashboard.DATE.log beside the state file (a
+    /// file a day, a week kept). Press ? for
     /// the keys.
     #[command(after_help = DASHBOARD_EXIT_CODES)]
     Dashboard {
         /// Time between passes when the dashboard runs the operator
         /// [default: `[lifecycle] probe_interval`, 2s].
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = duration_arg)]
         interval: Option<std::time::Duration>,
         /// When the dashboard runs the operator: without the bundled proxy
         /// and its admin listener ([proxy] listen and admin are then not
@@ -111,9 +112,21 @@ pub enum Command {
         #[arg(long, required = true)]
         once: bool,
         /// Give up waiting for new containers to be ready after this.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = duration_arg)]
         timeout: std::time::Duration,
     },
+
+    /// Let the changes the guards hold back go ahead now.
+    ///
+    /// A fleet.toml edit that removes more than half of the fleet's pods,
+    /// or a listing from EC2 that lacks more than half of the nodes with
+    /// no word of them shutting down, is held back ([guard] hold, 10
+    /// minutes by default) in case it is a mistake: `prism plan` and
+    /// `prism status` show what is held. This lets it go at once: the
+    /// applier (daemon or dashboard) takes it within a second, and a cron
+    /// `reconcile --once` at its next run.
+    #[command(after_help = EXIT_CODES)]
+    Confirm,
 
     /// Run headless: discover and reconcile in a loop, with logs.
     ///
@@ -126,7 +139,7 @@ pub enum Command {
     #[command(after_help = DAEMON_EXIT_CODES)]
     Daemon {
         /// Time between passes [default: `[lifecycle] probe_interval`, 2s].
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = duration_arg)]
         interval: Option<std::time::Duration>,
         /// Log lines for people, or one JSON object per line.
         #[arg(long, value_enum, default_value = "human")]
@@ -178,7 +191,8 @@ pub enum Command {
 const RECONCILE_EXIT_CODES: &str = "\
 Exit codes:
   0  converged: the nodes run what fleet.toml asks for
-  1  some action failed, or not converged within --timeout
+  1  some action failed, a change is held back by the guards, or not
+     converged within --timeout
   2  bad usage, invalid fleet.toml or secrets, or another applier holds the lock
      (nothing was changed)";
 
@@ -186,42 +200,54 @@ const DASHBOARD_EXIT_CODES: &str = "\
 Exit codes:
   0  quit (q, :q, ctrl-c, SIGTERM)
   1  the dashboard could not go on (state store, terminal, runtime)
-  2  bad usage, invalid fleet.toml, secrets or SSH settings, or another
-     applier (not a daemon) holds the lock";
+  2  bad usage, invalid fleet.toml, secrets or SSH settings, a port held by
+     another process, or another applier (not a daemon) holds the lock";
 
 const DAEMON_EXIT_CODES: &str = "\
 Exit codes:
   0  stopped by SIGTERM or SIGINT
   1  the daemon could not go on (state store, runtime)
-  2  bad usage, invalid fleet.toml or secrets, or another applier holds the lock";
+  2  bad usage, invalid fleet.toml or secrets, a port held by another
+     process, or another applier holds the lock (nothing was started)";
+
+/// A duration on the command line, as fleet.toml takes them: `2s`,
+/// `1m30s`, within fleet.toml's bounds (a year at most), so no later
+/// arithmetic on it can overflow.
+fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<crate::config::Interval>().map(|i| i.0)
+}
 
 /// Why a command failed, which decides the exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Output(#[from] std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Ssh(#[from] crate::ssh::SshError),
-    #[error("{0}")]
+    #[error(transparent)]
     Discovery(#[from] crate::cloud::DiscoveryError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     /// A listener that could not be bound, or HTTPS certificates named by
     /// fleet.toml that could not be used.
-    #[error("{0}")]
+    #[error(transparent)]
     Front(#[from] crate::operator::FrontError),
-    #[error("{0}")]
+    #[error(transparent)]
     Pass(#[from] crate::operator::PassError),
-    #[error("{0}")]
+    #[error(transparent)]
+    Start(#[from] crate::operator::StartError),
+    #[error(transparent)]
+    Run(#[from] crate::operator::RunError),
+    #[error(transparent)]
     Dashboard(#[from] crate::tui::TuiError),
     /// A task the daemon cannot run without ended (a panic).
-    #[error("{0}")]
+    #[error(transparent)]
     Task(#[from] crate::tasks::Ended),
     /// Already reported; only the exit code is left.
     #[error("")]
@@ -235,6 +261,7 @@ impl Failure {
             Failure::Front(crate::operator::FrontError::Tls(_)) => 2,
             Failure::Store(StoreError::Locked { .. }) => 2,
             Failure::Pass(e) if e.is_setup() => 2,
+            Failure::Start(e) if e.is_setup() => 2,
             Failure::Dashboard(e) if e.is_setup() => 2,
             Failure::Reported(code) => *code,
             _ => 1,
@@ -271,6 +298,9 @@ pub fn main() -> ExitCode {
         Command::Man { dir: None } => docs::man_page(),
         Command::Man { dir: Some(dir) } => docs::man_pages(dir),
         Command::Validate => validate::run(&cli.config),
+        Command::Confirm => Config::load(&cli.config)
+            .map_err(Failure::from)
+            .and_then(|config| confirm::run(&config)),
         Command::Plan { json } => Config::load(&cli.config)
             .map_err(Failure::from)
             .and_then(|config| block_on(plan::run(config, *json))),

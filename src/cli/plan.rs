@@ -6,10 +6,10 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::Failure;
-use crate::cloud::Node;
 use crate::config::Config;
-use crate::operator::{Operator, Planned};
-use crate::reconcile::{NodeView, Plan};
+use crate::operator::{Memory, Operator, Planned};
+use crate::reconcile::{Hold, NodeView, Plan};
+use crate::store::{Store, Writer};
 
 #[derive(Serialize)]
 struct PlanJson<'a> {
@@ -17,17 +17,26 @@ struct PlanJson<'a> {
     nodes: &'a [NodeView],
     #[serde(flatten)]
     plan: &'a Plan,
+    /// Changes held back by the guards against mass change.
+    held: &'a [Hold],
 }
 
 pub async fn run(config: Config, json: bool) -> Result<(), Failure> {
-    let operator = Operator::new(config).await?;
-    let planned = operator.observe_and_plan().await?;
+    let store = Store::open(&config.state_path())?;
+    let mut memory = Memory::load(&store)?;
+    let journal = Writer::start(store);
+    let operator = Operator::new(config, Some(journal.clone())).await?;
+    let mut planned = operator.observe_and_plan(&mut memory, &journal).await?;
+    operator.guard_apps(&mut memory, &journal, &mut planned);
+    // What the probes recorded lands before the process ends.
+    journal.call("finish writing", |_| Ok(())).await?;
     let mut out = std::io::stdout().lock();
     if json {
         let doc = PlanJson {
             fleet: &operator.desired.fleet,
             nodes: &planned.views,
             plan: &planned.plan,
+            held: &planned.held,
         };
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
@@ -37,19 +46,11 @@ pub async fn run(config: Config, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A node's name for people: `node1 (i-0abc…)`, or the id alone.
-pub fn node_label(nodes: &[Node], id: &str) -> String {
-    match nodes.iter().find(|n| n.id == id) {
-        Some(n) if n.name != n.id => format!("{} ({})", n.name, n.id),
-        _ => id.to_owned(),
-    }
-}
-
 pub fn human(planned: &Planned) -> String {
     let plan = &planned.plan;
     let mut text = String::new();
     for (node, actions) in &plan.actions {
-        text.push_str(&format!("on {}:\n", node_label(&planned.nodes, node)));
+        text.push_str(&format!("on {}:\n", planned.label(node)));
         for a in actions {
             text.push_str(&format!("  {a}\n"));
         }
@@ -66,7 +67,12 @@ pub fn human(planned: &Planned) -> String {
     for w in &plan.waiting {
         text.push_str(&format!("… {w}\n"));
     }
-    if plan.is_empty() && plan.waiting.is_empty() {
+    for h in &planned.held {
+        text.push_str(&format!(
+            "{h}\n  it goes ahead once still seen after [guard] hold, or at once with `prism confirm`\n"
+        ));
+    }
+    if plan.is_empty() && plan.waiting.is_empty() && planned.held.is_empty() {
         text.push_str("No changes: the nodes run what fleet.toml asks for.\n");
     }
     text

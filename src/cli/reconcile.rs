@@ -1,16 +1,13 @@
 //! `prism reconcile --once`: converge, then exit. For cron: prints nothing
-//! when there was nothing to do.
+//! when there was nothing to do. It applies as the daemon does (the lock
+//! with its heartbeat, then passes through the one applier), without the
+//! proxy.
 
 use std::time::{Duration, Instant};
 
 use super::Failure;
-use super::plan::node_label;
 use crate::config::Config;
-use crate::operator::{Operator, Outcome};
-use crate::store::LockHolder;
-
-/// A stale lock (its holder died without unlocking) is taken over after this.
-const LOCK_TTL: Duration = Duration::from_secs(120);
+use crate::operator::{Applying, Control, Heard, Input, Loop};
 
 /// Pause between passes while waiting for new containers to be ready.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -23,53 +20,78 @@ pub enum Converged {
 }
 
 pub async fn once(config: Config, timeout: Duration) -> Result<Converged, Failure> {
-    let operator = Operator::new(config).await?;
-    let me = LockHolder::this_process("reconcile --once");
-    operator.lock().try_lock(&me, LOCK_TTL)?;
-    let result = converge(&operator, &me, timeout).await;
-    let unlocked = operator.lock().unlock(&me);
-    let converged = result?;
-    unlocked?;
-    Ok(converged)
+    let started = Instant::now();
+    let (operator, memory, applying) = Applying::begin(config, "reconcile --once").await?;
+    let stop = applying.fence.clone();
+    let heartbeat = crate::operator::keep_lease(stop, || {});
+    let (control, inbox) = Control::new();
+    let mut the_loop = Loop {
+        applier: applying.applier(&operator),
+        operator: std::sync::Arc::new(operator),
+        memory,
+        journal: applying.journal.clone(),
+        fence: applying.fence.clone(),
+        workers: applying.workers.clone(),
+        interval: SETTLE,
+        budget: timeout,
+        progress: Some(Box::new(|heard: Heard<'_>| match heard {
+            Heard::Placement(c) => println!("{c}"),
+            Heard::Outcome(node, o) => match &o.result {
+                Ok(_) => println!("{node}: {}", o.action),
+                Err(e) => eprintln!("{node}: {}: FAILED: {e}", o.action),
+            },
+        })),
+        pending: None,
+        held_reload: None,
+        control,
+        inbox,
+    };
+    // What was asked meanwhile (a confirm, a drain, a restart) counts for
+    // this run, as a daemon would take it.
+    let asked = applying
+        .journal
+        .call("take requests", |s| s.take_requests())
+        .await?;
+    for req in asked {
+        the_loop.take(Input::Request(req));
+    }
+    let result = converge(&mut the_loop, started, timeout).await;
+    heartbeat.abort();
+    drop(the_loop);
+    applying.finish().await;
+    result
 }
 
-async fn converge(
-    operator: &Operator,
-    me: &LockHolder,
-    timeout: Duration,
-) -> Result<Converged, Failure> {
-    let deadline = Instant::now() + timeout;
+async fn converge(l: &mut Loop, started: Instant, timeout: Duration) -> Result<Converged, Failure> {
     loop {
-        operator.lock().heartbeat(me)?;
-        let planned = operator.observe_and_plan().await?;
+        l.budget = timeout.saturating_sub(started.elapsed());
+        let (report, _, outcomes) = l.pass().await;
+        if let Some(e) = &report.error {
+            eprintln!("error: {e}");
+            return Err(Failure::Reported(1));
+        }
+        let Some(planned) = &report.planned else {
+            return Ok(Converged::No);
+        };
         for p in &planned.plan.problems {
             eprintln!("{p}");
         }
+        for h in &planned.held {
+            eprintln!(
+                "{h}: `prism confirm` lets it go ahead, or it does by itself once seen for [guard] hold"
+            );
+        }
+        // A preparing node's failed pull only lets it go ready: the next
+        // pass places its pods, whose own pulls then fail.
+        if outcomes.iter().any(|o| o.failed() && !o.prepare()) {
+            return Ok(Converged::No);
+        }
         let plan = &planned.plan;
-        if plan.is_empty() && plan.waiting.is_empty() {
+        let idle = l.workers.at_work().is_empty();
+        if plan.is_empty() && plan.waiting.is_empty() && planned.held.is_empty() && idle {
             return Ok(Converged::Yes);
         }
-        // With actions, apply them; without, only new containers are still
-        // to pass their checks. Either way, look again after a pause.
-        if !plan.is_empty() {
-            for c in &plan.placement_changes {
-                println!("{c}");
-            }
-            let report = |o: &Outcome| {
-                let node = node_label(&planned.nodes, &o.node);
-                match &o.error {
-                    None => println!("{node}: {}", o.action),
-                    Some(e) => eprintln!("{node}: {}: FAILED: {e}", o.action),
-                }
-            };
-            let outcomes = operator.apply(&planned, &report).await?;
-            // A preparing node's failed pull only lets it go ready: the
-            // next pass places its pods, whose own pulls then fail.
-            if outcomes.iter().any(|o| o.error.is_some() && !o.prepare) {
-                return Ok(Converged::No);
-            }
-        }
-        if Instant::now() + SETTLE >= deadline {
+        if started.elapsed() + SETTLE >= timeout {
             for w in &plan.waiting {
                 eprintln!("waiting: {w}");
             }

@@ -1,19 +1,24 @@
 //! `prism status`: nodes and containers as the state store last saw them.
 
 use std::io::Write;
+use std::path::Path;
 
 use serde::Serialize;
-
-use std::sync::{Arc, Mutex};
 
 use super::Failure;
 use super::table::{age, opt, render, size};
 use crate::cloud::Discovery;
 use crate::config::Config;
 use crate::observe::ProbeLimits;
-use crate::operator::{Recorder, observe};
+use crate::operator::{HEARTBEAT_LATE, Memory, observe, record};
+use crate::reconcile::Hold;
 use crate::ssh::{Pool, SshSettings};
-use crate::store::{ContainerRecord, LockInfo, NodeRecord, Placement, Store, now_ms};
+use crate::store::{
+    ContainerRecord, LockInfo, NodeRecord, Placement, Store, Writer, hostname, now_ms,
+};
+
+/// Free space below which the state file's filesystem counts as full.
+const FULL_BELOW: u64 = 1 << 20;
 
 #[derive(Serialize)]
 struct Status {
@@ -25,6 +30,11 @@ struct Status {
     containers: Vec<ContainerRecord>,
     placements: Vec<Placement>,
     lock: Option<LockInfo>,
+    /// Changes held back by the guards against mass change.
+    held: Vec<Hold>,
+    /// Whether the applier's writes to the state file fail, and why it
+    /// seems so; `None` when nothing says they do.
+    writes_failing: Option<String>,
 }
 
 pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
@@ -37,13 +47,18 @@ pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
         containers: Vec::new(),
         placements: Vec::new(),
         lock: None,
+        held: Vec::new(),
+        writes_failing: None,
     };
-    if let Some(store) = Store::open_existing(&state_file)? {
+    if let Some(store) = Store::open_read_only(&state_file)? {
         status.recorded = true;
         status.nodes = store.nodes()?;
         status.containers = store.containers()?;
         status.placements = store.placements()?;
         status.lock = store.lock_info()?;
+        status.held = store.holds()?;
+        status.writes_failing =
+            writes_failing(status.lock.as_ref(), &state_file, &hostname(), now_ms());
     }
     let mut out = std::io::stdout().lock();
     if json {
@@ -55,10 +70,43 @@ pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Whether the applier holding `lock` fails to write the state file: its
+/// heartbeat is late though it lives, or the file's filesystem is full.
+fn writes_failing(lock: Option<&LockInfo>, file: &Path, host: &str, now: i64) -> Option<String> {
+    let mut why = Vec::new();
+    if let Some(lock) = lock.filter(|l| l.alive(host, now)) {
+        let age = now.saturating_sub(lock.heartbeat_at);
+        let late = i64::try_from(HEARTBEAT_LATE.as_millis()).unwrap_or(i64::MAX);
+        if age > late {
+            why.push(format!(
+                "the applier ({}, pid {}) has written no heartbeat for {}s",
+                lock.role,
+                lock.pid,
+                age / 1000
+            ));
+        }
+    }
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Ok(fs) = rustix::fs::statvfs(dir) {
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if free < FULL_BELOW {
+            why.push(format!(
+                "the state file's filesystem is full ({free} bytes free)"
+            ));
+        }
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
 /// Discovers the fleet, probes every node and records what was found.
 pub async fn probe(config: &Config) -> Result<(), Failure> {
-    let store = Arc::new(Mutex::new(Store::open(&config.state_path())?));
-    let pool = Pool::new(SshSettings::from_config(config)?, Some(store.clone()));
+    let store = Store::open(&config.state_path())?;
+    let mut memory = Memory::load(&store)?;
+    let journal = Writer::start(store);
+    let pool = Pool::new(SshSettings::from_config(config)?, Some(journal.clone()));
     let nodes = Discovery::from_config(config).await.nodes().await?;
     let pass = observe(
         &pool,
@@ -76,7 +124,15 @@ pub async fn probe(config: &Config) -> Result<(), Failure> {
         .filter(|a| a.instances > 0)
         .flat_map(|a| a.services.values().map(|s| s.image.clone()))
         .collect();
-    Recorder::new(config.fleet.lifecycle.lost_after).record(&store, &pass, true, &images)?;
+    record(
+        &mut memory,
+        &journal,
+        &pass,
+        true,
+        &images,
+        config.fleet.lifecycle.lost_after,
+    );
+    journal.call("finish writing", |_| Ok(())).await?;
     Ok(())
 }
 
@@ -88,6 +144,19 @@ fn human(s: &Status, now: i64) -> String {
     }
     if let Some(lock) = &s.lock {
         text.push_str(&format!("applier: {lock}\n"));
+    }
+    if let Some(why) = &s.writes_failing {
+        text.push_str(&format!(
+            "STATE STORE: writes fail: {why}; Prism goes on healing from memory, but what it does is not recorded\n"
+        ));
+    }
+    for h in &s.held {
+        text.push_str(&format!(
+            "HELD BACK: {} (since {} ago){}; `prism confirm` lets it go ahead\n",
+            h.summary,
+            age(now, h.first_seen),
+            if h.confirmed { ", confirmed" } else { "" }
+        ));
     }
     text.push_str(&format!("\nNODES ({})\n", s.nodes.len()));
     if s.nodes.is_empty() {
@@ -109,10 +178,10 @@ fn human(s: &Status, now: i64) -> String {
                     n.address.clone(),
                     opt(n.zone.as_deref()),
                     opt(n.instance_type.as_deref()),
-                    n.lifecycle.clone(),
+                    n.lifecycle.as_str().to_owned(),
                     match &n.condition {
-                        Some(c) => format!("{} ({c})", n.state),
-                        None => n.state.clone(),
+                        Some(c) => format!("{} ({c})", n.state.as_str()),
+                        None => n.state.as_str().to_owned(),
                     },
                     memory,
                     pods(&n.id).to_string(),
@@ -187,6 +256,9 @@ fn human(s: &Status, now: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::Lifecycle;
+    use crate::config::Provider;
+    use crate::reconcile::NodeState;
     use crate::store::{ContainerRecord, NodeRecord};
 
     fn status() -> Status {
@@ -198,11 +270,11 @@ mod tests {
                 id: "i-0abc".into(),
                 name: "node1".into(),
                 address: "172.31.250.10".into(),
-                provider: "ec2".into(),
+                provider: Provider::Ec2,
                 zone: Some("eu-north-1a".into()),
                 instance_type: Some("t3.small".into()),
-                lifecycle: "spot".into(),
-                state: "lost".into(),
+                lifecycle: Lifecycle::Spot,
+                state: NodeState::Lost,
                 condition: Some("unreachable".into()),
                 condition_detail: Some("i-0abc: unreachable at 172.31.250.10: no route".into()),
                 docker_version: None,
@@ -231,6 +303,8 @@ mod tests {
             }],
             placements: vec![],
             lock: None,
+            held: vec![],
+            writes_failing: None,
         }
     }
 
@@ -281,6 +355,33 @@ mod tests {
         ] {
             assert!(pod_line.contains(cell), "{cell} missing from {pod_line:?}");
         }
+    }
+
+    #[test]
+    fn a_live_applier_with_a_late_heartbeat_is_said_to_fail_its_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("s.db");
+        let me = LockInfo {
+            role: "daemon".into(),
+            pid: std::process::id(),
+            host: "box".into(),
+            acquired_at: 0,
+            heartbeat_at: 100_000,
+            ttl_ms: 60_000,
+            generation: 1,
+        };
+        assert_eq!(writes_failing(Some(&me), &file, "box", 110_000), None);
+        let why = writes_failing(Some(&me), &file, "box", 200_000).expect("late");
+        assert!(why.contains("no heartbeat for 100s"), "{why}");
+        // A holder that is gone is no applier whose writes fail.
+        let gone = LockInfo {
+            pid: 4_194_305,
+            ..me
+        };
+        assert_eq!(writes_failing(Some(&gone), &file, "box", 200_000), None);
+        let mut s = status();
+        s.writes_failing = Some(why);
+        assert!(human(&s, 0).contains("STATE STORE: writes fail: the applier (daemon"));
     }
 
     #[test]

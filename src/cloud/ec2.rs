@@ -7,11 +7,18 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{Filter, Instance, InstanceLifecycleType, InstanceStateName};
 
 use super::{DiscoveryError, Lifecycle, Node, Presence};
-use crate::config::{AddressKind, Config};
+use crate::config::{AddressKind, Config, Provider};
 
 /// Instance states that still matter. Terminated instances are gone; a node
 /// missing from the answer is gone too.
-const STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
+const STATES: [&str; 6] = [
+    "pending",
+    "running",
+    "shutting-down",
+    "stopping",
+    "stopped",
+    "terminated",
+];
 
 pub struct Ec2 {
     client: aws_sdk_ec2::Client,
@@ -110,6 +117,7 @@ impl Ec2 {
                 | InstanceStateName::Stopping
                 | InstanceStateName::Stopped,
             ) => Presence::Leaving,
+            Some(InstanceStateName::Terminated) => Presence::Ended,
             _ => return Ok(None),
         };
         let (address, kind) = match self.address {
@@ -120,7 +128,7 @@ impl Ec2 {
             (Some(a), _) => a.to_owned(),
             // A pending instance may not have its address yet; a leaving
             // one may have lost it. Neither is an error.
-            (None, Presence::Pending | Presence::Leaving) => String::new(),
+            (None, Presence::Pending | Presence::Leaving | Presence::Ended) => String::new(),
             (None, Presence::Running) => {
                 return Err(DiscoveryError::NoAddress {
                     id: id.to_owned(),
@@ -143,7 +151,7 @@ impl Ec2 {
             address,
             port: self.port,
             user: self.user.clone(),
-            provider: "ec2",
+            provider: Provider::Ec2,
             zone: i
                 .placement()
                 .and_then(|p| p.availability_zone())

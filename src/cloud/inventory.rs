@@ -2,10 +2,11 @@
 //! provider fails (throttled, credentials expired, endpoint down) so that
 //! Prism goes on probing the nodes it knows, and asked again with backoff.
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Discovery, DiscoveryError, Node};
+use super::{Discovery, DiscoveryError, Listing, Node};
 
 /// The first retry after a failure waits this long, each further one twice
 /// as long, up to [`MAX_BACKOFF`].
@@ -30,7 +31,11 @@ struct Known {
 /// One pass's inventory.
 #[derive(Debug)]
 pub struct Found {
+    /// The fleet's machines (terminated ones left out).
     pub nodes: Vec<Node>,
+    /// Every id the provider answered with, terminated ones included: what
+    /// it has word of. Empty when the answer is stale.
+    pub listed: BTreeSet<String>,
     /// Set when discovery failed and `nodes` are the last known ones.
     pub stale: Option<Stale>,
     /// Discovery answered again after failing.
@@ -51,6 +56,21 @@ pub struct Stale {
     /// The nodes kept came from the state store: discovery has not
     /// answered once since Prism started.
     pub from_store: bool,
+}
+
+impl Stale {
+    /// A listing that answered but was held back by the guard against
+    /// mass change: treated as stale, so no node is marked gone.
+    pub fn held(summary: &str) -> Stale {
+        Stale {
+            error: format!("held back: {summary}"),
+            failures: 0,
+            attempted: false,
+            failing_for: Duration::ZERO,
+            retry_in: Duration::ZERO,
+            from_store: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,16 +99,17 @@ impl Inventory {
             {
                 return Ok(Found {
                     nodes: nodes.clone(),
+                    listed: BTreeSet::new(),
                     stale: Some(known.stale(now, false, false)),
                     recovered: None,
                 });
             }
         }
-        let answer = self.discovery.nodes().await;
+        let answer = self.discovery.listing().await;
         let now = Instant::now();
         let mut known = self.lock();
         match answer {
-            Ok(nodes) => {
+            Ok(Listing { nodes, listed }) => {
                 let recovered = (known.failures > 0).then(|| Recovered {
                     failures: known.failures,
                     after: known
@@ -101,6 +122,7 @@ impl Inventory {
                 };
                 Ok(Found {
                     nodes,
+                    listed,
                     stale: None,
                     recovered,
                 })
@@ -123,6 +145,7 @@ impl Inventory {
                 Ok(Found {
                     stale: Some(known.stale(now, true, from_store)),
                     nodes,
+                    listed: BTreeSet::new(),
                     recovered: None,
                 })
             }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{Lifecycle, Node, Presence};
-use crate::config::Config;
+use crate::config::{Config, Provider};
 
 pub fn nodes(config: &Config) -> Vec<Node> {
     let fleet = &config.fleet;
@@ -17,7 +17,7 @@ pub fn nodes(config: &Config) -> Vec<Node> {
             address: n.address.clone(),
             port: n.port.unwrap_or(fleet.ssh.port),
             user: n.user.clone().unwrap_or_else(|| fleet.ssh.user.clone()),
-            provider: "static",
+            provider: Provider::Static,
             zone: n.zone.clone(),
             instance_type: None,
             lifecycle: Lifecycle::Static,

@@ -17,7 +17,7 @@ use crate::config::{Config, Provider};
 use crate::ssh::Target;
 
 /// How the machine is billed; spot nodes can be taken away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Lifecycle {
     Spot,
@@ -49,6 +49,9 @@ pub enum Presence {
     Running,
     /// Shutting down, stopping or stopped: it is going away, act at once.
     Leaving,
+    /// Terminated: EC2 still lists it for a while; it is no node of the
+    /// fleet any more, but its listing tells that it went.
+    Ended,
 }
 
 /// One machine of the fleet.
@@ -61,7 +64,7 @@ pub struct Node {
     pub address: String,
     pub port: u16,
     pub user: String,
-    pub provider: &'static str,
+    pub provider: Provider,
     pub zone: Option<String>,
     pub instance_type: Option<String>,
     pub lifecycle: Lifecycle,
@@ -95,6 +98,15 @@ pub enum DiscoveryError {
     NoAddress { id: String, kind: &'static str },
 }
 
+/// What the provider answered.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// The fleet's machines, terminated ones left out.
+    pub nodes: Vec<Node>,
+    /// Every id the answer named.
+    pub listed: std::collections::BTreeSet<String>,
+}
+
 /// The fleet's inventory source, made once and asked on every pass.
 pub enum Discovery {
     Ec2(Ec2),
@@ -109,13 +121,21 @@ impl Discovery {
         }
     }
 
-    /// The fleet's machines now, sorted by id.
+    /// The fleet's machines now (terminated ones left out), sorted by id.
     pub async fn nodes(&self) -> Result<Vec<Node>, DiscoveryError> {
-        let mut nodes = match self {
+        Ok(self.listing().await?.nodes)
+    }
+
+    /// The fleet's machines now, and every id the provider has word of
+    /// (terminated ones included).
+    pub async fn listing(&self) -> Result<Listing, DiscoveryError> {
+        let mut all = match self {
             Discovery::Ec2(ec2) => ec2.nodes().await?,
             Discovery::Listed(nodes) => nodes.clone(),
         };
-        nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(nodes)
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let listed = all.iter().map(|n| n.id.clone()).collect();
+        all.retain(|n| n.presence != Presence::Ended);
+        Ok(Listing { nodes: all, listed })
     }
 }

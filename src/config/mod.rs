@@ -5,6 +5,7 @@
 //! through.
 
 mod diagnostic;
+mod schedule;
 mod schema;
 mod units;
 mod validate;
@@ -12,9 +13,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use diagnostic::{ConfigError, Diagnostic, FieldPath, Invalid, Seg, line_col};
+pub use schedule::Schedule;
 pub use schema::*;
 pub use units::{Bytes, Interval, Millicores};
-pub use validate::parse_cron;
 
 use diagnostic::{locate, suggestion_for};
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use super::schedule::Schedule;
 use super::units::{Bytes, Interval, Millicores};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -22,6 +23,8 @@ pub struct Fleet {
     pub proxy: Proxy,
     #[serde(default)]
     pub lifecycle: NodeLifecycle,
+    #[serde(default)]
+    pub guard: Guard,
     /// Credentials per registry host, e.g. `[registries."ghcr.io"]`.
     #[serde(default)]
     pub registries: BTreeMap<String, Registry>,
@@ -47,6 +50,32 @@ pub struct FleetSection {
     /// default: installing software on a machine is the operator's call.
     #[serde(default)]
     pub bootstrap: bool,
+    /// A small image with a shell (busybox), pinned by digest, for the
+    /// short-lived containers of Prism's own on the nodes: the watchdog
+    /// that ends a job's run at its timeout. Pulled like any other image.
+    #[serde(default = "default_helper_image")]
+    pub helper_image: String,
+    /// How long another host waits, after this applier's last heartbeat,
+    /// before it takes the apply lock over (a state file on shared
+    /// storage). On one host, a live holder keeps the lock regardless.
+    #[serde(default = "default_lock_ttl")]
+    pub lock_ttl: Interval,
+    /// How long events and answered requests are kept in the state file.
+    #[serde(default = "default_keep_history")]
+    pub keep_history: Interval,
+}
+
+/// busybox 1.37.0 from Docker Hub, by its digest.
+pub const DEFAULT_HELPER_IMAGE: &str = "docker.io/library/busybox:1.37.0@sha256:bdf57e528e45e4433820e045b29b4597825a1c9e38353532d90a01445013f82e";
+
+fn default_helper_image() -> String {
+    DEFAULT_HELPER_IMAGE.to_owned()
+}
+fn default_lock_ttl() -> Interval {
+    Interval(std::time::Duration::from_secs(60))
+}
+fn default_keep_history() -> Interval {
+    Interval(std::time::Duration::from_secs(30 * 24 * 3600))
 }
 
 fn default_state() -> PathBuf {
@@ -179,6 +208,29 @@ impl Default for NodeLifecycle {
     }
 }
 
+/// Guards against mass change (a fleet.toml cut short, a listing that
+/// comes back nearly empty): see `crate::reconcile::guard`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    /// How long such a change is held back before it goes ahead, if it is
+    /// still seen then; `prism confirm` lets it go at once.
+    #[serde(default = "default_guard_hold")]
+    pub hold: Interval,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard {
+            hold: default_guard_hold(),
+        }
+    }
+}
+
+fn default_guard_hold() -> Interval {
+    Interval(std::time::Duration::from_secs(600))
+}
+
 /// Where EC2's instance metadata service answers on every instance.
 pub const EC2_METADATA_URL: &str = "http://169.254.169.254";
 
@@ -209,11 +261,26 @@ fn default_notice_interval() -> Interval {
     Interval(std::time::Duration::from_secs(5))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
     Ec2,
     Static,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Ec2 => "ec2",
+            Provider::Static => "static",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Provider> {
+        [Provider::Ec2, Provider::Static]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -577,7 +644,7 @@ pub enum RestartPolicy {
 #[serde(deny_unknown_fields)]
 pub struct Job {
     /// Standard five-field cron: minute hour day-of-month month day-of-week.
-    pub schedule: String,
+    pub schedule: Schedule,
     /// Run in this service's image with its env and secrets...
     pub service: Option<String>,
     /// ...or in this image.

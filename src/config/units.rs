@@ -22,6 +22,13 @@ pub struct Millicores(pub u64);
 pub struct Interval(pub Duration);
 
 const SIZE_EXPECTED: &str = "a size such as 256M, 1.5G or 512Mi";
+
+/// The largest size taken: 1 PiB. Far beyond any machine, and small
+/// enough that sums over thousands of services cannot overflow.
+pub const MAX_SIZE: u64 = 1 << 50;
+/// The longest duration taken: a year. Far beyond any timeout or
+/// interval, and small enough that adding it to a clock cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 const CPU_EXPECTED: &str = "a CPU amount such as 500m, 0.5 or 2";
 const DURATION_EXPECTED: &str = "a duration such as 5s, 250ms or 1m30s";
 
@@ -59,8 +66,8 @@ impl FromStr for Bytes {
             .parse()
             .map_err(|_| format!("expected {SIZE_EXPECTED}, found {s:?}"))?;
         let bytes = value * (1u64 << shift) as f64;
-        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-            return Err(format!("{s:?} is too large"));
+        if !bytes.is_finite() || bytes > MAX_SIZE as f64 {
+            return Err(format!("{s:?} is too large: sizes go up to 1P"));
         }
         Ok(Bytes(bytes.round() as u64))
     }
@@ -122,6 +129,9 @@ impl FromStr for Interval {
         }
         match humantime::parse_duration(s.trim()) {
             Ok(d) if d.is_zero() => Err(format!("duration must be more than zero, found {s:?}")),
+            Ok(d) if d > MAX_DURATION => Err(format!(
+                "{s:?} is too long: durations go up to a year (366d)"
+            )),
             Ok(d) => Ok(Interval(d)),
             Err(_) => Err(format!("expected {DURATION_EXPECTED}, found {s:?}")),
         }
@@ -294,6 +304,22 @@ mod tests {
         assert!("5".parse::<Interval>().is_err());
         assert!("0s".parse::<Interval>().is_err());
         assert!("soon".parse::<Interval>().is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations_beyond_their_bounds_are_refused() {
+        assert_eq!("1024T".parse::<Bytes>(), Ok(Bytes(MAX_SIZE)));
+        for text in ["1025T", "16000000T"] {
+            let err = text.parse::<Bytes>().expect_err(text);
+            assert!(err.contains("too large"), "{text}: {err}");
+        }
+        assert_eq!("366d".parse::<Interval>(), Ok(Interval(MAX_DURATION)));
+        for text in ["367d", "2y"] {
+            let err = text.parse::<Interval>().expect_err(text);
+            assert!(err.contains("too long"), "{text}: {err}");
+        }
+        // Past what a duration can hold at all: refused, not a panic.
+        assert!("300000000000y".parse::<Interval>().is_err());
     }
 
     #[test]

@@ -5,8 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use croner::parser::{CronParser, Seconds};
-
 use super::diagnostic::{Diagnostic, FieldPath, nearest};
 use super::schema::{App, Fleet, Health, Provider, Service};
 use super::units::{Bytes, Millicores};
@@ -31,20 +29,6 @@ pub fn validate(fleet: &Fleet) -> Vec<Diagnostic> {
     v.duplicate_hosts(fleet);
     v.capacity(fleet);
     v.problems
-}
-
-/// Parses a five-field cron expression the way the job scheduler will.
-pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
-    if expr.split_whitespace().count() != 5 && !expr.trim_start().starts_with('@') {
-        return Err(format!(
-            "{expr:?} is not a cron expression of five fields (minute hour day-of-month month day-of-week), e.g. \"*/5 * * * *\""
-        ));
-    }
-    CronParser::builder()
-        .seconds(Seconds::Disallowed)
-        .build()
-        .parse(expr)
-        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))
 }
 
 #[derive(Default)]
@@ -408,9 +392,6 @@ impl Checker {
             if !is_dns_label(job_name) {
                 self.err(jat.clone(), name_rule("job", job_name));
             }
-            if let Err(e) = parse_cron(&job.schedule) {
-                self.err(jat.key("schedule"), e);
-            }
             match (&job.service, &job.image) {
                 (Some(_), Some(_)) => self.err(jat.key("image"), "set service or image, not both"),
                 (None, None) => self.err_help(
@@ -740,7 +721,11 @@ impl Checker {
         let reserve_mem = fleet.fleet.reserve_memory;
         let reserve_cpu = fleet.fleet.reserve_cpu;
         for (name, app) in &fleet.apps {
-            let need: u64 = app.services.values().map(|s| s.memory.0).sum();
+            let need = app
+                .services
+                .values()
+                .map(|s| s.memory.0)
+                .fold(0, u64::saturating_add);
             if let Some(node) = largest_memory {
                 let room = Bytes(node.0.saturating_sub(reserve_mem.0));
                 if need > room.0 {
@@ -760,12 +745,12 @@ impl Checker {
                     );
                 }
             }
-            let need_cpu: u64 = app
+            let need_cpu = app
                 .services
                 .values()
                 .filter_map(|s| s.cpu)
                 .map(|c| c.0)
-                .sum();
+                .fold(0, u64::saturating_add);
             if let Some(node) = largest_cpu {
                 let room = Millicores(node.0.saturating_sub(reserve_cpu.0));
                 if need_cpu > room.0 {
@@ -868,20 +853,6 @@ fn check_volume(vol: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cron_takes_five_fields_and_macros() {
-        assert!(parse_cron("* * * * *").is_ok());
-        assert!(parse_cron("*/5 2 * * 1-5").is_ok());
-        assert!(parse_cron("@hourly").is_ok());
-        assert!(
-            parse_cron("0 * * * * *")
-                .unwrap_err()
-                .contains("five fields")
-        );
-        assert!(parse_cron("61 * * * *").is_err());
-        assert!(parse_cron("every minute").is_err());
-    }
 
     #[test]
     fn acme_challenge_defaults_to_http_01() {

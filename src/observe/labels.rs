@@ -18,6 +18,53 @@ pub const SPEC: &str = "prism.spec";
 /// Every Prism label, in the order they are written and checked.
 pub const ALL: [&str; 5] = [FLEET, APP, SERVICE, INSTANCE, SPEC];
 
+/// A scheduled job's run: the job's name (`[apps.APP.jobs.NAME]`). Job
+/// containers carry no service or instance label, so they are never
+/// mistaken for a pod's.
+pub const JOB: &str = "prism.job";
+/// When a job's run must have ended, unix seconds: its timeout, written on
+/// the container itself so that any later applier enforces it.
+pub const DEADLINE: &str = "prism.deadline";
+/// On a job run's watchdog: the run it ends.
+pub const WATCHDOG: &str = "prism.watchdog";
+
+/// A scheduled job's container, by its labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct JobLabels {
+    pub fleet: String,
+    pub app: String,
+    pub job: String,
+    /// Unix seconds.
+    pub deadline: i64,
+}
+
+impl JobLabels {
+    /// `--label …` for `docker run`.
+    pub fn run_args(&self) -> Vec<String> {
+        let deadline = self.deadline.to_string();
+        [
+            (FLEET, self.fleet.as_str()),
+            (APP, &self.app),
+            (JOB, &self.job),
+            (DEADLINE, &deadline),
+        ]
+        .into_iter()
+        .flat_map(|(key, value)| ["--label".to_owned(), format!("{key}={value}")])
+        .collect()
+    }
+
+    fn from_labels(labels: &BTreeMap<String, String>) -> Option<JobLabels> {
+        let get = |key: &str| labels.get(key).filter(|v| !v.is_empty()).cloned();
+        let deadline = get(DEADLINE)?;
+        Some(JobLabels {
+            fleet: get(FLEET)?,
+            app: get(APP)?,
+            job: get(JOB)?,
+            deadline: deadline.parse().ok().filter(|d: &i64| *d > 0)?,
+        })
+    }
+}
+
 /// `--filter label=prism.fleet=<fleet>`: the fleet's containers, for `docker ps`.
 pub fn fleet_filter_args(fleet: &str) -> Vec<String> {
     vec!["--filter".to_owned(), format!("label={FLEET}={fleet}")]
@@ -86,6 +133,8 @@ fn parse_instance(s: &str) -> Option<u32> {
 pub enum Identity {
     /// Started by Prism: all its labels are there and well formed.
     Prism(PrismLabels),
+    /// A run of a scheduled job, started by Prism.
+    Job(JobLabels),
     /// Not Prism's to manage (made by hand, by another tool, or damaged):
     /// report it, never touch it.
     Foreign(LabelProblem),
@@ -95,14 +144,24 @@ impl Identity {
     pub fn from_labels(labels: &BTreeMap<String, String>) -> Identity {
         match PrismLabels::from_labels(labels) {
             Ok(l) => Identity::Prism(l),
-            Err(p) => Identity::Foreign(p),
+            Err(p) => match JobLabels::from_labels(labels) {
+                Some(job) if !labels.contains_key(SERVICE) => Identity::Job(job),
+                _ => Identity::Foreign(p),
+            },
         }
     }
 
     pub fn prism(&self) -> Option<&PrismLabels> {
         match self {
             Identity::Prism(l) => Some(l),
-            Identity::Foreign(_) => None,
+            Identity::Job(_) | Identity::Foreign(_) => None,
+        }
+    }
+
+    pub fn job(&self) -> Option<&JobLabels> {
+        match self {
+            Identity::Job(j) => Some(j),
+            Identity::Prism(_) | Identity::Foreign(_) => None,
         }
     }
 }
@@ -222,6 +281,28 @@ mod tests {
             LabelProblem::Missing(SPEC).to_string(),
             "no label prism.spec"
         );
+    }
+
+    #[test]
+    fn job_containers_are_known_by_their_labels() {
+        let job = JobLabels {
+            fleet: "lab".into(),
+            app: "blog".into(),
+            job: "schedule".into(),
+            deadline: 1_700_000_060,
+        };
+        let m = from_run_args(&job.run_args());
+        assert_eq!(Identity::from_labels(&m), Identity::Job(job.clone()));
+        // Without a deadline, or with a service label too: not a job run.
+        let mut m1 = m.clone();
+        m1.remove(DEADLINE);
+        assert!(matches!(Identity::from_labels(&m1), Identity::Foreign(_)));
+        let mut m2 = m.clone();
+        m2.insert(DEADLINE.into(), "soon".into());
+        assert!(matches!(Identity::from_labels(&m2), Identity::Foreign(_)));
+        let mut m3 = m;
+        m3.insert(SERVICE.into(), "web".into());
+        assert!(matches!(Identity::from_labels(&m3), Identity::Foreign(_)));
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub use error::{ParseError, Probe};
 pub(crate) use error::{check_header, clip};
 pub use images::{IMAGES_PATH, Images, parse_image_list};
 pub use info::{DockerInfo, docker_info_argv, parse_docker_info};
-pub use labels::{Identity, LabelProblem, PrismLabels};
+pub use labels::{Identity, JobLabels, LabelProblem, PrismLabels};
 pub use node::{
     DockerSetup, FACTS_SCRIPT, NodeFacts, Notice, SocketAccess, node_facts_argv, parse_node_facts,
 };

@@ -3,6 +3,7 @@
 
 use super::{ContainerState, Health, Probed};
 use crate::cloud::Node;
+use crate::reconcile::NodeState;
 use crate::store::{ContainerRecord, NodeRecord};
 
 /// The node's row after a probe at `now`, in `state` (ready, suspect, ...).
@@ -11,7 +12,7 @@ use crate::store::{ContainerRecord, NodeRecord};
 pub fn node_record(
     node: &Node,
     probed: &Probed,
-    state: &str,
+    state: NodeState,
     previous: Option<&NodeRecord>,
     now: i64,
 ) -> NodeRecord {
@@ -30,11 +31,11 @@ pub fn node_record(
         id: node.id.clone(),
         name: node.name.clone(),
         address: node.address.clone(),
-        provider: node.provider.to_owned(),
+        provider: node.provider,
         zone: node.zone.clone(),
         instance_type: node.instance_type.clone(),
-        lifecycle: node.lifecycle.as_str().to_owned(),
-        state: state.to_owned(),
+        lifecycle: node.lifecycle,
+        state,
         condition: condition.map(|c| c.name().to_owned()),
         condition_detail: condition.map(|c| c.detail().to_owned()),
         docker_version: previous.and_then(|p| p.docker_version.clone()),

@@ -1,90 +1,245 @@
-//! Apply: the one place that changes nodes. Runs each node's actions in
-//! order over SSH, nodes in parallel, and records every action and its
-//! outcome as an event.
+//! Apply: the one place that changes nodes. Each node's actions run in
+//! order in a worker task of their own, nodes in parallel; a pass waits
+//! for its workers only up to its budget, so a hung node (dockerd stopped,
+//! a pull of minutes, a Docker install) delays its own actions and nobody
+//! else's. A node still at work takes no new actions until its worker is
+//! done. Before each action the worker checks that this process still
+//! holds the apply lock ([`Fence`]). Every action and its outcome is an
+//! event; outcomes also come back to the loop, which owns what the
+//! operator remembers.
+
+mod commands;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::sync::{Notify, mpsc};
+
+pub use commands::ActionError;
+
+use super::lease::Fence;
 use super::routing::Router;
-use crate::config::PullPolicy;
-use crate::reconcile::docker::{
-    STOP_GRACE, env_file_content, image_present_argv, login_command, network_create_argv,
-    network_remove_argv, pull_argv, remove_argv, restart_argv, run_argv, start_argv, stop_argv,
-};
+use crate::cloud::Node;
 use crate::reconcile::{Action, Plan, PodKey, Secrets};
-use crate::ssh::{ExecLimits, Output, Pool, Target, fan_out};
-use crate::store::{Level, NewEvent, Store, now_ms};
-
-/// Nodes changed at once; each runs its own list in order.
-const PARALLEL: usize = 16;
+use crate::ssh::{Pool, Target};
+use crate::store::{Level, NewEvent, Writer};
 
 /// What happened to one action.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outcome {
     pub node: String,
-    /// The action as `prism plan` prints it.
-    pub action: String,
-    pub error: Option<String>,
+    pub action: Action,
+    /// `Ok` with what the node said worth telling (a job's last output
+    /// line), if anything.
+    pub result: Result<Option<String>, ActionError>,
+}
+
+impl Outcome {
+    pub fn failed(&self) -> bool {
+        self.result.is_err()
+    }
+
     /// A pull ahead of need on a preparing node: its failure is recorded
     /// and lets the node go ready; the pods that need the image fail later.
-    pub prepare: bool,
+    pub fn prepare(&self) -> bool {
+        matches!(self.action, Action::Pull { prepare: true, .. })
+    }
 }
 
-/// Where apply runs and what it tells on the way.
-pub struct Context<'a> {
-    pub pool: &'a Pool,
-    pub store: &'a Arc<Mutex<Store>>,
-    pub secrets: &'a Secrets,
-    pub fleet: &'a str,
-    /// Drains a container from the proxy before it is stopped.
-    pub router: Option<&'a dyn Router>,
-    /// Hears of each outcome as it happens.
-    pub progress: &'a (dyn Fn(&Outcome) + Sync),
+/// What a pass's apply saw within its budget.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Outcomes in the order they came, each node's in its order.
+    pub outcomes: Vec<Outcome>,
+    /// Nodes whose workers of this pass are still at work.
+    pub running: Vec<String>,
+    /// Nodes with actions that got none this pass: a worker of an earlier
+    /// pass is still at work there.
+    pub busy: Vec<String>,
 }
 
-/// Runs the plan's actions. A failed action ends its pod's steps on that
-/// node for this pass ([`Blocked`]); other pods and other nodes go on.
-/// Returns every action tried, in order per node.
-pub async fn apply(cx: &Context<'_>, targets: &[Target], plan: &Plan) -> Vec<Outcome> {
-    let busy: Vec<Target> = targets
-        .iter()
-        .filter(|t| plan.actions.contains_key(&t.id))
-        .cloned()
-        .collect();
-    let per_node = fan_out(&busy, PARALLEL, |target| async move {
-        let actions = plan
-            .actions
-            .get(&target.id)
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        let mut blocked = Blocked::new(actions);
-        let mut outcomes = Vec::new();
-        for action in actions {
-            if blocked.skips(action) {
-                continue;
+/// The workers in flight, shared by every [`Applier`] of the process (a
+/// reload makes a new applier; a node's worker outlives it).
+pub struct Workers {
+    busy: Mutex<BTreeMap<String, Instant>>,
+    tx: mpsc::UnboundedSender<Report>,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Report>>,
+    /// Pinged when a worker finishes: the loop may plan the next steps.
+    pub finished: Notify,
+}
+
+enum Report {
+    Done(Box<Outcome>),
+    Idle(String),
+}
+
+impl Workers {
+    pub fn new() -> Arc<Workers> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Arc::new(Workers {
+            busy: Mutex::new(BTreeMap::new()),
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+            finished: Notify::new(),
+        })
+    }
+
+    fn busy(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Instant>> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Nodes at work, and since when.
+    pub fn at_work(&self) -> Vec<(String, Instant)> {
+        self.busy().iter().map(|(n, at)| (n.clone(), *at)).collect()
+    }
+
+    /// Outcomes that came in since the last apply stopped waiting.
+    pub fn take_late(&self) -> Vec<Outcome> {
+        let Ok(mut rx) = self.rx.try_lock() else {
+            return Vec::new();
+        };
+        let mut late = Vec::new();
+        while let Ok(report) = rx.try_recv() {
+            if let Report::Done(o) = report {
+                late.push(*o);
             }
-            let result = run(cx, &target, action).await;
-            let outcome = Outcome {
-                node: target.id.clone(),
-                action: action.to_string(),
-                error: result.err(),
-                prepare: matches!(action, Action::Pull { prepare: true, .. }),
-            };
-            record(cx.store, &outcome, action);
-            (cx.progress)(&outcome);
-            if outcome.error.is_some() {
-                blocked.failed(action);
-            }
-            outcomes.push(outcome);
         }
-        outcomes
-    })
-    .await;
-    let mut all: Vec<Outcome> = per_node.into_iter().flat_map(|(_, o)| o).collect();
-    // fan_out returns nodes as they finish; keep a stable order per node.
-    all.sort_by(|a, b| a.node.cmp(&b.node));
-    all
+        late
+    }
+
+    /// Waits until no worker is at work, or `deadline`.
+    pub async fn wait_idle(&self, deadline: tokio::time::Instant) {
+        while !self.busy().is_empty() {
+            if tokio::time::timeout_at(deadline, self.finished.notified())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// What a worker needs, shared with it.
+struct Context {
+    fleet: String,
+    pool: Arc<Pool>,
+    journal: Writer,
+    fence: Arc<Fence>,
+    secrets: Arc<Secrets>,
+    /// Drains a container from the proxy before it is stopped.
+    router: Option<Arc<dyn Router>>,
+    workers: Arc<Workers>,
+}
+
+/// The applier of one fleet.toml.
+pub struct Applier {
+    cx: Arc<Context>,
+}
+
+impl Applier {
+    pub fn new(
+        fleet: String,
+        pool: Arc<Pool>,
+        journal: Writer,
+        fence: Arc<Fence>,
+        secrets: Arc<Secrets>,
+        router: Option<Arc<dyn Router>>,
+        workers: Arc<Workers>,
+    ) -> Applier {
+        Applier {
+            cx: Arc::new(Context {
+                fleet,
+                pool,
+                journal,
+                fence,
+                secrets,
+                router,
+                workers,
+            }),
+        }
+    }
+
+    /// Starts a worker for each node of `plan` that is not at work, and
+    /// collects outcomes as they come (each handed to `progress` too)
+    /// until those workers are done or `budget` is spent.
+    pub async fn apply(
+        &self,
+        plan: &Plan,
+        nodes: &[Node],
+        budget: Duration,
+        progress: &(dyn Fn(&Outcome) + Sync),
+    ) -> Applied {
+        let workers = &self.cx.workers;
+        let mut applied = Applied::default();
+        let mut started = BTreeSet::new();
+        for (id, actions) in &plan.actions {
+            let Some(node) = nodes.iter().find(|n| &n.id == id) else {
+                continue;
+            };
+            {
+                let mut busy = workers.busy();
+                if busy.contains_key(id) {
+                    applied.busy.push(id.clone());
+                    continue;
+                }
+                busy.insert(id.clone(), Instant::now());
+            }
+            started.insert(id.clone());
+            tokio::spawn(work(self.cx.clone(), node.target(), actions.clone()));
+        }
+        let deadline = tokio::time::Instant::now()
+            .checked_add(budget)
+            .unwrap_or_else(tokio::time::Instant::now);
+        let mut rx = workers.rx.lock().await;
+        while !started.is_empty() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Report::Done(outcome))) => {
+                    progress(&outcome);
+                    applied.outcomes.push(*outcome);
+                }
+                Ok(Some(Report::Idle(node))) => {
+                    started.remove(&node);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        applied.running = started.into_iter().collect();
+        applied
+    }
+}
+
+/// One node's actions, in order. A failed action ends its pod's steps for
+/// this pass ([`Blocked`]); a lost lock ends them all.
+async fn work(cx: Arc<Context>, target: Target, actions: Vec<Action>) {
+    let mut blocked = Blocked::new(&actions);
+    for action in actions {
+        if blocked.skips(&action) {
+            continue;
+        }
+        let result = match cx.fence.check().await {
+            Ok(()) => commands::run(&cx, &target, &action).await,
+            Err(lost) => Err(ActionError::LockLost(lost)),
+        };
+        let lost = matches!(result, Err(ActionError::LockLost(_)));
+        let outcome = Outcome {
+            node: target.id.clone(),
+            action,
+            result,
+        };
+        record(&cx.journal, &outcome);
+        if outcome.failed() {
+            blocked.failed(&outcome.action);
+        }
+        let _ = cx.workers.tx.send(Report::Done(Box::new(outcome)));
+        if lost {
+            break;
+        }
+    }
+    cx.workers.busy().remove(&target.id);
+    let _ = cx.workers.tx.send(Report::Idle(target.id));
+    cx.workers.finished.notify_waiters();
 }
 
 /// What a failed action stops on its node for this pass: the rest of its
@@ -101,12 +256,12 @@ impl Blocked {
     fn new(actions: &[Action]) -> Blocked {
         let mut users: BTreeMap<String, BTreeSet<PodKey>> = BTreeMap::new();
         for a in actions {
-            if let Action::Run { spec, .. } = a {
-                users
-                    .entry(spec.config.image.clone())
-                    .or_default()
-                    .insert(spec.pod.clone());
-            }
+            let (image, pod) = match a {
+                Action::Run { spec, .. } => (&spec.config.image, &spec.pod),
+                Action::RunJob { run } => (&run.image, &run.pod),
+                _ => continue,
+            };
+            users.entry(image.clone()).or_default().insert(pod.clone());
         }
         Blocked {
             users,
@@ -138,38 +293,36 @@ fn pod_of(action: &Action) -> Option<&PodKey> {
     match action {
         Action::EnsureNetwork { pod, .. } | Action::RemoveNetwork { pod, .. } => Some(pod),
         Action::Run { spec, .. } => Some(&spec.pod),
+        Action::RunJob { run } => Some(&run.pod),
         Action::Start { container, .. }
-        | Action::Restart { container }
+        | Action::Restart { container, .. }
         | Action::Remove { container, .. } => Some(&container.pod),
-        Action::Pull { .. } => None,
+        Action::Pull { .. } | Action::RemoveJob { .. } | Action::InstallDocker => None,
     }
 }
 
-fn record(store: &Arc<Mutex<Store>>, outcome: &Outcome, action: &Action) {
-    let kind = format!("apply.{}", kind(action));
-    let event = match &outcome.error {
-        None => NewEvent::info(&kind, outcome.action.clone()),
-        Some(e) => NewEvent::new(
-            Level::Error,
-            &kind,
-            format!("{}: failed: {e}", outcome.action),
-        ),
+/// The action and its outcome as an event (and a log line).
+fn record(journal: &Writer, o: &Outcome) {
+    let kind = format!("apply.{}", kind(&o.action));
+    let event = match &o.result {
+        Ok(_) => {
+            tracing::info!(node = %o.node, "{}", o.action);
+            NewEvent::info(&kind, o.action.to_string())
+        }
+        Err(e) => {
+            tracing::error!(node = %o.node, error = %e, "{} failed", o.action);
+            NewEvent::new(Level::Error, &kind, format!("{}: failed: {e}", o.action))
+        }
     };
-    let event = match pod_of(action) {
-        Some(pod) => event.app(pod.app.clone()),
+    let app = match &o.action {
+        Action::RemoveJob { container, .. } => Some(&container.labels.app),
+        other => pod_of(other).map(|p| &p.app),
+    };
+    let event = match app {
+        Some(app) => event.app(app.clone()),
         None => event,
     };
-    let store = lock(store);
-    if let Err(e) = store.record_event(&event.node(outcome.node.clone())) {
-        tracing::warn!(error = %e, "could not record an apply event");
-    }
-    // The node stops waiting for this image (see operator::lifecycle).
-    if let (Action::Pull { image, .. }, Some(error)) = (action, &outcome.error)
-        && outcome.prepare
-        && let Err(e) = store.record_pull_failure(&outcome.node, image, error, now_ms())
-    {
-        tracing::warn!(error = %e, "could not record a failed pull");
-    }
+    journal.event(event.node(o.node.clone()));
 }
 
 fn kind(action: &Action) -> &'static str {
@@ -181,174 +334,10 @@ fn kind(action: &Action) -> &'static str {
         Action::Restart { .. } => "restart",
         Action::Remove { .. } => "remove",
         Action::RemoveNetwork { .. } => "network_remove",
+        Action::RunJob { .. } => "job_run",
+        Action::RemoveJob { .. } => "job_remove",
+        Action::InstallDocker => "install_docker",
     }
-}
-
-fn limits(timeout: Duration) -> ExecLimits {
-    ExecLimits {
-        timeout,
-        max_output: 1 << 20,
-    }
-}
-
-/// One action's commands. Errors are one line for people: the command's
-/// stderr tail, or why it could not run.
-async fn run(cx: &Context<'_>, target: &Target, action: &Action) -> Result<(), String> {
-    let (pool, store, secrets, fleet) = (cx.pool, cx.store, cx.secrets, cx.fleet);
-    let quick = limits(Duration::from_secs(60));
-    match action {
-        Action::EnsureNetwork { pod, network } => {
-            let out = exec(
-                pool,
-                target,
-                &network_create_argv(fleet, pod, network),
-                None,
-                quick,
-            )
-            .await?;
-            if out.success() || out.stderr_text().contains("already exists") {
-                Ok(())
-            } else {
-                Err(failure("docker network create", &out))
-            }
-        }
-        Action::Pull {
-            image,
-            login,
-            policy,
-            ..
-        } => {
-            if *policy == PullPolicy::Missing
-                && exec(pool, target, &image_present_argv(image), None, quick)
-                    .await?
-                    .success()
-            {
-                return Ok(());
-            }
-            if let Some(host) = login {
-                let Some(credentials) = secrets.registries.get(host) else {
-                    return Err(format!("no credentials resolved for registry {host}"));
-                };
-                let (argv, password) = login_command(host, credentials);
-                let out = exec(
-                    pool,
-                    target,
-                    &argv,
-                    Some(password.expose().as_bytes()),
-                    quick,
-                )
-                .await?;
-                check(
-                    out,
-                    &format!(
-                        "docker login to registry {host} as {}",
-                        credentials.username
-                    ),
-                )?;
-            }
-            let out = exec(
-                pool,
-                target,
-                &pull_argv(image),
-                None,
-                limits(Duration::from_secs(600)),
-            )
-            .await?;
-            check(out, "docker pull")
-        }
-        Action::Run { spec, .. } => {
-            // Secrets reach Docker through an env file read from stdin:
-            // never in argv, never on the node's disk.
-            let (argv, stdin) = if spec.needs_env_file() {
-                let content = env_file_content(&spec.config.secrets).map_err(|e| e.to_string())?;
-                let argv = run_argv(spec, Some("/dev/stdin")).map_err(|e| e.to_string())?;
-                (argv, Some(content))
-            } else {
-                (run_argv(spec, None).map_err(|e| e.to_string())?, None)
-            };
-            let stdin = stdin.as_ref().map(|s| s.expose().as_bytes());
-            check(exec(pool, target, &argv, stdin, quick).await?, "docker run")
-        }
-        Action::Start { container, .. } => check(
-            exec(pool, target, &start_argv(&container.id), None, quick).await?,
-            "docker start",
-        ),
-        Action::Restart { container } => {
-            let grace = limits(STOP_GRACE + Duration::from_secs(60));
-            let argv = restart_argv(container.id.as_str(), STOP_GRACE);
-            check(
-                exec(pool, target, &argv, None, grace).await?,
-                "docker restart",
-            )?;
-            // Its verdict starts over, else the next pass restarts it again.
-            lock(store)
-                .reset_health(container.id.as_str())
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-        Action::RemoveNetwork { network, .. } => {
-            let out = exec(pool, target, &network_remove_argv(network), None, quick).await?;
-            let err = out.stderr_text();
-            // Gone already counts as removed: a rerun must converge.
-            if out.success() || err.contains("No such network") || err.contains("not found") {
-                Ok(())
-            } else {
-                Err(failure("docker network rm", &out))
-            }
-        }
-        Action::Remove { container, .. } => {
-            // Routes leave it before it stops: requests in flight finish.
-            if let Some(router) = cx.router {
-                router.drain(&container.id).await;
-            }
-            let grace = limits(STOP_GRACE + Duration::from_secs(30));
-            let stopped = exec(
-                pool,
-                target,
-                &stop_argv(&container.id, STOP_GRACE),
-                None,
-                grace,
-            )
-            .await?;
-            let out = exec(pool, target, &remove_argv(&container.id), None, quick).await?;
-            // Gone already counts as removed: a rerun must converge.
-            if out.success() || out.stderr_text().contains("No such container") {
-                Ok(())
-            } else if !stopped.success() {
-                Err(failure("docker stop", &stopped))
-            } else {
-                Err(failure("docker rm", &out))
-            }
-        }
-    }
-}
-
-async fn exec(
-    pool: &Pool,
-    target: &Target,
-    argv: &[String],
-    stdin: Option<&[u8]>,
-    limits: ExecLimits,
-) -> Result<Output, String> {
-    pool.exec(target, argv, stdin, limits)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-fn check(out: Output, command: &str) -> Result<(), String> {
-    if out.success() {
-        Ok(())
-    } else {
-        Err(failure(command, &out))
-    }
-}
-
-fn failure(command: &str, out: &Output) -> String {
-    format!("{command} failed: {}", out.brief())
-}
-
-fn lock(store: &Arc<Mutex<Store>>) -> std::sync::MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! it here, so the two serve the same way.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
@@ -13,10 +13,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::routing::Router;
 use super::{Control, FleetMetrics, Operator, ProxyRouter};
-use crate::config::Config;
+use crate::config::{Config, Fleet};
 use crate::proxy::{self, Listener, Proxy, Settings, TlsError, TlsUpkeep};
-use crate::store::{ProxyTraffic, Store, now_ms};
+use crate::store::{ProxyTraffic, Writer, now_ms};
+
+/// Makes the router of a fleet.toml for the proxy that serves.
+pub type RouterMaker = Arc<dyn Fn(&Fleet) -> Arc<dyn Router> + Send + Sync>;
 
 /// How often [`Serving::publish_traffic`] writes the proxy's counters.
 pub const TRAFFIC_EVERY: Duration = Duration::from_secs(1);
@@ -30,7 +34,7 @@ pub enum FrontError {
         source: std::io::Error,
     },
     /// HTTPS certificates named by fleet.toml could not be used.
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] TlsError),
 }
 
@@ -137,8 +141,16 @@ impl Serving {
     /// `operator` with its routes published to this proxy after every pass,
     /// and its containers drained through it before they stop.
     pub fn route(&self, operator: Operator) -> Operator {
-        let router = ProxyRouter::new(self.proxy.clone(), operator.config.fleet.clone());
-        operator.with_router(Arc::new(router))
+        let router = (self.router_maker())(&operator.config.fleet);
+        operator.with_router(router)
+    }
+
+    /// Makes the router of a fleet.toml for this proxy (a reload's).
+    pub fn router_maker(&self) -> RouterMaker {
+        let proxy = self.proxy.clone();
+        Arc::new(move |fleet: &Fleet| -> Arc<dyn Router> {
+            Arc::new(ProxyRouter::new(proxy.clone(), fleet.clone()))
+        })
     }
 
     /// Records each pass report of `control` into the metrics the admin
@@ -156,17 +168,15 @@ impl Serving {
         })
     }
 
-    /// Writes the proxy's request counters into `store` every second, for
-    /// dashboards attached to this process (they read the store, not this
-    /// process's memory). Stops with the listeners.
-    pub fn publish_traffic(&mut self, store: Store) {
+    /// Writes the proxy's request counters into the store every second,
+    /// for dashboards attached to this process (they read the store, not
+    /// this process's memory). Stops with the listeners.
+    pub fn publish_traffic(&mut self, journal: Writer) {
         let proxy = self.proxy.clone();
-        let store = Arc::new(Mutex::new(store));
         let mut stop = self.stop.subscribe();
         self.tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(TRAFFIC_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut warned = false;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -178,28 +188,9 @@ impl Serving {
                     requests: t.requests,
                     server_errors: t.server_errors,
                 };
-                let store = store.clone();
-                let written = tokio::task::spawn_blocking(move || {
-                    store
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .write_proxy_traffic(&traffic)
-                })
-                .await;
-                let failed = match written {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(e) => Some(e.to_string()),
-                };
-                // Once per run of failures: a busy store must not flood the log.
-                match failed {
-                    None => warned = false,
-                    Some(e) if !warned => {
-                        warned = true;
-                        tracing::warn!(error = %e, "could not record the proxy's counters");
-                    }
-                    Some(_) => {}
-                }
+                journal.submit("record the proxy's counters", move |s| {
+                    s.write_proxy_traffic(&traffic)
+                });
             }
         }));
     }

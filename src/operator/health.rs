@@ -5,16 +5,17 @@
 //!   operator to the node's published port), `tcp` (a connect to it) or
 //!   `cmd` (`docker exec` over SSH).
 //! - [`check_all`] checks every running container that is due, counts
-//!   the results in the state store (thresholds and start period:
-//!   [`crate::store::Tally::after`]) and returns the verdicts, for the
-//!   caller to write over the observed `health` before planning.
+//!   the results in the applier's [`HealthBook`] (thresholds and start
+//!   period: [`crate::store::Tally::after`]), writes them through to the
+//!   store and returns the verdicts, for the caller to write over the
+//!   observed `health` before planning.
 //!
-//! After Prism restarts a container, call `Store::reset_health` on it; a
-//! container Docker restarted is noticed by its new start time.
+//! After Prism restarts a container, its count starts over
+//! ([`HealthBook::reset`]); a container Docker restarted is noticed by its
+//! new start time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,10 +34,10 @@ use crate::observe::{
 };
 use crate::ssh::{ExecLimits, Pool, SshError};
 use crate::store::{
-    CheckOutcome, Checked, HealthRecord, Level, NewEvent, Recorded, Store, StoreError, Thresholds,
-    Verdict, now_ms,
+    CheckOutcome, Checked, HealthBook, Level, NewEvent, Recorded, Thresholds, Verdict, Writer,
+    now_ms,
 };
-use crate::tasks::AbortOnDrop;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Checks run at once. Each waits on the network (or on one SSH channel
 /// of an already open connection), so this is well above the core count.
@@ -145,18 +146,13 @@ pub async fn check(
 /// state store failure is an error.
 pub async fn check_all(
     pool: &Pool,
-    store: &Arc<Mutex<Store>>,
+    book: &mut HealthBook,
+    journal: &Writer,
     fleet: &Fleet,
     pass: &[Observed],
-) -> Result<BTreeMap<ContainerId, Health>, StoreError> {
+) -> BTreeMap<ContainerId, Health> {
     let now = now_ms();
     let subjects = subjects(fleet, pass);
-    let records: HashMap<String, HealthRecord> = lock(store)
-        .health_records()?
-        .into_iter()
-        .map(|r| (r.container_id.clone(), r))
-        .collect();
-
     let mut verdicts = BTreeMap::new();
     let mut due = Vec::new();
     for s in subjects {
@@ -165,7 +161,7 @@ pub async fn check_all(
             verdicts.insert(id, Health::Starting);
             continue;
         }
-        let record = records
+        let record = book
             .get(id.as_str())
             .filter(|r| r.started_at == s.container.started_at);
         match record {
@@ -185,22 +181,28 @@ pub async fn check_all(
         .collect()
         .await;
 
-    let mut store = lock(store);
     for (s, at, result) in results {
         let outcome = CheckOutcome {
             passed: result.passed,
             at,
             detail: result.detail,
         };
-        let recorded = store.record_check(&s.checked(), &outcome, s.thresholds())?;
+        let recorded = book.count(&s.checked(), &outcome, s.thresholds());
         if recorded.changed() {
-            store.record_event(&verdict_event(s, &recorded))?;
+            journal.event(verdict_event(s, &recorded));
         }
         verdicts.insert(s.container.id.clone(), health_of(recorded.record.verdict));
+        let record = recorded.record;
+        journal.submit("record a health check", move |st| st.put_health(&record));
     }
     let (nodes, seen) = inventory(pass);
-    store.prune_health(&nodes, &seen)?;
-    Ok(verdicts)
+    let gone = book.prune(&nodes, &seen);
+    if !gone.is_empty() {
+        journal.submit("drop health records of gone containers", move |st| {
+            st.remove_health(&gone)
+        });
+    }
+    verdicts
 }
 
 /// One check, with its subject and when it started.
@@ -419,7 +421,7 @@ async fn status_of(
         .await
         .map_err(|e| format!("HTTP: {e}"))?;
     // Dropped with the check: the connection of one that timed out goes too.
-    let _driver = AbortOnDrop(tokio::spawn(async move {
+    let _driver = AbortOnDropHandle::new(tokio::spawn(async move {
         // Its error, if any, is the request's error too.
         let _ = conn.await;
     }));
@@ -502,10 +504,6 @@ fn clip(s: String) -> String {
         Some((at, _)) => format!("{}…", &s[..at]),
         None => s,
     }
-}
-
-fn lock(store: &Arc<Mutex<Store>>) -> MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 #[cfg(test)]
@@ -712,18 +710,6 @@ mod tests {
         let r = tcp_connect("127.0.0.1", port, 8080, SECOND).await;
         assert!(!r.passed);
         assert!(r.detail.to_lowercase().contains("refused"), "{}", r.detail);
-    }
-
-    /// The daemon spawns passes on the runtime: no lock is held across an
-    /// await. (Compiles or not; never called.)
-    #[allow(dead_code)]
-    fn check_all_can_be_spawned(
-        pool: &'static Pool,
-        store: &'static Arc<Mutex<Store>>,
-        fleet: &'static Fleet,
-        pass: &'static [Observed],
-    ) {
-        drop(tokio::spawn(check_all(pool, store, fleet, pass)));
     }
 
     #[test]

@@ -9,10 +9,6 @@ use crate::cloud::{Node, Presence};
 use crate::observe::{Condition, Images, Probed};
 use crate::reconcile::NodeState;
 
-/// What a node is recorded as once it is no longer in the inventory (EC2
-/// terminated it, or it left fleet.toml's static list).
-pub const GONE: &str = "gone";
-
 /// How long a gone node is still listed (`prism status`, the dashboard)
 /// after it went; then its row is dropped. Events keep its history.
 pub const GONE_SHOWN_FOR: Duration = Duration::from_secs(60 * 60);
@@ -38,7 +34,7 @@ pub const GONE_SHOWN_FOR: Duration = Duration::from_secs(60 * 60);
 pub fn node_state(
     node: &Node,
     probed: &Probed,
-    previous: Option<&str>,
+    previous: Option<NodeState>,
     missed: u32,
     lost_after: u32,
     prepared: bool,
@@ -46,7 +42,7 @@ pub fn node_state(
     if node.presence == Presence::Leaving {
         return NodeState::Lost;
     }
-    let was_draining = previous == Some(NodeState::Draining.as_str());
+    let was_draining = previous == Some(NodeState::Draining);
     let noticed = match probed {
         Probed::Ready { facts, .. } | Probed::NoDocker { facts, .. } => facts.notice.is_some(),
         Probed::Failed(_) => false,
@@ -65,8 +61,8 @@ pub fn node_state(
     }
 }
 
-fn never_ready(previous: Option<&str>) -> bool {
-    matches!(previous, None | Some("preparing"))
+fn never_ready(previous: Option<NodeState>) -> bool {
+    matches!(previous, None | Some(NodeState::Preparing))
 }
 
 /// Whether a node that answers holds what it needs before it takes pods:
@@ -86,8 +82,8 @@ pub fn images_settled(wanted: &BTreeSet<String>, held: &Images, failed: &BTreeSe
 /// that keeps missing is seen by the next pass's listing anyway, one
 /// never ready has no pods to move, and one EC2 already reports leaving
 /// is lost already; a host key or login problem is no sign of termination.
-pub fn worth_recheck(node: &Node, probed: &Probed, previous: Option<&str>) -> bool {
-    let answered_before = matches!(previous, Some("ready" | "draining"));
+pub fn worth_recheck(node: &Node, probed: &Probed, previous: Option<NodeState>) -> bool {
+    let answered_before = matches!(previous, Some(NodeState::Ready | NodeState::Draining));
     let silent = matches!(
         probed,
         Probed::Failed(
@@ -109,13 +105,13 @@ pub struct Misses {
 impl Misses {
     /// Counts this probe (a miss unless Docker answered); returns the
     /// misses in a row.
-    pub fn count(&mut self, id: &str, probed: &Probed, previous: Option<&str>) -> u32 {
+    pub fn count(&mut self, id: &str, probed: &Probed, previous: Option<NodeState>) -> u32 {
         let missed = match probed {
             Probed::Ready { .. } => 0,
             _ => {
                 let before = self.counts.get(id).copied().unwrap_or(match previous {
-                    Some("suspect") => 1,
-                    Some("lost") => u32::MAX - 1,
+                    Some(NodeState::Suspect) => 1,
+                    Some(NodeState::Lost) => u32::MAX - 1,
                     _ => 0,
                 });
                 before.saturating_add(1)
@@ -146,7 +142,7 @@ mod tests {
             address: "10.0.0.1".into(),
             port: 22,
             user: "root".into(),
-            provider: "ec2",
+            provider: crate::config::Provider::Ec2,
             zone: None,
             instance_type: None,
             lifecycle: Lifecycle::Spot,
@@ -219,15 +215,14 @@ mod tests {
     ) -> Vec<&'static str> {
         let n = node(Presence::Running);
         let mut misses = Misses::default();
-        let mut previous = start.map(str::to_owned);
+        let mut previous = start.map(|s| NodeState::parse(s).expect("a state"));
         steps
             .iter()
             .map(|(p, prepared)| {
-                let missed = misses.count(&n.id, p, previous.as_deref());
-                let state =
-                    node_state(&n, p, previous.as_deref(), missed, lost_after, *prepared).as_str();
-                previous = Some(state.to_owned());
-                state
+                let missed = misses.count(&n.id, p, previous);
+                let state = node_state(&n, p, previous, missed, lost_after, *prepared);
+                previous = Some(state);
+                state.as_str()
             })
             .collect()
     }
@@ -364,22 +359,31 @@ mod tests {
         let auth = Probed::Failed(Condition::AuthRefused("denied".into()));
         let mismatch = Probed::Failed(Condition::HostKeyMismatch("changed".into()));
         for previous in ["ready", "draining"] {
-            assert!(worth_recheck(&running, &unreachable(), Some(previous)));
-            assert!(worth_recheck(&running, &timeout, Some(previous)));
+            assert!(worth_recheck(
+                &running,
+                &unreachable(),
+                NodeState::parse(previous)
+            ));
+            assert!(worth_recheck(
+                &running,
+                &timeout,
+                NodeState::parse(previous)
+            ));
         }
         // Answers, or Docker down: no sign of termination.
-        assert!(!worth_recheck(&running, &ready(), Some("ready")));
-        assert!(!worth_recheck(&running, &docker_missing(), Some("ready")));
-        assert!(!worth_recheck(&running, &auth, Some("ready")));
-        assert!(!worth_recheck(&running, &mismatch, Some("ready")));
+        let ready_before = Some(NodeState::Ready);
+        assert!(!worth_recheck(&running, &ready(), ready_before));
+        assert!(!worth_recheck(&running, &docker_missing(), ready_before));
+        assert!(!worth_recheck(&running, &auth, ready_before));
+        assert!(!worth_recheck(&running, &mismatch, ready_before));
         // Missed before, never ready, or known to be leaving: the next
         // listing (or this one) tells.
         for previous in [
             None,
-            Some("suspect"),
-            Some("lost"),
-            Some("preparing"),
-            Some("gone"),
+            Some(NodeState::Suspect),
+            Some(NodeState::Lost),
+            Some(NodeState::Preparing),
+            Some(NodeState::Gone),
         ] {
             assert!(
                 !worth_recheck(&running, &unreachable(), previous),
@@ -389,7 +393,7 @@ mod tests {
         assert!(!worth_recheck(
             &node(Presence::Leaving),
             &unreachable(),
-            Some("ready")
+            Some(NodeState::Ready)
         ));
     }
 
@@ -404,7 +408,7 @@ mod tests {
             node_state(
                 &node(Presence::Running),
                 &mismatch,
-                Some("ready"),
+                Some(NodeState::Ready),
                 1,
                 2,
                 true

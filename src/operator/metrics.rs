@@ -48,6 +48,8 @@ pub struct FleetMetrics {
     actions: Counter,
     actions_failed: Counter,
     last_pass: Gauge,
+    /// State store operations that failed, as the writer counts them.
+    store_failures: Counter,
 }
 
 impl FleetMetrics {
@@ -63,6 +65,7 @@ impl FleetMetrics {
             actions: Counter::default(),
             actions_failed: Counter::default(),
             last_pass: Gauge::default(),
+            store_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("prism");
         r.register("nodes", "Nodes by state", m.nodes.clone());
@@ -102,12 +105,21 @@ impl FleetMetrics {
             "When the last pass ended (Unix time)",
             m.last_pass.clone(),
         );
+        r.register(
+            "store_failures",
+            "State store operations that failed (a full disk): the fleet heals on, unrecorded",
+            m.store_failures.clone(),
+        );
         m
     }
 
     /// Takes in one pass report.
     pub fn record(&self, report: &PassReport) {
         self.pass_duration.observe(report.took.as_secs_f64());
+        // The writer's count only grows: add what is new since the last.
+        let seen = self.store_failures.get();
+        self.store_failures
+            .inc_by(report.store.failed.saturating_sub(seen));
         self.actions.inc_by(report.actions as u64);
         self.actions_failed.inc_by(report.failed as u64);
         self.last_pass.set(report.finished_ms / 1000);
@@ -187,10 +199,12 @@ mod tests {
                 observed: BTreeMap::new(),
                 stale: None,
                 plan,
+                ..Planned::default()
             })),
             actions: 3,
             failed: 1,
             error: None,
+            store: crate::store::WriteHealth::default(),
         }
     }
 
@@ -219,6 +233,7 @@ mod tests {
         m.record(&PassReport {
             planned: None,
             error: Some("discovery failed".into()),
+            store: crate::store::WriteHealth::default(),
             actions: 0,
             failed: 0,
             ..report(100, vec![], 0)

@@ -1,9 +1,9 @@
 //! One observe pass: every node probed in parallel, what was found recorded.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
 
-use super::lifecycle::{GONE, GONE_SHOWN_FOR, Misses, images_settled, node_state};
+use super::lifecycle::{GONE_SHOWN_FOR, images_settled, node_state};
+use super::memory::Memory;
 use crate::cloud::{Node, Presence};
 use crate::config::{Bytes, Millicores};
 use crate::observe::{
@@ -11,8 +11,7 @@ use crate::observe::{
 };
 use crate::reconcile::{NodeState, NodeView};
 use crate::ssh::{Pool, fan_out};
-use crate::store::NodeRecord;
-use crate::store::{Level, NewEvent, Store, StoreError, now_ms};
+use crate::store::{Level, NewEvent, NodeRecord, Writer, now_ms};
 
 /// How many nodes are probed at once. Each probe waits mostly on the
 /// network, so this can be well above the core count.
@@ -88,153 +87,126 @@ pub async fn observe_with_metadata(
     found
 }
 
-/// Turns passes into node states and records them; remembers the misses
-/// in a row between passes.
-#[derive(Debug)]
-pub struct Recorder {
+/// Turns a pass into node states: each node's row in its new state, its
+/// containers when they were read, and an event whenever its condition
+/// changes, in `memory` and written through to the store. With a
+/// `complete` inventory (discovery answered), recorded nodes not in it are
+/// gone. `wanted`: the fleet's images, which a new node pulls before it is
+/// ready. Returns the nodes as the scheduler sees them.
+pub fn record(
+    memory: &mut Memory,
+    journal: &Writer,
+    pass: &[Observed],
+    complete: bool,
+    wanted: &BTreeSet<String>,
     lost_after: u32,
-    misses: Misses,
-    /// Nodes an operator asked to drain (the dashboard's `D`): from the
-    /// next pass on they are draining, as after a spot notice.
-    drains: BTreeSet<String>,
-}
-
-impl Recorder {
-    /// `lost_after`: missed probes in a row that make a node lost.
-    pub fn new(lost_after: u32) -> Recorder {
-        Recorder {
-            lost_after,
-            misses: Misses::default(),
-            drains: BTreeSet::new(),
-        }
-    }
-
-    /// Drains `node` from the next pass on; it stays draining (the state
-    /// sticks) until it leaves the fleet.
-    pub fn drain(&mut self, node: &str) {
-        self.drains.insert(node.to_owned());
-    }
-
-    /// Writes a pass to the store: each node's row in its new state, its
-    /// containers when they were read, and an event whenever a node's
-    /// condition changes. With a `complete` inventory (discovery answered),
-    /// recorded nodes not in it are gone. `wanted`: the fleet's images, which
-    /// a new node pulls before it is ready. Returns the nodes as the
-    /// scheduler sees them.
-    pub fn record(
-        &mut self,
-        store: &Arc<Mutex<Store>>,
-        pass: &[Observed],
-        complete: bool,
-        wanted: &BTreeSet<String>,
-    ) -> Result<Vec<NodeView>, StoreError> {
-        let ids: Vec<&str> = pass.iter().map(|o| o.node.id.as_str()).collect();
-        self.misses.retain(&ids);
-        self.drains.retain(|d| ids.contains(&d.as_str()));
-        let mut store = store.lock().unwrap_or_else(|poison| poison.into_inner());
-        // A fleet's first pass takes its nodes as they are: nothing runs
-        // yet, so its pods wait for their pulls either way, and a first
-        // `prism plan` shows the work. Nodes that join later are prepared.
-        let first_pass = store.nodes()?.is_empty();
-        let mut failed = BTreeMap::new();
-        for id in &ids {
-            failed.insert(*id, store.pull_failures(id)?);
-        }
-        let views = record(&mut store, pass, |seen, previous| {
-            let missed = self.misses.count(&seen.node.id, &seen.probed, previous);
-            let previous = if self.drains.contains(&seen.node.id) {
-                Some(NodeState::Draining.as_str())
-            } else {
-                previous
+) -> Vec<NodeView> {
+    let ids: Vec<&str> = pass.iter().map(|o| o.node.id.as_str()).collect();
+    memory.misses.retain(&ids);
+    memory.drains.retain(|d| ids.contains(&d.as_str()));
+    // A fleet's first pass takes its nodes as they are: nothing runs
+    // yet, so its pods wait for their pulls either way, and a first
+    // `prism plan` shows the work. Nodes that join later are prepared.
+    let first_pass = memory.nodes.is_empty();
+    let now = now_ms();
+    let mut views = Vec::with_capacity(pass.len());
+    for seen in pass {
+        let id = seen.node.id.as_str();
+        let previous = memory.nodes.get(id).cloned();
+        let before = previous.as_ref().map(|p| p.state);
+        let missed = memory.misses.count(id, &seen.probed, before);
+        let before = if memory.drains.contains(id) {
+            Some(NodeState::Draining)
+        } else {
+            before
+        };
+        let no_failures = BTreeSet::new();
+        let prepared = first_pass
+            || match &seen.probed {
+                Probed::Ready {
+                    images: Some(images),
+                    ..
+                } => images_settled(
+                    wanted,
+                    images,
+                    memory.pull_failures.get(id).unwrap_or(&no_failures),
+                ),
+                _ => false,
             };
-            let prepared = first_pass
-                || match &seen.probed {
-                    Probed::Ready {
-                        images: Some(images),
-                        ..
-                    } => images_settled(
-                        wanted,
-                        images,
-                        failed
-                            .get(seen.node.id.as_str())
-                            .unwrap_or(&BTreeSet::new()),
-                    ),
-                    _ => false,
-                };
-            node_state(
-                &seen.node,
-                &seen.probed,
-                previous,
-                missed,
-                self.lost_after,
-                prepared,
-            )
-        })?;
-        if complete {
-            record_gone(&mut store, &ids)?;
+        let state = node_state(
+            &seen.node,
+            &seen.probed,
+            before,
+            missed,
+            lost_after,
+            prepared,
+        );
+        let row = node_record(&seen.node, &seen.probed, state, previous.as_ref(), now);
+        for event in events(previous.as_ref(), &row, seen) {
+            journal.event(event.node(row.id.clone()));
         }
-        Ok(views)
+        let containers = match &seen.probed {
+            Probed::Ready { containers, .. } => Some(container_records(&row.id, containers, now)),
+            _ => None,
+        };
+        let written = row.clone();
+        journal.submit("record a node", move |s| {
+            s.upsert_node(&written)?;
+            match containers {
+                Some(containers) => s.replace_containers(&written.id, &containers),
+                None => Ok(()),
+            }
+        });
+        views.push(view(&seen.node, &seen.probed, &row, state));
+        memory.nodes.insert(row.id.clone(), row);
     }
+    if complete {
+        record_gone(memory, journal, &ids, now);
+    }
+    views
 }
 
 /// Recorded nodes no longer in the inventory: gone, with an event, and no
 /// containers (what they ran is not running anywhere). Those gone for
 /// longer than [`GONE_SHOWN_FOR`] are forgotten.
-fn record_gone(store: &mut Store, present: &[&str]) -> Result<(), StoreError> {
-    let now = now_ms();
-    store.forget_gone(GONE, now - GONE_SHOWN_FOR.as_millis() as i64)?;
-    for mut row in store.nodes()? {
-        if present.contains(&row.id.as_str()) || row.state == GONE {
+fn record_gone(memory: &mut Memory, journal: &Writer, present: &[&str], now: i64) {
+    let shown_for = i64::try_from(GONE_SHOWN_FOR.as_millis()).unwrap_or(i64::MAX);
+    let before = now.saturating_sub(shown_for);
+    memory
+        .nodes
+        .retain(|_, n| n.state != NodeState::Gone || n.last_probe.unwrap_or(n.last_seen) >= before);
+    memory
+        .pull_failures
+        .retain(|id, _| memory.nodes.contains_key(id));
+    journal.submit("forget nodes gone long ago", move |s| {
+        s.forget_gone(before).map(|_| ())
+    });
+    for row in memory.nodes.values_mut() {
+        if present.contains(&row.id.as_str()) || row.state == NodeState::Gone {
             continue;
         }
-        let was = std::mem::replace(&mut row.state, GONE.to_owned());
+        let was = std::mem::replace(&mut row.state, NodeState::Gone);
         row.condition = None;
         row.condition_detail = None;
         row.last_probe = Some(now);
-        store.record_event(
-            &NewEvent::new(
+        journal.event(
+            NewEvent::new(
                 Level::Warn,
                 "node.gone",
                 format!(
-                    "{} is gone: no longer in the inventory (terminated) (was {was})",
-                    row.name
+                    "{} is gone: no longer in the inventory (terminated) (was {})",
+                    row.name,
+                    was.as_str()
                 ),
             )
             .node(row.id.clone()),
-        )?;
-        store.upsert_node(&row)?;
-        store.replace_containers(&row.id, &[])?;
-    }
-    Ok(())
-}
-
-fn record(
-    store: &mut Store,
-    pass: &[Observed],
-    mut state_of: impl FnMut(&Observed, Option<&str>) -> NodeState,
-) -> Result<Vec<NodeView>, StoreError> {
-    let now = now_ms();
-    let mut views = Vec::with_capacity(pass.len());
-    for seen in pass {
-        let previous = store.node(&seen.node.id)?;
-        let state = state_of(seen, previous.as_ref().map(|p| p.state.as_str()));
-        let row = node_record(
-            &seen.node,
-            &seen.probed,
-            state.as_str(),
-            previous.as_ref(),
-            now,
         );
-        for event in events(previous.as_ref(), &row, seen) {
-            store.record_event(&event.node(row.id.clone()))?;
-        }
-        store.upsert_node(&row)?;
-        if let Probed::Ready { containers, .. } = &seen.probed {
-            store.replace_containers(&row.id, &container_records(&row.id, containers, now))?;
-        }
-        views.push(view(&seen.node, &seen.probed, &row, state));
+        let written = row.clone();
+        journal.submit("record a node gone", move |s| {
+            s.upsert_node(&written)?;
+            s.replace_containers(&written.id, &[])
+        });
     }
-    Ok(views)
 }
 
 /// Capacity is the smaller of what fleet.toml declares and what the node
@@ -269,7 +241,9 @@ fn events(previous: Option<&NodeRecord>, row: &NodeRecord, seen: &Observed) -> V
             "node.discovered",
             format!(
                 "{} at {} joined the fleet, {}",
-                row.name, row.address, row.state
+                row.name,
+                row.address,
+                row.state.as_str()
             ),
         ));
         if let Some(c) = seen.probed.condition() {
@@ -291,7 +265,7 @@ fn events(previous: Option<&NodeRecord>, row: &NodeRecord, seen: &Observed) -> V
         ));
     }
     if previous.state != row.state {
-        let level = if row.state == "ready" {
+        let level = if row.state == NodeState::Ready {
             Level::Info
         } else {
             Level::Warn
@@ -304,12 +278,12 @@ fn events(previous: Option<&NodeRecord>, row: &NodeRecord, seen: &Observed) -> V
         };
         out.push(NewEvent::new(
             level,
-            &format!("node.{}", row.state),
+            &format!("node.{}", row.state.as_str()),
             format!(
                 "{} is {} (was {}){}",
                 row.name,
-                row.state,
-                previous.state,
+                row.state.as_str(),
+                previous.state.as_str(),
                 why.unwrap_or_default()
             ),
         ));

@@ -1,38 +1,36 @@
-//! One reconcile pass: discover → observe → record → plan (pure) → apply.
-//! The daemon, `reconcile --once` and `plan` all run passes through here.
+//! One reconcile pass: discover → observe → record → plan (pure). The
+//! daemon, the dashboard, `reconcile --once` and `plan` all plan through
+//! here; what is planned is carried out by the applier alone.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
 
-use super::apply::{Context, Outcome, apply};
 use super::health::check_all;
-use super::lifecycle::{GONE, worth_recheck};
-use super::observe::{Observed, Recorder, observe_with_metadata};
+use super::lifecycle::worth_recheck;
+use super::memory::Memory;
+use super::observe::{Observed, observe_with_metadata, record};
 use super::routing::Router;
-use crate::bootstrap::install_docker;
 use crate::cloud::{Discovery, DiscoveryError, Found, Inventory, Lifecycle, Node, Presence, Stale};
 use crate::config::Config;
 use crate::observe::{Condition, ContainerState, Health, ProbeLimits, Probed};
 use crate::reconcile::{
-    Action, Desired, MissingSecret, NodeView, PlacementChange, Plan, SecretError, Secrets, plan,
-    resolve_secrets,
+    Action, Admission, Desired, Hold, HoldKind, MissingSecret, NodeView, Plan, SecretError,
+    Secrets, Tick, apps_removed, fleet_pods, hold_apps, inventory_shrank, plan, plan_jobs,
+    plan_restarts, resolve_secrets,
 };
 use crate::ssh::{Pool, SshError, SshSettings};
-use crate::store::{Level, NewEvent, Placement, Store, StoreError, now_ms};
+use crate::store::{Level, NewEvent, Writer, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
-    #[error("{0}")]
+    #[error(transparent)]
     Secret(#[from] SecretError),
-    #[error("{0}")]
+    #[error(transparent)]
     MissingSecret(#[from] MissingSecret),
-    #[error("{0}")]
+    #[error(transparent)]
     Ssh(#[from] SshError),
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Discovery(#[from] DiscoveryError),
 }
 
@@ -47,36 +45,19 @@ impl PassError {
     }
 }
 
-/// Everything a pass needs, made once per process.
+/// What one fleet.toml makes: made once per load, read by every pass.
 pub struct Operator {
     pub config: Config,
     pub desired: Desired,
-    secrets: Secrets,
-    pub store: Arc<Mutex<Store>>,
-    pub pool: Pool,
+    pub secrets: Arc<Secrets>,
+    pub pool: Arc<Pool>,
     inventory: Inventory,
-    recorder: Mutex<Recorder>,
-    /// When each spot node's instance metadata was last read.
-    notices_read: Mutex<BTreeMap<String, Instant>>,
-    /// The nodes of the latest pass, for work between passes (jobs).
-    last_nodes: Mutex<Vec<Node>>,
-    /// Containers were just started, or await their first passing check:
-    /// the next pass should come soon (see [`Operator::next_pass`]).
-    settling: AtomicBool,
-    /// When the last apply started containers.
-    started_at: Mutex<Option<Instant>>,
-    /// The proxy's side of each pass, when one runs (the daemon).
-    router: Option<Arc<dyn Router>>,
+    /// The proxy's side of each pass, when one runs.
+    pub router: Option<Arc<dyn Router>>,
 }
 
-/// How soon the next pass comes while containers are settling: their
-/// checks run as often as each service's `interval` allows.
-const SETTLE: Duration = Duration::from_millis(500);
-/// For this long after containers were started, at most: a container that
-/// never passes does not keep passes (and EC2 calls) quick for ever.
-const SETTLE_FOR: Duration = Duration::from_secs(30);
-
 /// What a pass saw and decided.
+#[derive(Default)]
 pub struct Planned {
     pub nodes: Vec<Node>,
     pub views: Vec<NodeView>,
@@ -85,28 +66,27 @@ pub struct Planned {
     pub plan: Plan,
     /// Discovery failed: `nodes` are the last known ones.
     pub stale: Option<Stale>,
+    /// Changes held back by the guards against mass change.
+    pub held: Vec<Hold>,
+    /// Restart requests that cannot be done, with why, by request id.
+    pub refused: Vec<(i64, String)>,
+    /// Restart requests planned (their outcomes answer them).
+    pub asked: Vec<i64>,
 }
 
 impl Operator {
-    pub async fn new(config: Config) -> Result<Operator, PassError> {
+    /// `journal` pins host keys and records what SSH sees.
+    pub async fn new(config: Config, journal: Option<Writer>) -> Result<Operator, PassError> {
         let secrets = resolve_secrets(&config)?;
         let desired = Desired::build(&config.fleet, &secrets)?;
-        let store = Arc::new(Mutex::new(Store::open(&config.state_path())?));
-        let pool = Pool::new(SshSettings::from_config(&config)?, Some(store.clone()));
+        let pool = Pool::new(SshSettings::from_config(&config)?, journal);
         let inventory = Inventory::new(Discovery::from_config(&config).await);
-        let recorder = Mutex::new(Recorder::new(config.fleet.lifecycle.lost_after));
         Ok(Operator {
             config,
             desired,
-            secrets,
-            store,
-            pool,
+            secrets: Arc::new(secrets),
+            pool: Arc::new(pool),
             inventory,
-            recorder,
-            notices_read: Mutex::new(BTreeMap::new()),
-            last_nodes: Mutex::new(Vec::new()),
-            settling: AtomicBool::new(false),
-            started_at: Mutex::new(None),
             router: None,
         })
     }
@@ -133,43 +113,97 @@ impl Operator {
         &self.config.fleet.fleet.name
     }
 
-    /// Discovers, probes and records every node, then plans. Changes
-    /// nothing on the nodes, except installing Docker where fleet.toml
-    /// opts in to bootstrap.
-    pub async fn observe_and_plan(&self) -> Result<Planned, PassError> {
-        let found = self.inventory.nodes(|| self.stored_nodes()).await?;
-        self.report_discovery(&found)?;
+    /// Discovers, probes and records every node, then plans: the pods, the
+    /// jobs' ticks and the restarts asked for in `memory`, and what the
+    /// guards hold back. Changes nothing on the nodes.
+    pub async fn observe_and_plan(
+        &self,
+        memory: &mut Memory,
+        journal: &Writer,
+    ) -> Result<Planned, PassError> {
+        let found = self
+            .inventory
+            .nodes(|| stored_nodes(&self.config, memory))
+            .await?;
+        report_discovery(journal, &found);
         let Found {
-            mut nodes, stale, ..
+            mut nodes,
+            mut stale,
+            listed,
+            ..
         } = found;
+        let mut held = Vec::new();
+        if stale.is_none() {
+            let known: BTreeSet<String> = memory.known().map(|n| n.id.clone()).collect();
+            let change = inventory_shrank(&known, &listed);
+            if let Some(hold) = self.admit(memory, journal, HoldKind::InventoryShrank, change) {
+                // Keep probing the nodes the listing lacks, as if it had
+                // failed: those that answer stay, none is marked gone.
+                let missing: BTreeSet<&String> = hold.items.iter().collect();
+                nodes.extend(
+                    stored_nodes(&self.config, memory)
+                        .into_iter()
+                        .filter(|n| missing.contains(&n.id)),
+                );
+                nodes.sort_by(|a, b| a.id.cmp(&b.id));
+                stale = Some(Stale::held(&hold.summary));
+                held.push(hold);
+            }
+        }
         let limits = ProbeLimits {
             timeout: self.config.fleet.lifecycle.probe_timeout.0,
             ..ProbeLimits::default()
         };
+        let notices: BTreeMap<String, String> = nodes
+            .iter()
+            .filter_map(|n| Some((n.id.clone(), self.notice_due(memory, n)?)))
+            .collect();
         let mut pass = observe_with_metadata(&self.pool, &nodes, self.fleet(), limits, |n| {
-            self.notice_due(n)
+            notices.get(&n.id).cloned()
         })
         .await;
         // A node that stopped answering may have been terminated while it
         // was probed: asking again now moves its pods a pass earlier. Only
         // on a first miss, so a node that stays unreachable costs one
         // DescribeInstances per pass, not two.
-        if stale.is_none() && self.recheck_due(&pass)? {
-            self.recheck(&mut nodes, &mut pass).await?;
+        let recheck = pass.iter().any(|o| {
+            matches!(o.probed, Probed::Failed(_))
+                && worth_recheck(&o.node, &o.probed, memory.state_of(&o.node.id))
+        });
+        if stale.is_none() && recheck {
+            self.recheck(journal, &mut nodes, &mut pass).await;
         }
-        *self.last_nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes.clone();
-        if self.config.fleet.fleet.bootstrap {
-            self.bootstrap(&mut pass).await;
-        }
-        let views = self
-            .recorder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(&self.store, &pass, stale.is_none(), &self.desired.images())?;
+        let wanted = self.desired.images();
+        let views = record(
+            memory,
+            journal,
+            &pass,
+            stale.is_none(),
+            &wanted,
+            self.config.fleet.lifecycle.lost_after,
+        );
         // Prism's own checks decide health for services that declare one.
-        let verdicts = check_all(&self.pool, &self.store, &self.config.fleet, &pass).await?;
-        let starting = verdicts.values().any(|h| *h == Health::Starting);
-        self.settling.store(starting, Ordering::Relaxed);
+        let verdicts = check_all(
+            &self.pool,
+            &mut memory.health,
+            journal,
+            &self.config.fleet,
+            &pass,
+        )
+        .await;
+        let docker_missing: Vec<String> = pass
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o.probed,
+                    Probed::NoDocker {
+                        condition: Condition::DockerMissing,
+                        ..
+                    }
+                )
+            })
+            .map(|o| o.node.id.clone())
+            .collect();
         let observed: BTreeMap<String, Vec<ContainerState>> = pass
             .into_iter()
             .filter_map(|o| match o.probed {
@@ -185,67 +219,121 @@ impl Operator {
                 (node, containers)
             })
             .collect();
-        let placements = self.lock().placements()?;
-        let plan = plan(&self.desired, &views, &observed, &placements);
+        let placements = memory.placement_list();
+        let mut plan = plan(&self.desired, &views, &observed, &placements);
+
+        // Then what else the nodes are to do: jobs, asked restarts, Docker.
+        let ticks: Vec<Tick> = std::mem::take(&mut memory.due_jobs);
+        let jobs = plan_jobs(
+            &self.desired,
+            &ticks,
+            &views,
+            &observed,
+            &placements,
+            now_ms() / 1000,
+        );
+        for (tick, why) in &jobs.skipped {
+            let message = format!("job {}/{}: tick skipped: {why}", tick.app, tick.job);
+            tracing::warn!(app = %tick.app, "{message}");
+            journal.event(NewEvent::new(Level::Warn, "job.skipped", message).app(tick.app.clone()));
+        }
+        merge(&mut plan, jobs.actions);
+        let asks = std::mem::take(&mut memory.asks);
+        let (restarts, refused) = plan_restarts(self.fleet(), &asks, &views, &observed);
+        let asked = asks
+            .iter()
+            .map(|a| a.id)
+            .filter(|id| !refused.iter().any(|(r, _)| r == id))
+            .collect();
+        merge(&mut plan, restarts);
+        if self.config.fleet.fleet.bootstrap {
+            let installs = docker_missing
+                .into_iter()
+                .map(|id| (id, vec![Action::InstallDocker]))
+                .collect();
+            merge(&mut plan, installs);
+        }
         Ok(Planned {
             nodes,
             views,
             observed,
             plan,
             stale,
+            held,
+            refused,
+            asked,
         })
     }
 
-    /// The time from one pass's start to the next: `interval`, or less
-    /// while containers just started await their checks, so that a pod
-    /// that moved is seen healthy (and what it replaces removed) as soon
-    /// as its checks allow rather than a whole interval later.
-    pub fn next_pass(&self, interval: Duration) -> Duration {
-        let recent = self
-            .started_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|at| at.elapsed() < SETTLE_FOR);
-        if recent && self.settling.load(Ordering::Relaxed) {
-            interval.min(SETTLE)
-        } else {
-            interval
+    /// The guard against apps that vanished from fleet.toml, on a pass's
+    /// plan: more than half of the fleet's pods removed that way is held
+    /// back (see `reconcile::guard`). Not while a reload is held back: the
+    /// loop plans with the fleet.toml it had, and the hold is the reload's.
+    pub fn guard_apps(&self, memory: &mut Memory, journal: &Writer, planned: &mut Planned) {
+        let placed = memory.placements.keys().cloned();
+        let pods = fleet_pods(self.fleet(), placed, &planned.observed);
+        let change = apps_removed(&self.desired, &pods);
+        if let Some(hold) = self.admit(memory, journal, HoldKind::AppsRemoved, change) {
+            hold_apps(&mut planned.plan, &hold.items);
+            planned.held.push(hold);
         }
     }
 
-    /// Whether some node's probe is its first miss ([`worth_recheck`]).
-    fn recheck_due(&self, pass: &[Observed]) -> Result<bool, PassError> {
-        let store = self.lock();
-        for o in pass
-            .iter()
-            .filter(|o| matches!(o.probed, Probed::Failed(_)))
-        {
-            let previous = store.node(&o.node.id)?;
-            if worth_recheck(
-                &o.node,
-                &o.probed,
-                previous.as_ref().map(|p| p.state.as_str()),
-            ) {
-                return Ok(true);
+    /// Judges a mass change of `kind`; returns the hold when it is held
+    /// back. Keeps memory and the store in step and tells of it.
+    pub fn admit(
+        &self,
+        memory: &mut Memory,
+        journal: &Writer,
+        kind: HoldKind,
+        change: Option<crate::reconcile::MassChange>,
+    ) -> Option<Hold> {
+        let had = memory.holds.all().any(|h| h.kind == kind);
+        let hold_for = self.config.fleet.guard.hold.0;
+        match memory.holds.admit(kind, change, now_ms(), hold_for) {
+            Admission::Clear => {
+                if had {
+                    journal.submit("clear a hold", move |s| s.remove_hold(kind));
+                }
+                None
+            }
+            Admission::Held { hold, new } => {
+                if new {
+                    let message = format!(
+                        "{}; held back for {} unless `prism confirm` lets it go sooner",
+                        hold.summary,
+                        humantime::format_duration(hold_for)
+                    );
+                    tracing::warn!("{message}");
+                    journal.event(NewEvent::new(Level::Warn, "guard.held", message));
+                    Memory::keep_hold(journal, &hold);
+                }
+                Some(hold)
+            }
+            Admission::Go(hold) => {
+                let how = if hold.confirmed {
+                    "confirmed"
+                } else {
+                    "still seen after the hold"
+                };
+                let message = format!("{} ({how}): going ahead", hold.summary);
+                tracing::warn!("{message}");
+                journal.event(NewEvent::new(Level::Warn, "guard.released", message));
+                None
             }
         }
-        Ok(false)
     }
 
-    /// Asks discovery again; drops what it no longer lists from the pass and
-    /// takes each node's presence anew. Kept as is if discovery fails now.
-    async fn recheck(
-        &self,
-        nodes: &mut Vec<Node>,
-        pass: &mut Vec<Observed>,
-    ) -> Result<(), PassError> {
-        let again = self.inventory.nodes(Vec::new).await;
-        let Ok(again) = again else {
-            return Ok(());
+    /// Asks discovery again; drops what it no longer lists from the pass
+    /// and takes each node's presence anew. Kept as is if discovery fails
+    /// now.
+    async fn recheck(&self, journal: &Writer, nodes: &mut Vec<Node>, pass: &mut Vec<Observed>) {
+        let Ok(again) = self.inventory.nodes(Vec::new).await else {
+            return;
         };
-        self.report_discovery(&again)?;
+        report_discovery(journal, &again);
         if again.stale.is_some() {
-            return Ok(());
+            return;
         }
         let now = |id: &str| again.nodes.iter().find(|n| n.id == id);
         pass.retain(|o| now(&o.node.id).is_some());
@@ -255,217 +343,116 @@ impl Operator {
             }
         }
         nodes.retain(|n| now(&n.id).is_some());
-        Ok(())
     }
 
     /// The metadata URL to read on `node` this pass: spot nodes only, every
     /// `[lifecycle] notice_interval`.
-    fn notice_due(&self, node: &Node) -> Option<String> {
+    fn notice_due(&self, memory: &mut Memory, node: &Node) -> Option<String> {
         let url = self.config.fleet.metadata_url()?;
         if node.lifecycle != Lifecycle::Spot {
             return None;
         }
         let every = self.config.fleet.lifecycle.notice_interval.0;
         let now = Instant::now();
-        let mut read = self.notices_read.lock().unwrap_or_else(|p| p.into_inner());
-        match read.get(&node.id) {
+        match memory.notices_read.get(&node.id) {
             Some(at) if now.duration_since(*at) < every => None,
             _ => {
-                read.insert(node.id.clone(), now);
+                memory.notices_read.insert(node.id.clone(), now);
                 Some(url.to_owned())
             }
         }
     }
+}
 
-    /// The nodes the state store knows (not gone): what is probed when
-    /// discovery fails before it ever answered.
-    fn stored_nodes(&self) -> Vec<Node> {
-        let rows = match self.lock().nodes() {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the recorded nodes");
-                return Vec::new();
-            }
+/// Adds `more` after each node's planned actions.
+fn merge(plan: &mut Plan, more: BTreeMap<String, Vec<Action>>) {
+    for (node, actions) in more {
+        if !actions.is_empty() {
+            plan.actions.entry(node).or_default().extend(actions);
+        }
+    }
+}
+
+/// The nodes recorded (not gone): what is probed when discovery fails
+/// before it ever answered, or lists too little.
+fn stored_nodes(config: &Config, memory: &Memory) -> Vec<Node> {
+    let fleet = &config.fleet;
+    memory
+        .known()
+        .filter(|r| !r.address.is_empty())
+        .map(|r| Node {
+            port: fleet.ssh.port,
+            user: fleet.ssh.user.clone(),
+            provider: r.provider,
+            lifecycle: r.lifecycle,
+            presence: Presence::Running,
+            launched_at: None,
+            memory: fleet.discovery.node_memory.map(|b| b.0),
+            cpu: fleet.discovery.node_cpus.map(|m| m.0),
+            tags: BTreeMap::new(),
+            id: r.id.clone(),
+            name: r.name.clone(),
+            address: r.address.clone(),
+            zone: r.zone.clone(),
+            instance_type: r.instance_type.clone(),
+        })
+        .collect()
+}
+
+/// Logs each failed attempt at discovery; records an event when it
+/// starts failing and when it answers again.
+fn report_discovery(journal: &Writer, found: &Found) {
+    if let Some(s) = found.stale.as_ref().filter(|s| s.attempted) {
+        let kept = if s.from_store {
+            "the nodes recorded in the state store"
+        } else {
+            "the nodes it last listed"
         };
-        let fleet = &self.config.fleet;
-        rows.into_iter()
-            .filter(|r| r.state != GONE && !r.address.is_empty())
-            .map(|r| Node {
-                port: fleet.ssh.port,
-                user: fleet.ssh.user.clone(),
-                provider: if r.provider == "static" {
-                    "static"
-                } else {
-                    "ec2"
-                },
-                lifecycle: Lifecycle::parse(&r.lifecycle).unwrap_or(Lifecycle::OnDemand),
-                presence: Presence::Running,
-                launched_at: None,
-                memory: fleet.discovery.node_memory.map(|b| b.0),
-                cpu: fleet.discovery.node_cpus.map(|m| m.0),
-                tags: BTreeMap::new(),
-                id: r.id,
-                name: r.name,
-                address: r.address,
-                zone: r.zone,
-                instance_type: r.instance_type,
-            })
-            .collect()
-    }
-
-    /// Logs each failed attempt at discovery; records an event when it
-    /// starts failing and when it answers again.
-    fn report_discovery(&self, found: &Found) -> Result<(), PassError> {
-        if let Some(s) = found.stale.as_ref().filter(|s| s.attempted) {
-            let kept = if s.from_store {
-                "the nodes recorded in the state store"
-            } else {
-                "the nodes it last listed"
-            };
-            tracing::warn!(
-                error = %s.error,
-                failures = s.failures,
-                retry_in_ms = s.retry_in.as_millis() as u64,
-                nodes = found.nodes.len(),
-                "discovery failed; probing {kept}"
-            );
-            if s.failures == 1 {
-                self.lock().record_event(&NewEvent::new(
-                    Level::Warn,
-                    "discovery.stale",
-                    format!(
-                        "discovery failed, so the node list is stale: Prism keeps probing {kept} ({} nodes) and retries with backoff: {}",
-                        found.nodes.len(),
-                        s.error
-                    ),
-                ))?;
-            }
-        }
-        if let Some(r) = &found.recovered {
-            let message = format!(
-                "discovery answers again, after {} failed attempts over {}",
-                r.failures,
-                humantime::format_duration(std::time::Duration::from_secs(r.after.as_secs()))
-            );
-            tracing::info!("{message}");
-            self.lock()
-                .record_event(&NewEvent::info("discovery.recovered", message))?;
-        }
-        Ok(())
-    }
-
-    /// Stores the plan's placements, then runs its actions; `progress`
-    /// hears of each outcome as it happens.
-    pub async fn apply(
-        &self,
-        planned: &Planned,
-        progress: &(dyn Fn(&Outcome) + Sync),
-    ) -> Result<Vec<Outcome>, PassError> {
-        self.store_placements(&planned.plan)?;
-        if planned.plan.all_actions().any(|(_, a)| {
-            matches!(
-                a,
-                Action::Run { .. } | Action::Start { .. } | Action::Restart { .. }
-            )
-        }) {
-            self.settling.store(true, Ordering::Relaxed);
-            *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        }
-        let targets: Vec<_> = planned.nodes.iter().map(Node::target).collect();
-        let cx = Context {
-            pool: &self.pool,
-            store: &self.store,
-            secrets: &self.secrets,
-            fleet: self.fleet(),
-            router: self.router.as_deref(),
-            progress,
-        };
-        Ok(apply(&cx, &targets, &planned.plan).await)
-    }
-
-    fn store_placements(&self, plan: &Plan) -> Result<(), PassError> {
-        let store = self.lock();
-        let now = now_ms();
-        for change in &plan.placement_changes {
-            match change {
-                PlacementChange::Place { pod, node, .. } => store.set_placement(&Placement {
-                    app: pod.app.clone(),
-                    instance: pod.instance,
-                    node_id: node.clone(),
-                    placed_at: now,
-                })?,
-                PlacementChange::Unplace { pod, .. } => {
-                    store.remove_placement(&pod.app, pod.instance)?
-                }
-            }
-            store.record_event(&NewEvent::info("placement", change.to_string()))?;
-        }
-        Ok(())
-    }
-
-    /// Installs Docker on reachable nodes without it, then probes them again.
-    async fn bootstrap(&self, pass: &mut [Observed]) {
-        for seen in pass.iter_mut() {
-            if !matches!(
-                &seen.probed,
-                Probed::NoDocker {
-                    condition: Condition::DockerMissing,
-                    ..
-                }
-            ) {
-                continue;
-            }
-            let target = seen.node.target();
-            let event = match install_docker(&self.pool, &target).await {
-                Ok(outcome) => NewEvent::info("node.bootstrap", outcome.summary()),
-                Err(e) => NewEvent::new(Level::Error, "node.bootstrap", e.to_string()),
-            };
-            if let Err(e) = self.lock().record_event(&event.node(seen.node.id.clone())) {
-                tracing::warn!(error = %e, "could not record a bootstrap event");
-            }
-            seen.probed = crate::observe::probe(
-                &self.pool,
-                &target,
-                &self.config.fleet.fleet.name,
-                ProbeLimits::default(),
-            )
-            .await;
+        tracing::warn!(
+            error = %s.error,
+            failures = s.failures,
+            retry_in_ms = u64::try_from(s.retry_in.as_millis()).unwrap_or(u64::MAX),
+            nodes = found.nodes.len(),
+            "discovery failed; probing {kept}"
+        );
+        if s.failures == 1 {
+            journal.event(NewEvent::new(
+                Level::Warn,
+                "discovery.stale",
+                format!(
+                    "discovery failed, so the node list is stale: Prism keeps probing {kept} ({} nodes) and retries with backoff: {}",
+                    found.nodes.len(),
+                    s.error
+                ),
+            ));
         }
     }
-
-    /// The node a pod is placed on, as the latest pass saw it.
-    pub fn node_of(&self, app: &str, instance: u32) -> Result<Option<Node>, PassError> {
-        let placements = self.lock().placements()?;
-        let Some(p) = placements
-            .iter()
-            .find(|p| p.app == app && p.instance == instance)
-        else {
-            return Ok(None);
-        };
-        let nodes = self.last_nodes.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(nodes.iter().find(|n| n.id == p.node_id).cloned())
+    if let Some(r) = &found.recovered {
+        let message = format!(
+            "discovery answers again, after {} failed attempts over {}",
+            r.failures,
+            humantime::format_duration(std::time::Duration::from_secs(r.after.as_secs()))
+        );
+        tracing::info!("{message}");
+        journal.event(NewEvent::info("discovery.recovered", message));
     }
+}
 
-    /// A node as the latest pass found it.
-    /// Drains a node by hand from the next pass on: its pods start
-    /// elsewhere, then leave it. `None` when the latest pass did not find it.
-    pub fn drain(&self, id: &str) -> Option<Node> {
-        let node = self.node(id)?;
-        self.recorder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(id);
-        Some(node)
+impl Planned {
+    /// A node's name for people: `node1 (i-0abc…)`, or the id alone.
+    pub fn label(&self, id: &str) -> String {
+        match self.nodes.iter().find(|n| n.id == id) {
+            Some(n) if n.name != n.id => format!("{} ({})", n.name, n.id),
+            _ => id.to_owned(),
+        }
     }
+}
 
-    pub fn node(&self, id: &str) -> Option<Node> {
-        let nodes = self.last_nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.iter().find(|n| n.id == id).cloned()
-    }
-
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-    }
+/// Whether a node's health verdict says its new containers still settle.
+pub fn settling(planned: &Planned) -> bool {
+    planned
+        .observed
+        .values()
+        .flatten()
+        .any(|c| c.health == Health::Starting)
 }

@@ -99,6 +99,7 @@ mod tests {
                 ..Plan::default()
             },
             stale: None,
+            ..Planned::default()
         }
     }
 
@@ -111,6 +112,7 @@ mod tests {
             actions: 2,
             failed: 1,
             error: None,
+            store: crate::store::WriteHealth::default(),
         };
         let p = report.published();
         assert_eq!((p.at, p.took_ms, p.applied, p.failed), (42, 1_500, 2, 1));
@@ -141,6 +143,7 @@ mod tests {
             actions: 0,
             failed: 0,
             error: Some("discovery: timed out".into()),
+            store: crate::store::WriteHealth::default(),
         };
         let p = report.published();
         assert_eq!(p.error.as_deref(), Some("discovery: timed out"));

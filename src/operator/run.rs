@@ -1,18 +1,36 @@
-//! The operator's loop: a pass every interval, again at once when a node
-//! appears, leaves or changes state, or when asked (`Control::reconcile_now`),
-//! until told to stop. `prism daemon` and the dashboard's in-process mode
-//! both run it. Each pass's result is published on a watch channel, so the
-//! proxy, the dashboard or anything else follows the fleet without polling,
-//! and its plan in the store, for dashboards in other processes.
+//! The operator's loop: one task owns what the operator remembers and runs
+//! a pass every interval, again at once when a node appears, leaves or
+//! changes state, when a worker finishes, or when asked. Everything else
+//! reaches it as an [`Input`] (requests from the store, job ticks, a new
+//! fleet.toml) and leaves it as a [`PassReport`] on a watch channel (the
+//! proxy's metrics, the dashboard) and as writes to the store. Nothing in
+//! here waits on a store write: the loop heals from memory.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, watch};
 
-use super::{Operator, Outcome, PassError, Planned, jobs, requests};
-use crate::store::{LockHolder, StoreError, now_ms};
+use super::apply::{Applier, Outcome, Workers};
+use super::lease::Fence;
+use super::memory::Memory;
+use super::pass::settling;
+use super::{Operator, Planned, jobs};
+use crate::reconcile::{Action, HoldKind, JobEnd, PlacementChange, RestartWhy, Tick, apps_removed};
+use crate::store::{Level, NewEvent, Request, RequestKind, WriteHealth, Writer, now_ms};
+
+/// A pass waits this long at most for its nodes' workers; slower ones
+/// (a hung node, a long pull) go on in the background and report later.
+pub const PASS_BUDGET: Duration = Duration::from_secs(10);
+/// How soon the next pass comes while containers are settling or workers
+/// are at work.
+const SETTLE: Duration = Duration::from_millis(500);
+/// For this long after containers were started, at most: a container that
+/// never passes does not keep passes (and EC2 calls) quick for ever.
+const SETTLE_FOR: Duration = Duration::from_secs(30);
+/// How often history older than `[fleet] keep_history` is dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// What one pass saw and did.
 #[derive(Clone)]
@@ -26,6 +44,8 @@ pub struct PassReport {
     pub actions: usize,
     pub failed: usize,
     pub error: Option<String>,
+    /// How the state store takes writes.
+    pub store: WriteHealth,
 }
 
 impl PassReport {
@@ -40,31 +60,52 @@ impl PassReport {
     }
 }
 
+/// What reaches the loop from outside.
+pub enum Input {
+    /// A pass now.
+    Reconcile,
+    /// A request another process left in the store.
+    Request(Request),
+    /// A scheduled job's tick.
+    Tick(Tick),
+    /// fleet.toml changed and loads: plan with this from now on.
+    Reload(Box<Operator>, Applier),
+}
+
 /// How the outside steers a running loop, and hears from it.
 pub struct Control {
-    wake: Notify,
+    inbox: mpsc::UnboundedSender<Input>,
     stop: watch::Sender<bool>,
     reports: watch::Sender<Option<Arc<PassReport>>>,
 }
 
 impl Control {
-    pub fn new() -> Arc<Control> {
-        Arc::new(Control {
-            wake: Notify::new(),
+    pub fn new() -> (Arc<Control>, mpsc::UnboundedReceiver<Input>) {
+        let (inbox, rx) = mpsc::unbounded_channel();
+        let control = Arc::new(Control {
+            inbox,
             stop: watch::Sender::new(false),
             reports: watch::Sender::new(None),
-        })
+        });
+        (control, rx)
     }
 
-    /// Starts a pass now instead of at the next tick (one pending wake-up
-    /// is kept if a pass is running).
+    pub fn send(&self, input: Input) {
+        let _ = self.inbox.send(input);
+    }
+
+    /// Starts a pass now instead of at the next tick.
     pub fn reconcile_now(&self) {
-        self.wake.notify_one();
+        self.send(Input::Reconcile);
     }
 
     /// Ends the loop after the pass in flight, if any, has finished.
     pub fn stop(&self) {
         self.stop.send_replace(true);
+    }
+
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     /// The latest pass report, and every later one.
@@ -73,133 +114,435 @@ impl Control {
     }
 }
 
-/// Runs passes until `control.stop()`. Returns an error only when the apply
-/// lock was lost to another applier; a pass that failed on the world is
-/// logged, reported and retried at the next tick.
-pub async fn run(
-    operator: &Operator,
-    me: &LockHolder,
-    interval: Duration,
-    control: &Control,
-) -> Result<(), StoreError> {
-    let mut stop = control.stop.subscribe();
-    let mut known: Option<BTreeSet<(String, &'static str)>> = None;
-    loop {
-        if *stop.borrow_and_update() {
-            return Ok(());
+/// What a pass tells as it goes.
+pub enum Heard<'a> {
+    /// A placement stored, before the actions run.
+    Placement(&'a PlacementChange),
+    /// An action's outcome, on the node so named.
+    Outcome(&'a str, &'a Outcome),
+}
+
+/// A listener to a pass as it goes.
+pub type Progress = Box<dyn Fn(Heard<'_>) + Send + Sync>;
+
+/// Everything the loop owns.
+pub struct Loop {
+    pub operator: Arc<Operator>,
+    pub applier: Applier,
+    pub memory: Memory,
+    pub journal: Writer,
+    pub fence: Arc<Fence>,
+    pub workers: Arc<Workers>,
+    pub interval: Duration,
+    /// How long a pass waits for its nodes' workers.
+    pub budget: Duration,
+    /// Hears of each outcome as it comes (`reconcile --once` prints it).
+    pub progress: Option<Progress>,
+    /// A reloaded fleet.toml the guard holds back (it would remove most
+    /// of the fleet's pods): the loop goes on with the one it has, routes
+    /// and jobs included, until the new one is let go.
+    pub pending: Option<(Arc<Operator>, Applier)>,
+    /// The hold on `pending`, shown with each pass's plan.
+    pub held_reload: Option<crate::reconcile::Hold>,
+    pub control: Arc<Control>,
+    pub inbox: mpsc::UnboundedReceiver<Input>,
+}
+
+/// Why the loop ended other than being told to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopEnd {
+    #[error("lost the apply lock: {0}")]
+    LockLost(String),
+}
+
+impl Loop {
+    /// Runs passes until `control.stop()` or the lock is lost.
+    pub async fn run(mut self) -> Result<(), LoopEnd> {
+        let mut stop = self.control.stopping();
+        let mut known: Option<BTreeSet<(String, &'static str)>> = None;
+        let mut scheduler = jobs::start(&self.operator, &self.control).await;
+        let mut pruned: Option<Instant> = None;
+        let result = loop {
+            if let Some(why) = self.fence.lost_why() {
+                break Err(LoopEnd::LockLost(why));
+            }
+            if *stop.borrow_and_update() {
+                break Ok(());
+            }
+            while let Ok(input) = self.inbox.try_recv() {
+                if let Some(next) = self.take(input) {
+                    scheduler = jobs::restart(scheduler, &next, &self.control).await;
+                }
+            }
+            if self.pending.is_some()
+                && let Some(next) = self.switch()
+            {
+                scheduler = jobs::restart(scheduler, &next, &self.control).await;
+            }
+            if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                self.prune();
+                pruned = Some(Instant::now());
+            }
+            let started = Instant::now();
+            let (report, next, _) = self.pass().await;
+            let now = report.node_states();
+            self.journal.submit("publish the pass's plan", {
+                let published = report.published();
+                move |s| s.publish_plan(&published)
+            });
+            self.control.reports.send_replace(Some(Arc::new(report)));
+            let changed = matches!((&known, &now), (Some(before), Some(now)) if before != now);
+            if now.is_some() {
+                known = now;
+            }
+            if changed {
+                tracing::info!("nodes changed: reconciling again now");
+                continue;
+            }
+            let wait = next.saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.workers.finished.notified() => {}
+                input = self.inbox.recv() => {
+                    if let Some(input) = input
+                        && let Some(next) = self.take(input)
+                    {
+                        scheduler = jobs::restart(scheduler, &next, &self.control).await;
+                    }
+                }
+                _ = stop.changed() => {}
+            }
+        };
+        jobs::stop(scheduler).await;
+        result
+    }
+
+    /// Takes in one input; a reload that goes ahead returns the new
+    /// operator for the job scheduler to follow.
+    pub fn take(&mut self, input: Input) -> Option<Arc<Operator>> {
+        match input {
+            Input::Reconcile => None,
+            Input::Tick(tick) => {
+                self.memory.due_jobs.push(tick);
+                None
+            }
+            Input::Request(req) => {
+                self.request(req);
+                None
+            }
+            Input::Reload(operator, applier) => {
+                self.pending = Some((Arc::from(operator), applier));
+                self.switch()
+            }
         }
-        let started = Instant::now();
-        // A pass runs to its end, even when a stop comes in: actions in
-        // flight finish (each has its own timeout), so no node is left
-        // half-changed.
-        let report = match pass(operator, me).await {
-            Ok(report) => report,
-            Err(PassError::Store(e @ StoreError::Locked { .. })) => return Err(e),
+    }
+
+    /// Takes the pending fleet.toml unless the guard holds it back: one
+    /// whose apps leave out more than half of the fleet's pods waits
+    /// (see `reconcile::guard`). Returns the new operator when it went.
+    fn switch(&mut self) -> Option<Arc<Operator>> {
+        let (next, _) = self.pending.as_ref()?;
+        let pods = self.memory.placements.keys().cloned().collect();
+        let change = apps_removed(&next.desired, &pods);
+        let next = next.clone();
+        if let Some(hold) = next.admit(
+            &mut self.memory,
+            &self.journal,
+            HoldKind::AppsRemoved,
+            change,
+        ) {
+            self.held_reload = Some(hold);
+            return None;
+        }
+        self.held_reload = None;
+        let (operator, applier) = self.pending.take()?;
+        tracing::info!("fleet.toml changed: reconciling with the new one");
+        self.journal.event(NewEvent::info(
+            "config.reload",
+            "fleet.toml changed: reloaded".to_owned(),
+        ));
+        self.operator = operator;
+        self.applier = applier;
+        Some(self.operator.clone())
+    }
+
+    /// A request from another process: answered at once, or (a restart)
+    /// when its action's outcome comes in.
+    fn request(&mut self, req: Request) {
+        let answer = match req.kind {
+            RequestKind::Reconcile => Ok("reconcile started".to_owned()),
+            RequestKind::Restart => {
+                self.memory.asks.push(req);
+                return;
+            }
+            RequestKind::Drain => match req.node_id.as_deref() {
+                None => Err("drain needs a node".to_owned()),
+                Some(id) => match self.memory.nodes.get(id) {
+                    Some(node) => {
+                        self.memory.drains.insert(id.to_owned());
+                        Ok(format!(
+                            "draining {} ({id}): its pods start elsewhere, then leave it",
+                            node.name
+                        ))
+                    }
+                    None => Err(format!("node {id} was not found by the latest pass")),
+                },
+            },
+            RequestKind::Confirm => {
+                let confirmed = self.memory.holds.confirm_all();
+                for hold in &confirmed {
+                    super::memory::Memory::keep_hold(&self.journal, hold);
+                }
+                if confirmed.is_empty() {
+                    Ok("nothing is held back".to_owned())
+                } else {
+                    let what: Vec<&str> = confirmed.iter().map(|h| h.summary.as_str()).collect();
+                    Ok(format!("going ahead: {}", what.join("; ")))
+                }
+            }
+        };
+        answer_request(&self.journal, &req, answer);
+    }
+
+    fn prune(&self) {
+        let keep = self.operator.config.fleet.fleet.keep_history.0;
+        let before = now_ms().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+        self.journal.submit("drop old history", move |s| {
+            let (events, requests) = s.prune_history(before)?;
+            if events + requests > 0 {
+                tracing::info!(
+                    events,
+                    requests,
+                    "dropped history older than [fleet] keep_history"
+                );
+            }
+            Ok(())
+        });
+    }
+
+    /// One pass: outcomes that came in late, observe and plan, routes,
+    /// placements, apply within the budget. Returns its report, when the
+    /// next pass should start (from this one's start), and the outcomes
+    /// that came in within the budget.
+    pub async fn pass(&mut self) -> (PassReport, Duration, Vec<Outcome>) {
+        let t = Instant::now();
+        for outcome in self.workers.take_late() {
+            self.settle(&outcome);
+        }
+        let operator = self.operator.clone();
+        let planned = match operator
+            .observe_and_plan(&mut self.memory, &self.journal)
+            .await
+        {
+            Ok(mut planned) => {
+                match &self.held_reload {
+                    Some(hold) => planned.held.push(hold.clone()),
+                    None => operator.guard_apps(&mut self.memory, &self.journal, &mut planned),
+                }
+                planned
+            }
             Err(e) => {
                 tracing::error!(error = %e, "pass failed; retrying");
-                PassReport {
+                let report = PassReport {
                     finished_ms: now_ms(),
-                    took: started.elapsed(),
+                    took: t.elapsed(),
                     planned: None,
                     actions: 0,
                     failed: 0,
                     error: Some(e.to_string()),
-                }
+                    store: self.journal.health(),
+                };
+                return (report, self.interval, Vec::new());
             }
         };
-        let now = report.node_states();
-        // For dashboards attached from other processes; they read it.
-        if let Err(e) = operator.lock().publish_plan(&report.published()) {
-            tracing::warn!(error = %e, "could not publish the pass's plan");
+        operator.route(&planned);
+        for p in &planned.plan.problems {
+            tracing::warn!(app = %p.pod.app, instance = p.pod.instance, "{p}");
         }
-        control.reports.send_replace(Some(Arc::new(report)));
-        if *stop.borrow_and_update() {
-            return Ok(());
+        for (id, why) in &planned.refused {
+            if let Some(pos) = self.memory.asks.iter().position(|a| a.id == *id) {
+                self.memory.asks.remove(pos);
+            }
+            answer_request(&self.journal, &request_stub(*id), Err(why.clone()));
         }
-        let changed = matches!((&known, &now), (Some(before), Some(now)) if before != now);
-        if now.is_some() {
-            known = now;
+        self.place(&planned);
+        let (mut actions, mut failed) = (0, 0);
+        let mut started_containers = false;
+        let mut at_work = false;
+        let mut outcomes = Vec::new();
+        if !planned.plan.actions.is_empty() {
+            let progress = |o: &Outcome| {
+                if let Some(p) = &self.progress {
+                    p(Heard::Outcome(&planned.label(&o.node), o));
+                }
+            };
+            let applied = self
+                .applier
+                .apply(&planned.plan, &planned.nodes, self.budget, &progress)
+                .await;
+            actions = applied.outcomes.len();
+            failed = applied.outcomes.iter().filter(|o| o.failed()).count();
+            for o in &applied.outcomes {
+                started_containers |= o.result.is_ok()
+                    && matches!(
+                        o.action,
+                        Action::Run { .. } | Action::Start { .. } | Action::Restart { .. }
+                    );
+                self.settle(o);
+            }
+            at_work = !applied.running.is_empty() || !applied.busy.is_empty();
+            outcomes = applied.outcomes;
+            tracing::info!(
+                actions,
+                failed,
+                still_at_work = applied.running.len(),
+                took_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "pass applied"
+            );
+        } else {
+            tracing::debug!(
+                took_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "pass: nothing to do"
+            );
         }
-        if changed {
-            tracing::info!("nodes changed: reconciling again now");
-            continue;
+        if started_containers {
+            self.memory.started_at = Some(Instant::now());
         }
-        let wait = operator
-            .next_pass(interval)
-            .saturating_sub(started.elapsed());
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = control.wake.notified() => tracing::info!("reconcile requested"),
-            _ = stop.changed() => return Ok(()),
-        }
-    }
-}
-
-/// [`run`], with what goes beside it while this process is the applier:
-/// the scheduled jobs, and the server of requests from attached
-/// dashboards. Both stop when the loop does.
-pub async fn run_applier(
-    operator: Arc<Operator>,
-    me: &LockHolder,
-    interval: Duration,
-    control: Arc<Control>,
-) -> Result<(), StoreError> {
-    let mut jobs = match jobs::start(operator.clone()).await {
-        Ok(jobs) => Some(jobs),
-        Err(e) => {
-            tracing::error!(error = %e, "scheduled jobs could not start; reconciling without them");
-            None
-        }
-    };
-    let requests = tokio::spawn(requests::serve(operator.clone(), control.clone()));
-    let ran = run(&operator, me, interval, &control).await;
-    requests.abort();
-    if let Some(jobs) = jobs.as_mut()
-        && let Err(e) = jobs.shutdown().await
-    {
-        tracing::warn!(error = %e, "scheduled jobs did not stop cleanly");
-    }
-    ran
-}
-
-async fn pass(operator: &Operator, me: &LockHolder) -> Result<PassReport, PassError> {
-    operator.lock().heartbeat(me)?;
-    let t = Instant::now();
-    let planned = operator.observe_and_plan().await?;
-    operator.route(&planned);
-    for p in &planned.plan.problems {
-        tracing::warn!(app = %p.pod.app, instance = p.pod.instance, "{p}");
-    }
-    let (mut actions, mut failed) = (0, 0);
-    if planned.plan.is_empty() {
-        tracing::debug!(
-            took_ms = t.elapsed().as_millis() as u64,
-            "pass: nothing to do"
-        );
-    } else {
-        for c in &planned.plan.placement_changes {
-            tracing::info!("{c}");
-        }
-        let log = |o: &Outcome| match &o.error {
-            None => tracing::info!(node = %o.node, "{}", o.action),
-            Some(e) => tracing::error!(node = %o.node, error = %e, "{} failed", o.action),
+        let recent = self
+            .memory
+            .started_at
+            .is_some_and(|at| at.elapsed() < SETTLE_FOR);
+        let next = if (recent && settling(&planned)) || at_work {
+            self.interval.min(SETTLE)
+        } else {
+            self.interval
         };
-        let outcomes = operator.apply(&planned, &log).await?;
-        actions = outcomes.len();
-        failed = outcomes.iter().filter(|o| o.error.is_some()).count();
-        tracing::info!(
+        let report = PassReport {
+            finished_ms: now_ms(),
+            took: t.elapsed(),
+            planned: Some(Arc::new(planned)),
             actions,
             failed,
-            took_ms = t.elapsed().as_millis() as u64,
-            "pass applied"
-        );
+            error: None,
+            store: self.journal.health(),
+        };
+        (report, next, outcomes)
     }
-    Ok(PassReport {
-        finished_ms: now_ms(),
-        took: t.elapsed(),
-        planned: Some(Arc::new(planned)),
-        actions,
-        failed,
-        error: None,
-    })
+
+    /// Stores the plan's placements, here and in the store.
+    fn place(&mut self, planned: &Planned) {
+        for change in &planned.plan.placement_changes {
+            match change {
+                PlacementChange::Place { pod, node, .. } => {
+                    self.memory.place(&self.journal, pod, node)
+                }
+                PlacementChange::Unplace { pod, .. } => self.memory.unplace(&self.journal, pod),
+            }
+            tracing::info!("{change}");
+            if let Some(p) = &self.progress {
+                p(Heard::Placement(change));
+            }
+            self.journal
+                .event(NewEvent::info("placement", change.to_string()));
+        }
+    }
+
+    /// What an outcome means for what the operator remembers.
+    fn settle(&mut self, o: &Outcome) {
+        match (&o.action, &o.result) {
+            (Action::Restart { container, why }, result) => {
+                if result.is_ok()
+                    && let Some(record) = self.memory.health.reset(container.id.as_str())
+                {
+                    // Its verdict starts over, else the next pass restarts
+                    // it again.
+                    self.journal
+                        .submit("reset a health count", move |s| s.put_health(&record));
+                }
+                if let RestartWhy::Asked { request, .. } = why {
+                    let answer = match result {
+                        Ok(_) => Ok(format!("restarted {} on {}", container.name, o.node)),
+                        Err(e) => Err(format!(
+                            "docker restart {} on {}: {e}",
+                            container.name, o.node
+                        )),
+                    };
+                    answer_request(&self.journal, &request_stub(*request), answer);
+                }
+            }
+            (
+                Action::Pull {
+                    image,
+                    prepare: true,
+                    ..
+                },
+                Err(e),
+            ) => {
+                // The node stops waiting for this image (see lifecycle).
+                self.memory
+                    .pull_failures
+                    .entry(o.node.clone())
+                    .or_default()
+                    .insert(image.clone());
+                let (node, image, error) = (o.node.clone(), image.clone(), e.to_string());
+                self.journal.submit("record a failed pull", move |s| {
+                    s.record_pull_failure(&node, &image, &error, now_ms())
+                });
+            }
+            (Action::RemoveJob { container, end }, Ok(said)) => {
+                let l = &container.labels;
+                let (level, kind) = match end {
+                    JobEnd::Exited { code: 0, .. } => (Level::Info, "job.ok"),
+                    _ => (Level::Error, "job.failed"),
+                };
+                let said = said
+                    .as_deref()
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                let message = format!("job {}/{} on {} {end}{said}", l.app, l.job, o.node);
+                self.journal.event(
+                    NewEvent::new(level, kind, message)
+                        .app(l.app.clone())
+                        .node(o.node.clone()),
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Just enough of a request to answer it.
+fn request_stub(id: i64) -> Request {
+    Request {
+        id,
+        at: 0,
+        kind: RequestKind::Restart,
+        node_id: None,
+        container: None,
+        by: String::new(),
+        state: crate::store::RequestState::Running,
+        done_at: None,
+        result: None,
+    }
+}
+
+/// Records a request's outcome on it and as an event.
+fn answer_request(journal: &Writer, req: &Request, answer: Result<String, String>) {
+    let (ok, text) = match answer {
+        Ok(t) => (true, t),
+        Err(t) => (false, t),
+    };
+    tracing::info!(id = req.id, ok, "request: {text}");
+    let level = if ok { Level::Info } else { Level::Error };
+    let mut event = NewEvent::new(
+        level,
+        &format!("request.{}", req.kind.as_str()),
+        text.clone(),
+    );
+    event.node_id = req.node_id.clone();
+    let id = req.id;
+    journal.submit("answer a request", move |s| {
+        s.finish_request(id, ok, &text)?;
+        s.record_event(&event).map(|_| ())
+    });
 }

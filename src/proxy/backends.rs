@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use http::uri::Authority;
 use tokio::sync::Notify;
 
@@ -32,12 +33,13 @@ pub struct BackendState {
     connect_failures: AtomicU64,
 }
 
-/// One worker's requests in flight to an instance. Aligned to its own
-/// lines, and in an `Arc` of its own, so that a request taking and
-/// dropping its hold writes nothing another worker reads.
+/// One worker's requests in flight to an instance. On cache lines of its
+/// own, and in an `Arc` of its own, so that a request taking and dropping
+/// its hold writes nothing another worker reads.
+type Count = CachePadded<Held>;
+
 #[derive(Debug)]
-#[repr(align(128))]
-struct Count {
+struct Held {
     n: AtomicUsize,
     draining: Arc<Draining>,
 }
@@ -62,10 +64,10 @@ impl BackendState {
             authority: endpoint.parse().ok(),
             endpoint,
             in_flight: Shards::new(parts, || {
-                Arc::new(Count {
+                Arc::new(CachePadded::new(Held {
                     n: AtomicUsize::new(0),
                     draining: Arc::clone(&draining),
-                })
+                }))
             }),
             down_until_ms: AtomicU64::new(0),
             draining,

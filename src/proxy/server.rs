@@ -34,7 +34,7 @@ use tokio_rustls::server::TlsStream;
 use super::forward::{ConnInfo, Shared, Worker, handle};
 use super::limits::{Activity, Settings, Stamped, now_ms};
 use super::pool::Pool;
-use crate::tasks::AbortOnDrop;
+use tokio_util::task::AbortOnDropHandle;
 
 /// The proxy's listening sockets: one per worker, all on one address.
 pub struct Listener {
@@ -69,9 +69,23 @@ impl Listener {
 
 /// Binds `workers` sockets to `addr`, so each worker thread accepts on its
 /// own. Address reuse is on, so a restart does not wait out TIME_WAIT.
+///
+/// A port another process listens on is an error, never shared: the
+/// workers' SO_REUSEPORT would let them join any listener of the same
+/// user, and the kernel would split clients between two proxies. So a
+/// socket without it binds first, which only succeeds where nobody
+/// listens.
 pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Listener> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())?;
+    probe.listen(1)?;
+    let mut bound = probe
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("the probe socket has no address"))?;
+    drop(probe);
     let mut sockets = Vec::with_capacity(workers.max(1));
-    let mut bound = addr;
     for _ in 0..workers.max(1) {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
@@ -80,7 +94,6 @@ pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Listener> {
         socket.bind(&bound.into())?;
         socket.listen(1024)?;
         let listener: std::net::TcpListener = socket.into();
-        // Port 0 asked for: the others take the port the first one got.
         bound = listener.local_addr()?;
         sockets.push(listener);
     }
@@ -332,7 +345,7 @@ async fn connection<S>(
     // every request, then looks at one flag rather than polling a timer
     // and a watch channel each time.
     let orders = Arc::new(Orders::default());
-    let _watching = AbortOnDrop(tokio::spawn(watch_connection(
+    let _watching = AbortOnDropHandle::new(tokio::spawn(watch_connection(
         Arc::clone(&info),
         shared.settings.clone(),
         stop,
@@ -487,4 +500,29 @@ pub async fn quiet_for(activity: &Activity, idle: Duration) {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_another_listener_holds_is_refused_even_with_reuseport() {
+        // Another process's proxy, as this one would bind it.
+        let other = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        other.set_reuse_address(true).expect("reuseaddr");
+        other.set_reuse_port(true).expect("reuseport");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        other.bind(&any.into()).expect("bind");
+        other.listen(16).expect("listen");
+        let held = other.local_addr().expect("addr").as_socket().expect("inet");
+        let Err(err) = bind(held, 2) else {
+            panic!("never joins another listener");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        drop(other);
+        let listener = bind(held, 2).expect("free now");
+        assert_eq!(listener.local_addr(), held);
+        assert_eq!(listener.sockets.len(), 2);
+    }
 }

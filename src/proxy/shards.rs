@@ -10,6 +10,8 @@
 //! HTTP listener, then those of the HTTPS one. A number past the end wraps
 //! around; sharing a part only costs speed, since every part is atomic.
 
+use crossbeam_utils::CachePadded;
+
 /// Parts for a proxy with `workers` workers per listener.
 pub fn parts(workers: usize) -> usize {
     2 * workers
@@ -22,28 +24,28 @@ pub fn worker_number(workers: usize, https: bool, i: usize) -> usize {
 
 /// One part per worker.
 #[derive(Debug)]
-pub struct Shards<T>(Box<[Padded<T>]>);
-
-/// 128 bytes: a cache line and the one next to it, which x86 cores fetch
-/// in pairs.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Padded<T>(T);
+/// Each part on cache lines of its own (128 bytes on x86-64: a line and
+/// the one next to it, which its cores fetch in pairs).
+pub struct Shards<T>(Box<[CachePadded<T>]>);
 
 impl<T> Shards<T> {
     /// `parts` parts (at least one), each made by `make`.
     pub fn new(parts: usize, mut make: impl FnMut() -> T) -> Shards<T> {
-        Shards((0..parts.max(1)).map(|_| Padded(make())).collect())
+        Shards(
+            (0..parts.max(1))
+                .map(|_| CachePadded::new(make()))
+                .collect(),
+        )
     }
 
     /// Worker `worker`'s part.
     pub fn get(&self, worker: usize) -> &T {
-        &self.0[worker % self.0.len()].0
+        &self.0[worker % self.0.len()]
     }
 
     /// Every part, to add up.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.0.iter().map(|p| &p.0)
+        self.0.iter().map(|p| &**p)
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::docker::RunSpec;
 use super::secrets::Secrets;
 use super::spec::{ContainerConfig, SpecHash, container_name, network_name};
-use crate::config::{App, Bytes, Fleet, Health, Millicores, PullPolicy};
+use crate::config::{App, Bytes, Fleet, Health, Job, Millicores, PullPolicy};
 
 /// One app instance: its services run together on one node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -50,6 +50,9 @@ pub struct Desired {
     /// Registry hosts that have credentials in fleet.toml: pull from them
     /// after `docker login`.
     pub registries: BTreeSet<String>,
+    /// `[fleet] helper_image`: small containers of Prism's own on the
+    /// nodes (a job run's timeout).
+    pub helper_image: String,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +67,8 @@ pub struct AppSpec {
     pub memory: Bytes,
     /// What one pod reserves; a service without `cpu` counts 0.
     pub cpu: Millicores,
+    /// Scheduled jobs, by name.
+    pub jobs: BTreeMap<String, Job>,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +112,7 @@ impl Desired {
             },
             apps,
             registries: fleet.registries.keys().cloned().collect(),
+            helper_image: fleet.fleet.helper_image.clone(),
         })
     }
 
@@ -225,13 +231,18 @@ fn app_spec(name: &str, app: &App, secrets: &Secrets) -> Result<AppSpec, Missing
             pull: svc.pull,
         });
     }
-    let memory = Bytes(services.iter().map(|s| s.container.memory.0).sum());
+    let memory = Bytes(
+        services
+            .iter()
+            .map(|s| s.container.memory.0)
+            .fold(0, u64::saturating_add),
+    );
     let cpu = Millicores(
         services
             .iter()
             .filter_map(|s| s.container.cpu)
             .map(|c| c.0)
-            .sum(),
+            .fold(0, u64::saturating_add),
     );
     Ok(AppSpec {
         name: name.to_owned(),
@@ -239,6 +250,7 @@ fn app_spec(name: &str, app: &App, secrets: &Secrets) -> Result<AppSpec, Missing
         services,
         memory,
         cpu,
+        jobs: app.jobs.clone(),
     })
 }
 

@@ -32,8 +32,10 @@
 //! (later ones depend on it; a failed pull, every pod running that image);
 //! the next plan picks up from what is observed then.
 
+mod asked;
 mod desired;
 pub mod docker;
+mod guard;
 mod job;
 mod plan;
 mod problem;
@@ -41,11 +43,17 @@ mod schedule;
 mod secrets;
 mod spec;
 
+pub use asked::plan_restarts;
 pub use desired::{AppSpec, Desired, MissingSecret, PodKey, Reserve, ServiceSpec};
 pub use docker::{EnvFileError, EnvFileMissing, RunSpec};
-pub use job::{JOB_LABEL, JobRun, job_run, scheduler_cron};
+pub use guard::{
+    Admission, Hold, HoldKind, Holds, MassChange, apps_removed, fleet_pods, hold_apps,
+    inventory_shrank,
+};
+pub use job::{DEFAULT_TIMEOUT, JobContainer, JobEnd, JobPlan, JobRun, Tick, job_run, plan_jobs};
 pub use plan::{
-    Action, ContainerRef, PlacementChange, Plan, PodPlacement, RemoveReason, RunReason, plan,
+    Action, ContainerRef, PlacementChange, Plan, PodPlacement, RemoveReason, RestartWhy, RunReason,
+    plan,
 };
 pub use problem::{Problem, ProblemKind};
 pub use schedule::{NodeState, NodeView, PodDemand, Schedule, schedule};

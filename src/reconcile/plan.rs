@@ -31,6 +31,7 @@ use serde::{Serialize, Serializer};
 
 use super::desired::{Desired, PodKey, ServiceSpec};
 use super::docker::{RunSpec, registry_host};
+use super::job::{JobContainer, JobEnd, JobRun};
 use super::problem::Problem;
 use super::schedule::{NodeState, NodeView, PodDemand, schedule};
 use super::spec::SpecHash;
@@ -128,7 +129,7 @@ fn container_id<S: Serializer>(id: &ContainerId, s: S) -> Result<S::Ok, S::Error
 }
 
 impl ContainerRef {
-    fn new(c: &ContainerState, l: &PrismLabels) -> ContainerRef {
+    pub(crate) fn new(c: &ContainerState, l: &PrismLabels) -> ContainerRef {
         ContainerRef {
             id: c.id.clone(),
             name: c.name.clone(),
@@ -169,9 +170,12 @@ pub enum Action {
         container: ContainerRef,
         state: String,
     },
-    /// Restart a running container of the current spec that is unhealthy
-    /// (its restart policy allows it).
-    Restart { container: ContainerRef },
+    /// Restart a container: one of the current spec that is unhealthy (its
+    /// restart policy allows it), or one someone asked to restart.
+    Restart {
+        container: ContainerRef,
+        why: RestartWhy,
+    },
     /// Stop (with a grace period) and remove a container.
     Remove {
         container: ContainerRef,
@@ -180,6 +184,27 @@ pub enum Action {
     /// Remove the pod's network: its last container on this node was
     /// removed just before. "No such network" counts as done.
     RemoveNetwork { pod: PodKey, network: String },
+    /// Start a scheduled job's run, then its watchdog.
+    RunJob { run: Box<JobRun> },
+    /// Report how a job's run ended and remove its container (`docker rm
+    /// -f`: an overdue one is stopped too).
+    RemoveJob {
+        container: JobContainer,
+        end: JobEnd,
+    },
+    /// Install and start Docker on a node that answers without it
+    /// (`[fleet] bootstrap = true`).
+    InstallDocker,
+}
+
+/// Why a container is restarted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
+pub enum RestartWhy {
+    /// Prism's checks found it unhealthy.
+    Unhealthy,
+    /// Someone asked (the dashboard's `x`): request `request`, by `by`.
+    Asked { request: i64, by: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -294,18 +319,29 @@ impl fmt::Display for Action {
             } => {
                 write!(f, "+ start {} {} ({}, {state})", c.pod, c.service, c.name)
             }
-            Action::Restart { container: c } => {
-                write!(
-                    f,
-                    "~ restart {} {} ({}, unhealthy)",
-                    c.pod, c.service, c.name
-                )
+            Action::Restart { container: c, why } => {
+                let why = match why {
+                    RestartWhy::Unhealthy => "unhealthy".to_owned(),
+                    RestartWhy::Asked { by, .. } => format!("asked by {by}"),
+                };
+                write!(f, "~ restart {} {} ({}, {why})", c.pod, c.service, c.name)
             }
             Action::Remove {
                 container: c,
                 reason,
             } => write!(f, "- remove {} {} ({}, {reason})", c.pod, c.service, c.name),
             Action::RemoveNetwork { network, .. } => write!(f, "- remove network {network}"),
+            Action::RunJob { run } => write!(
+                f,
+                "+ run job {}/{} ({}, until unix {})",
+                run.labels.app, run.labels.job, run.name, run.labels.deadline
+            ),
+            Action::RemoveJob { container, end } => write!(
+                f,
+                "- remove job {}/{} ({}, {end})",
+                container.labels.app, container.labels.job, container.name
+            ),
+            Action::InstallDocker => f.write_str("+ install Docker"),
         }
     }
 }
@@ -670,7 +706,7 @@ impl NodePlanner<'_, '_> {
                 Action::Run { spec, .. } => {
                     kept.insert(spec.pod.clone());
                 }
-                Action::Start { container, .. } | Action::Restart { container } => {
+                Action::Start { container, .. } | Action::Restart { container, .. } => {
                     kept.insert(container.pod.clone());
                 }
                 _ => {}
@@ -820,7 +856,10 @@ impl NodePlanner<'_, '_> {
                     if keep.c.health == Health::Unhealthy
                         && svc.container.restart != RestartPolicy::No =>
                 {
-                    steps.push(Action::Restart { container })
+                    steps.push(Action::Restart {
+                        container,
+                        why: RestartWhy::Unhealthy,
+                    })
                 }
                 // Running, restarting (Docker is on it), paused (by hand),
                 // removing (gone by the next pass), or unknown: leave it.

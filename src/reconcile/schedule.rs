@@ -61,6 +61,9 @@ pub enum NodeState {
     Draining,
     /// Its host key changed: placed like lost, and never touched.
     Untrusted,
+    /// No longer in the inventory (EC2 terminated it, or it left the static
+    /// list): history, never probed again.
+    Gone,
 }
 
 impl NodeState {
@@ -79,7 +82,22 @@ impl NodeState {
 
     /// Whether Prism may run commands on it (when it was observed).
     pub fn touchable(self) -> bool {
-        self != NodeState::Untrusted
+        !matches!(self, NodeState::Untrusted | NodeState::Gone)
+    }
+
+    /// Every state, in the order `as_str` lists them.
+    pub const ALL: [NodeState; 7] = [
+        NodeState::Ready,
+        NodeState::Suspect,
+        NodeState::Preparing,
+        NodeState::Lost,
+        NodeState::Draining,
+        NodeState::Untrusted,
+        NodeState::Gone,
+    ];
+
+    pub fn parse(s: &str) -> Option<NodeState> {
+        NodeState::ALL.into_iter().find(|n| n.as_str() == s)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +108,7 @@ impl NodeState {
             NodeState::Lost => "lost",
             NodeState::Draining => "draining",
             NodeState::Untrusted => "untrusted",
+            NodeState::Gone => "gone",
         }
     }
 }

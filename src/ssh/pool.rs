@@ -17,7 +17,7 @@ use super::trust::{Trust, fingerprint};
 use super::{
     ExecLimits, ExecStream, HostKeys, Output, Session, SshError, SshSettings, StreamLimits, Target,
 };
-use crate::store::{Level, NewEvent, Store};
+use crate::store::{Level, NewEvent, Writer};
 
 #[derive(Default)]
 struct Slot {
@@ -34,14 +34,14 @@ struct Slot {
 pub struct Pool {
     settings: SshSettings,
     /// Pins host keys (pin mode) and records trust events.
-    store: Option<Arc<Mutex<Store>>>,
+    store: Option<Writer>,
     slots: Mutex<HashMap<String, Arc<AsyncMutex<Slot>>>>,
 }
 
 impl Pool {
     /// `store` is required for `HostKeys::Pin`: without one, nothing can be
     /// pinned and every connection is refused.
-    pub fn new(settings: SshSettings, store: Option<Arc<Mutex<Store>>>) -> Pool {
+    pub fn new(settings: SshSettings, store: Option<Writer>) -> Pool {
         Pool {
             settings,
             store,
@@ -161,7 +161,7 @@ impl Pool {
         *slot = Slot::default();
     }
 
-    fn trust_for(&self, target: &Target) -> Result<Trust, SshError> {
+    async fn trust_for(&self, target: &Target) -> Result<Trust, SshError> {
         match &self.settings.host_keys {
             HostKeys::KnownHosts(file) => Ok(Trust::KnownHosts {
                 file: file.clone(),
@@ -169,9 +169,11 @@ impl Pool {
                 port: target.port,
             }),
             HostKeys::Pin => {
-                let store = self.store()?;
-                let pinned = lock(store)
-                    .pinned_key(&target.id)
+                let id = target.id.clone();
+                let pinned = self
+                    .store()?
+                    .call("read a pinned host key", move |s| s.pinned_key(&id))
+                    .await
                     .map_err(|e| self.unchecked(target, e.to_string()))?;
                 match pinned {
                     None => Ok(Trust::FirstUse),
@@ -191,7 +193,7 @@ impl Pool {
         }
     }
 
-    fn store(&self) -> Result<&Arc<Mutex<Store>>, SshError> {
+    fn store(&self) -> Result<&Writer, SshError> {
         self.store.as_ref().ok_or_else(|| {
             SshError::Credentials("host_keys = \"pin\" needs the state store".into())
         })
@@ -209,7 +211,7 @@ impl Pool {
         target: &Target,
         bastion: Option<&Target>,
     ) -> Result<Session, SshError> {
-        let trust = self.trust_for(target)?;
+        let trust = self.trust_for(target).await?;
         let (credentials, options) = (&self.settings.credentials, &self.settings.connect);
         let result = match bastion {
             None => Session::connect(target, trust, credentials, options).await,
@@ -274,8 +276,18 @@ impl Pool {
             parts.next().unwrap_or_default(),
         );
         let offered = fingerprint(key);
-        let pinned = lock(self.store()?)
-            .pin_key(&target.id, algorithm, body, &offered)
+        let (id, algorithm, key_body, seen) = (
+            target.id.clone(),
+            algorithm.to_owned(),
+            body.to_owned(),
+            offered.clone(),
+        );
+        let pinned = self
+            .store()?
+            .call("pin a host key", move |s| {
+                s.pin_key(&id, &algorithm, &key_body, &seen)
+            })
+            .await
             .map_err(|e| self.unchecked(target, e.to_string()))?;
         if pinned.public_key != body {
             session.close().await;
@@ -306,16 +318,10 @@ impl Pool {
     }
 
     fn event(&self, event: NewEvent) {
-        if let Some(store) = &self.store
-            && let Err(e) = lock(store).record_event(&event)
-        {
-            tracing::warn!(error = %e, "could not record an event");
+        if let Some(store) = &self.store {
+            store.event(event);
         }
     }
-}
-
-fn lock(store: &Arc<Mutex<Store>>) -> std::sync::MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// Runs `f` for every target, at most `limit` at a time, results in the

@@ -22,12 +22,10 @@ impl Level {
         }
     }
 
-    fn parse(s: &str) -> Level {
-        match s {
-            "warn" => Level::Warn,
-            "error" => Level::Error,
-            _ => Level::Info,
-        }
+    pub fn parse(s: &str) -> Option<Level> {
+        [Level::Info, Level::Warn, Level::Error]
+            .into_iter()
+            .find(|l| l.as_str() == s)
     }
 }
 
@@ -84,7 +82,7 @@ impl Store {
         self.conn
             .execute(
                 "INSERT INTO events (at, level, kind, node_id, app, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![now_ms(), e.level.as_str(), e.kind, e.node_id, e.app, e.message],
+                params![now_ms(), e.level, e.kind, e.node_id, e.app, e.message],
             )
             .map_err(|e| self.sql(e))?;
         Ok(self.conn.last_insert_rowid())
@@ -107,11 +105,10 @@ impl Store {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt
             .query_map(params![after, limit], |r| {
-                let level: String = r.get(2)?;
                 Ok(Event {
                     id: r.get(0)?,
                     at: r.get(1)?,
-                    level: Level::parse(&level),
+                    level: r.get(2)?,
                     kind: r.get(3)?,
                     node_id: r.get(4)?,
                     app: r.get(5)?,

@@ -4,8 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
-use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
 use super::{Store, StoreError};
@@ -37,14 +36,6 @@ impl Verdict {
             "unhealthy" => Some(Verdict::Unhealthy),
             _ => None,
         }
-    }
-}
-
-impl FromSql for Verdict {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = value.as_str()?;
-        Verdict::parse(s)
-            .ok_or_else(|| FromSqlError::Other(format!("unknown verdict {s:?}").into()))
     }
 }
 
@@ -201,34 +192,19 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<HealthRecord> {
     })
 }
 
-impl Store {
-    /// Counts one check result and returns the container's record after
-    /// it. A container without a record, or that started again since its
-    /// record was made, starts from [`Tally::NEW`].
-    pub fn record_check(
-        &mut self,
+impl HealthRecord {
+    /// The record after one more result for container `c`, counted on
+    /// `previous` (its record before, if any). A container without a
+    /// record, or that started again since, starts from [`Tally::NEW`].
+    pub fn counted(
+        previous: Option<&HealthRecord>,
         c: &Checked<'_>,
         outcome: &CheckOutcome,
         t: Thresholds,
-    ) -> Result<Recorded, StoreError> {
-        let file = self.file.clone();
-        let err = |e| super::classify(&file, e);
-        // Immediate: a read then a write, safe against another process.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let previous = tx
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM health WHERE container_id = ?1"),
-                [c.container_id],
-                from_row,
-            )
-            .optional()
-            .map_err(err)?
-            .filter(|p| p.started_at == c.started_at);
-        let before = previous.as_ref().map(|p| p.verdict);
-        let tally = previous.as_ref().map_or(Tally::NEW, HealthRecord::tally);
+    ) -> Recorded {
+        let previous = previous.filter(|p| p.started_at == c.started_at);
+        let before = previous.map(|p| p.verdict);
+        let tally = previous.map_or(Tally::NEW, HealthRecord::tally);
         let in_start_period = c
             .started_at
             .is_some_and(|s| outcome.at < s.saturating_add(t.start_period_ms));
@@ -247,45 +223,59 @@ impl Store {
             last_ok: Some(outcome.passed),
             detail: Some(outcome.detail.clone()),
         };
-        tx.execute(
-            &format!(
-                "INSERT OR REPLACE INTO health ({COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-            ),
-            params![
-                record.container_id,
-                record.node_id,
-                record.app,
-                record.service,
-                record.instance,
-                record.started_at,
-                record.successes,
-                record.failures,
-                record.verdict.as_str(),
-                record.last_check,
-                record.last_ok,
-                record.detail,
-            ],
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(Recorded { before, record })
+        Recorded { before, record }
     }
 
-    /// Starts a container's count over (after Prism restarted it): it is
-    /// `starting` and due for a check at once. Returns whether it had a
-    /// record.
-    pub fn reset_health(&self, container_id: &str) -> Result<bool, StoreError> {
-        let n = self
-            .conn
+    /// The count started over (after Prism restarted the container): it is
+    /// `starting` and due for a check at once.
+    pub fn reset(&mut self) {
+        self.successes = 0;
+        self.failures = 0;
+        self.verdict = Verdict::Starting;
+        self.last_check = None;
+        self.last_ok = None;
+        self.detail = None;
+    }
+}
+
+impl Store {
+    /// Writes a container's record as counted ([`HealthRecord::counted`]).
+    pub fn put_health(&self, record: &HealthRecord) -> Result<(), StoreError> {
+        self.conn
             .execute(
-                "UPDATE health SET successes = 0, failures = 0, verdict = 'starting',
-                   last_check = NULL, last_ok = NULL, detail = NULL
-                 WHERE container_id = ?1",
-                [container_id],
+                &format!(
+                    "INSERT OR REPLACE INTO health ({COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                ),
+                params![
+                    record.container_id,
+                    record.node_id,
+                    record.app,
+                    record.service,
+                    record.instance,
+                    record.started_at,
+                    record.successes,
+                    record.failures,
+                    record.verdict,
+                    record.last_check,
+                    record.last_ok,
+                    record.detail,
+                ],
             )
             .map_err(|e| self.sql(e))?;
-        Ok(n > 0)
+        Ok(())
+    }
+
+    /// Drops the records of these containers.
+    pub fn remove_health(&mut self, ids: &[String]) -> Result<(), StoreError> {
+        let file = self.file.clone();
+        let err = |e| super::classify(&file, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        for id in ids {
+            tx.execute("DELETE FROM health WHERE container_id = ?1", [id])
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)
     }
 
     pub fn health_record(&self, container_id: &str) -> Result<Option<HealthRecord>, StoreError> {
@@ -310,47 +300,67 @@ impl Store {
         let rows = stmt.query_map([], from_row).map_err(|e| self.sql(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
+}
+
+/// The check records the applier keeps in memory, by container id: what
+/// each pass counts on. Written through to the store as they change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthBook(BTreeMap<String, HealthRecord>);
+
+impl HealthBook {
+    pub fn new(records: Vec<HealthRecord>) -> HealthBook {
+        HealthBook(
+            records
+                .into_iter()
+                .map(|r| (r.container_id.clone(), r))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, container_id: &str) -> Option<&HealthRecord> {
+        self.0.get(container_id)
+    }
+
+    /// Counts one result ([`HealthRecord::counted`]) and keeps the record.
+    pub fn count(&mut self, c: &Checked<'_>, outcome: &CheckOutcome, t: Thresholds) -> Recorded {
+        let recorded = HealthRecord::counted(self.0.get(c.container_id), c, outcome, t);
+        self.0
+            .insert(c.container_id.to_owned(), recorded.record.clone());
+        recorded
+    }
+
+    /// Starts a container's count over; its record, if it had one.
+    pub fn reset(&mut self, container_id: &str) -> Option<HealthRecord> {
+        let record = self.0.get_mut(container_id)?;
+        record.reset();
+        Some(record.clone())
+    }
 
     /// Drops the records of containers that are gone: every record of a
     /// node not in `nodes` (no longer in the inventory), and on each node
     /// in `seen` (its containers read this pass) those not listed. Nodes
     /// in `nodes` but not in `seen` (unreachable this pass) keep theirs.
-    /// Returns how many went.
-    pub fn prune_health(
+    /// Returns the ids dropped.
+    pub fn prune(
         &mut self,
         nodes: &BTreeSet<String>,
         seen: &BTreeMap<String, BTreeSet<String>>,
-    ) -> Result<usize, StoreError> {
-        let file = self.file.clone();
-        let err = |e| super::classify(&file, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let gone: Vec<String> = {
-            let mut stmt = tx
-                .prepare("SELECT container_id, node_id FROM health")
-                .map_err(err)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(err)?;
-            let mut gone = Vec::new();
-            for row in rows {
-                let (container, node) = row.map_err(err)?;
-                let keep = nodes.contains(&node)
-                    && seen.get(&node).is_none_or(|ids| ids.contains(&container));
-                if !keep {
-                    gone.push(container);
-                }
-            }
-            gone
-        };
+    ) -> Vec<String> {
+        let gone: Vec<String> = self
+            .0
+            .values()
+            .filter(|r| {
+                !(nodes.contains(&r.node_id)
+                    && seen
+                        .get(&r.node_id)
+                        .is_none_or(|ids| ids.contains(&r.container_id)))
+            })
+            .map(|r| r.container_id.clone())
+            .collect();
         for id in &gone {
-            tx.execute("DELETE FROM health WHERE container_id = ?1", [id])
-                .map_err(err)?;
+            self.0.remove(id);
         }
-        tx.commit().map_err(err)?;
-        Ok(gone.len())
+        gone
     }
 }
 
@@ -432,12 +442,6 @@ mod tests {
         assert_eq!(t.verdict, H);
     }
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("s.db")).expect("open");
-        (dir, store)
-    }
-
     fn checked(id: &'static str, node: &'static str, started_at: i64) -> Checked<'static> {
         Checked {
             container_id: id,
@@ -464,119 +468,122 @@ mod tests {
 
     #[test]
     fn results_are_counted_per_container_and_kept() {
-        let (_d, mut store) = store();
+        let mut store = HealthBook::default();
         let c = checked("c1", "i-1", 1_000);
-        let first = store.record_check(&c, &outcome(true, 2_000), T).expect("1");
+        let first = store.count(&c, &outcome(true, 2_000), T);
         assert_eq!(first.before, None);
         assert!(!first.changed(), "a new container starts as starting");
         assert_eq!(first.record.verdict, S);
-        let second = store.record_check(&c, &outcome(true, 3_000), T).expect("2");
+        let second = store.count(&c, &outcome(true, 3_000), T);
         assert_eq!(second.before, Some(S));
         assert!(second.changed());
         assert_eq!(second.record.verdict, H);
         assert_eq!(second.record.successes, 2);
         // Another container counts on its own.
-        let other = store
-            .record_check(&checked("c2", "i-1", 1_000), &outcome(false, 3_000), T)
-            .expect("other");
+        let other = store.count(&checked("c2", "i-1", 1_000), &outcome(false, 3_000), T);
         assert_eq!((other.record.failures, other.record.verdict), (1, S));
 
-        let stored = store.health_record("c1").expect("read").expect("there");
+        let stored = store.get("c1").expect("there").clone();
         assert_eq!(stored, second.record);
         assert_eq!(stored.last_check, Some(3_000));
         assert_eq!(stored.last_ok, Some(true));
         assert_eq!(stored.detail.as_deref(), Some("GET /up: 200"));
-        let all: Vec<_> = store
-            .health_records()
-            .expect("all")
-            .into_iter()
-            .map(|r| (r.container_id, r.verdict))
+        let all: Vec<_> = ["c1", "c2"]
+            .iter()
+            .map(|id| (id.to_string(), store.get(id).expect("kept").verdict))
             .collect();
         assert_eq!(all, [("c1".to_owned(), H), ("c2".to_owned(), S)]);
     }
 
     #[test]
     fn a_new_start_begins_the_count_anew() {
-        let (_d, mut store) = store();
+        let mut store = HealthBook::default();
         for at in [2_000, 3_000, 4_000] {
-            store
-                .record_check(&checked("c1", "i-1", 1_000), &outcome(false, at), T)
-                .expect("fail");
+            store.count(&checked("c1", "i-1", 1_000), &outcome(false, at), T);
         }
-        assert_eq!(store.health_record("c1").expect("r").expect("s").verdict, U);
+        assert_eq!(store.get("c1").expect("kept").verdict, U);
         // Docker (or Prism) restarted it.
-        let after = store
-            .record_check(&checked("c1", "i-1", 5_000), &outcome(false, 6_000), T)
-            .expect("restarted");
+        let after = store.count(&checked("c1", "i-1", 5_000), &outcome(false, 6_000), T);
         assert_eq!(after.before, None);
         assert_eq!((after.record.failures, after.record.verdict), (1, S));
     }
 
     #[test]
     fn failures_in_the_start_period_are_not_counted() {
-        let (_d, mut store) = store();
+        let mut store = HealthBook::default();
         let t = Thresholds {
             start_period_ms: 10_000,
             ..T
         };
         let c = checked("c1", "i-1", 1_000);
         for at in [2_000, 5_000, 10_999] {
-            let r = store
-                .record_check(&c, &outcome(false, at), t)
-                .expect("early");
+            let r = store.count(&c, &outcome(false, at), t);
             assert_eq!((r.record.failures, r.record.verdict), (0, S), "at {at}");
             assert_eq!(r.record.last_ok, Some(false));
         }
         for (at, want) in [(11_000, 1), (12_000, 2)] {
-            let r = store
-                .record_check(&c, &outcome(false, at), t)
-                .expect("late");
+            let r = store.count(&c, &outcome(false, at), t);
             assert_eq!(r.record.failures, want);
         }
-        let r = store
-            .record_check(&c, &outcome(false, 13_000), t)
-            .expect("3");
+        let r = store.count(&c, &outcome(false, 13_000), t);
         assert_eq!(r.record.verdict, U);
     }
 
     #[test]
     fn reset_makes_a_container_starting_and_due() {
-        let (_d, mut store) = store();
+        let mut store = HealthBook::default();
         let c = checked("c1", "i-1", 1_000);
         for at in [2_000, 3_000] {
-            store.record_check(&c, &outcome(true, at), T).expect("pass");
+            store.count(&c, &outcome(true, at), T);
         }
-        assert!(store.reset_health("c1").expect("reset"));
-        let r = store.health_record("c1").expect("read").expect("kept");
+        let r = store.reset("c1").expect("had a record");
+        assert_eq!(store.get("c1"), Some(&r));
         assert_eq!(
             (r.successes, r.failures, r.verdict, r.last_check, r.detail),
             (0, 0, S, None, None)
         );
-        assert!(!store.reset_health("unknown").expect("reset"));
+        assert!(store.reset("unknown").is_none());
         // One pass after the reset is not yet healthy.
-        let next = store.record_check(&c, &outcome(true, 9_000), T).expect("1");
+        let next = store.count(&c, &outcome(true, 9_000), T);
         assert_eq!((next.before, next.record.verdict), (Some(S), S));
     }
 
     #[test]
     fn prune_drops_gone_containers_and_nodes_but_keeps_unread_nodes() {
-        let (_d, mut store) = store();
+        let mut store = HealthBook::default();
         for (id, node) in [("a", "i-1"), ("b", "i-1"), ("c", "i-2"), ("d", "i-3")] {
-            store
-                .record_check(&checked(id, node, 1), &outcome(true, 2), T)
-                .expect("record");
+            store.count(&checked(id, node, 1), &outcome(true, 2), T);
         }
         let nodes: BTreeSet<String> = ["i-1", "i-2"].map(String::from).into();
         // i-1 was read and runs only `a`; i-2 was not reached this pass;
         // i-3 left the inventory.
         let seen = BTreeMap::from([("i-1".to_owned(), BTreeSet::from(["a".to_owned()]))]);
-        assert_eq!(store.prune_health(&nodes, &seen).expect("prune"), 2);
-        let left: Vec<_> = store
+        assert_eq!(store.prune(&nodes, &seen), ["b", "d"]);
+        let left: Vec<_> = ["a", "b", "c", "d"]
+            .into_iter()
+            .filter(|id| store.get(id).is_some())
+            .collect();
+        assert_eq!(left, ["a", "c"]);
+    }
+
+    #[test]
+    fn records_are_written_read_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("s.db")).expect("open");
+        let mut book = HealthBook::default();
+        for (id, passed) in [("c1", true), ("c2", false)] {
+            let r = book.count(&checked(id, "i-1", 1_000), &outcome(passed, 2_000), T);
+            store.put_health(&r.record).expect("put");
+        }
+        let read = HealthBook::new(store.health_records().expect("read"));
+        assert_eq!(read, book);
+        store.remove_health(&["c1".to_owned()]).expect("remove");
+        let ids: Vec<String> = store
             .health_records()
-            .expect("all")
+            .expect("read")
             .into_iter()
             .map(|r| r.container_id)
             .collect();
-        assert_eq!(left, ["a", "c"]);
+        assert_eq!(ids, ["c2"]);
     }
 }

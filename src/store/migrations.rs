@@ -145,6 +145,19 @@ const STEPS: &[&str] = &[
         PRIMARY KEY (node_id, image)
     );
     "#,
+    // 8: the lock holder's own TTL and a generation per taking (fencing);
+    // changes held back by the guards against mass change.
+    r#"
+    ALTER TABLE apply_lock ADD COLUMN ttl_ms INTEGER NOT NULL DEFAULT 60000;
+    ALTER TABLE apply_lock ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE holds (
+        kind       TEXT PRIMARY KEY,      -- apps-removed | inventory-shrank
+        change     TEXT NOT NULL,         -- what is held, as a fingerprint
+        summary    TEXT NOT NULL,         -- the same, in words
+        first_seen INTEGER NOT NULL,      -- unix ms
+        confirmed  INTEGER NOT NULL DEFAULT 0
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
@@ -213,6 +226,7 @@ mod tests {
                 "containers",
                 "events",
                 "health",
+                "holds",
                 "host_keys",
                 "last_plan",
                 "nodes",

@@ -4,8 +4,10 @@
 //! its last pass planned.
 //! Every failure is a `StoreError` naming the file.
 
+mod columns;
 mod events;
 mod health;
+mod holds;
 mod host_keys;
 mod last_plan;
 mod lock;
@@ -14,6 +16,7 @@ mod nodes;
 mod pulls;
 mod requests;
 mod traffic;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,13 +24,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 pub use events::{Event, Level, NewEvent};
-pub use health::{CheckOutcome, Checked, HealthRecord, Recorded, Tally, Thresholds, Verdict};
+pub use health::{
+    CheckOutcome, Checked, HealthBook, HealthRecord, Recorded, Tally, Thresholds, Verdict,
+};
 pub use host_keys::PinnedKey;
 pub use last_plan::{NodeActions, PlanLines, PublishedPlan, Unplaceable};
-pub use lock::{LockHolder, LockInfo};
+pub use lock::{Lease, LockHolder, LockInfo, hostname};
 pub use nodes::{ContainerRecord, NodeRecord, Placement};
 pub use requests::{NewRequest, Request, RequestKind, RequestState};
 pub use traffic::ProxyTraffic;
+pub use writer::{WriteHealth, Writer};
 
 /// How long a writer waits for another to finish before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,6 +60,9 @@ pub enum StoreError {
     },
     #[error("the apply lock on {file} is held by {holder}")]
     Locked { file: PathBuf, holder: LockInfo },
+    /// This process held the lock and no longer does.
+    #[error("lost the apply lock on {file}: {now}")]
+    LockLost { file: PathBuf, now: String },
     #[error("state file {file}: {source}")]
     Sql {
         file: PathBuf,
@@ -103,6 +112,55 @@ impl Store {
             return Ok(None);
         }
         Store::open(file).map(Some)
+    }
+
+    /// Opens an existing state file for reading only: `prism status` and
+    /// the dashboard look without taking a writer's lock. A file from an
+    /// older Prism is migrated first (a write, once).
+    pub fn open_read_only(file: &Path) -> Result<Option<Store>, StoreError> {
+        if !file.exists() {
+            return Ok(None);
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(file, flags).map_err(|e| classify(file, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| classify(file, e))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| classify(file, e))?;
+        if version > migrations::LATEST {
+            return Err(StoreError::TooNew {
+                file: file.to_path_buf(),
+                found: version,
+                known: migrations::LATEST,
+            });
+        }
+        if version < migrations::LATEST {
+            drop(conn);
+            return Store::open(file).map(Some);
+        }
+        Ok(Some(Store {
+            conn,
+            file: file.to_path_buf(),
+        }))
+    }
+
+    /// Drops events, and requests answered, older than `before` (unix ms):
+    /// history is kept for `[fleet] keep_history`, not for ever. Returns
+    /// how many of each went.
+    pub fn prune_history(&self, before: i64) -> Result<(usize, usize), StoreError> {
+        let events = self
+            .conn
+            .execute("DELETE FROM events WHERE at < ?1", [before])
+            .map_err(|e| self.sql(e))?;
+        let requests = self
+            .conn
+            .execute(
+                "DELETE FROM requests WHERE at < ?1 AND state IN ('done', 'failed')",
+                [before],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok((events, requests))
     }
 
     pub fn file(&self) -> &Path {
@@ -182,6 +240,65 @@ mod tests {
         let events = store.events(10).expect("events");
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].message, "hello");
+    }
+
+    #[test]
+    fn history_older_than_the_cut_goes_and_pending_requests_stay() {
+        use crate::store::{NewRequest, RequestKind};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.db")).expect("open");
+        for message in ["old", "new"] {
+            store
+                .record_event(&NewEvent::info("test", message))
+                .expect("event");
+        }
+        let ask = |store: &Store| {
+            store
+                .add_request(&NewRequest {
+                    kind: RequestKind::Reconcile,
+                    node_id: None,
+                    container: None,
+                    by: "test".into(),
+                })
+                .expect("request")
+        };
+        let (done, pending) = (ask(&store), ask(&store));
+        store.finish_request(done, true, "ok").expect("finish");
+        store
+            .conn
+            .execute_batch(
+                "UPDATE events SET at = 1000 WHERE message = 'old';
+                 UPDATE requests SET at = 1000;",
+            )
+            .expect("age");
+        assert_eq!(store.prune_history(2000).expect("prune"), (1, 1));
+        let events = store.events(10).expect("events");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].message, "new");
+        let left: Vec<i64> = store
+            .requests(10)
+            .expect("requests")
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, [pending], "a request not yet answered is kept");
+    }
+
+    #[test]
+    fn read_only_reads_and_refuses_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("s.db");
+        assert!(Store::open_read_only(&file).expect("no error").is_none());
+        let writer = Store::open(&file).expect("create");
+        writer
+            .record_event(&NewEvent::info("test", "hello"))
+            .expect("event");
+        let reader = Store::open_read_only(&file).expect("open").expect("exists");
+        assert_eq!(reader.events(10).expect("read")[0].message, "hello");
+        let err = reader
+            .record_event(&NewEvent::info("test", "no"))
+            .expect_err("read-only");
+        assert!(matches!(err, StoreError::ReadOnly { .. }), "{err:?}");
     }
 
     #[test]

@@ -4,17 +4,20 @@ use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
 use super::{Store, StoreError};
+use crate::cloud::Lifecycle;
+use crate::config::Provider;
+use crate::reconcile::NodeState;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeRecord {
     pub id: String,
     pub name: String,
     pub address: String,
-    pub provider: String,
+    pub provider: Provider,
     pub zone: Option<String>,
     pub instance_type: Option<String>,
-    pub lifecycle: String,
-    pub state: String,
+    pub lifecycle: Lifecycle,
+    pub state: NodeState,
     /// A short name (`unreachable`, `docker-down`, ...) when not ready.
     pub condition: Option<String>,
     /// The condition in words, as the node or SSH reported it.
@@ -134,7 +137,7 @@ impl Store {
     /// containers and failed pulls. A gone node's `last_probe` is when it
     /// went (see the operator's `record_gone`); events keep its history.
     /// Returns how many were forgotten.
-    pub fn forget_gone(&mut self, gone: &str, before: i64) -> Result<usize, StoreError> {
+    pub fn forget_gone(&mut self, before: i64) -> Result<usize, StoreError> {
         let file = self.file.clone();
         let err = |e| super::classify(&file, e);
         let tx = self.conn.transaction().map_err(err)?;
@@ -143,7 +146,7 @@ impl Store {
                 .prepare("SELECT id FROM nodes WHERE state = ?1 AND COALESCE(last_probe, last_seen) < ?2")
                 .map_err(err)?;
             let rows = stmt
-                .query_map(params![gone, before], |r| r.get(0))
+                .query_map(params![NodeState::Gone, before], |r| r.get(0))
                 .map_err(err)?;
             rows.collect::<Result<_, _>>().map_err(err)?
         };
@@ -284,11 +287,11 @@ pub(crate) mod tests {
             id: id.into(),
             name: name.into(),
             address: "172.31.250.10".into(),
-            provider: "ec2".into(),
+            provider: Provider::Ec2,
             zone: Some("eu-north-1a".into()),
             instance_type: Some("t3.small".into()),
-            lifecycle: "spot".into(),
-            state: "ready".into(),
+            lifecycle: Lifecycle::Spot,
+            state: NodeState::Ready,
             condition: None,
             condition_detail: None,
             docker_version: Some("20.10.24".into()),
@@ -332,12 +335,12 @@ pub(crate) mod tests {
         store.upsert_node(&node("i-1", "node1")).expect("insert");
         let mut later = node("i-1", "node1");
         later.first_seen = 9999;
-        later.state = "lost".into();
+        later.state = NodeState::Lost;
         later.condition = Some("unreachable".into());
         store.upsert_node(&later).expect("update");
         let got = store.node("i-1").expect("read").expect("present");
         assert_eq!(got.first_seen, 1000);
-        assert_eq!(got.state, "lost");
+        assert_eq!(got.state, NodeState::Lost);
         assert_eq!(got.condition.as_deref(), Some("unreachable"));
         assert_eq!(store.nodes().expect("all").len(), 1);
         assert!(store.node("i-2").expect("read").is_none());
@@ -346,16 +349,20 @@ pub(crate) mod tests {
     #[test]
     fn gone_nodes_are_forgotten_once_they_went_long_enough_ago() {
         let (_d, mut store) = store();
-        let at = |id: &str, state: &str, went: i64| {
+        let at = |id: &str, state: NodeState, went: i64| {
             let mut n = node(id, id);
-            n.state = state.into();
+            n.state = state;
             n.last_probe = Some(went);
             n
         };
-        store.upsert_node(&at("i-old", "gone", 1_000)).expect("old");
-        store.upsert_node(&at("i-new", "gone", 5_000)).expect("new");
         store
-            .upsert_node(&at("i-lost", "lost", 1_000))
+            .upsert_node(&at("i-old", NodeState::Gone, 1_000))
+            .expect("old");
+        store
+            .upsert_node(&at("i-new", NodeState::Gone, 5_000))
+            .expect("new");
+        store
+            .upsert_node(&at("i-lost", NodeState::Lost, 1_000))
             .expect("lost");
         store
             .replace_containers("i-old", &[container("i-old", "blog", "web")])
@@ -363,7 +370,7 @@ pub(crate) mod tests {
         store
             .record_pull_failure("i-old", "reg/a:1", "no such tag", 900)
             .expect("failure");
-        assert_eq!(store.forget_gone("gone", 3_000).expect("forget"), 1);
+        assert_eq!(store.forget_gone(3_000).expect("forget"), 1);
         let ids: Vec<String> = store
             .nodes()
             .expect("all")
@@ -374,8 +381,8 @@ pub(crate) mod tests {
         assert!(store.containers().expect("containers").is_empty());
         assert!(store.pull_failures("i-old").expect("failures").is_empty());
         // Later, the other one goes too; nothing else is gone.
-        assert_eq!(store.forget_gone("gone", 6_000).expect("forget"), 1);
-        assert_eq!(store.forget_gone("gone", 6_000).expect("again"), 0);
+        assert_eq!(store.forget_gone(6_000).expect("forget"), 1);
+        assert_eq!(store.forget_gone(6_000).expect("again"), 0);
         assert_eq!(store.nodes().expect("all").len(), 1);
     }
 

@@ -17,6 +17,8 @@ pub enum RequestKind {
     Restart,
     /// Move a node's pods elsewhere, then leave it empty.
     Drain,
+    /// Let the changes the guards hold back go ahead (`prism confirm`).
+    Confirm,
 }
 
 impl RequestKind {
@@ -25,16 +27,19 @@ impl RequestKind {
             RequestKind::Reconcile => "reconcile",
             RequestKind::Restart => "restart",
             RequestKind::Drain => "drain",
+            RequestKind::Confirm => "confirm",
         }
     }
 
-    fn parse(s: &str) -> Option<RequestKind> {
-        match s {
-            "reconcile" => Some(RequestKind::Reconcile),
-            "restart" => Some(RequestKind::Restart),
-            "drain" => Some(RequestKind::Drain),
-            _ => None,
-        }
+    pub fn parse(s: &str) -> Option<RequestKind> {
+        [
+            RequestKind::Reconcile,
+            RequestKind::Restart,
+            RequestKind::Drain,
+            RequestKind::Confirm,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -58,13 +63,15 @@ impl RequestState {
         }
     }
 
-    fn parse(s: &str) -> RequestState {
-        match s {
-            "running" => RequestState::Running,
-            "done" => RequestState::Done,
-            "failed" => RequestState::Failed,
-            _ => RequestState::Pending,
-        }
+    pub fn parse(s: &str) -> Option<RequestState> {
+        [
+            RequestState::Pending,
+            RequestState::Running,
+            RequestState::Done,
+            RequestState::Failed,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -95,7 +102,6 @@ const COLUMNS: &str = "id, at, kind, node_id, container, by, state, done_at, res
 /// skipped rather than failing the read.
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Option<Request>> {
     let kind: String = r.get(2)?;
-    let state: String = r.get(6)?;
     let Some(kind) = RequestKind::parse(&kind) else {
         return Ok(None);
     };
@@ -106,7 +112,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Option<Request>> {
         node_id: r.get(3)?,
         container: r.get(4)?,
         by: r.get(5)?,
-        state: RequestState::parse(&state),
+        state: r.get(6)?,
         done_at: r.get(7)?,
         result: r.get(8)?,
     }))
@@ -117,7 +123,7 @@ impl Store {
         self.conn
             .execute(
                 "INSERT INTO requests (at, kind, node_id, container, by, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-                params![now_ms(), req.kind.as_str(), req.node_id, req.container, req.by],
+                params![now_ms(), req.kind, req.node_id, req.container, req.by],
             )
             .map_err(|e| self.sql(e))?;
         Ok(self.conn.last_insert_rowid())

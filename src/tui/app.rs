@@ -13,7 +13,7 @@ use super::data::{Counts, DesiredPods, Snapshot};
 use super::keymap::{Action, lookup};
 use super::table::{self, Row, RowKey};
 use super::traffic::Meter;
-use crate::store::{LockInfo, PublishedPlan, RequestKind, RequestState};
+use crate::store::{LockInfo, PublishedPlan, RequestKind, RequestState, WriteHealth};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Screen {
@@ -82,6 +82,9 @@ pub struct LastPass {
     pub error: Option<String>,
     /// Pods the plan could not place.
     pub unplaceable: usize,
+    /// How the state store takes the operator's writes (known when it
+    /// runs here).
+    pub store: WriteHealth,
 }
 
 impl From<&PublishedPlan> for LastPass {
@@ -93,6 +96,10 @@ impl From<&PublishedPlan> for LastPass {
             failed: p.failed,
             error: p.error.clone(),
             unplaceable: p.plan.unplaceable.len(),
+            store: WriteHealth {
+                ok_now: true,
+                ..WriteHealth::default()
+            },
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Fleet;
-use crate::operator::GONE;
+use crate::reconcile::NodeState;
 use crate::store::{
     ContainerRecord, Event, HealthRecord, LockInfo, NodeRecord, Placement, ProxyTraffic,
     PublishedPlan, Request, Store, StoreError,
@@ -38,7 +38,7 @@ impl Snapshot {
     pub fn gone(&self) -> BTreeSet<&str> {
         self.nodes
             .iter()
-            .filter(|n| n.state == GONE)
+            .filter(|n| n.state == NodeState::Gone)
             .map(|n| n.id.as_str())
             .collect()
     }
@@ -90,7 +90,7 @@ pub struct Counts {
     pub nodes_ready: usize,
     pub nodes_total: usize,
     /// Ready nodes by lifecycle (spot, on-demand, static).
-    pub ready_by_lifecycle: BTreeMap<String, usize>,
+    pub ready_by_lifecycle: BTreeMap<&'static str, usize>,
     pub pods_running: usize,
     pub pods_desired: usize,
     /// Desired pods with no placement.
@@ -106,10 +106,12 @@ impl Counts {
             pods_desired: desired.pods.len(),
             ..Counts::default()
         };
-        let ready_nodes = || snap.nodes.iter().filter(|n| n.state == "ready");
+        let ready_nodes = || snap.nodes.iter().filter(|n| n.state == NodeState::Ready);
         for n in ready_nodes() {
             c.nodes_ready += 1;
-            *c.ready_by_lifecycle.entry(n.lifecycle.clone()).or_default() += 1;
+            *c.ready_by_lifecycle
+                .entry(n.lifecycle.as_str())
+                .or_default() += 1;
         }
         let ready: BTreeSet<&str> = ready_nodes().map(|n| n.id.as_str()).collect();
         // A pod runs when each of its services has a running container on
@@ -147,21 +149,22 @@ impl Counts {
 pub mod fixtures {
     //! A small fleet for the dashboard's tests.
     use super::*;
+    use crate::cloud::Lifecycle;
     use crate::store::{Level, RequestKind, RequestState};
 
     pub const NOW: i64 = 1_000_000_000;
 
-    pub fn node(id: &str, name: &str, state: &str, lifecycle: &str) -> NodeRecord {
+    pub fn node(id: &str, name: &str, state: NodeState, lifecycle: Lifecycle) -> NodeRecord {
         NodeRecord {
             id: id.into(),
             name: name.into(),
             address: format!("172.31.250.{}", 10 + name.len()),
-            provider: "ec2".into(),
+            provider: crate::config::Provider::Ec2,
             zone: Some("eu-north-1a".into()),
             instance_type: Some("t3.small".into()),
-            lifecycle: lifecycle.into(),
-            state: state.into(),
-            condition: (state != "ready").then(|| "unreachable".into()),
+            lifecycle,
+            state,
+            condition: (state != NodeState::Ready).then(|| "unreachable".into()),
             condition_detail: None,
             docker_version: Some("27.1".into()),
             memory_total: Some(2 << 30),
@@ -205,9 +208,9 @@ pub mod fixtures {
     pub fn snapshot() -> Snapshot {
         Snapshot {
             nodes: vec![
-                node("i-0aaa", "node1", "ready", "spot"),
-                node("i-0bbb", "node2", "lost", "spot"),
-                node("i-0ccc", "node3", "ready", "on-demand"),
+                node("i-0aaa", "node1", NodeState::Ready, Lifecycle::Spot),
+                node("i-0bbb", "node2", NodeState::Lost, Lifecycle::Spot),
+                node("i-0ccc", "node3", NodeState::Ready, Lifecycle::OnDemand),
             ],
             containers: vec![
                 container("i-0aaa", "blog", "web", "running", Some("healthy")),
@@ -342,7 +345,7 @@ mod tests {
     fn a_node_recorded_gone_is_history() {
         let mut snap = snapshot();
         assert!(snap.gone().is_empty());
-        snap.nodes[0].state = GONE.to_owned();
+        snap.nodes[0].state = NodeState::Gone;
         assert_eq!(snap.gone().into_iter().collect::<Vec<_>>(), ["i-0aaa"]);
         let c = Counts::of(&snap, &desired());
         // node1 (gone) held blog: neither counted nor running.

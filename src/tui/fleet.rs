@@ -10,22 +10,20 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::Msg;
 use super::app::LogSpec;
 use crate::config::{Config, Provider, Service};
-use crate::operator::Operator;
 use crate::ssh::{Chunk, ExecLimits, Pool, StreamLimits, Target};
-use crate::store::NodeRecord;
+use crate::store::{NodeRecord, Writer};
 
-/// The operator's pool when it runs here, else one of our own.
-pub enum Reach {
-    Operator(Arc<Operator>),
-    Own(Box<Pool>),
+/// How the dashboard reaches the nodes and the applier: the operator's
+/// pool when it runs here, else one of its own; the store's writer, for
+/// requests.
+pub struct Reach {
+    pub pool: Arc<Pool>,
+    pub journal: Writer,
 }
 
 impl Reach {
     fn pool(&self) -> &Pool {
-        match self {
-            Reach::Operator(o) => &o.pool,
-            Reach::Own(p) => p,
-        }
+        &self.pool
     }
 }
 

@@ -30,38 +30,39 @@ use std::time::Duration;
 use ratatui::crossterm::event::{self, Event, KeyEvent, KeyEventKind};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::AbortHandle;
 
 use app::{App, Effect, LastPass, Mode};
 use data::{DesiredPods, Snapshot};
 use fleet::Reach;
 
 use crate::config::Config;
-use crate::operator::{Control, Front, FrontError, Operator, PassError, Serving, run_applier};
+use crate::operator::{self, Control, FrontError, Options, RunError, Running, StartError};
 use crate::ssh::{Pool, SshError, SshSettings};
 use crate::store::{
-    LockHolder, LockInfo, NewRequest, ProxyTraffic, PublishedPlan, Store, StoreError, now_ms,
+    LockInfo, NewRequest, ProxyTraffic, PublishedPlan, Store, StoreError, Writer, hostname, now_ms,
 };
 use crate::tasks::{self, Ended, Exit, Tasks};
 
-/// A holder that stops heartbeating for this long is presumed dead.
-const LOCK_TTL: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TuiError {
-    #[error("{0}")]
-    Pass(#[from] PassError),
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Ssh(#[from] SshError),
+    #[error(transparent)]
+    Start(StartError),
     #[error("{0}; `prism dashboard --no-proxy` runs without the proxy")]
-    Front(#[from] FrontError),
+    Front(FrontError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),
-    /// A task the dashboard cannot go on without ended (a panic).
-    #[error("{0}")]
+    /// The operator running here, or a task the dashboard cannot go on
+    /// without, ended.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
     Task(#[from] Ended),
     #[error(
         "the dashboard needs a terminal; `prism daemon` runs headless and `prism status` prints the state"
@@ -69,16 +70,26 @@ pub enum TuiError {
     NoTerminal,
 }
 
+impl From<StartError> for TuiError {
+    fn from(e: StartError) -> TuiError {
+        match e {
+            StartError::Front(e) => TuiError::Front(e),
+            other => TuiError::Start(other),
+        }
+    }
+}
+
 impl TuiError {
-    /// Nothing ran: the set-up was wrong (secrets, the key, no terminal)
-    /// or another applier holds the lock, as for the other commands.
+    /// Nothing ran: the set-up was wrong (secrets, the key, a port, no
+    /// terminal) or another applier holds the lock, as for the other
+    /// commands.
     pub fn is_setup(&self) -> bool {
         match self {
-            TuiError::Pass(e) => e.is_setup(),
+            TuiError::Start(e) => e.is_setup(),
+            TuiError::Front(_) => true,
             TuiError::Store(e) => matches!(e, StoreError::Locked { .. }),
-            // A port in use or a certificate missing: nothing was started.
-            TuiError::Ssh(_) | TuiError::NoTerminal | TuiError::Front(_) => true,
-            TuiError::Terminal(_) | TuiError::Task(_) => false,
+            TuiError::Ssh(_) | TuiError::NoTerminal => true,
+            TuiError::Terminal(_) | TuiError::Run(_) | TuiError::Task(_) => false,
         }
     }
 }
@@ -105,47 +116,36 @@ pub enum Msg {
 /// A daemon holds the lock and is alive: attach to it.
 fn live_daemon(lock: Option<LockInfo>) -> Option<LockInfo> {
     let lock = lock?;
-    let ttl = i64::try_from(LOCK_TTL.as_millis()).unwrap_or(i64::MAX);
-    let fresh = now_ms() - lock.heartbeat_at <= ttl;
-    let here = LockHolder::this_process("dashboard").host;
-    let alive = lock.host != here || std::path::Path::new(&format!("/proc/{}", lock.pid)).exists();
-    (lock.role == "daemon" && fresh && alive).then_some(lock)
+    (lock.role == "daemon" && lock.alive(&hostname(), now_ms())).then_some(lock)
 }
 
-/// Where the in-process operator's logs go.
-fn log_file(config: &Config) -> PathBuf {
+/// Where the in-process operator's logs go: `prism-dashboard.DATE.log`
+/// beside the state file, a file a day, the last [`LOG_DAYS`] kept.
+fn log_dir(config: &Config) -> PathBuf {
     let state = config.state_path();
-    let dir = state.parent().map(PathBuf::from).unwrap_or_default();
-    dir.join("prism-dashboard.log")
+    state.parent().map(PathBuf::from).unwrap_or_default()
 }
 
-fn init_file_logs(path: &PathBuf) -> Result<(), std::io::Error> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+/// Days of the dashboard's log kept.
+const LOG_DAYS: usize = 7;
+
+fn init_file_logs(dir: &std::path::Path) -> Result<(), std::io::Error> {
+    let appender = tracing_appender::rolling::Builder::new()
+        .rotation(tracing_appender::rolling::Rotation::DAILY)
+        .filename_prefix("prism-dashboard")
+        .filename_suffix("log")
+        .max_log_files(LOG_DAYS)
+        .build(dir)
+        .map_err(std::io::Error::other)?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PRISM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Already set (tests, embedding): keep that one.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
-        .with_writer(Mutex::new(file))
+        .with_writer(Mutex::new(appender))
         .try_init();
     Ok(())
-}
-
-/// The operator running in this process.
-struct Local {
-    operator: Arc<Operator>,
-    me: LockHolder,
-    control: Arc<Control>,
-    run: JoinHandle<Result<(), StoreError>>,
-    /// The UI loop saw `run` end.
-    ended: bool,
-    /// The proxy and admin listener, unless `--no-proxy`; and the task
-    /// recording pass reports into the metrics the admin listener serves.
-    front: Option<(Serving, JoinHandle<()>)>,
 }
 
 pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result<(), TuiError> {
@@ -155,54 +155,30 @@ pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result
     }
     let config = Arc::new(config);
     let state = config.state_path();
-    let store = Store::open(&state)?;
-    let daemon = live_daemon(store.lock_info()?);
-    let store = Arc::new(Mutex::new(store));
-    let (mode, local, reach) = match daemon {
+    // Made if missing, then only read here: the applier writes.
+    drop(Store::open(&state)?);
+    let reader = Store::open_read_only(&state)?.ok_or_else(|| StoreError::Open {
+        file: state.clone(),
+        reason: "it vanished as the dashboard opened it".into(),
+    })?;
+    let daemon = live_daemon(reader.lock_info()?);
+    let reader = Arc::new(Mutex::new(reader));
+    let (mode, mut running, pool, journal) = match daemon {
         Some(lock) => {
-            let pool = Pool::new(SshSettings::from_config(&config)?, Some(store.clone()));
-            (
-                Mode::Attached(lock),
-                None,
-                Arc::new(Reach::Own(Box::new(pool))),
-            )
+            let journal = Writer::start(Store::open(&state)?);
+            let pool = Pool::new(SshSettings::from_config(&config)?, Some(journal.clone()));
+            (Mode::Attached(lock), None, Arc::new(pool), journal)
         }
         None => {
-            init_file_logs(&log_file(&config))?;
-            // Bound before the lock is taken: a port in use ends the
-            // dashboard before it draws anything, with nothing to undo.
-            let front = with_proxy.then(|| Front::bind(&config)).transpose()?;
-            let operator = Operator::new((*config).clone()).await?;
-            let me = LockHolder::this_process("dashboard");
-            operator.lock().try_lock(&me, LOCK_TTL)?;
-            let serving = front.map(Front::serve);
-            let operator = Arc::new(match &serving {
-                Some(s) => s.route(operator),
-                None => operator,
-            });
-            let control = Control::new();
-            let front = serving.map(|s| {
-                let follow = s.follow(control.clone());
-                (s, follow)
-            });
-            // As the daemon does: the loop, scheduled jobs, requests.
-            let run = {
-                let (operator, me, control) = (operator.clone(), me.clone(), control.clone());
-                tokio::spawn(async move { run_applier(operator, &me, interval, control).await })
+            init_file_logs(&log_dir(&config))?;
+            let options = Options {
+                role: "dashboard",
+                interval,
+                proxy: with_proxy,
             };
-            let local = Local {
-                operator: operator.clone(),
-                me,
-                control,
-                run,
-                ended: false,
-                front,
-            };
-            (
-                Mode::InProcess,
-                Some(local),
-                Arc::new(Reach::Operator(operator)),
-            )
+            let running = operator::start((*config).clone(), options).await?;
+            let (pool, journal) = (running.pool().clone(), running.journal().clone());
+            (Mode::InProcess, Some(running), pool, journal)
         }
     };
     let mut app = App::new(
@@ -211,24 +187,12 @@ pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result
         DesiredPods::from_fleet(&config.fleet),
         now_ms(),
     );
-    let mut local = local;
-    let result = ui_loop(&mut app, config.clone(), store, reach, local.as_mut()).await;
-    if let Some(local) = local {
-        if !local.ended {
-            eprintln!("prism: finishing the pass in flight, then stopping");
-            local.control.stop();
-            match local.run.await {
-                Ok(Err(e)) => eprintln!("prism: the operator loop ended: {e}"),
-                Err(e) => eprintln!("prism: the operator loop failed: {e}"),
-                Ok(Ok(())) => {}
-            }
-        }
-        if let Some((serving, follow)) = local.front {
-            follow.abort();
-            serving.stop().await;
-        }
-        if let Err(e) = local.operator.lock().unlock(&local.me) {
-            eprintln!("prism: could not release the apply lock: {e}");
+    let reach = Reach { pool, journal };
+    let result = ui_loop(&mut app, config.clone(), reader, reach, running.as_mut()).await;
+    if let Some(running) = running {
+        eprintln!("prism: finishing the pass in flight, then stopping");
+        if let Err(e) = running.stop().await {
+            eprintln!("prism: the operator ended: {e}");
         }
     }
     result
@@ -254,41 +218,14 @@ fn reenter(terminal: &mut ratatui::DefaultTerminal) -> std::io::Result<()> {
     terminal.clear()
 }
 
-/// The operator loop running here ended before the dashboard did.
-fn applier_ended(joined: Result<Result<(), StoreError>, tokio::task::JoinError>) -> TuiError {
-    let task = "operator loop".to_owned();
-    match joined {
-        Ok(Err(e)) => TuiError::Store(e),
-        Ok(Ok(())) => TuiError::Task(Ended {
-            task,
-            exit: Exit::Returned,
-        }),
-        Err(e) if e.is_panic() => TuiError::Task(Ended {
-            task,
-            exit: Exit::Panicked(tasks::panic_message(e.into_panic().as_ref())),
-        }),
-        Err(_) => TuiError::Task(Ended {
-            task,
-            exit: Exit::Cancelled,
-        }),
-    }
-}
-
-/// When the operator loop running here ends; never without one.
-async fn end_of<T>(run: &mut Option<&mut JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
-    match run {
-        Some(handle) => (&mut **handle).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn ui_loop(
     app: &mut App,
     config: Arc<Config>,
     store: Arc<Mutex<Store>>,
-    reach: Arc<Reach>,
-    local: Option<&mut Local>,
+    reach: Reach,
+    mut running: Option<&mut Running>,
 ) -> Result<(), TuiError> {
+    let reach = Arc::new(reach);
     let (tx, mut rx) = unbounded_channel::<Msg>();
     let stop = Arc::new(AtomicBool::new(false));
     // Without these the screen would freeze: a panic in one ends the
@@ -299,19 +236,13 @@ async fn ui_loop(
     essential.spawn("signal handler", quit_on_signals(tx.clone()));
     // These can fail alone: a panic is shown and the dashboard goes on.
     let mut extras = Tasks::new();
-    let (mut applier, mut applier_ended_here) = (None, None);
     // This process's proxy, when it runs one, for the header's figures.
-    let proxy = local
-        .as_deref()
-        .and_then(|l| l.front.as_ref())
-        .map(|(serving, _)| serving.proxy().clone());
-    if let Some(local) = local {
+    let proxy = running.as_deref().and_then(Running::proxy).cloned();
+    if let Some(running) = running.as_deref() {
         essential.spawn(
             "pass report follower",
-            follow_reports(local.control.clone(), tx.clone()),
+            follow_reports(running.control().clone(), tx.clone()),
         );
-        applier = Some(&mut local.run);
-        applier_ended_here = Some(&mut local.ended);
     }
     let mut terminal = ratatui::try_init()?;
     let _restore = Restore;
@@ -345,11 +276,8 @@ async fn ui_loop(
                 Some(m) => m,
                 None => break,
             },
-            joined = end_of(&mut applier) => {
-                if let Some(ended) = applier_ended_here.as_mut() {
-                    **ended = true;
-                }
-                result = Err(applier_ended(joined));
+            ended = operator_ended(&mut running) => {
+                result = Err(TuiError::Run(ended));
                 break;
             }
             ended = essential.next_panic() => {
@@ -449,12 +377,11 @@ async fn ui_loop(
                         container,
                         by: format!("dashboard (pid {})", std::process::id()),
                     };
-                    let (store, tx) = (store.clone(), tx.clone());
-                    extras.spawn_blocking("request writer", move || {
-                        let added = store
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .add_request(&req);
+                    let (journal, tx) = (reach.journal.clone(), tx.clone());
+                    extras.spawn("request writer", async move {
+                        let added = journal
+                            .call("add a request", move |s| s.add_request(&req))
+                            .await;
                         let _ = tx.send(match added {
                             Ok(id) => Msg::Requested(id, what),
                             Err(e) => Msg::Notice(format!("{what}: {e}"), app::Tone::Bad),
@@ -605,6 +532,14 @@ async fn quit_on_signals(tx: UnboundedSender<Msg>) {
     let _ = tx.send(Msg::Quit);
 }
 
+/// When the operator running here ends on its own; never without one.
+async fn operator_ended(running: &mut Option<&mut Running>) -> RunError {
+    match running {
+        Some(running) => running.ended().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Each pass report of the in-process operator, with its plan.
 async fn follow_reports(control: Arc<Control>, tx: UnboundedSender<Msg>) {
     let mut reports = control.reports();
@@ -612,10 +547,11 @@ async fn follow_reports(control: Arc<Control>, tx: UnboundedSender<Msg>) {
         let report = reports.borrow_and_update().clone();
         if let Some(r) = report {
             let plan = r.published();
-            if tx
-                .send(Msg::Pass(LastPass::from(&plan), Box::new(plan)))
-                .is_err()
-            {
+            let pass = LastPass {
+                store: r.store.clone(),
+                ..LastPass::from(&plan)
+            };
+            if tx.send(Msg::Pass(pass, Box::new(plan))).is_err() {
                 return;
             }
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use super::app::{Screen, Tone};
 use super::data::{DesiredPods, Snapshot};
 use crate::cli::table::{age, size};
-use crate::operator::GONE;
+use crate::reconcile::NodeState;
 use crate::store::Level;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,12 +159,12 @@ pub struct Row {
     pub cells: Vec<Cell>,
 }
 
-pub fn node_tone(state: &str) -> Tone {
+pub fn node_tone(state: NodeState) -> Tone {
     match state {
-        "ready" => Tone::Good,
-        "suspect" | "draining" => Tone::Warn,
-        "lost" | "untrusted" | "gone" => Tone::Bad,
-        _ => Tone::Plain,
+        NodeState::Ready => Tone::Good,
+        NodeState::Suspect | NodeState::Draining => Tone::Warn,
+        NodeState::Lost | NodeState::Untrusted | NodeState::Gone => Tone::Bad,
+        NodeState::Preparing => Tone::Plain,
     }
 }
 
@@ -207,11 +207,10 @@ pub fn node_rows(data: &Snapshot, now: i64) -> Vec<Row> {
                 (None, Some(total)) => num(size(total), 0),
                 _ => text("-"),
             };
-            let shown = n.state.as_str();
             let state = match &n.condition {
-                _ if shown == GONE => "gone (not discovered)".to_owned(),
-                Some(c) if n.state != "ready" => format!("{} ({c})", n.state),
-                _ => n.state.clone(),
+                _ if n.state == NodeState::Gone => "gone (not discovered)".to_owned(),
+                Some(c) if n.state != NodeState::Ready => format!("{} ({c})", n.state.as_str()),
+                _ => n.state.as_str().to_owned(),
             };
             let probe = n
                 .last_probe
@@ -227,8 +226,8 @@ pub fn node_rows(data: &Snapshot, now: i64) -> Vec<Row> {
                     text(&n.address),
                     text(n.zone.as_deref().unwrap_or("-")),
                     text(n.instance_type.as_deref().unwrap_or("-")),
-                    text(&n.lifecycle),
-                    toned(state, node_tone(shown)),
+                    text(n.lifecycle.as_str()),
+                    toned(state, node_tone(n.state)),
                     probe,
                     memory,
                     num(pods.to_string(), pods as i64),
@@ -247,7 +246,7 @@ pub fn container_rows(data: &Snapshot, desired: &DesiredPods, now: i64) -> Vec<R
     let unknown: BTreeSet<&str> = data
         .nodes
         .iter()
-        .filter(|n| n.state == "lost" || n.state == GONE)
+        .filter(|n| matches!(n.state, NodeState::Lost | NodeState::Gone))
         .map(|n| n.id.as_str())
         .collect();
     let mut rows: Vec<Row> = data
@@ -464,7 +463,7 @@ mod tests {
         let rows = container_rows(&docker_ports, &desired(), NOW);
         assert_eq!(rows[1].cells[7].text, "blog.example.com 32768->8080");
         let mut lost_node = data.clone();
-        lost_node.nodes[2].state = "lost".into();
+        lost_node.nodes[2].state = NodeState::Lost;
         let rows = container_rows(&lost_node, &desired(), NOW);
         let shop = rows
             .iter()

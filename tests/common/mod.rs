@@ -631,15 +631,13 @@ pub fn retry<T>(limit: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> 
 /// Prism's SSH pieces pointed at the lab.
 pub mod prism_ssh {
     use std::path::Path;
-    use std::sync::{Arc, Mutex};
-
     use std::time::Duration;
 
     use prism::ssh::{
         ConnectOptions, Credentials, ExecLimits, HostKeys, Output, Pool, SshError, SshSettings,
         Target,
     };
-    use prism::store::Store;
+    use prism::store::{Store, Writer};
 
     use super::{Bare, Lab, Node};
 
@@ -703,8 +701,8 @@ pub mod prism_ssh {
     }
 
     /// A pool that pins host keys in a state store at `file`.
-    pub fn pin_pool(lab: &Lab, file: &Path) -> (Pool, Arc<Mutex<Store>>) {
-        let store = Arc::new(Mutex::new(Store::open(file).expect("open the state store")));
+    pub fn pin_pool(lab: &Lab, file: &Path) -> (Pool, Writer) {
+        let store = Writer::start(Store::open(file).expect("open the state store"));
         (
             Pool::new(settings(lab_key(lab), HostKeys::Pin), Some(store.clone())),
             store,

@@ -107,7 +107,7 @@ fn brief(a: &Action) -> String {
             format!("run {} {} {why}", spec.pod, spec.service)
         }
         Action::Start { container: c, .. } => format!("start {} {}", c.pod, c.service),
-        Action::Restart { container: c } => format!("restart {} {}", c.pod, c.service),
+        Action::Restart { container: c, .. } => format!("restart {} {}", c.pod, c.service),
         Action::Remove {
             container: c,
             reason,
@@ -123,6 +123,11 @@ fn brief(a: &Action) -> String {
                 RemoveReason::Dead => "dead".to_owned(),
             };
             format!("remove {} {} {why}", c.pod, c.service)
+        }
+        // The pods' plan never holds these; jobs, asks and bootstrap add
+        // them after it.
+        Action::RunJob { .. } | Action::RemoveJob { .. } | Action::InstallDocker => {
+            panic!("not a pod action: {a}")
         }
     }
 }
@@ -365,7 +370,7 @@ impl World {
                 assert!(matches!(c.state, RunState::Created | RunState::Exited));
                 c.state = RunState::Running;
             }
-            Action::Restart { container } => {
+            Action::Restart { container, .. } => {
                 let c = self.by_id(node, &container.id);
                 c.health = Health::Healthy;
                 c.restart_count += 1;
@@ -375,6 +380,9 @@ impl World {
                 let before = list.len();
                 list.retain(|c| c.id != container.id);
                 assert_eq!(list.len() + 1, before, "remove of a missing container");
+            }
+            Action::RunJob { .. } | Action::RemoveJob { .. } | Action::InstallDocker => {
+                panic!("not a pod action: {a}")
             }
         }
     }

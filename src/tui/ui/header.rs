@@ -111,7 +111,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         }
         (None, Mode::Attached(_)) => match &app.data.lock {
             Some(l) => third.push(Span::raw(format!(
-                "by it; last pass began {} ago",
+                "by it; heartbeat {} ago",
                 age(app.now_ms, l.heartbeat_at)
             ))),
             None => third.push(Span::styled(
@@ -121,6 +121,27 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         },
         (None, Mode::InProcess) => {
             third.push(Span::styled("first pass running…", style(Tone::Muted)))
+        }
+    }
+    // Writes the store does not take: the healing goes on, the record not.
+    if let Some(p) = app.last_pass.as_ref().filter(|p| p.store.failed > 0) {
+        let now = if p.store.ok_now { "" } else { ", failing now" };
+        third.push(Span::styled(
+            format!("  store: {} writes failed{now}", p.store.failed),
+            style(if p.store.ok_now {
+                Tone::Warn
+            } else {
+                Tone::Bad
+            }),
+        ));
+    }
+    if let (Mode::Attached(_), Some(l)) = (&app.mode, &app.data.lock) {
+        let late = i64::try_from(crate::operator::HEARTBEAT_LATE.as_millis()).unwrap_or(i64::MAX);
+        if app.now_ms.saturating_sub(l.heartbeat_at) > late {
+            third.push(Span::styled(
+                "  the daemon writes no heartbeat: its store writes fail?",
+                style(Tone::Bad),
+            ));
         }
     }
     // The proxy's figures at the right of the first line, or at the end

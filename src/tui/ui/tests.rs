@@ -1,8 +1,7 @@
-//! Rendering on ratatui's TestBackend, compared with snapshot files in
-//! src/tui/snapshots/. A changed screen fails the test; to accept the new
-//! one, run with PRISM_UPDATE_SNAPSHOTS=1 and review the diff.
+//! Rendering on ratatui's TestBackend, compared with insta snapshots in
+//! src/tui/snapshots/. A changed screen fails the test; `cargo insta
+//! review` (or INSTA_UPDATE=always, then the diff) accepts the new one.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ratatui::Terminal;
@@ -11,7 +10,7 @@ use ratatui::buffer::Buffer;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::style::{Color, Modifier};
 
-use crate::store::LockInfo;
+use crate::store::{LockInfo, WriteHealth};
 use crate::tui::app::{App, LastPass, Mode};
 use crate::tui::data::Snapshot;
 use crate::tui::data::fixtures::{NOW, desired, published_plan, snapshot};
@@ -26,6 +25,10 @@ fn app() -> App {
         failed: 0,
         error: None,
         unplaceable: 1,
+        store: WriteHealth {
+            ok_now: true,
+            ..WriteHealth::default()
+        },
     });
     a.plan = Some(published_plan());
     a
@@ -51,22 +54,13 @@ fn text(buf: &Buffer) -> String {
 }
 
 fn check_snapshot(name: &str, buf: &Buffer) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("src/tui/snapshots")
-        .join(format!("{name}.txt"));
-    let got = text(buf);
-    if std::env::var_os("PRISM_UPDATE_SNAPSHOTS").is_some() {
-        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
-        std::fs::write(&path, &got).expect("write snapshot");
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!(
-            "no snapshot {}; run with PRISM_UPDATE_SNAPSHOTS=1 to write it:\n{got}",
-            path.display()
-        )
+    insta::with_settings!({
+        snapshot_path => "../snapshots",
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        insta::assert_snapshot!(name, text(buf));
     });
-    assert_eq!(got, want, "screen differs from {}", path.display());
 }
 
 /// The cell where `needle` starts on the screen.
@@ -140,6 +134,8 @@ fn daemon() -> LockInfo {
         host: "ops1".into(),
         acquired_at: NOW - 3_600_000,
         heartbeat_at: NOW - 2_000,
+        ttl_ms: 60_000,
+        generation: 1,
     }
 }
 
@@ -184,7 +180,7 @@ fn plan_attached_before_the_daemon_published_one() {
     let screen = text(&render(&mut a, 100, 30));
     assert!(screen.contains("has not published a plan yet"), "{screen}");
     // The header falls back to the lock's heartbeat.
-    assert!(screen.contains("last pass began 2s ago"), "{screen}");
+    assert!(screen.contains("by it; heartbeat 2s ago"), "{screen}");
 }
 
 #[test]
@@ -345,6 +341,8 @@ fn attached_the_figures_come_from_the_store() {
         host: "box".into(),
         acquired_at: NOW - 60_000,
         heartbeat_at: NOW - 1_000,
+        ttl_ms: 60_000,
+        generation: 1,
     };
     let mut a = App::new("lab".into(), Mode::Attached(lock), desired(), NOW);
     for (at_ms, requests) in [(NOW - 2_000, 10), (NOW, 16)] {

@@ -1,0 +1,25 @@
+//! Tests against the local lab (`lab/lab up`): real sshd, dockerd, moto
+//! and registry. Ignored by a plain `cargo test`; `make test` brings the
+//! lab up and runs them with `--include-ignored`. They share the lab
+//! nodes read-only or use nodes of their own, so they run in parallel.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../common/deploy.rs"]
+mod deploy;
+
+mod bootstrap;
+mod dashboard;
+mod health;
+mod lab;
+mod laravel;
+mod lifecycle;
+mod prepare;
+mod published_plan;
+mod reconcile;
+mod registry;
+mod routing;
+mod runtime;
+mod ssh;
+mod ssh_bastion;
+mod ssh_stream;
