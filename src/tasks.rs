@@ -36,7 +36,7 @@ impl Exit {
 }
 
 /// What `panic!` was given, when it was text.
-pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -66,7 +66,7 @@ impl fmt::Display for Ended {
 
 impl Ended {
     /// How the task behind a `JoinHandle` ended, from its error.
-    pub fn from_join(task: &str, e: JoinError) -> Ended {
+    pub(crate) fn from_join(task: &str, e: JoinError) -> Ended {
         Ended {
             task: task.to_owned(),
             exit: Exit::from_error(e),
@@ -80,7 +80,7 @@ impl Ended {
 
 /// Tasks by name; aborted when dropped.
 #[derive(Default)]
-pub struct Tasks {
+pub(crate) struct Tasks {
     set: JoinSet<()>,
     names: HashMap<Id, String>,
 }
@@ -99,18 +99,9 @@ impl Tasks {
         handle
     }
 
-    pub fn spawn_blocking<F>(&mut self, name: impl Into<String>, work: F) -> AbortHandle
-    where
-        F: FnOnce() + Send + 'static,
-    {
-        let handle = self.set.spawn_blocking(work);
-        self.names.insert(handle.id(), name.into());
-        handle
-    }
-
     /// Watches a task spawned elsewhere: its end (a panic too) is reported
     /// under `name`.
-    pub fn adopt(&mut self, name: impl Into<String>, handle: tokio::task::JoinHandle<()>) {
+    pub(crate) fn adopt(&mut self, name: impl Into<String>, handle: tokio::task::JoinHandle<()>) {
         self.spawn(name, async move {
             if let Err(e) = handle.await
                 && e.is_panic()
@@ -120,13 +111,13 @@ impl Tasks {
         });
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.set.is_empty()
     }
 
     /// The next task to end and how, or `None` when none is left (then it
-    /// returns at once: in a `select!` loop, guard the branch with
-    /// `!tasks.is_empty()`). Cancel-safe.
+    /// returns at once). Cancel-safe.
     pub async fn next(&mut self) -> Option<Ended> {
         let (id, exit) = match self.set.join_next_with_id().await? {
             Ok((id, ())) => (id, Exit::Returned),
@@ -142,7 +133,7 @@ impl Tasks {
     /// The next task to panic; tasks that return or are cancelled are let
     /// go. Pending for ever when none is left, so it can sit in a
     /// `select!` beside the work it guards.
-    pub async fn next_panic(&mut self) -> Ended {
+    pub(crate) async fn next_panic(&mut self) -> Ended {
         loop {
             match self.next().await {
                 Some(ended) if ended.panicked() => return ended,
@@ -163,7 +154,7 @@ impl Tasks {
         panicked
     }
 
-    pub fn abort_all(&mut self) {
+    pub(crate) fn abort_all(&mut self) {
         self.set.abort_all();
     }
 }

@@ -25,19 +25,22 @@ mod outcome;
 
 use std::time::Duration;
 
-pub use outcome::{Action, Failure, Outcome, StartMethod, Warning, parse_output};
+pub use outcome::Warning;
+pub(crate) use outcome::parse_output;
+pub use outcome::{Action, Failure};
+pub use outcome::{Outcome, StartMethod};
 
 use crate::ssh::{ExecLimits, Pool, SshError, Target};
 
 /// The script run by `sh -c`: a constant, never formatted.
-pub const INSTALL_SCRIPT: &str = include_str!("install-docker.sh");
+pub(crate) const INSTALL_SCRIPT: &str = include_str!("install-docker.sh");
 
 /// How long a bootstrap may take: a package index refresh and a download
 /// on a slow mirror, after waiting for an unattended upgrade's apt lock.
-pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub(crate) const INSTALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// `sh -c <INSTALL_SCRIPT>`. Exits 0 on success; judge the output.
-pub fn install_argv() -> Vec<String> {
+pub(crate) fn install_argv() -> Vec<String> {
     vec!["sh".to_owned(), "-c".to_owned(), INSTALL_SCRIPT.to_owned()]
 }
 

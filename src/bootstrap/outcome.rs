@@ -188,7 +188,7 @@ enum Attach {
 }
 
 /// Parses the script's stdout.
-pub fn parse_output(stdout: &str) -> Result<Outcome, Failure> {
+pub(crate) fn parse_output(stdout: &str) -> Result<Outcome, Failure> {
     let bad = |line: Option<usize>, detail: String| Failure::Malformed { line, detail };
     let mut lines = stdout.lines().enumerate().map(|(i, l)| (i + 1, l));
     check_header(lines.next(), HEADER).map_err(|(line, detail)| bad(line, detail))?;

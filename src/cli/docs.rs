@@ -18,14 +18,14 @@ pub fn completions(shell: clap_complete::Shell) -> Result<(), Failure> {
 }
 
 /// `prism man`: prism(1) on stdout.
-pub fn man_page() -> Result<(), Failure> {
+pub(crate) fn man_page() -> Result<(), Failure> {
     let mut page = Vec::new();
     clap_mangen::Man::new(Cli::command()).render(&mut page)?;
     write_stdout(&page)
 }
 
 /// `prism man --dir DIR`: prism.1 and a page per command in DIR.
-pub fn man_pages(dir: &Path) -> Result<(), Failure> {
+pub(crate) fn man_pages(dir: &Path) -> Result<(), Failure> {
     clap_mangen::generate_to(Cli::command(), dir).map_err(|e| {
         Failure::Output(std::io::Error::new(
             e.kind(),

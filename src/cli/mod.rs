@@ -40,7 +40,7 @@ pub const VERSION: &str = concat!(
 /// Without a command, opens the live dashboard (`prism dashboard`).
 #[derive(Debug, Parser)]
 #[command(name = "prism", version = VERSION, after_help = EXIT_CODES, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The fleet file: desired state of nodes, apps and the proxy.
     #[arg(
         short,

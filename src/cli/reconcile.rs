@@ -13,7 +13,7 @@ use crate::operator::{Applying, Control, Heard, Input, Loop};
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// Exit status of a run that did not fail outright.
-pub enum Converged {
+pub(crate) enum Converged {
     Yes,
     /// Some action failed, or the timeout came first.
     No,

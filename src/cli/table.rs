@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 /// Renders rows under a header, each column as wide as its widest cell.
-pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -51,7 +51,7 @@ pub fn age(now_ms: i64, then_ms: i64) -> String {
     }
 }
 
-pub fn opt(value: Option<&str>) -> String {
+pub(crate) fn opt(value: Option<&str>) -> String {
     value.unwrap_or("-").to_owned()
 }
 

@@ -14,7 +14,7 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 /// Discovery with memory.
-pub struct Inventory {
+pub(crate) struct Inventory {
     discovery: Discovery,
     known: Mutex<Known>,
 }
@@ -30,7 +30,7 @@ struct Known {
 
 /// One pass's inventory.
 #[derive(Debug)]
-pub struct Found {
+pub(crate) struct Found {
     /// The fleet's machines (terminated ones left out).
     pub nodes: Vec<Node>,
     /// Every id the provider answered with, terminated ones included: what
@@ -74,7 +74,7 @@ impl Stale {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recovered {
+pub(crate) struct Recovered {
     pub failures: u32,
     pub after: Duration,
 }

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use ec2::Ec2;
-pub use inventory::{Found, Inventory, Recovered, Stale};
+pub use inventory::Stale;
+pub(crate) use inventory::{Found, Inventory};
 
 use crate::config::{Config, Provider};
 use crate::ssh::Target;

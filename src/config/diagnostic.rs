@@ -90,7 +90,7 @@ impl Diagnostic {
         }
     }
 
-    pub fn at_key(mut self) -> Self {
+    pub(crate) fn at_key(mut self) -> Self {
         self.at_key = true;
         self
     }
@@ -215,7 +215,11 @@ fn write_snippet(f: &mut fmt::Formatter<'_>, text: &str, span: &Range<usize>) ->
 /// a `[table]` its header), or the deepest enclosing one when the field
 /// itself is absent.
 /// With `at_key`, the last key's own span instead of its value's.
-pub fn locate(root: &Spanned<DeTable<'_>>, path: &FieldPath, at_key: bool) -> Option<Range<usize>> {
+pub(crate) fn locate(
+    root: &Spanned<DeTable<'_>>,
+    path: &FieldPath,
+    at_key: bool,
+) -> Option<Range<usize>> {
     let mut span = None;
     let mut here: Option<&DeValue<'_>> = None;
     let last = path.0.len().saturating_sub(1);
@@ -248,7 +252,10 @@ fn find_key<'a, 'i>(
 }
 
 /// The closest candidate to a mistyped name, if any is close enough.
-pub fn nearest<'a>(typo: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn nearest<'a>(
+    typo: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(typo, c), c))
@@ -259,7 +266,7 @@ pub fn nearest<'a>(typo: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 
 /// serde reports an unknown key as "unknown field `x`, expected one of `a`, `b`";
 /// read the typo and the candidates back out to suggest the nearest.
-pub fn suggestion_for(message: &str) -> Option<String> {
+pub(crate) fn suggestion_for(message: &str) -> Option<String> {
     let rest = message
         .strip_prefix("unknown field `")
         .or_else(|| message.strip_prefix("unknown variant `"))?;

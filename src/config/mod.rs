@@ -12,10 +12,12 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use diagnostic::{ConfigError, Diagnostic, FieldPath, Invalid, Seg, line_col};
-pub use schedule::Schedule;
+pub use diagnostic::Seg;
+pub use diagnostic::{ConfigError, FieldPath};
+pub use diagnostic::{Diagnostic, Invalid, line_col};
 pub use schema::*;
-pub use units::{Bytes, Interval, Millicores};
+pub use units::Bytes;
+pub use units::{Interval, Millicores};
 
 use diagnostic::{locate, suggestion_for};
 

@@ -21,7 +21,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// The form tokio-cron-scheduler takes: seconds first.
-    pub fn six_fields(&self) -> &str {
+    pub(crate) fn six_fields(&self) -> &str {
         &self.six
     }
 

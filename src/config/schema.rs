@@ -66,7 +66,7 @@ pub struct FleetSection {
 }
 
 /// busybox 1.37.0 from Docker Hub, by its digest.
-pub const DEFAULT_HELPER_IMAGE: &str = "docker.io/library/busybox:1.37.0@sha256:bdf57e528e45e4433820e045b29b4597825a1c9e38353532d90a01445013f82e";
+pub(crate) const DEFAULT_HELPER_IMAGE: &str = "docker.io/library/busybox:1.37.0@sha256:bdf57e528e45e4433820e045b29b4597825a1c9e38353532d90a01445013f82e";
 
 fn default_helper_image() -> String {
     DEFAULT_HELPER_IMAGE.to_owned()
@@ -232,7 +232,7 @@ fn default_guard_hold() -> Interval {
 }
 
 /// Where EC2's instance metadata service answers on every instance.
-pub const EC2_METADATA_URL: &str = "http://169.254.169.254";
+pub(crate) const EC2_METADATA_URL: &str = "http://169.254.169.254";
 
 impl Fleet {
     /// The metadata URL spot nodes are asked at, if any (see

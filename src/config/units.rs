@@ -25,10 +25,10 @@ const SIZE_EXPECTED: &str = "a size such as 256M, 1.5G or 512Mi";
 
 /// The largest size taken: 1 PiB. Far beyond any machine, and small
 /// enough that sums over thousands of services cannot overflow.
-pub const MAX_SIZE: u64 = 1 << 50;
+pub(crate) const MAX_SIZE: u64 = 1 << 50;
 /// The longest duration taken: a year. Far beyond any timeout or
 /// interval, and small enough that adding it to a clock cannot overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 const CPU_EXPECTED: &str = "a CPU amount such as 500m, 0.5 or 2";
 const DURATION_EXPECTED: &str = "a duration such as 5s, 250ms or 1m30s";
 

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use super::error::{ParseError, Probe, clip, from_json};
-use super::labels::{self, Identity};
+use super::labels::Identity;
 use super::time::docker_time;
 
 /// A full (64 hex digit) container id. Only ids read from Docker are
@@ -47,17 +47,7 @@ impl fmt::Display for ContainerId {
     }
 }
 
-/// `docker ps -aq --no-trunc --filter label=prism.fleet=<fleet>`: ids of
-/// the fleet's containers in every state. Expect exit status 0.
-pub fn list_containers_argv(fleet: &str) -> Vec<String> {
-    let mut argv: Vec<String> = ["docker", "ps", "-aq", "--no-trunc"]
-        .map(String::from)
-        .into();
-    argv.extend(labels::fleet_filter_args(fleet));
-    argv
-}
-
-/// The ids printed by `list_containers_argv`, one per line. Empty output
+/// Container ids one per line (`docker ps -aq --no-trunc`). Empty output
 /// means no containers; blank lines are skipped.
 pub fn parse_container_ids(stdout: &str) -> Result<Vec<ContainerId>, ParseError> {
     let mut ids = Vec::new();
@@ -76,37 +66,6 @@ pub fn parse_container_ids(stdout: &str) -> Result<Vec<ContainerId>, ParseError>
         ids.push(id);
     }
     Ok(ids)
-}
-
-/// `docker container inspect -- <ids…>`; `None` for no ids (Docker refuses
-/// to inspect nothing: skip the command, there are no containers).
-///
-/// A container removed between the two commands makes inspect exit 1 with
-/// `Error: No such container: <id>` on stderr and the others still on
-/// stdout: see [`vanished_ids`].
-pub fn inspect_containers_argv(ids: &[ContainerId]) -> Option<Vec<String>> {
-    if ids.is_empty() {
-        return None;
-    }
-    let mut argv: Vec<String> = ["docker", "container", "inspect", "--"]
-        .map(String::from)
-        .into();
-    argv.extend(ids.iter().map(|id| id.0.clone()));
-    Some(argv)
-}
-
-/// When inspect exited non-zero: the ids it reports gone, if that is all
-/// its stderr says (then its stdout is complete for the rest and parses as
-/// usual); `None` if stderr says anything else (the command failed).
-pub fn vanished_ids(stderr: &str) -> Option<Vec<ContainerId>> {
-    let mut gone = Vec::new();
-    for line in stderr.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let rest = line
-            .strip_prefix("Error: No such container: ")
-            .or_else(|| line.strip_prefix("Error: No such object: "))?;
-        gone.push(ContainerId::parse(rest.trim())?);
-    }
-    (!gone.is_empty()).then_some(gone)
 }
 
 /// One container as `docker container inspect` describes it.
@@ -271,7 +230,7 @@ impl fmt::Display for PublishedPort {
     }
 }
 
-/// The JSON array printed by `inspect_containers_argv`, in its order.
+/// The JSON array `docker container inspect` prints, in its order.
 /// Unknown fields are ignored; a container whose labels are not Prism's
 /// is `Identity::Foreign`, not an error.
 pub fn parse_inspect(stdout: &str) -> Result<Vec<ContainerState>, ParseError> {
@@ -296,7 +255,7 @@ pub fn parse_inspect(stdout: &str) -> Result<Vec<ContainerState>, ParseError> {
 
 /// One container object, as `GET /containers/{id}/json` answers: the
 /// schema of one element of [`parse_inspect`]'s array.
-pub fn parse_container(json: &str) -> Result<ContainerState, ParseError> {
+pub(crate) fn parse_container(json: &str) -> Result<ContainerState, ParseError> {
     let raw: RawContainer = from_json(Probe::ContainerInspect, json)?;
     let label = format!("container {}", raw.name);
     raw.into_state().map_err(|why| {

@@ -19,8 +19,6 @@ pub enum Probe {
     ContainerIds,
     /// `docker container inspect` of those ids.
     Inspect,
-    /// `docker info`.
-    DockerInfo,
     /// The node facts script (`sh -c`).
     NodeFacts,
 }
@@ -35,7 +33,6 @@ impl Probe {
             Probe::ImageList => "GET /images/json",
             Probe::ContainerIds => "docker ps -aq",
             Probe::Inspect => "docker container inspect",
-            Probe::DockerInfo => "docker info",
             Probe::NodeFacts => "node facts script",
         }
     }
@@ -56,10 +53,6 @@ pub enum ParseError {
         line: Option<usize>,
         detail: String,
     },
-    /// The command ran, but the Docker daemon could not answer it
-    /// (`docker info` exits 0 and says so in `ServerErrors`).
-    #[error("`{probe}`: the Docker daemon did not answer: {}", .messages.join("; "))]
-    DockerUnavailable { probe: Probe, messages: Vec<String> },
     /// Docker answered an API request with an error status and this message.
     #[error("`{probe}`: Docker answered {status}: {message}")]
     Status {
@@ -72,9 +65,7 @@ pub enum ParseError {
 impl ParseError {
     pub fn probe(&self) -> Probe {
         match self {
-            ParseError::Malformed { probe, .. }
-            | ParseError::DockerUnavailable { probe, .. }
-            | ParseError::Status { probe, .. } => *probe,
+            ParseError::Malformed { probe, .. } | ParseError::Status { probe, .. } => *probe,
         }
     }
 
@@ -82,7 +73,7 @@ impl ParseError {
     pub fn line(&self) -> Option<usize> {
         match self {
             ParseError::Malformed { line, .. } => *line,
-            ParseError::DockerUnavailable { .. } | ParseError::Status { .. } => None,
+            ParseError::Status { .. } => None,
         }
     }
 

@@ -14,7 +14,7 @@ use super::error::{ParseError, Probe, from_json};
 
 /// Every image on the node, with tags (`docker image ls`), dangling ones
 /// included.
-pub const IMAGES_PATH: &str = "/images/json";
+pub(crate) const IMAGES_PATH: &str = "/images/json";
 
 /// The names of a node's images: `repo:tag` and `repo@digest`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,7 +80,7 @@ fn normal(image: &str) -> String {
 
 /// `GET /images/json`: every name of every image (either list may be
 /// null, or hold `<none>:<none>` for an image without one).
-pub fn parse_image_list(status: u16, body: &[u8]) -> Result<Images, ParseError> {
+pub(crate) fn parse_image_list(status: u16, body: &[u8]) -> Result<Images, ParseError> {
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase", expecting = "an image list entry")]
     struct Raw {

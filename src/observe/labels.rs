@@ -7,26 +7,26 @@ use std::fmt;
 /// The fleet (`[fleet] name`) a container belongs to.
 pub const FLEET: &str = "prism.fleet";
 /// The app (`[apps.NAME]`).
-pub const APP: &str = "prism.app";
+pub(crate) const APP: &str = "prism.app";
 /// The service within the app (`[apps.APP.services.NAME]`).
-pub const SERVICE: &str = "prism.service";
+pub(crate) const SERVICE: &str = "prism.service";
 /// The pod's instance number, decimal from 0.
-pub const INSTANCE: &str = "prism.instance";
+pub(crate) const INSTANCE: &str = "prism.instance";
 /// Hash of the service spec the container was created from.
-pub const SPEC: &str = "prism.spec";
+pub(crate) const SPEC: &str = "prism.spec";
 
 /// Every Prism label, in the order they are written and checked.
-pub const ALL: [&str; 5] = [FLEET, APP, SERVICE, INSTANCE, SPEC];
+pub(crate) const ALL: [&str; 5] = [FLEET, APP, SERVICE, INSTANCE, SPEC];
 
 /// A scheduled job's run: the job's name (`[apps.APP.jobs.NAME]`). Job
 /// containers carry no service or instance label, so they are never
 /// mistaken for a pod's.
-pub const JOB: &str = "prism.job";
+pub(crate) const JOB: &str = "prism.job";
 /// When a job's run must have ended, unix seconds: its timeout, written on
 /// the container itself so that any later applier enforces it.
-pub const DEADLINE: &str = "prism.deadline";
+pub(crate) const DEADLINE: &str = "prism.deadline";
 /// On a job run's watchdog: the run it ends.
-pub const WATCHDOG: &str = "prism.watchdog";
+pub(crate) const WATCHDOG: &str = "prism.watchdog";
 
 /// A scheduled job's container, by its labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -40,7 +40,7 @@ pub struct JobLabels {
 
 impl JobLabels {
     /// `--label …` for `docker run`.
-    pub fn run_args(&self) -> Vec<String> {
+    pub(crate) fn run_args(&self) -> Vec<String> {
         let deadline = self.deadline.to_string();
         [
             (FLEET, self.fleet.as_str()),
@@ -65,11 +65,6 @@ impl JobLabels {
     }
 }
 
-/// `--filter label=prism.fleet=<fleet>`: the fleet's containers, for `docker ps`.
-pub fn fleet_filter_args(fleet: &str) -> Vec<String> {
-    vec!["--filter".to_owned(), format!("label={FLEET}={fleet}")]
-}
-
 /// A Prism container's identity, read from (or written to) its labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PrismLabels {
@@ -82,7 +77,7 @@ pub struct PrismLabels {
 
 impl PrismLabels {
     /// `--label prism.fleet=… --label prism.app=… …` for `docker run`/`create`.
-    pub fn run_args(&self) -> Vec<String> {
+    pub(crate) fn run_args(&self) -> Vec<String> {
         let instance = self.instance.to_string();
         let values = [
             self.fleet.as_str(),
@@ -99,7 +94,9 @@ impl PrismLabels {
 
     /// Reads the five labels; every one must be present and non-empty, and
     /// the instance a plain decimal number (as `run_args` writes it).
-    pub fn from_labels(labels: &BTreeMap<String, String>) -> Result<PrismLabels, LabelProblem> {
+    pub(crate) fn from_labels(
+        labels: &BTreeMap<String, String>,
+    ) -> Result<PrismLabels, LabelProblem> {
         let get = |key: &'static str| match labels.get(key) {
             None => Err(LabelProblem::Missing(key)),
             Some(v) if v.is_empty() => Err(LabelProblem::Empty(key)),
@@ -141,7 +138,7 @@ pub enum Identity {
 }
 
 impl Identity {
-    pub fn from_labels(labels: &BTreeMap<String, String>) -> Identity {
+    pub(crate) fn from_labels(labels: &BTreeMap<String, String>) -> Identity {
         match PrismLabels::from_labels(labels) {
             Ok(l) => Identity::Prism(l),
             Err(p) => match JobLabels::from_labels(labels) {
@@ -242,14 +239,6 @@ mod tests {
             ]
         );
         assert_eq!(PrismLabels::from_labels(&from_run_args(&args)), Ok(labels));
-    }
-
-    #[test]
-    fn filter_args() {
-        assert_eq!(
-            fleet_filter_args("lab"),
-            ["--filter", "label=prism.fleet=lab"]
-        );
     }
 
     #[test]

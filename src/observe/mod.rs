@@ -15,13 +15,10 @@
 //! | `GET` [`IMAGES_PATH`] | [`parse_image_list`] | 200 |
 //! | [`docker_version_argv`] | [`parse_docker_version`] | only when sshd cannot open the socket |
 //!
-//! The docker CLI's reads, parsed the same way (the probe does not run them):
-//!
-//! | argv | parser | expect |
-//! |---|---|---|
-//! | [`docker_info_argv`] | [`parse_docker_info`] | status 0, also when the daemon is down |
-//! | [`list_containers_argv`] | [`parse_container_ids`] | status 0 |
-//! | [`inspect_containers_argv`] | [`parse_inspect`] | 0, or 1 with only [`vanished_ids`] on stderr |
+//! The docker CLI's own answers parse into the same types
+//! ([`parse_container_ids`] for `docker ps -aq`, [`parse_inspect`] for
+//! `docker container inspect`): the probe does not run them; the lab tests
+//! hold its API answers against them.
 //!
 //! Errors are [`ParseError`]s naming the command ([`Probe`]) and, where
 //! known, the line; they carry no node name, for the caller to add.
@@ -30,7 +27,6 @@ pub mod api;
 mod containers;
 mod error;
 mod images;
-mod info;
 pub mod labels;
 mod node;
 mod probe;
@@ -38,19 +34,21 @@ mod record;
 mod time;
 mod version;
 
-pub use containers::{
-    ContainerId, ContainerState, Health, Protocol, PublishedPort, RunState,
-    inspect_containers_argv, list_containers_argv, parse_container, parse_container_ids,
-    parse_inspect, vanished_ids,
-};
-pub use error::{ParseError, Probe};
+pub use containers::Protocol;
+pub use containers::{ContainerId, PublishedPort, RunState};
+pub use containers::{ContainerState, Health, parse_container_ids, parse_inspect};
+pub use error::ParseError;
+pub use error::Probe;
 pub(crate) use error::{check_header, clip};
-pub use images::{IMAGES_PATH, Images, parse_image_list};
-pub use info::{DockerInfo, docker_info_argv, parse_docker_info};
-pub use labels::{Identity, JobLabels, LabelProblem, PrismLabels};
-pub use node::{
-    DockerSetup, FACTS_SCRIPT, NodeFacts, Notice, SocketAccess, node_facts_argv, parse_node_facts,
-};
-pub use probe::{Condition, ProbeLimits, Probed, probe, probe_with_metadata};
-pub use record::{container_records, node_record};
-pub use version::{docker_version_argv, parse_docker_version};
+pub use images::Images;
+pub(crate) use images::{IMAGES_PATH, parse_image_list};
+pub use labels::Identity;
+pub use labels::{JobLabels, LabelProblem, PrismLabels};
+pub use node::NodeFacts;
+pub use node::SocketAccess;
+pub use node::{DockerSetup, Notice};
+pub(crate) use node::{node_facts_argv, parse_node_facts};
+pub(crate) use probe::probe_with_metadata;
+pub use probe::{Condition, ProbeLimits, Probed, probe};
+pub(crate) use record::{container_records, node_record};
+pub(crate) use version::{docker_version_argv, parse_docker_version};

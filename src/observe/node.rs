@@ -22,7 +22,7 @@
 use super::error::{ParseError, Probe, check_header, clip};
 
 /// The script run by `sh -c`: a constant, never formatted.
-pub const FACTS_SCRIPT: &str = include_str!("facts.sh");
+pub(crate) const FACTS_SCRIPT: &str = include_str!("facts.sh");
 
 const HEADER: &str = "prism-facts 2";
 
@@ -30,7 +30,7 @@ const HEADER: &str = "prism-facts 2";
 /// script also reads the instance metadata for a spot notice. Its exit
 /// status is that of its last `echo`: 0 unless the shell itself failed;
 /// judge the output, not the status.
-pub fn node_facts_argv(metadata_url: Option<&str>) -> Vec<String> {
+pub(crate) fn node_facts_argv(metadata_url: Option<&str>) -> Vec<String> {
     let mut argv = vec![
         "sh".to_owned(),
         "-c".to_owned(),
@@ -109,7 +109,7 @@ struct Section<'a> {
 }
 
 /// Parses the facts script's stdout.
-pub fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
+pub(crate) fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
     let bad =
         |line: Option<usize>, detail: String| ParseError::malformed(Probe::NodeFacts, line, detail);
     let mut lines = stdout.lines().enumerate().map(|(i, l)| (i + 1, l));

@@ -162,7 +162,7 @@ pub async fn probe(pool: &Pool, target: &Target, fleet: &str, limits: ProbeLimit
 
 /// [`probe`], and with `metadata_url` the node's instance metadata is read
 /// for a spot notice in the same round trip (in [`NodeFacts::notice`]).
-pub async fn probe_with_metadata(
+pub(crate) async fn probe_with_metadata(
     pool: &Pool,
     target: &Target,
     fleet: &str,

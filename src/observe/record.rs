@@ -9,7 +9,7 @@ use crate::store::{ContainerRecord, NodeRecord};
 /// The node's row after a probe at `now`, in `state` (ready, suspect, ...).
 /// `previous` keeps what a failed probe cannot tell (memory, Docker's
 /// version) and when it was first seen.
-pub fn node_record(
+pub(crate) fn node_record(
     node: &Node,
     probed: &Probed,
     state: NodeState,
@@ -59,7 +59,7 @@ pub fn node_record(
 
 /// The fleet's containers on the node; containers whose labels are not
 /// whole Prism labels are left out (they are not Prism's to show as pods).
-pub fn container_records(
+pub(crate) fn container_records(
     node_id: &str,
     containers: &[ContainerState],
     now: i64,

@@ -3,7 +3,7 @@
 //! stopped daemon from an sshd that refuses to forward to the socket.
 
 /// `docker version --format {{.Server.Version}}`.
-pub fn docker_version_argv() -> Vec<String> {
+pub(crate) fn docker_version_argv() -> Vec<String> {
     ["docker", "version", "--format", "{{.Server.Version}}"]
         .map(String::from)
         .into()
@@ -11,7 +11,7 @@ pub fn docker_version_argv() -> Vec<String> {
 
 /// The daemon's version, or Docker's own message of why it did not answer
 /// (`Cannot connect to the Docker daemon at …`, `permission denied …`).
-pub fn parse_docker_version(
+pub(crate) fn parse_docker_version(
     status: Option<u32>,
     stdout: &str,
     stderr: &str,

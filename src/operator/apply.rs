@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
 
-pub use commands::ActionError;
+pub(crate) use commands::ActionError;
 
 use super::lease::Fence;
 use super::routing::Router;
@@ -90,12 +90,12 @@ impl Workers {
     }
 
     /// Nodes at work, and since when.
-    pub fn at_work(&self) -> Vec<(String, Instant)> {
+    pub(crate) fn at_work(&self) -> Vec<(String, Instant)> {
         self.busy().iter().map(|(n, at)| (n.clone(), *at)).collect()
     }
 
     /// Outcomes that came in since the last apply stopped waiting.
-    pub fn take_late(&self) -> Vec<Outcome> {
+    pub(crate) fn take_late(&self) -> Vec<Outcome> {
         let Ok(mut rx) = self.rx.try_lock() else {
             return Vec::new();
         };
@@ -109,7 +109,7 @@ impl Workers {
     }
 
     /// Waits until no worker is at work, or `deadline`.
-    pub async fn wait_idle(&self, deadline: tokio::time::Instant) {
+    pub(crate) async fn wait_idle(&self, deadline: tokio::time::Instant) {
         while !self.busy().is_empty() {
             if tokio::time::timeout_at(deadline, self.finished.notified())
                 .await

@@ -20,10 +20,10 @@ use crate::proxy::{self, Listener, Proxy, Settings, TlsError, TlsUpkeep};
 use crate::store::{ProxyTraffic, Writer, now_ms};
 
 /// Makes the router of a fleet.toml for the proxy that serves.
-pub type RouterMaker = Arc<dyn Fn(&Fleet) -> Arc<dyn Router> + Send + Sync>;
+pub(crate) type RouterMaker = Arc<dyn Fn(&Fleet) -> Arc<dyn Router> + Send + Sync>;
 
 /// How often [`Serving::publish_traffic`] writes the proxy's counters.
-pub const TRAFFIC_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const TRAFFIC_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontError {
@@ -40,7 +40,7 @@ pub enum FrontError {
 
 /// The proxy and admin listeners, bound before anything is served so a
 /// port in use stops the process at once.
-pub struct Front {
+pub(crate) struct Front {
     proxy: Proxy,
     listener: Listener,
     /// `[proxy] https`, and the task keeping its certificates current.
@@ -126,7 +126,7 @@ impl Front {
 }
 
 /// The listeners of a [`Front`], being served.
-pub struct Serving {
+pub(crate) struct Serving {
     proxy: Proxy,
     metrics: FleetMetrics,
     stop: watch::Sender<bool>,
@@ -146,7 +146,7 @@ impl Serving {
     }
 
     /// Makes the router of a fleet.toml for this proxy (a reload's).
-    pub fn router_maker(&self) -> RouterMaker {
+    pub(crate) fn router_maker(&self) -> RouterMaker {
         let proxy = self.proxy.clone();
         Arc::new(move |fleet: &Fleet| -> Arc<dyn Router> {
             Arc::new(ProxyRouter::new(proxy.clone(), fleet.clone()))
@@ -171,7 +171,7 @@ impl Serving {
     /// Writes the proxy's request counters into the store every second,
     /// for dashboards attached to this process (they read the store, not
     /// this process's memory). Stops with the listeners.
-    pub fn publish_traffic(&mut self, journal: Writer) {
+    pub(crate) fn publish_traffic(&mut self, journal: Writer) {
         let proxy = self.proxy.clone();
         let mut stop = self.stop.subscribe();
         self.tasks.push(tokio::spawn(async move {
@@ -197,7 +197,7 @@ impl Serving {
 
     /// The listener tasks, for a supervisor to watch; `stop` then only
     /// signals them, and the supervisor joins them.
-    pub fn take_tasks(&mut self) -> Vec<JoinHandle<()>> {
+    pub(crate) fn take_tasks(&mut self) -> Vec<JoinHandle<()>> {
         std::mem::take(&mut self.tasks)
     }
 

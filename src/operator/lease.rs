@@ -14,10 +14,10 @@ use crate::store::{Lease, StoreError, Writer};
 /// How often the heartbeat is written. Well inside any TTL, and often
 /// enough that `prism status` can tell an applier whose writes fail
 /// ([`HEARTBEAT_LATE`]).
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
 /// A heartbeat this old, from a holder whose process still runs, means its
 /// writes to the state file fail (or the process hangs).
-pub const HEARTBEAT_LATE: Duration = Duration::from_secs(20);
+pub(crate) const HEARTBEAT_LATE: Duration = Duration::from_secs(20);
 /// How long a fence check waits for the store; a store this slow cannot
 /// prove the lock lost, and the heartbeat goes on trying.
 const CHECK_WAIT: Duration = Duration::from_secs(2);
@@ -62,7 +62,7 @@ impl Fence {
         }
     }
 
-    pub fn lost_why(&self) -> Option<String> {
+    pub(crate) fn lost_why(&self) -> Option<String> {
         self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

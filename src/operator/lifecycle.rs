@@ -11,7 +11,7 @@ use crate::reconcile::NodeState;
 
 /// How long a gone node is still listed (`prism status`, the dashboard)
 /// after it went; then its row is dropped. Events keep its history.
-pub const GONE_SHOWN_FOR: Duration = Duration::from_secs(60 * 60);
+pub(crate) const GONE_SHOWN_FOR: Duration = Duration::from_secs(60 * 60);
 
 /// - EC2 says it is going (shutting down, stopping): lost at once.
 /// - A changed host key: untrusted, never touched, until someone looks.
@@ -68,7 +68,11 @@ fn never_ready(previous: Option<NodeState>) -> bool {
 /// Whether a node that answers holds what it needs before it takes pods:
 /// each of the fleet's images (`wanted`) is on it (`held`), or failed to
 /// pull there (`failed`).
-pub fn images_settled(wanted: &BTreeSet<String>, held: &Images, failed: &BTreeSet<String>) -> bool {
+pub(crate) fn images_settled(
+    wanted: &BTreeSet<String>,
+    held: &Images,
+    failed: &BTreeSet<String>,
+) -> bool {
     wanted
         .iter()
         .all(|image| held.contains(image) || failed.contains(image))
@@ -82,7 +86,7 @@ pub fn images_settled(wanted: &BTreeSet<String>, held: &Images, failed: &BTreeSe
 /// that keeps missing is seen by the next pass's listing anyway, one
 /// never ready has no pods to move, and one EC2 already reports leaving
 /// is lost already; a host key or login problem is no sign of termination.
-pub fn worth_recheck(node: &Node, probed: &Probed, previous: Option<NodeState>) -> bool {
+pub(crate) fn worth_recheck(node: &Node, probed: &Probed, previous: Option<NodeState>) -> bool {
     let answered_before = matches!(previous, Some(NodeState::Ready | NodeState::Draining));
     let silent = matches!(
         probed,

@@ -67,7 +67,7 @@ impl Memory {
     }
 
     /// The recorded state of a node, if any.
-    pub fn state_of(&self, id: &str) -> Option<NodeState> {
+    pub(crate) fn state_of(&self, id: &str) -> Option<NodeState> {
         self.nodes.get(id).map(|n| n.state)
     }
 
@@ -76,7 +76,7 @@ impl Memory {
         self.nodes.values().filter(|n| n.state != NodeState::Gone)
     }
 
-    pub fn placement_list(&self) -> Vec<Placement> {
+    pub(crate) fn placement_list(&self) -> Vec<Placement> {
         self.placements.values().cloned().collect()
     }
 
@@ -93,7 +93,7 @@ impl Memory {
     }
 
     /// Forgets a pod's placement, here and in the store.
-    pub fn unplace(&mut self, journal: &Writer, pod: &PodKey) {
+    pub(crate) fn unplace(&mut self, journal: &Writer, pod: &PodKey) {
         self.placements.remove(pod);
         let (app, instance) = (pod.app.clone(), pod.instance);
         journal.submit("remove a placement", move |s| {
@@ -102,7 +102,7 @@ impl Memory {
     }
 
     /// Keeps a hold, here and in the store.
-    pub fn keep_hold(journal: &Writer, hold: &Hold) {
+    pub(crate) fn keep_hold(journal: &Writer, hold: &Hold) {
         let hold = hold.clone();
         journal.submit("store a hold", move |s| s.put_hold(&hold));
     }

@@ -38,7 +38,7 @@ struct ResultLabels {
 
 /// Handles on the operator's metrics; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct FleetMetrics {
+pub(crate) struct FleetMetrics {
     nodes: Family<StateLabels, Gauge>,
     pods_placed: Gauge,
     pods_unplaced: Gauge,

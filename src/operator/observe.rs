@@ -39,7 +39,7 @@ pub async fn observe(
 /// read a spot notice at in the same round trip, if it is due. A probe,
 /// connecting included, that takes longer than `limits.timeout` is a
 /// timeout: a dead node delays the pass by that much at most.
-pub async fn observe_with_metadata(
+pub(crate) async fn observe_with_metadata(
     pool: &Pool,
     nodes: &[Node],
     fleet: &str,

@@ -37,7 +37,7 @@ pub enum PassError {
 impl PassError {
     /// Problems of the operator's own set-up (fleet.toml's secrets, the
     /// key), as opposed to the world: nothing was applied.
-    pub fn is_setup(&self) -> bool {
+    pub(crate) fn is_setup(&self) -> bool {
         matches!(
             self,
             PassError::Secret(_) | PassError::MissingSecret(_) | PassError::Ssh(_)
@@ -93,7 +93,7 @@ impl Operator {
 
     /// Routes follow each pass, and containers are drained before they
     /// stop.
-    pub fn with_router(self, router: Arc<dyn Router>) -> Operator {
+    pub(crate) fn with_router(self, router: Arc<dyn Router>) -> Operator {
         Operator {
             router: Some(router),
             ..self
@@ -116,7 +116,7 @@ impl Operator {
     /// Discovers, probes and records every node, then plans: the pods, the
     /// jobs' ticks and the restarts asked for in `memory`, and what the
     /// guards hold back. Changes nothing on the nodes.
-    pub async fn observe_and_plan(
+    pub(crate) async fn observe_and_plan(
         &self,
         memory: &mut Memory,
         journal: &Writer,
@@ -269,7 +269,7 @@ impl Operator {
     /// plan: more than half of the fleet's pods removed that way is held
     /// back (see `reconcile::guard`). Not while a reload is held back: the
     /// loop plans with the fleet.toml it had, and the hold is the reload's.
-    pub fn guard_apps(&self, memory: &mut Memory, journal: &Writer, planned: &mut Planned) {
+    pub(crate) fn guard_apps(&self, memory: &mut Memory, journal: &Writer, planned: &mut Planned) {
         let placed = memory.placements.keys().cloned();
         let pods = fleet_pods(self.fleet(), placed, &planned.observed);
         let change = apps_removed(&self.desired, &pods);
@@ -281,7 +281,7 @@ impl Operator {
 
     /// Judges a mass change of `kind`; returns the hold when it is held
     /// back. Keeps memory and the store in step and tells of it.
-    pub fn admit(
+    pub(crate) fn admit(
         &self,
         memory: &mut Memory,
         journal: &Writer,
@@ -449,7 +449,7 @@ impl Planned {
 }
 
 /// Whether a node's health verdict says its new containers still settle.
-pub fn settling(planned: &Planned) -> bool {
+pub(crate) fn settling(planned: &Planned) -> bool {
     planned
         .observed
         .values()

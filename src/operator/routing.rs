@@ -123,7 +123,7 @@ pub trait Router: Send + Sync {
 }
 
 /// A [`Router`] that feeds the bundled proxy.
-pub struct ProxyRouter {
+pub(crate) struct ProxyRouter {
     proxy: Proxy,
     fleet: Fleet,
     /// Endpoints of the containers in the table last published.

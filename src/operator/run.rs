@@ -22,7 +22,7 @@ use crate::store::{Level, NewEvent, Request, RequestKind, WriteHealth, Writer, n
 
 /// A pass waits this long at most for its nodes' workers; slower ones
 /// (a hung node, a long pull) go on in the background and report later.
-pub const PASS_BUDGET: Duration = Duration::from_secs(10);
+pub(crate) const PASS_BUDGET: Duration = Duration::from_secs(10);
 /// How soon the next pass comes while containers are settling or workers
 /// are at work.
 const SETTLE: Duration = Duration::from_millis(500);
@@ -34,7 +34,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// What one pass saw and did.
 #[derive(Clone)]
-pub struct PassReport {
+pub(crate) struct PassReport {
     /// When the pass ended (ms since the epoch).
     pub finished_ms: i64,
     pub took: Duration,
@@ -73,7 +73,7 @@ pub enum Input {
 }
 
 /// How the outside steers a running loop, and hears from it.
-pub struct Control {
+pub(crate) struct Control {
     inbox: mpsc::UnboundedSender<Input>,
     stop: watch::Sender<bool>,
     reports: watch::Sender<Option<Arc<PassReport>>>,
@@ -94,17 +94,12 @@ impl Control {
         let _ = self.inbox.send(input);
     }
 
-    /// Starts a pass now instead of at the next tick.
-    pub fn reconcile_now(&self) {
-        self.send(Input::Reconcile);
-    }
-
     /// Ends the loop after the pass in flight, if any, has finished.
     pub fn stop(&self) {
         self.stop.send_replace(true);
     }
 
-    pub fn stopping(&self) -> watch::Receiver<bool> {
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
         self.stop.subscribe()
     }
 
@@ -115,7 +110,7 @@ impl Control {
 }
 
 /// What a pass tells as it goes.
-pub enum Heard<'a> {
+pub(crate) enum Heard<'a> {
     /// A placement stored, before the actions run.
     Placement(&'a PlacementChange),
     /// An action's outcome, on the node so named.
@@ -123,10 +118,10 @@ pub enum Heard<'a> {
 }
 
 /// A listener to a pass as it goes.
-pub type Progress = Box<dyn Fn(Heard<'_>) + Send + Sync>;
+pub(crate) type Progress = Box<dyn Fn(Heard<'_>) + Send + Sync>;
 
 /// Everything the loop owns.
-pub struct Loop {
+pub(crate) struct Loop {
     pub operator: Arc<Operator>,
     pub applier: Applier,
     pub memory: Memory,

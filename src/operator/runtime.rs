@@ -51,7 +51,7 @@ pub enum StartError {
 impl StartError {
     /// Nothing was started: the set-up is wrong (secrets, the key, a port,
     /// a certificate) or another applier holds the lock. Exit 2.
-    pub fn is_setup(&self) -> bool {
+    pub(crate) fn is_setup(&self) -> bool {
         match self {
             StartError::Pass(e) => e.is_setup(),
             StartError::Store(e) => matches!(e, StoreError::Locked { .. }),
@@ -73,7 +73,7 @@ pub enum RunError {
 /// What every applying process holds: the store's writer, the lease on the
 /// apply lock and its fence, and the workers in flight.
 #[derive(Clone)]
-pub struct Applying {
+pub(crate) struct Applying {
     pub journal: Writer,
     pub fence: Arc<Fence>,
     pub workers: Arc<Workers>,
@@ -82,7 +82,7 @@ pub struct Applying {
 impl Applying {
     /// Steps 1, 2 and 4: the operator of `config`, the lock for `role`, and
     /// what the store recorded.
-    pub async fn begin(
+    pub(crate) async fn begin(
         config: Config,
         role: &str,
     ) -> Result<(Operator, Memory, Applying), StartError> {
@@ -257,7 +257,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
 }
 
 impl Running {
-    pub fn control(&self) -> &Arc<Control> {
+    pub(crate) fn control(&self) -> &Arc<Control> {
         &self.control
     }
 

@@ -26,7 +26,7 @@ pub const ACME_TLS_1: &[u8] = b"acme-tls/1";
 /// TLS-ALPN-01 challenge for `host`: one DNS name, `host`, and the critical
 /// id-pe-acmeIdentifier extension holding `digest`, the SHA-256 of the key
 /// authorization.
-pub fn challenge_certificate(host: &str, digest: &[u8]) -> Result<CertifiedKey, String> {
+pub(crate) fn challenge_certificate(host: &str, digest: &[u8]) -> Result<CertifiedKey, String> {
     // rcgen asserts the length; say it instead of panicking.
     if digest.len() != 32 {
         return Err(format!(
@@ -60,7 +60,7 @@ pub fn challenge_certificate(host: &str, digest: &[u8]) -> Result<CertifiedKey, 
 
 /// Whether a ClientHello is an ACME validation: ALPN `acme-tls/1` and no
 /// other protocol, as RFC 8737 has the CA send it.
-pub fn is_validation(hello: &ClientHello<'_>) -> bool {
+pub(crate) fn is_validation(hello: &ClientHello<'_>) -> bool {
     match hello.alpn() {
         Some(mut protocols) => protocols.next() == Some(ACME_TLS_1) && protocols.next().is_none(),
         None => false,
@@ -69,7 +69,9 @@ pub fn is_validation(hello: &ClientHello<'_>) -> bool {
 
 /// The rustls settings of one validation handshake: `key` as the
 /// certificate, `acme-tls/1` as the only protocol.
-pub fn validation_config(key: Arc<CertifiedKey>) -> Result<Arc<ServerConfig>, rustls::Error> {
+pub(crate) fn validation_config(
+    key: Arc<CertifiedKey>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

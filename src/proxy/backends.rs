@@ -20,7 +20,7 @@ use super::shards::Shards;
 /// the same instance at the same endpoint, and by the requests in flight
 /// to it, so a swap neither resets nor cuts them.
 #[derive(Debug)]
-pub struct BackendState {
+pub(crate) struct BackendState {
     /// Who the instance is; its health is each table's word, in `Backend`.
     pub upstream: Upstream,
     pub endpoint: String,
@@ -85,20 +85,20 @@ impl BackendState {
             .sum()
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.on.load(Ordering::Acquire)
     }
 
-    pub fn is_down(&self) -> bool {
+    pub(crate) fn is_down(&self) -> bool {
         self.down_until_ms.load(Ordering::Relaxed) > now_ms()
     }
 
-    pub fn connect_failures(&self) -> u64 {
+    pub(crate) fn connect_failures(&self) -> u64 {
         self.connect_failures.load(Ordering::Relaxed)
     }
 
     /// After a failed connect: no new requests for `time`.
-    pub fn mark_down(&self, time: Duration) {
+    pub(crate) fn mark_down(&self, time: Duration) {
         let until = now_ms().saturating_add(u64::try_from(time.as_millis()).unwrap_or(u64::MAX));
         self.down_until_ms.fetch_max(until, Ordering::Relaxed);
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -174,7 +174,7 @@ pub struct DrainReport {
 
 /// A request in flight to an instance.
 #[derive(Debug)]
-pub struct InFlight(Arc<Count>);
+pub(crate) struct InFlight(Arc<Count>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -191,7 +191,7 @@ impl Drop for InFlight {
 /// An instance in one table: the shared state plus this table's word on
 /// its health.
 #[derive(Debug)]
-pub struct Backend {
+pub(crate) struct Backend {
     pub state: Arc<BackendState>,
     pub healthy: bool,
 }
@@ -208,7 +208,7 @@ impl Backend {
 /// A route with its live instances, each worker's round-robin position,
 /// and metrics.
 #[derive(Debug)]
-pub struct LiveRoute {
+pub(crate) struct LiveRoute {
     pub route: Route,
     pub backends: Vec<Backend>,
     turns: Shards<AtomicUsize>,
@@ -253,7 +253,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn lookup(&self, host: &str, path: &str) -> Option<&LiveRoute> {
+    pub(crate) fn lookup(&self, host: &str, path: &str) -> Option<&LiveRoute> {
         self.table
             .lookup_index(host, path)
             .and_then(|i| self.routes.get(i))
@@ -287,7 +287,7 @@ impl Registry {
     /// different instance starts afresh; instances no longer listed are
     /// retired (requests still running to them keep theirs), and
     /// forgotten at a later swap once idle.
-    pub fn snapshot(&mut self, table: RouteTable, metrics: &Metrics) -> Snapshot {
+    pub(crate) fn snapshot(&mut self, table: RouteTable, metrics: &Metrics) -> Snapshot {
         let mut states: HashMap<String, Arc<BackendState>> = HashMap::new();
         let mut routes = Vec::with_capacity(table.routes().len());
         for route in table.routes() {

@@ -15,7 +15,7 @@ use super::pool::Lease;
 
 /// A response body as the client connection sends it.
 #[derive(Debug)]
-pub struct ProxyBody {
+pub(crate) struct ProxyBody {
     kind: Kind,
     /// The client connection's count of responses being sent, held until
     /// hyper is done with the body.
@@ -146,7 +146,7 @@ pub mod pages {
     use super::*;
 
     /// 308: the same request, at `url` (the method and body are kept).
-    pub fn moved_to(url: &str) -> Response<ProxyBody> {
+    pub(crate) fn moved_to(url: &str) -> Response<ProxyBody> {
         let mut resp = page(
             StatusCode::PERMANENT_REDIRECT,
             format!("308 Permanent Redirect\n\nThis site is served at {url}\n"),
@@ -157,21 +157,21 @@ pub mod pages {
         resp
     }
 
-    pub fn unknown_host(host: &str) -> Response<ProxyBody> {
+    pub(crate) fn unknown_host(host: &str) -> Response<ProxyBody> {
         page(
             StatusCode::NOT_FOUND,
             format!("404 Not Found\n\nNo app is served at {host:?} here.\n"),
         )
     }
 
-    pub fn no_host() -> Response<ProxyBody> {
+    pub(crate) fn no_host() -> Response<ProxyBody> {
         page(
             StatusCode::BAD_REQUEST,
             "400 Bad Request\n\nThe request names no host.\n".into(),
         )
     }
 
-    pub fn unavailable(retry_after: u32) -> Response<ProxyBody> {
+    pub(crate) fn unavailable(retry_after: u32) -> Response<ProxyBody> {
         let mut resp = page(
             StatusCode::SERVICE_UNAVAILABLE,
             "503 Service Unavailable\n\nNo instance of this app can take the request right now; try again shortly.\n".into(),
@@ -181,7 +181,7 @@ pub mod pages {
         resp
     }
 
-    pub fn too_large(limit: u64) -> Response<ProxyBody> {
+    pub(crate) fn too_large(limit: u64) -> Response<ProxyBody> {
         page(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
@@ -190,14 +190,14 @@ pub mod pages {
         )
     }
 
-    pub fn bad_gateway() -> Response<ProxyBody> {
+    pub(crate) fn bad_gateway() -> Response<ProxyBody> {
         page(
             StatusCode::BAD_GATEWAY,
             "502 Bad Gateway\n\nThe app's instance did not answer properly.\n".into(),
         )
     }
 
-    pub fn gateway_timeout() -> Response<ProxyBody> {
+    pub(crate) fn gateway_timeout() -> Response<ProxyBody> {
         page(
             StatusCode::GATEWAY_TIMEOUT,
             "504 Gateway Timeout\n\nThe app's instance took too long to answer.\n".into(),

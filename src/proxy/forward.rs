@@ -31,13 +31,13 @@ use super::pool::{self, Lease, Pool};
 
 /// What an instance receives as a body: the client's, capped at the
 /// route's limit, or nothing (and then the request can be sent again).
-pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
+pub(crate) type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
 
 /// Instances tried per request at most, the first one included.
 const MAX_ATTEMPTS: usize = 3;
 
 /// State shared by every worker thread.
-pub struct Shared {
+pub(crate) struct Shared {
     pub routes: Arc<ArcSwap<Snapshot>>,
     pub settings: Settings,
     pub metrics: Metrics,
@@ -47,7 +47,7 @@ pub struct Shared {
 /// One worker thread's own: its number, its pool of connections to
 /// instances and its hold on the route table. A request is served start to
 /// end on one thread.
-pub struct Worker {
+pub(crate) struct Worker {
     pub shared: Arc<Shared>,
     /// Which part of each per-worker count is this worker's (see
     /// [`super::shards`]).
@@ -97,7 +97,7 @@ impl Worker {
 
 /// One client connection, as its requests see it.
 #[derive(Debug)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     /// The peer's address as a header value, made once for every request's
     /// X-Forwarded-For.
     pub client_ip: HeaderValue,
@@ -124,7 +124,7 @@ impl ConnInfo {
 }
 
 /// hyper's service for one request.
-pub async fn handle(
+pub(crate) async fn handle(
     worker: Arc<Worker>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,

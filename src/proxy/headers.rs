@@ -8,10 +8,10 @@ use bytes::BytesMut;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1),
 /// plus the older ones proxies still see.
@@ -33,7 +33,7 @@ const MAX_REQUEST_ID: usize = 200;
 /// upgrade (WebSocket) keeps `Upgrade` and gets `Connection: upgrade` back,
 /// since the upgrade has to reach the other side; otherwise `Upgrade` goes
 /// too.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none of them: one pass over the few names they
     // have is cheaper than a hashed removal per hop-by-hop name.
     if !keep_upgrade
@@ -65,7 +65,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Whether an HTTP/1.1 message asks to switch protocols: `Connection`
 /// lists `upgrade` and an `Upgrade` header is present.
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
@@ -78,7 +78,7 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Appends the client to X-Forwarded-For and sets X-Forwarded-Proto and
 /// X-Forwarded-Host (the proxy is the edge: what a client claims for those
 /// two is replaced).
-pub fn add_forwarded(
+pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
     client: &HeaderValue,
     proto: &'static str,

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config;
 
-pub use crate::config::Balance;
+pub(crate) use crate::config::Balance;
 
 /// Everything the proxy needs from `[proxy]`, in plain types.
 #[derive(Debug, Clone)]
@@ -91,7 +91,7 @@ pub fn now_ms() -> u64 {
 /// since when a request head has been coming in, and what is in flight.
 /// Stamped by [`Stamped`] as bytes move and by the request handler.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     /// When a byte was last read, and written (`now_ms`).
     read: AtomicU64,
     written: AtomicU64,
@@ -134,14 +134,14 @@ impl Activity {
         self.busy.load(Ordering::Relaxed) > 0
     }
 
-    pub fn multiplexed(&self) -> bool {
+    pub(crate) fn multiplexed(&self) -> bool {
         self.multiplexed.load(Ordering::Relaxed)
     }
 
     /// Since when the request head being awaited has been, if one is: the
     /// connection's start for the first, later (HTTP/1.1) ones from their
     /// first byte read after the last response was sent.
-    pub fn head_started(&self) -> Option<u64> {
+    pub(crate) fn head_started(&self) -> Option<u64> {
         let since = self.head_since.load(Ordering::Relaxed);
         (since != 0 && self.quiet() && !self.multiplexed()).then_some(since)
     }
@@ -154,7 +154,7 @@ impl Activity {
     /// A request head is complete: it is being handled until the first
     /// guard drops, and answered until the second does (give that one to
     /// the response body).
-    pub fn start_request(self: &Arc<Self>, multiplexed: bool) -> (Handling<'_>, Answering) {
+    pub(crate) fn start_request(self: &Arc<Self>, multiplexed: bool) -> (Handling<'_>, Answering) {
         self.busy.fetch_add(1, Ordering::Relaxed);
         self.answering.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
@@ -179,7 +179,7 @@ impl Activity {
 }
 
 /// A request in flight on a connection (see [`Activity::start_request`]).
-pub struct Handling<'a>(&'a Activity);
+pub(crate) struct Handling<'a>(&'a Activity);
 
 impl Drop for Handling<'_> {
     fn drop(&mut self) {
@@ -189,7 +189,7 @@ impl Drop for Handling<'_> {
 
 /// A response being sent on a connection (see [`Activity::start_request`]).
 #[derive(Debug)]
-pub struct Answering(Arc<Activity>);
+pub(crate) struct Answering(Arc<Activity>);
 
 impl Drop for Answering {
     fn drop(&mut self) {
@@ -199,7 +199,7 @@ impl Drop for Answering {
 
 /// Wraps a client socket and stamps its [`Activity`] as bytes move, so a
 /// watchdog can close connections that went quiet or trickle their heads.
-pub struct Stamped<T> {
+pub(crate) struct Stamped<T> {
     inner: T,
     activity: Arc<Activity>,
 }

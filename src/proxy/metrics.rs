@@ -26,7 +26,7 @@ use super::shards::Shards;
 use super::tls::Tls;
 
 /// The `host` label of requests that matched no route.
-pub const UNKNOWN_HOST: &str = "unknown";
+pub(crate) const UNKNOWN_HOST: &str = "unknown";
 
 /// Upper bounds of the latency buckets, in seconds to the response head:
 /// 1 ms to 30 s (and +Inf after).
@@ -49,7 +49,7 @@ const COMMON_CODES: [u16; 20] = [
 
 /// The proxy's metric handles; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     hosts: Arc<Mutex<Hosts>>,
     pub connections: Gauge,
     pub swaps: Counter,
@@ -90,12 +90,12 @@ pub struct Traffic {
 }
 
 /// One host's counts: what a route (or the unknown host) records into.
-pub type RouteMetrics = Arc<HostCounts>;
+pub(crate) type RouteMetrics = Arc<HostCounts>;
 
 /// One host's requests by status and latency, a part per worker (see
 /// [`Shards`]): every request counts on its own worker's lines only.
 #[derive(Debug)]
-pub struct HostCounts {
+pub(crate) struct HostCounts {
     parts: Shards<Part>,
     /// Codes not in [`COMMON_CODES`].
     rare: Mutex<HashMap<u16, u64>>,
@@ -280,7 +280,7 @@ impl Collector for RequestCollector {
 
 /// Each instance in the table being served, read at scrape time.
 #[derive(Debug)]
-pub struct UpstreamCollector(pub Arc<ArcSwap<Snapshot>>);
+pub(crate) struct UpstreamCollector(pub Arc<ArcSwap<Snapshot>>);
 
 #[derive(Debug, Clone, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
@@ -355,7 +355,7 @@ impl Collector for UpstreamCollector {
 /// The certificates being served, read at scrape time: alert on an expiry
 /// that comes near (a renewal that keeps failing, a file not replaced).
 #[derive(Debug)]
-pub struct TlsCollector(pub Arc<Tls>);
+pub(crate) struct TlsCollector(pub Arc<Tls>);
 
 #[derive(Debug, Clone, PartialEq, Eq, EncodeLabelSet)]
 struct CertLabels {

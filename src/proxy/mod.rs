@@ -49,14 +49,15 @@ use prometheus_client::registry::Registry;
 
 use crate::config::Config;
 
-pub use acme::{Acme, AcmeError, AcmeSettings, Obtained};
+pub use acme::{Acme, AcmeSettings, Obtained};
 pub use admin::{bind as bind_admin, serve as serve_admin};
-pub use backends::DrainReport;
-pub use limits::{Balance, Settings};
-pub use metrics::Traffic;
-pub use routes::{Route, RouteTable, Upstream, endpoint};
+pub(crate) use backends::DrainReport;
+pub use limits::Settings;
+pub(crate) use metrics::Traffic;
+pub use routes::{RouteTable, Upstream, endpoint};
 pub use server::Listener;
-pub use tls::{CertInfo, Loaded, Tls, TlsError, acme_hosts, cert_info, load_pem};
+pub use tls::{CertInfo, Loaded, TlsError};
+pub use tls::{Tls, acme_hosts, cert_info};
 
 use backends::Snapshot;
 use forward::Shared;

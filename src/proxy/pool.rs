@@ -70,7 +70,7 @@ pub struct Lease {
 
 impl Lease {
     /// Back to the pool, once its response has been read to the end.
-    pub fn release(self) {
+    pub(crate) fn release(self) {
         self.pool.put(self.authority, self.sender);
     }
 }
@@ -93,7 +93,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn is_connect(&self) -> bool {
+    pub(crate) fn is_connect(&self) -> bool {
         matches!(self, Error::Connect(_))
     }
 }
@@ -258,7 +258,7 @@ impl Pool {
 
     /// Sweeps `pool` every few seconds while it exists. Spawn it on the
     /// worker's runtime: it ends with the runtime.
-    pub async fn sweep_while_alive(pool: Weak<Pool>) {
+    pub(crate) async fn sweep_while_alive(pool: Weak<Pool>) {
         let period = match pool.upgrade() {
             Some(p) => (p.idle_timeout / 3).max(Duration::from_millis(100)),
             None => return,

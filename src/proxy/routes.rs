@@ -135,12 +135,13 @@ impl RouteTable {
 
     /// The route for a request's host (as sent: any case, maybe with a
     /// port or a trailing dot) and path.
-    pub fn lookup(&self, host: &str, path: &str) -> Option<&Route> {
+    #[cfg(test)]
+    pub(crate) fn lookup(&self, host: &str, path: &str) -> Option<&Route> {
         self.lookup_index(host, path).map(|i| &self.routes[i])
     }
 
     /// As `lookup`, the route's index in `routes()`.
-    pub fn lookup_index(&self, host: &str, path: &str) -> Option<usize> {
+    pub(crate) fn lookup_index(&self, host: &str, path: &str) -> Option<usize> {
         let host = normalize_host(host)?;
         let host = host.as_ref();
         let matching = |list: &[usize]| {
@@ -161,7 +162,7 @@ impl RouteTable {
         &self.routes
     }
 
-    pub fn conflicts(&self) -> &[String] {
+    pub(crate) fn conflicts(&self) -> &[String] {
         &self.conflicts
     }
 }

@@ -61,7 +61,7 @@ impl Listener {
     }
 
     /// The same sockets, serving TLS with `config`.
-    pub fn with_tls(mut self, config: Arc<ServerConfig>) -> Listener {
+    pub(crate) fn with_tls(mut self, config: Arc<ServerConfig>) -> Listener {
         self.tls = Some(config);
         self
     }
@@ -105,7 +105,7 @@ pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Listener> {
 }
 
 /// Binds one socket on the caller's runtime (the admin listener).
-pub fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     let mut listener = bind(addr, 1)?;
     match listener.sockets.pop() {
         Some(socket) => TcpListener::from_std(socket),
@@ -114,7 +114,7 @@ pub fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// The HTTP server settings every connection uses.
-pub fn http_builder(s: &Settings) -> auto::Builder<TokioExecutor> {
+pub(crate) fn http_builder(s: &Settings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -486,7 +486,7 @@ async fn watchdog(info: &ConnInfo, s: &Settings) -> Cut {
 }
 
 /// Resolves once no byte has moved for `idle`.
-pub async fn quiet_for(activity: &Activity, idle: Duration) {
+pub(crate) async fn quiet_for(activity: &Activity, idle: Duration) {
     let idle_ms = millis(idle);
     loop {
         let now = now_ms();

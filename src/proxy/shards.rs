@@ -18,7 +18,7 @@ pub fn parts(workers: usize) -> usize {
 }
 
 /// The number of a listener's worker `i` (of `workers`).
-pub fn worker_number(workers: usize, https: bool, i: usize) -> usize {
+pub(crate) fn worker_number(workers: usize, https: bool, i: usize) -> usize {
     if https { workers + i } else { i }
 }
 
@@ -26,7 +26,7 @@ pub fn worker_number(workers: usize, https: bool, i: usize) -> usize {
 #[derive(Debug)]
 /// Each part on cache lines of its own (128 bytes on x86-64: a line and
 /// the one next to it, which its cores fetch in pairs).
-pub struct Shards<T>(Box<[CachePadded<T>]>);
+pub(crate) struct Shards<T>(Box<[CachePadded<T>]>);
 
 impl<T> Shards<T> {
     /// `parts` parts (at least one), each made by `make`.

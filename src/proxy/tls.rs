@@ -83,7 +83,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Reads a PEM chain (leaf first) and its private key, and checks that
 /// they belong together. Errors name the file and say what is wrong.
-pub fn load_pem(cert: &[u8], key: &[u8]) -> Result<Loaded, String> {
+pub(crate) fn load_pem(cert: &[u8], key: &[u8]) -> Result<Loaded, String> {
     let chain = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("not a PEM certificate chain: {e}"))?;
@@ -269,7 +269,7 @@ impl Tls {
 
     /// The rustls settings of the HTTPS listener: certificates by SNI from
     /// this store (as it changes), ALPN h2 then http/1.1.
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
+    pub(crate) fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
@@ -365,7 +365,7 @@ impl Tls {
 
     /// Every name served and when its certificate expires, with where it
     /// came from (`file` or `acme`); for the metrics.
-    pub fn expiries(&self) -> Vec<(String, &'static str, SystemTime)> {
+    pub(crate) fn expiries(&self) -> Vec<(String, &'static str, SystemTime)> {
         let sources = self.sources();
         let files = sources.files.iter().flat_map(|f| {
             f.loaded

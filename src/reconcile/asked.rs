@@ -10,13 +10,13 @@ use crate::observe::ContainerState;
 use crate::store::Request;
 
 /// Per node, the restarts asked for.
-pub type Restarts = BTreeMap<String, Vec<Action>>;
+pub(crate) type Restarts = BTreeMap<String, Vec<Action>>;
 
 /// Per node, the restarts `asks` want; and the asks that cannot be done,
 /// with why, by request id. Only a container of this fleet that the pass
 /// observed on the node the request names can be restarted: a request
 /// cannot name anything else on the machine.
-pub fn plan_restarts(
+pub(crate) fn plan_restarts(
     fleet: &str,
     asks: &[Request],
     nodes: &[NodeView],

@@ -126,7 +126,7 @@ impl Desired {
     /// Every image a service runs, each with the strongest pull policy
     /// among its services (`always` over `missing`). An app scaled to zero
     /// runs nothing, so its images are not wanted anywhere.
-    pub fn image_policies(&self) -> BTreeMap<String, PullPolicy> {
+    pub(crate) fn image_policies(&self) -> BTreeMap<String, PullPolicy> {
         let mut out: BTreeMap<String, PullPolicy> = BTreeMap::new();
         let running = self.apps.values().filter(|a| a.instances > 0);
         for svc in running.flat_map(|a| &a.services) {
@@ -142,7 +142,7 @@ impl Desired {
     }
 
     /// The app of a pod, if the pod is wanted.
-    pub fn app_of(&self, pod: &PodKey) -> Option<&AppSpec> {
+    pub(crate) fn app_of(&self, pod: &PodKey) -> Option<&AppSpec> {
         self.apps
             .get(&pod.app)
             .filter(|a| pod.instance < a.instances)
@@ -153,7 +153,7 @@ impl Desired {
     }
 
     /// What `docker run` needs for one service of one pod.
-    pub fn run_spec(&self, pod: &PodKey, service: &ServiceSpec) -> RunSpec {
+    pub(crate) fn run_spec(&self, pod: &PodKey, service: &ServiceSpec) -> RunSpec {
         RunSpec {
             name: container_name(
                 &self.fleet,
@@ -177,7 +177,7 @@ impl ServiceSpec {
     /// it mounts a volume read-write, and two containers writing the same
     /// data (a database's files, an append-only log) corrupt it or fight
     /// over its lock. Other services are replaced make-before-break.
-    pub fn replace_stop_first(&self) -> bool {
+    pub(crate) fn replace_stop_first(&self) -> bool {
         self.container.volumes.iter().any(|v| !v.ends_with(":ro"))
     }
 }

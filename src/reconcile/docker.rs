@@ -18,7 +18,7 @@ use crate::observe::ContainerId;
 use crate::observe::labels::{self, PrismLabels};
 
 /// How long `docker stop` waits after SIGTERM before SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything `docker run` needs for one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,7 +48,7 @@ impl RunSpec {
     }
 
     /// Whether `docker run` needs an env file (the service has secrets).
-    pub fn needs_env_file(&self) -> bool {
+    pub(crate) fn needs_env_file(&self) -> bool {
         !self.config.secrets.is_empty()
     }
 }
@@ -60,7 +60,7 @@ fn argv<const N: usize>(words: [&str; N]) -> Vec<String> {
 /// `docker network create` for a pod's network, labelled with the fleet,
 /// app and instance. Exits 1 with "already exists" when it does: the
 /// caller treats that as done.
-pub fn network_create_argv(fleet: &str, pod: &PodKey, network: &str) -> Vec<String> {
+pub(crate) fn network_create_argv(fleet: &str, pod: &PodKey, network: &str) -> Vec<String> {
     let mut v = argv(["docker", "network", "create"]);
     for (key, value) in [
         (labels::FLEET, fleet),
@@ -75,7 +75,7 @@ pub fn network_create_argv(fleet: &str, pod: &PodKey, network: &str) -> Vec<Stri
 }
 
 /// `docker pull --quiet -- IMAGE`.
-pub fn pull_argv(image: &str) -> Vec<String> {
+pub(crate) fn pull_argv(image: &str) -> Vec<String> {
     let mut v = argv(["docker", "pull", "--quiet", "--"]);
     v.push(image.to_owned());
     v
@@ -83,14 +83,14 @@ pub fn pull_argv(image: &str) -> Vec<String> {
 
 /// `docker image inspect --format {{.Id}} -- IMAGE`: exit 0 when the node
 /// has the image (then a `pull = "missing"` service skips the pull).
-pub fn image_present_argv(image: &str) -> Vec<String> {
+pub(crate) fn image_present_argv(image: &str) -> Vec<String> {
     let mut v = argv(["docker", "image", "inspect", "--format", "{{.Id}}", "--"]);
     v.push(image.to_owned());
     v
 }
 
 /// `docker network rm -- NETWORK`; "No such network" counts as done.
-pub fn network_remove_argv(network: &str) -> Vec<String> {
+pub(crate) fn network_remove_argv(network: &str) -> Vec<String> {
     let mut v = argv(["docker", "network", "rm", "--"]);
     v.push(network.to_owned());
     v
@@ -98,13 +98,13 @@ pub fn network_remove_argv(network: &str) -> Vec<String> {
 
 /// A registry login: the argv, and what goes on its stdin (the password,
 /// and nothing else). The password has no way into the argv.
-pub fn login_command<'a>(host: &str, login: &'a RegistryLogin) -> (Vec<String>, &'a Secret) {
+pub(crate) fn login_command<'a>(host: &str, login: &'a RegistryLogin) -> (Vec<String>, &'a Secret) {
     (login_argv(host, &login.username), &login.password)
 }
 
 /// `docker login --username U --password-stdin HOST`; write the password
 /// (and nothing else) to its stdin.
-pub fn login_argv(host: &str, username: &str) -> Vec<String> {
+pub(crate) fn login_argv(host: &str, username: &str) -> Vec<String> {
     let mut v = argv(["docker", "login", "--username"]);
     v.extend([
         username.to_owned(),
@@ -118,7 +118,7 @@ pub fn login_argv(host: &str, username: &str) -> Vec<String> {
 /// The registry host of an image reference as Docker reads it: the part
 /// before the first '/' if it looks like a host (has a '.' or ':' or is
 /// `localhost`), else Docker Hub's `docker.io`.
-pub fn registry_host(image: &str) -> &str {
+pub(crate) fn registry_host(image: &str) -> &str {
     match image.split_once('/') {
         Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
         _ => "docker.io",
@@ -140,7 +140,10 @@ pub struct EnvFileMissing {
 /// [`env_file_content`], mode 0600 (or `/dev/stdin` with the content on
 /// stdin, which leaves nothing on the node's disk). Required exactly when
 /// [`RunSpec::needs_env_file`].
-pub fn run_argv(spec: &RunSpec, env_file: Option<&str>) -> Result<Vec<String>, EnvFileMissing> {
+pub(crate) fn run_argv(
+    spec: &RunSpec,
+    env_file: Option<&str>,
+) -> Result<Vec<String>, EnvFileMissing> {
     let c = &spec.config;
     let mut v = argv(["docker", "run", "-d", "--init", "--name"]);
     v.push(spec.name.clone());
@@ -210,7 +213,7 @@ pub struct EnvFileError {
 /// secret, values verbatim (Docker does no quoting or expansion). Values
 /// with a line break, carriage return or NUL are refused: the caller must
 /// fail the run, naming the secret.
-pub fn env_file_content(
+pub(crate) fn env_file_content(
     secrets: &std::collections::BTreeMap<String, Secret>,
 ) -> Result<Secret, EnvFileError> {
     let mut text = String::new();
@@ -230,14 +233,14 @@ pub fn env_file_content(
 }
 
 /// `docker start ID`.
-pub fn start_argv(id: &ContainerId) -> Vec<String> {
+pub(crate) fn start_argv(id: &ContainerId) -> Vec<String> {
     let mut v = argv(["docker", "start", "--"]);
     v.push(id.to_string());
     v
 }
 
 /// `docker restart -t SECONDS CONTAINER` (an id, or a name).
-pub fn restart_argv(container: &str, grace: Duration) -> Vec<String> {
+pub(crate) fn restart_argv(container: &str, grace: Duration) -> Vec<String> {
     let mut v = argv(["docker", "restart", "-t"]);
     v.extend([
         grace.as_secs().to_string(),
@@ -248,14 +251,14 @@ pub fn restart_argv(container: &str, grace: Duration) -> Vec<String> {
 }
 
 /// `docker stop -t SECONDS ID`: SIGTERM, then SIGKILL after the grace.
-pub fn stop_argv(id: &ContainerId, grace: Duration) -> Vec<String> {
+pub(crate) fn stop_argv(id: &ContainerId, grace: Duration) -> Vec<String> {
     let mut v = argv(["docker", "stop", "-t"]);
     v.extend([grace.as_secs().to_string(), "--".into(), id.to_string()]);
     v
 }
 
 /// `docker rm -f ID` (after [`stop_argv`] for a graceful stop).
-pub fn remove_argv(id: &ContainerId) -> Vec<String> {
+pub(crate) fn remove_argv(id: &ContainerId) -> Vec<String> {
     let mut v = argv(["docker", "rm", "-f", "--"]);
     v.push(id.to_string());
     v

@@ -51,7 +51,7 @@ impl HoldKind {
 
 /// A mass change seen this pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MassChange {
+pub(crate) struct MassChange {
     pub kind: HoldKind,
     /// What changes, as a sorted list: the apps removed, or the nodes
     /// missing. The same list seen again is the same change.
@@ -73,7 +73,7 @@ pub struct Hold {
 
 impl Hold {
     /// When it goes ahead unless confirmed before (unix ms).
-    pub fn release_at(&self, hold: Duration) -> i64 {
+    pub(crate) fn release_at(&self, hold: Duration) -> i64 {
         self.first_seen
             .saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX))
     }
@@ -87,7 +87,7 @@ impl fmt::Display for Hold {
 
 /// What the guard decided for one kind this pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// No mass change of this kind.
     Clear,
     /// Held back. `new`: first seen this pass (worth an event).
@@ -112,7 +112,7 @@ impl Holds {
     /// Judges `seen` (this pass's change of `kind`, if any) at `now`: a new
     /// change is held; the same change goes ahead once confirmed or seen
     /// again `hold` after it was first seen; no change clears the hold.
-    pub fn admit(
+    pub(crate) fn admit(
         &mut self,
         kind: HoldKind,
         seen: Option<MassChange>,
@@ -149,7 +149,7 @@ impl Holds {
     }
 
     /// Lets every change held now go ahead; the holds confirmed.
-    pub fn confirm_all(&mut self) -> Vec<Hold> {
+    pub(crate) fn confirm_all(&mut self) -> Vec<Hold> {
         self.0
             .values_mut()
             .map(|h| {
@@ -162,7 +162,7 @@ impl Holds {
 
 /// The apps-removed change, if more than half of the fleet's `pods` (those
 /// placed or seen running) belong to apps no longer in `desired`.
-pub fn apps_removed(desired: &Desired, pods: &BTreeSet<PodKey>) -> Option<MassChange> {
+pub(crate) fn apps_removed(desired: &Desired, pods: &BTreeSet<PodKey>) -> Option<MassChange> {
     let removed: Vec<&PodKey> = pods
         .iter()
         .filter(|p| !desired.apps.contains_key(&p.app))
@@ -186,7 +186,7 @@ pub fn apps_removed(desired: &Desired, pods: &BTreeSet<PodKey>) -> Option<MassCh
 
 /// The fleet's pods: those placed, and those with containers of
 /// `fleet` observed.
-pub fn fleet_pods(
+pub(crate) fn fleet_pods(
     fleet: &str,
     placed: impl IntoIterator<Item = PodKey>,
     observed: &BTreeMap<String, Vec<ContainerState>>,
@@ -204,7 +204,7 @@ pub fn fleet_pods(
 
 /// `plan` without what removes the pods of `apps`: their containers,
 /// networks and placements stay as they are.
-pub fn hold_apps(plan: &mut Plan, apps: &[String]) {
+pub(crate) fn hold_apps(plan: &mut Plan, apps: &[String]) {
     let held = |pod: &PodKey| apps.contains(&pod.app);
     for actions in plan.actions.values_mut() {
         actions.retain(|a| match a {
@@ -227,7 +227,10 @@ pub fn hold_apps(plan: &mut Plan, apps: &[String]) {
 /// (recorded and not gone) are missing from a listing (`listed`: every id
 /// the provider answered with, shutting down and terminated ones
 /// included).
-pub fn inventory_shrank(known: &BTreeSet<String>, listed: &BTreeSet<String>) -> Option<MassChange> {
+pub(crate) fn inventory_shrank(
+    known: &BTreeSet<String>,
+    listed: &BTreeSet<String>,
+) -> Option<MassChange> {
     let missing: Vec<String> = known.difference(listed).cloned().collect();
     if missing.is_empty() || missing.len().saturating_mul(2) <= known.len() {
         return None;

@@ -23,10 +23,10 @@ use crate::observe::{ContainerId, ContainerState, JobLabels, RunState, labels};
 use crate::store::Placement;
 
 /// A run with no `timeout` in fleet.toml is stopped after this.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// A run still up this long past its deadline (its watchdog failed, or
 /// was never started) is removed by the applier.
-pub const OVERDUE_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const OVERDUE_GRACE: Duration = Duration::from_secs(30);
 /// The watchdog's memory limit.
 const WATCHDOG_MEMORY: &str = "16m";
 
@@ -98,7 +98,7 @@ impl fmt::Display for JobEnd {
 
 /// The run of `app`'s job `job_name` for the tick at `at` (unix seconds),
 /// or why it cannot be built.
-pub fn job_run(
+pub(crate) fn job_run(
     desired: &Desired,
     app: &str,
     job_name: &str,
@@ -213,7 +213,7 @@ pub struct Tick {
 
 /// What the jobs need this pass.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct JobPlan {
+pub(crate) struct JobPlan {
     /// Per node, in order.
     pub actions: BTreeMap<String, Vec<Action>>,
     /// Ticks not run, and why, for the event log.
@@ -224,7 +224,7 @@ pub struct JobPlan {
 /// overdue one removed; each due tick runs on the node of its app's
 /// instance 0, unless a run of the same job is still going anywhere (no
 /// overlap), the pod is not placed, or its node is not ready and observed.
-pub fn plan_jobs(
+pub(crate) fn plan_jobs(
     desired: &Desired,
     ticks: &[Tick],
     nodes: &[NodeView],

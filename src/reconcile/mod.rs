@@ -43,23 +43,25 @@ mod schedule;
 mod secrets;
 mod spec;
 
-pub use asked::plan_restarts;
-pub use desired::{AppSpec, Desired, MissingSecret, PodKey, Reserve, ServiceSpec};
-pub use docker::{EnvFileError, EnvFileMissing, RunSpec};
-pub use guard::{
-    Admission, Hold, HoldKind, Holds, MassChange, apps_removed, fleet_pods, hold_apps,
-    inventory_shrank,
+pub(crate) use asked::plan_restarts;
+pub use desired::{AppSpec, MissingSecret};
+pub use desired::{Desired, PodKey, Reserve};
+pub use docker::RunSpec;
+pub use docker::{EnvFileError, EnvFileMissing};
+pub use guard::Hold;
+pub(crate) use guard::{
+    Admission, MassChange, apps_removed, fleet_pods, hold_apps, inventory_shrank,
 };
-pub use job::{DEFAULT_TIMEOUT, JobContainer, JobEnd, JobPlan, JobRun, Tick, job_run, plan_jobs};
-pub use plan::{
-    Action, ContainerRef, PlacementChange, Plan, PodPlacement, RemoveReason, RestartWhy, RunReason,
-    plan,
-};
-pub use problem::{Problem, ProblemKind};
-pub use schedule::{NodeState, NodeView, PodDemand, Schedule, schedule};
-pub use secrets::{
-    RegistryLogin, Secret, SecretError, SecretOwner, Secrets, env_file_unsafe, resolve_secrets,
-};
-pub use spec::{
-    ContainerConfig, SPEC_HASH_LEN, SpecHash, container_name, network_name, restart_arg,
-};
+pub use guard::{HoldKind, Holds};
+pub use job::Tick;
+pub(crate) use job::plan_jobs;
+pub use job::{JobContainer, JobEnd, JobRun};
+pub use plan::{Action, Plan, plan};
+pub use plan::{ContainerRef, PlacementChange, PodPlacement, RemoveReason, RestartWhy, RunReason};
+pub use problem::Problem;
+pub use problem::ProblemKind;
+pub use schedule::{NodeState, schedule};
+pub use schedule::{NodeView, PodDemand, Schedule};
+pub(crate) use secrets::resolve_secrets;
+pub use secrets::{Secret, SecretError, Secrets};
+pub use spec::{ContainerConfig, SpecHash};

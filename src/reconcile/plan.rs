@@ -65,7 +65,8 @@ impl Plan {
     }
 
     /// Every action, with its node, in order.
-    pub fn all_actions(&self) -> impl Iterator<Item = (&str, &Action)> {
+    #[cfg(test)]
+    pub(crate) fn all_actions(&self) -> impl Iterator<Item = (&str, &Action)> {
         self.actions
             .iter()
             .flat_map(|(node, acts)| acts.iter().map(move |a| (node.as_str(), a)))

@@ -68,7 +68,7 @@ pub enum NodeState {
 
 impl NodeState {
     /// Whether pods placed on the node stay there.
-    pub fn keeps_pods(self) -> bool {
+    pub(crate) fn keeps_pods(self) -> bool {
         matches!(
             self,
             NodeState::Ready | NodeState::Suspect | NodeState::Preparing
@@ -76,17 +76,17 @@ impl NodeState {
     }
 
     /// Whether new pods may go there.
-    pub fn takes_pods(self) -> bool {
+    pub(crate) fn takes_pods(self) -> bool {
         self == NodeState::Ready
     }
 
     /// Whether Prism may run commands on it (when it was observed).
-    pub fn touchable(self) -> bool {
+    pub(crate) fn touchable(self) -> bool {
         !matches!(self, NodeState::Untrusted | NodeState::Gone)
     }
 
     /// Every state, in the order `as_str` lists them.
-    pub const ALL: [NodeState; 7] = [
+    pub(crate) const ALL: [NodeState; 7] = [
         NodeState::Ready,
         NodeState::Suspect,
         NodeState::Preparing,

@@ -21,7 +21,7 @@ impl Secret {
 
     /// The value itself: only for the spec hash, the env file and the
     /// registry login's stdin.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -35,7 +35,7 @@ impl fmt::Debug for Secret {
 /// Why a value cannot go into a Docker env file, if it cannot: Docker
 /// reads the file line by line (so no line breaks), drops a trailing `\r`,
 /// and a process environment cannot hold NUL.
-pub fn env_file_unsafe(value: &str) -> Option<&'static str> {
+pub(crate) fn env_file_unsafe(value: &str) -> Option<&'static str> {
     if value.contains('\n') {
         Some("contains a line break, which a Docker env file cannot carry")
     } else if value.contains('\r') {
@@ -130,7 +130,7 @@ pub enum SecretError {
 /// Service secret files may end in one line break (as `echo` writes them),
 /// which is dropped; any other line break is refused, as Docker env files
 /// cannot carry it. A registry password is the file's first line.
-pub fn resolve_secrets(config: &Config) -> Result<Secrets, SecretError> {
+pub(crate) fn resolve_secrets(config: &Config) -> Result<Secrets, SecretError> {
     let mut out = Secrets::default();
     for (app_name, app) in &config.fleet.apps {
         for (svc_name, svc) in &app.services {

@@ -66,7 +66,7 @@ fn restart_policy<S: Serializer>(p: &RestartPolicy, s: S) -> Result<S::Ok, S::Er
 }
 
 /// The `--restart` value Docker takes.
-pub fn restart_arg(p: RestartPolicy) -> &'static str {
+pub(crate) fn restart_arg(p: RestartPolicy) -> &'static str {
     match p {
         RestartPolicy::Always => "always",
         RestartPolicy::UnlessStopped => "unless-stopped",
@@ -77,7 +77,7 @@ pub fn restart_arg(p: RestartPolicy) -> &'static str {
 
 /// Hex digits kept of the SHA-256: 48 bits, plenty to tell the versions
 /// of one service apart.
-pub const SPEC_HASH_LEN: usize = 12;
+pub(crate) const SPEC_HASH_LEN: usize = 12;
 
 /// The short hash of a [`ContainerConfig`], as it appears in the
 /// `prism.spec` label and the container name.
@@ -144,7 +144,7 @@ impl SpecHash {
     }
 
     /// A hash read back from a `prism.spec` label.
-    pub fn from_label(s: &str) -> SpecHash {
+    pub(crate) fn from_label(s: &str) -> SpecHash {
         SpecHash(s.to_owned())
     }
 
@@ -193,7 +193,7 @@ impl Encoder {
 /// hold a '.', so read from the right the name is unambiguous even when the
 /// fleet's name has dots; the spec hash in it lets a replacement run beside
 /// the container it replaces.
-pub fn container_name(
+pub(crate) fn container_name(
     fleet: &str,
     app: &str,
     instance: u32,
@@ -206,7 +206,7 @@ pub fn container_name(
 /// `prism.FLEET.APP.INSTANCE`: one network per pod, so the services of one
 /// instance reach each other by service name and never those of another
 /// instance that happens to share the node.
-pub fn network_name(fleet: &str, app: &str, instance: u32) -> String {
+pub(crate) fn network_name(fleet: &str, app: &str, instance: u32) -> String {
     format!("prism.{fleet}.{app}.{instance}")
 }
 

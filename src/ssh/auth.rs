@@ -45,7 +45,7 @@ impl Credentials {
     }
 
     /// The agent named by SSH_AUTH_SOCK.
-    pub fn agent_from_env() -> Result<Self, SshError> {
+    pub(crate) fn agent_from_env() -> Result<Self, SshError> {
         match std::env::var_os("SSH_AUTH_SOCK") {
             Some(sock) if !sock.is_empty() => Ok(Credentials::Agent {
                 socket: PathBuf::from(sock),

@@ -22,7 +22,7 @@ use super::{ExecLimits, Pool, Session, SshError, Target};
 
 /// Where Docker listens unless told otherwise (and where the docker CLI
 /// looks without `DOCKER_HOST`).
-pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+pub(crate) const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// A node's kept API connection, if one is open. The pool holds one per
 /// node beside the session; requests to the node take turns on it.

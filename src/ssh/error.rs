@@ -81,16 +81,4 @@ impl SshError {
             SshError::StreamStalled { .. } => "stream-stalled",
         }
     }
-
-    /// Whether the connection may be worth trying again soon.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            SshError::Unreachable { .. }
-                | SshError::HandshakeTimeout { .. }
-                | SshError::Timeout { .. }
-                | SshError::Protocol { .. }
-                | SshError::TooManyStreams { .. }
-        ) || matches!(self, SshError::ViaBastion { source, .. } if source.is_transient())
-    }
 }

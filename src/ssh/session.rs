@@ -47,7 +47,7 @@ impl Output {
     }
 
     /// `exit 3: <last line of stderr>`, for one-line error messages.
-    pub fn brief(&self) -> String {
+    pub(crate) fn brief(&self) -> String {
         let status = self
             .status
             .map_or_else(|| "no exit status".to_owned(), |s| format!("exit {s}"));
@@ -168,7 +168,7 @@ impl Session {
 
     /// Logs in over an already open byte stream (a TCP socket, or a
     /// channel through a bastion).
-    pub async fn over_stream<S>(
+    pub(crate) async fn over_stream<S>(
         stream: S,
         target: &Target,
         trust: Trust,
@@ -262,11 +262,11 @@ impl Session {
     }
 
     /// The key was accepted only because nothing was pinned yet.
-    pub fn needs_pin(&self) -> bool {
+    pub(crate) fn needs_pin(&self) -> bool {
         self.first_use
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.handle.is_closed()
     }
 
@@ -391,7 +391,7 @@ impl Session {
     /// (`direct-tcpip`): how a bastion carries a node's own SSH session. A
     /// refusal, or no answer within `timeout`, is the node's failure, not
     /// the bastion's.
-    pub async fn tunnel(
+    pub(crate) async fn tunnel(
         &self,
         to: &Target,
         timeout: Duration,
@@ -452,7 +452,7 @@ impl Session {
     /// Opens a channel to a Unix socket on the node
     /// (`direct-streamlocal@openssh.com`); sshd connects to it as the login
     /// user. Not a session: it does not count against MaxSessions.
-    pub async fn open_socket(
+    pub(crate) async fn open_socket(
         &self,
         path: &str,
     ) -> Result<russh::Channel<client::Msg>, russh::Error> {
@@ -534,7 +534,7 @@ fn keep(buf: &mut Vec<u8>, data: &[u8], cap: usize, truncated: &mut bool) {
 }
 
 /// Joins argv into one POSIX-shell-quoted command line.
-pub fn quote(node: &str, argv: &[String]) -> Result<String, SshError> {
+pub(crate) fn quote(node: &str, argv: &[String]) -> Result<String, SshError> {
     if let Some(index) = argv.iter().position(|a| a.contains('\0')) {
         return Err(SshError::BadArgument {
             node: node.to_owned(),

@@ -51,7 +51,7 @@ pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-pub fn judge(trust: &Trust, offered: &PublicKey) -> Verdict {
+pub(crate) fn judge(trust: &Trust, offered: &PublicKey) -> Verdict {
     match trust {
         Trust::Pinned(expected) if expected.key_data() == offered.key_data() => Verdict::Accepted,
         Trust::Pinned(expected) => Verdict::Mismatch {

@@ -78,7 +78,7 @@ pub struct Event {
 }
 
 impl Store {
-    pub fn record_event(&self, e: &NewEvent) -> Result<i64, StoreError> {
+    pub(crate) fn record_event(&self, e: &NewEvent) -> Result<i64, StoreError> {
         self.conn
             .execute(
                 "INSERT INTO events (at, level, kind, node_id, app, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -94,7 +94,7 @@ impl Store {
     }
 
     /// Events with an id above `after` (for following the log), newest first.
-    pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+    pub(crate) fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let mut stmt = self
             .conn
             .prepare(

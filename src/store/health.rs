@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{Row, params};
 use serde::Serialize;
 
 use super::{Store, StoreError};
@@ -53,7 +53,7 @@ pub struct Thresholds {
 
 /// Consecutive results and the verdict they add up to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tally {
+pub(crate) struct Tally {
     pub successes: u32,
     pub failures: u32,
     pub verdict: Verdict,
@@ -61,7 +61,7 @@ pub struct Tally {
 
 impl Tally {
     /// A container not checked since it started.
-    pub const NEW: Tally = Tally {
+    pub(crate) const NEW: Tally = Tally {
         successes: 0,
         failures: 0,
         verdict: Verdict::Starting,
@@ -240,7 +240,7 @@ impl HealthRecord {
 
 impl Store {
     /// Writes a container's record as counted ([`HealthRecord::counted`]).
-    pub fn put_health(&self, record: &HealthRecord) -> Result<(), StoreError> {
+    pub(crate) fn put_health(&self, record: &HealthRecord) -> Result<(), StoreError> {
         self.conn
             .execute(
                 &format!(
@@ -267,7 +267,7 @@ impl Store {
     }
 
     /// Drops the records of these containers.
-    pub fn remove_health(&mut self, ids: &[String]) -> Result<(), StoreError> {
+    pub(crate) fn remove_health(&mut self, ids: &[String]) -> Result<(), StoreError> {
         let file = self.file.clone();
         let err = |e| super::classify(&file, e);
         let tx = self.conn.transaction().map_err(err)?;
@@ -276,17 +276,6 @@ impl Store {
                 .map_err(err)?;
         }
         tx.commit().map_err(err)
-    }
-
-    pub fn health_record(&self, container_id: &str) -> Result<Option<HealthRecord>, StoreError> {
-        self.conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM health WHERE container_id = ?1"),
-                [container_id],
-                from_row,
-            )
-            .optional()
-            .map_err(|e| self.sql(e))
     }
 
     /// Every check record, by app, instance, service and node.
@@ -341,7 +330,7 @@ impl HealthBook {
     /// in `seen` (its containers read this pass) those not listed. Nodes
     /// in `nodes` but not in `seen` (unreachable this pass) keep theirs.
     /// Returns the ids dropped.
-    pub fn prune(
+    pub(crate) fn prune(
         &mut self,
         nodes: &BTreeSet<String>,
         seen: &BTreeMap<String, BTreeSet<String>>,

@@ -29,7 +29,7 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 
-    pub fn put_hold(&self, hold: &Hold) -> Result<(), StoreError> {
+    pub(crate) fn put_hold(&self, hold: &Hold) -> Result<(), StoreError> {
         let change = serde_json::to_string(&hold.items).unwrap_or_default();
         self.conn
             .execute(
@@ -47,7 +47,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn remove_hold(&self, kind: HoldKind) -> Result<(), StoreError> {
+    pub(crate) fn remove_hold(&self, kind: HoldKind) -> Result<(), StoreError> {
         self.conn
             .execute("DELETE FROM holds WHERE kind = ?1", [kind])
             .map_err(|e| self.sql(e))?;

@@ -52,7 +52,7 @@ pub struct Unplaceable {
 
 impl Store {
     /// Replaces the published plan with this pass's.
-    pub fn publish_plan(&self, plan: &PublishedPlan) -> Result<(), StoreError> {
+    pub(crate) fn publish_plan(&self, plan: &PublishedPlan) -> Result<(), StoreError> {
         let body = serde_json::to_string(plan)
             .map_err(|e| self.sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         self.conn

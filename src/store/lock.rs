@@ -182,7 +182,7 @@ impl Store {
 
     /// Whether `lease` still holds the lock (a read only: it works on a
     /// full disk); [`StoreError::LockLost`] when it does not.
-    pub fn check_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+    pub(crate) fn check_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         match self.lock_info()? {
             Some(held) if held.is(lease) => Ok(()),
             other => Err(self.lost(other)),

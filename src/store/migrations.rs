@@ -160,7 +160,7 @@ const STEPS: &[&str] = &[
     "#,
 ];
 
-pub const LATEST: i64 = STEPS.len() as i64;
+pub(crate) const LATEST: i64 = STEPS.len() as i64;
 
 #[derive(Debug)]
 pub enum Error {
@@ -175,7 +175,7 @@ impl From<rusqlite::Error> for Error {
 }
 
 /// Brings the file to the latest version; returns the version it was at.
-pub fn migrate(conn: &mut Connection) -> Result<i64, Error> {
+pub(crate) fn migrate(conn: &mut Connection) -> Result<i64, Error> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > LATEST {
         return Err(Error::TooNew {

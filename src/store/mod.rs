@@ -23,17 +23,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-pub use events::{Event, Level, NewEvent};
-pub use health::{
-    CheckOutcome, Checked, HealthBook, HealthRecord, Recorded, Tally, Thresholds, Verdict,
-};
-pub use host_keys::PinnedKey;
-pub use last_plan::{NodeActions, PlanLines, PublishedPlan, Unplaceable};
-pub use lock::{Lease, LockHolder, LockInfo, hostname};
+pub(crate) use events::NewEvent;
+pub use events::{Event, Level};
+pub use health::{CheckOutcome, Recorded, Thresholds};
+pub use health::{Checked, HealthBook, HealthRecord, Verdict};
+pub use last_plan::PlanLines;
+pub use last_plan::PublishedPlan;
+pub use last_plan::{NodeActions, Unplaceable};
+pub use lock::{Lease, LockInfo};
+pub use lock::{LockHolder, hostname};
 pub use nodes::{ContainerRecord, NodeRecord, Placement};
-pub use requests::{NewRequest, Request, RequestKind, RequestState};
-pub use traffic::ProxyTraffic;
-pub use writer::{WriteHealth, Writer};
+pub(crate) use requests::NewRequest;
+pub use requests::{Request, RequestKind, RequestState};
+pub(crate) use traffic::ProxyTraffic;
+pub(crate) use writer::WriteHealth;
+pub use writer::Writer;
 
 /// How long a writer waits for another to finish before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -117,7 +121,7 @@ impl Store {
     /// Opens an existing state file for reading only: `prism status` and
     /// the dashboard look without taking a writer's lock. A file from an
     /// older Prism is migrated first (a write, once).
-    pub fn open_read_only(file: &Path) -> Result<Option<Store>, StoreError> {
+    pub(crate) fn open_read_only(file: &Path) -> Result<Option<Store>, StoreError> {
         if !file.exists() {
             return Ok(None);
         }
@@ -148,7 +152,7 @@ impl Store {
     /// Drops events, and requests answered, older than `before` (unix ms):
     /// history is kept for `[fleet] keep_history`, not for ever. Returns
     /// how many of each went.
-    pub fn prune_history(&self, before: i64) -> Result<(usize, usize), StoreError> {
+    pub(crate) fn prune_history(&self, before: i64) -> Result<(usize, usize), StoreError> {
         let events = self
             .conn
             .execute("DELETE FROM events WHERE at < ?1", [before])

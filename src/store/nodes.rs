@@ -137,7 +137,7 @@ impl Store {
     /// containers and failed pulls. A gone node's `last_probe` is when it
     /// went (see the operator's `record_gone`); events keep its history.
     /// Returns how many were forgotten.
-    pub fn forget_gone(&mut self, before: i64) -> Result<usize, StoreError> {
+    pub(crate) fn forget_gone(&mut self, before: i64) -> Result<usize, StoreError> {
         let file = self.file.clone();
         let err = |e| super::classify(&file, e);
         let tx = self.conn.transaction().map_err(err)?;
@@ -247,7 +247,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn remove_placement(&self, app: &str, instance: u32) -> Result<(), StoreError> {
+    pub(crate) fn remove_placement(&self, app: &str, instance: u32) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "DELETE FROM placements WHERE app = ?1 AND instance = ?2",

@@ -10,7 +10,7 @@ use super::{Store, StoreError};
 
 impl Store {
     /// Records (or renews) a failed pull of `image` on `node_id`.
-    pub fn record_pull_failure(
+    pub(crate) fn record_pull_failure(
         &self,
         node_id: &str,
         image: &str,

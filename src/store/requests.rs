@@ -76,7 +76,7 @@ impl RequestState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewRequest {
+pub(crate) struct NewRequest {
     pub kind: RequestKind,
     pub node_id: Option<String>,
     pub container: Option<String>,
@@ -119,7 +119,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Option<Request>> {
 }
 
 impl Store {
-    pub fn add_request(&self, req: &NewRequest) -> Result<i64, StoreError> {
+    pub(crate) fn add_request(&self, req: &NewRequest) -> Result<i64, StoreError> {
         self.conn
             .execute(
                 "INSERT INTO requests (at, kind, node_id, container, by, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
@@ -131,7 +131,7 @@ impl Store {
 
     /// Marks every pending request running and returns them, oldest first:
     /// each is taken once, even with two readers.
-    pub fn take_requests(&self) -> Result<Vec<Request>, StoreError> {
+    pub(crate) fn take_requests(&self) -> Result<Vec<Request>, StoreError> {
         let mut stmt = self
             .conn
             .prepare(&format!(
@@ -147,7 +147,7 @@ impl Store {
         Ok(taken)
     }
 
-    pub fn finish_request(&self, id: i64, ok: bool, result: &str) -> Result<(), StoreError> {
+    pub(crate) fn finish_request(&self, id: i64, ok: bool, result: &str) -> Result<(), StoreError> {
         let state = if ok {
             RequestState::Done
         } else {

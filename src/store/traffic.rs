@@ -28,7 +28,7 @@ fn from_sql(n: i64) -> u64 {
 
 impl Store {
     /// Replaces the recorded counters with `traffic`.
-    pub fn write_proxy_traffic(&self, traffic: &ProxyTraffic) -> Result<(), StoreError> {
+    pub(crate) fn write_proxy_traffic(&self, traffic: &ProxyTraffic) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "INSERT INTO proxy_traffic (id, at, requests, server_errors) VALUES (1, ?1, ?2, ?3)
@@ -45,7 +45,7 @@ impl Store {
     }
 
     /// The counters last written, if a proxy ever wrote any.
-    pub fn proxy_traffic(&self) -> Result<Option<ProxyTraffic>, StoreError> {
+    pub(crate) fn proxy_traffic(&self) -> Result<Option<ProxyTraffic>, StoreError> {
         self.conn
             .query_row(
                 "SELECT at, requests, server_errors FROM proxy_traffic WHERE id = 1",

@@ -118,7 +118,7 @@ impl Writer {
     }
 
     /// Queues `work` and goes on; a failure is counted and logged.
-    pub fn submit<F>(&self, what: &'static str, work: F)
+    pub(crate) fn submit<F>(&self, what: &'static str, work: F)
     where
         F: FnOnce(&mut Store) -> Result<(), StoreError> + Send + 'static,
     {

@@ -26,7 +26,7 @@ pub enum Screen {
 }
 
 impl Screen {
-    pub fn is_table(self) -> bool {
+    pub(crate) fn is_table(self) -> bool {
         matches!(self, Screen::Nodes | Screen::Containers | Screen::Events)
     }
 
@@ -148,7 +148,7 @@ pub struct Confirm {
 }
 
 /// Lines kept of a log stream.
-pub const LOG_LINES: usize = 5_000;
+pub(crate) const LOG_LINES: usize = 5_000;
 const TAILS: [Option<u32>; 3] = [Some(100), Some(1000), None];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,7 +247,7 @@ impl App {
         Counts::of(&self.data, &self.desired)
     }
 
-    pub fn notify(&mut self, text: impl Into<String>, tone: Tone) {
+    pub(crate) fn notify(&mut self, text: impl Into<String>, tone: Tone) {
         self.notice = Some((text.into(), tone, self.now_ms));
     }
 
@@ -290,7 +290,7 @@ impl App {
     }
 
     /// The request was stored; its outcome shows when the applier is done.
-    pub fn requested(&mut self, id: i64, what: &str) {
+    pub(crate) fn requested(&mut self, id: i64, what: &str) {
         self.asked.push(id);
         let who = match &self.mode {
             Mode::InProcess => "the operator".to_owned(),
@@ -299,7 +299,7 @@ impl App {
         self.notify(format!("{what}: asked {who}"), Tone::Info);
     }
 
-    pub fn log_lines(&mut self, seq: u64, lines: Vec<String>) {
+    pub(crate) fn log_lines(&mut self, seq: u64, lines: Vec<String>) {
         let Some(view) = self.logs.as_mut().filter(|v| v.spec.seq == seq) else {
             return;
         };
@@ -315,13 +315,13 @@ impl App {
         }
     }
 
-    pub fn log_ended(&mut self, seq: u64, why: String) {
+    pub(crate) fn log_ended(&mut self, seq: u64, why: String) {
         if let Some(view) = self.logs.as_mut().filter(|v| v.spec.seq == seq) {
             view.status = why;
         }
     }
 
-    pub fn described(&mut self, seq: u64, text: String) {
+    pub(crate) fn described(&mut self, seq: u64, text: String) {
         if self.seq == seq
             && let Some(d) = self.describe.as_mut()
         {
@@ -359,15 +359,15 @@ impl App {
         rows
     }
 
-    pub fn sort_of(&self, screen: Screen) -> Option<(usize, bool)> {
+    pub(crate) fn sort_of(&self, screen: Screen) -> Option<(usize, bool)> {
         self.sort[screen.index()]
     }
 
-    pub fn selected(&self) -> usize {
+    pub(crate) fn selected(&self) -> usize {
         self.selected[self.screen.index()]
     }
 
-    pub fn selected_row(&self) -> Option<Row> {
+    pub(crate) fn selected_row(&self) -> Option<Row> {
         self.rows().into_iter().nth(self.selected())
     }
 
@@ -391,7 +391,7 @@ impl App {
         }
     }
 
-    pub fn plan_scroll(&self) -> usize {
+    pub(crate) fn plan_scroll(&self) -> usize {
         self.plan_scroll
     }
 
@@ -413,7 +413,7 @@ impl App {
         (left == Screen::Logs).then_some(Effect::StopLogs)
     }
 
-    pub fn on_key(&mut self, key: KeyEvent) -> Option<Effect> {
+    pub(crate) fn on_key(&mut self, key: KeyEvent) -> Option<Effect> {
         if self.help {
             self.help = false;
             return None;

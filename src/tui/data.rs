@@ -12,7 +12,7 @@ use crate::store::{
 };
 
 /// Events kept on screen.
-pub const EVENTS: usize = 300;
+pub(crate) const EVENTS: usize = 300;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -67,7 +67,7 @@ pub struct DesiredPods {
 }
 
 impl DesiredPods {
-    pub fn from_fleet(fleet: &Fleet) -> DesiredPods {
+    pub(crate) fn from_fleet(fleet: &Fleet) -> DesiredPods {
         let mut d = DesiredPods::default();
         for (app, a) in &fleet.apps {
             let services: BTreeSet<String> = a.services.keys().cloned().collect();
@@ -152,7 +152,7 @@ pub mod fixtures {
     use crate::cloud::Lifecycle;
     use crate::store::{Level, RequestKind, RequestState};
 
-    pub const NOW: i64 = 1_000_000_000;
+    pub(crate) const NOW: i64 = 1_000_000_000;
 
     pub fn node(id: &str, name: &str, state: NodeState, lifecycle: Lifecycle) -> NodeRecord {
         NodeRecord {
@@ -205,7 +205,7 @@ pub mod fixtures {
         }
     }
 
-    pub fn snapshot() -> Snapshot {
+    pub(crate) fn snapshot() -> Snapshot {
         Snapshot {
             nodes: vec![
                 node("i-0aaa", "node1", NodeState::Ready, Lifecycle::Spot),
@@ -307,7 +307,7 @@ pub mod fixtures {
         }
     }
 
-    pub fn desired() -> DesiredPods {
+    pub(crate) fn desired() -> DesiredPods {
         let mut d = DesiredPods::default();
         let web: BTreeSet<String> = ["web".to_string()].into();
         d.pods.insert(

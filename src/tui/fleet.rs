@@ -16,7 +16,7 @@ use crate::store::{NodeRecord, Writer};
 /// How the dashboard reaches the nodes and the applier: the operator's
 /// pool when it runs here, else one of its own; the store's writer, for
 /// requests.
-pub struct Reach {
+pub(crate) struct Reach {
     pub pool: Arc<Pool>,
     pub journal: Writer,
 }
@@ -53,7 +53,7 @@ pub fn target(config: &Config, node: &NodeRecord) -> Target {
 
 /// Terminal control characters from a container must not reach the
 /// screen: tabs become spaces, other controls go.
-pub fn clean(line: &str) -> String {
+pub(crate) fn clean(line: &str) -> String {
     line.trim_end_matches('\r')
         .replace('\t', "    ")
         .chars()
@@ -61,7 +61,7 @@ pub fn clean(line: &str) -> String {
         .collect()
 }
 
-pub fn logs_argv(spec: &LogSpec) -> Vec<String> {
+pub(crate) fn logs_argv(spec: &LogSpec) -> Vec<String> {
     let mut argv: Vec<String> = ["docker", "logs", "--follow"]
         .iter()
         .map(|s| s.to_string())
@@ -81,7 +81,7 @@ pub fn logs_argv(spec: &LogSpec) -> Vec<String> {
 
 /// Streams logs until the stream ends or the task is aborted (which drops
 /// the stream and so stops `docker logs` on the node).
-pub async fn stream_logs(
+pub(crate) async fn stream_logs(
     reach: Arc<Reach>,
     target: Target,
     spec: LogSpec,
@@ -127,7 +127,7 @@ pub async fn stream_logs(
 }
 
 /// The complete lines at the front of `buf`, removed from it.
-pub fn take_lines(buf: &mut Vec<u8>) -> Vec<String> {
+pub(crate) fn take_lines(buf: &mut Vec<u8>) -> Vec<String> {
     let Some(last) = buf.iter().rposition(|b| *b == b'\n') else {
         return Vec::new();
     };
@@ -190,7 +190,7 @@ pub async fn describe(
 }
 
 /// Env entries of secret variables keep their name, not their value.
-pub fn hide_secrets(inspect: &mut serde_json::Value, names: &BTreeSet<String>) {
+pub(crate) fn hide_secrets(inspect: &mut serde_json::Value, names: &BTreeSet<String>) {
     let Some(items) = inspect.as_array_mut() else {
         return;
     };

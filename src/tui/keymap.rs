@@ -38,7 +38,7 @@ pub enum Action {
 
 /// Where a binding applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     Everywhere,
     /// Nodes, Containers and Events.
     Tables,
@@ -65,7 +65,7 @@ impl Scope {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keys {
+pub(crate) enum Keys {
     Char(char),
     Ctrl(char),
     Code(KeyCode),
@@ -104,7 +104,7 @@ impl Keys {
     }
 }
 
-pub struct Binding {
+pub(crate) struct Binding {
     pub keys: Keys,
     pub scope: Scope,
     pub action: Action,
@@ -124,7 +124,7 @@ use Keys::{Char, Code, Ctrl};
 use Scope::{Everywhere, Tables};
 
 /// Earlier entries win when two match.
-pub const KEYMAP: &[Binding] = &[
+pub(crate) const KEYMAP: &[Binding] = &[
     bind(Char('?'), Everywhere, Action::Help, "this help"),
     bind(Char('q'), Everywhere, Action::Quit, "quit"),
     bind(Ctrl('c'), Everywhere, Action::Quit, "quit"),
@@ -225,7 +225,7 @@ pub const KEYMAP: &[Binding] = &[
 ];
 
 /// The action `key` means on `screen`, if any.
-pub fn lookup(key: &KeyEvent, screen: Screen) -> Option<Action> {
+pub(crate) fn lookup(key: &KeyEvent, screen: Screen) -> Option<Action> {
     KEYMAP
         .iter()
         .find(|b| b.scope.covers(screen) && b.keys.matches(key))
@@ -234,7 +234,7 @@ pub fn lookup(key: &KeyEvent, screen: Screen) -> Option<Action> {
 
 /// The help's lines: key, where, what; a key listed twice (j and ↓) is
 /// merged onto one line.
-pub fn help_lines() -> Vec<(String, &'static str, &'static str)> {
+pub(crate) fn help_lines() -> Vec<(String, &'static str, &'static str)> {
     let mut lines: Vec<(String, &'static str, &'static str)> = Vec::new();
     for b in KEYMAP {
         match lines

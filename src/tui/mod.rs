@@ -83,7 +83,7 @@ impl TuiError {
     /// Nothing ran: the set-up was wrong (secrets, the key, a port, no
     /// terminal) or another applier holds the lock, as for the other
     /// commands.
-    pub fn is_setup(&self) -> bool {
+    pub(crate) fn is_setup(&self) -> bool {
         match self {
             TuiError::Start(e) => e.is_setup(),
             TuiError::Front(_) => true,
@@ -95,7 +95,7 @@ impl TuiError {
 }
 
 /// Everything that reaches the UI loop.
-pub enum Msg {
+pub(crate) enum Msg {
     Key(KeyEvent),
     Redraw,
     Tick,

@@ -10,7 +10,7 @@ use crate::reconcile::NodeState;
 use crate::store::Level;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Column {
+pub(crate) struct Column {
     pub title: &'static str,
     /// Width below which the column is not worth showing.
     pub min: u16,
@@ -76,7 +76,7 @@ const EVENT_COLUMNS: &[Column] = &[
     },
 ];
 
-pub fn columns(screen: Screen) -> &'static [Column] {
+pub(crate) fn columns(screen: Screen) -> &'static [Column] {
     match screen {
         Screen::Nodes => NODE_COLUMNS,
         Screen::Containers => CONTAINER_COLUMNS,
@@ -87,7 +87,7 @@ pub fn columns(screen: Screen) -> &'static [Column] {
 
 /// Which columns (by index) fit `width`, one space between each: the
 /// highest priorities drop first.
-pub fn visible(columns: &[Column], width: u16) -> Vec<usize> {
+pub(crate) fn visible(columns: &[Column], width: u16) -> Vec<usize> {
     let mut shown: Vec<usize> = (0..columns.len()).collect();
     let need =
         |shown: &[usize]| -> u32 { shown.iter().map(|&i| u32::from(columns[i].min) + 1).sum() };
@@ -159,7 +159,7 @@ pub struct Row {
     pub cells: Vec<Cell>,
 }
 
-pub fn node_tone(state: NodeState) -> Tone {
+pub(crate) fn node_tone(state: NodeState) -> Tone {
     match state {
         NodeState::Ready => Tone::Good,
         NodeState::Suspect | NodeState::Draining => Tone::Warn,
@@ -168,7 +168,7 @@ pub fn node_tone(state: NodeState) -> Tone {
     }
 }
 
-pub fn run_tone(state: &str) -> Tone {
+pub(crate) fn run_tone(state: &str) -> Tone {
     match state {
         "running" => Tone::Good,
         "created" | "restarting" | "paused" | "removing" => Tone::Warn,
@@ -177,7 +177,7 @@ pub fn run_tone(state: &str) -> Tone {
     }
 }
 
-pub fn health_tone(health: &str) -> Tone {
+pub(crate) fn health_tone(health: &str) -> Tone {
     match health {
         "healthy" => Tone::Good,
         "starting" => Tone::Warn,
@@ -193,7 +193,7 @@ fn node_name<'a>(data: &'a Snapshot, id: &'a str) -> &'a str {
         .map_or(id, |n| n.name.as_str())
 }
 
-pub fn node_rows(data: &Snapshot, now: i64) -> Vec<Row> {
+pub(crate) fn node_rows(data: &Snapshot, now: i64) -> Vec<Row> {
     let mut rows: Vec<Row> = data
         .nodes
         .iter()
@@ -239,7 +239,7 @@ pub fn node_rows(data: &Snapshot, now: i64) -> Vec<Row> {
     rows
 }
 
-pub fn container_rows(data: &Snapshot, desired: &DesiredPods, now: i64) -> Vec<Row> {
+pub(crate) fn container_rows(data: &Snapshot, desired: &DesiredPods, now: i64) -> Vec<Row> {
     let gone = data.gone();
     // Containers last seen on a node that is lost or gone: what runs there
     // now is unknown.
@@ -319,7 +319,7 @@ pub fn container_rows(data: &Snapshot, desired: &DesiredPods, now: i64) -> Vec<R
     rows
 }
 
-pub fn event_rows(data: &Snapshot, now: i64) -> Vec<Row> {
+pub(crate) fn event_rows(data: &Snapshot, now: i64) -> Vec<Row> {
     data.events
         .iter()
         .map(|e| {
@@ -344,7 +344,7 @@ pub fn event_rows(data: &Snapshot, now: i64) -> Vec<Row> {
 
 /// The image without its registry host (describe shows it whole): the
 /// repository and tag are what tell containers apart.
-pub fn short_image(image: &str) -> &str {
+pub(crate) fn short_image(image: &str) -> &str {
     match image.split_once('/') {
         Some((host, rest)) if host.contains(['.', ':']) || host == "localhost" => rest,
         _ => image,

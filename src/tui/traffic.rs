@@ -9,10 +9,10 @@ use std::collections::VecDeque;
 use crate::store::ProxyTraffic;
 
 /// Rates are over about this much time.
-pub const WINDOW_MS: i64 = 5_000;
+pub(crate) const WINDOW_MS: i64 = 5_000;
 /// A newest reading older than this means no proxy reports: the daemon
 /// runs without one (`--no-proxy`), or has stopped.
-pub const STALE_MS: i64 = 5_000;
+pub(crate) const STALE_MS: i64 = 5_000;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProxyRate {
@@ -24,7 +24,7 @@ pub struct ProxyRate {
 
 /// What the header says about the proxy.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ProxyView {
+pub(crate) enum ProxyView {
     /// No proxy runs, or none reports.
     Off,
     /// One reading so far: no rate yet.
@@ -74,7 +74,7 @@ impl Meter {
     }
 
     /// The figures at `now_ms`.
-    pub fn view(&self, now_ms: i64) -> ProxyView {
+    pub(crate) fn view(&self, now_ms: i64) -> ProxyView {
         let (Some(first), Some(last)) = (self.readings.front(), self.readings.back()) else {
             return ProxyView::Off;
         };

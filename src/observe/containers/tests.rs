@@ -1,14 +1,13 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::*;
-use crate::observe::labels::{LabelProblem, PrismLabels};
+use crate::observe::labels::{self, LabelProblem, PrismLabels};
 
 // Captured on prism-lab-node1 (Docker 20.10.24): see fixtures/.
 const IDS: &str = include_str!("../fixtures/ps_ids.txt");
 const LAB: &str = include_str!("../fixtures/inspect_lab.json");
 const FAILED: &str = include_str!("../fixtures/inspect_failed.json");
 const UNLABELLED: &str = include_str!("../fixtures/inspect_unlabelled.json");
-const VANISHED: &str = include_str!("../fixtures/inspect_vanished.stderr");
 
 fn id(s: &str) -> ContainerId {
     ContainerId::parse(s).unwrap()
@@ -35,35 +34,6 @@ fn port(container_port: u16, protocol: Protocol, ip: [u8; 4], host_port: u16) ->
 
 fn by_name<'a>(all: &'a [ContainerState], name: &str) -> &'a ContainerState {
     all.iter().find(|c| c.name == name).unwrap()
-}
-
-#[test]
-fn argv() {
-    assert_eq!(
-        list_containers_argv("lab"),
-        [
-            "docker",
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            "label=prism.fleet=lab"
-        ]
-    );
-    assert_eq!(inspect_containers_argv(&[]), None);
-    let ids = parse_container_ids(IDS).unwrap();
-    let argv = inspect_containers_argv(&ids[..2]).unwrap();
-    assert_eq!(
-        argv,
-        [
-            "docker",
-            "container",
-            "inspect",
-            "--",
-            "693998c9481fa22adfd17d41553b356f02f4aa196c9b0f8f5e9271c6ffed4ab6",
-            "aef7afb671495b32c2f4280dba00c5a8c52da00a570aba351a958814b56dc185",
-        ]
-    );
 }
 
 #[test]
@@ -381,25 +351,4 @@ fn not_an_array_or_not_json() {
         let err = parse_inspect(text).unwrap_err();
         assert!(err.to_string().contains(want), "{text:?}: {err}");
     }
-}
-
-#[test]
-fn vanished_between_ps_and_inspect() {
-    // Real stderr of inspect with one removed id (exit status 1).
-    assert_eq!(vanished_ids(VANISHED), Some(vec![id(&"0".repeat(64))]));
-    let two = format!("{VANISHED}Error: No such object: {}\n", "f".repeat(64));
-    assert_eq!(vanished_ids(&two).map(|v| v.len()), Some(2));
-    // Anything else means inspect failed.
-    assert_eq!(vanished_ids(""), None);
-    assert_eq!(
-        vanished_ids(
-            "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
-        ),
-        None
-    );
-    assert_eq!(
-        vanished_ids(&format!("{VANISHED}Error: something else\n")),
-        None
-    );
-    assert_eq!(vanished_ids("Error: No such container: abc"), None);
 }

@@ -12,7 +12,7 @@ use crate::cli::table::age;
 use crate::tui::app::{App, Mode, Screen, Tone};
 use crate::tui::traffic::ProxyView;
 
-pub const HEIGHT: u16 = 3;
+pub(crate) const HEIGHT: u16 = 3;
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let bold = Style::default().add_modifier(Modifier::BOLD);

@@ -15,7 +15,7 @@ use ratatui::widgets::{Block, Cell, Row, Table, TableState};
 use super::app::{App, Input, Screen, Tone};
 use super::table::{columns, visible};
 
-pub fn style(tone: Tone) -> Style {
+pub(crate) fn style(tone: Tone) -> Style {
     match tone {
         Tone::Plain => Style::default(),
         Tone::Good => Style::default().fg(Color::Green),
@@ -27,7 +27,7 @@ pub fn style(tone: Tone) -> Style {
 }
 
 /// The selected row: reversed and bold, which every theme shows.
-pub fn selected() -> Style {
+pub(crate) fn selected() -> Style {
     Style::default().add_modifier(Modifier::REVERSED | Modifier::BOLD)
 }
 
