@@ -31,6 +31,10 @@ pub fn validate(fleet: &Fleet) -> Vec<Diagnostic> {
     v.problems
 }
 
+/// Pods of one app at most: far beyond a fleet Prism is for, and a bound
+/// on what one line of fleet.toml can make the planner do.
+pub const MAX_INSTANCES: u32 = 1000;
+
 #[derive(Default)]
 struct Checker {
     problems: Vec<Diagnostic>,
@@ -376,6 +380,15 @@ impl Checker {
                 at.clone(),
                 "the app has no services and no jobs",
                 format!("add a [apps.{name}.services.NAME] table"),
+            );
+        }
+        if app.instances > MAX_INSTANCES {
+            self.err(
+                at.key("instances"),
+                format!(
+                    "instances must be at most {MAX_INSTANCES}, found {}",
+                    app.instances
+                ),
             );
         }
         for (svc_name, svc) in &app.services {

@@ -57,7 +57,15 @@ pub struct Applied {
     /// Nodes with actions that got none this pass: a worker of an earlier
     /// pass is still at work there.
     pub busy: Vec<String>,
+    /// When the next pass should come, if sooner than the interval:
+    /// containers just started await their checks (as kube-rs's reconcile
+    /// asks to be requeued). A worker still at work wakes the loop itself
+    /// when it is done ([`Workers::finished`]).
+    pub requeue: Option<Duration>,
 }
+
+/// How soon the next pass comes after containers were started.
+pub const SOON: Duration = Duration::from_millis(500);
 
 /// The workers in flight, shared by every [`Applier`] of the process (a
 /// reload makes a new applier; a node's worker outlives it).
@@ -110,11 +118,16 @@ impl Workers {
 
     /// Waits until no worker is at work, or `deadline`.
     pub(crate) async fn wait_idle(&self, deadline: tokio::time::Instant) {
-        while !self.busy().is_empty() {
-            if tokio::time::timeout_at(deadline, self.finished.notified())
-                .await
-                .is_err()
-            {
+        loop {
+            // Listening before looking: a worker that ends in between
+            // still wakes this.
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            if self.busy().is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, finished).await.is_err() {
                 return;
             }
         }
@@ -206,6 +219,16 @@ impl Applier {
             }
         }
         applied.running = started.into_iter().collect();
+        let started_containers = applied.outcomes.iter().any(|o| {
+            o.result.is_ok()
+                && matches!(
+                    o.action,
+                    Action::Run { .. } | Action::Start { .. } | Action::Restart { .. }
+                )
+        });
+        if started_containers {
+            applied.requeue = Some(SOON);
+        }
         applied
     }
 }

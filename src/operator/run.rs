@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::apply::{Applier, Outcome, Workers};
+use super::apply::{Applier, Outcome, SOON, Workers};
 use super::lease::Fence;
 use super::memory::Memory;
 use super::pass::settling;
@@ -23,9 +23,6 @@ use crate::store::{Level, NewEvent, Request, RequestKind, WriteHealth, Writer, n
 /// A pass waits this long at most for its nodes' workers; slower ones
 /// (a hung node, a long pull) go on in the background and report later.
 pub(crate) const PASS_BUDGET: Duration = Duration::from_secs(10);
-/// How soon the next pass comes while containers are settling or workers
-/// are at work.
-const SETTLE: Duration = Duration::from_millis(500);
 /// For this long after containers were started, at most: a container that
 /// never passes does not keep passes (and EC2 calls) quick for ever.
 const SETTLE_FOR: Duration = Duration::from_secs(30);
@@ -362,8 +359,7 @@ impl Loop {
         }
         self.place(&planned);
         let (mut actions, mut failed) = (0, 0);
-        let mut started_containers = false;
-        let mut at_work = false;
+        let mut requeue = None;
         let mut outcomes = Vec::new();
         if !planned.plan.actions.is_empty() {
             let progress = |o: &Outcome| {
@@ -378,14 +374,9 @@ impl Loop {
             actions = applied.outcomes.len();
             failed = applied.outcomes.iter().filter(|o| o.failed()).count();
             for o in &applied.outcomes {
-                started_containers |= o.result.is_ok()
-                    && matches!(
-                        o.action,
-                        Action::Run { .. } | Action::Start { .. } | Action::Restart { .. }
-                    );
                 self.settle(o);
             }
-            at_work = !applied.running.is_empty() || !applied.busy.is_empty();
+            requeue = applied.requeue;
             outcomes = applied.outcomes;
             tracing::info!(
                 actions,
@@ -400,17 +391,20 @@ impl Loop {
                 "pass: nothing to do"
             );
         }
-        if started_containers {
+        if requeue.is_some() {
             self.memory.started_at = Some(Instant::now());
         }
+        // Checks of containers just started come as often as they may, for
+        // a while: a pod that moved is seen healthy (and what it replaces
+        // removed) soon, not a whole interval later.
         let recent = self
             .memory
             .started_at
             .is_some_and(|at| at.elapsed() < SETTLE_FOR);
-        let next = if (recent && settling(&planned)) || at_work {
-            self.interval.min(SETTLE)
-        } else {
-            self.interval
+        let next = match requeue {
+            Some(soon) => self.interval.min(soon),
+            None if recent && settling(&planned) => self.interval.min(SOON),
+            None => self.interval,
         };
         let report = PassReport {
             finished_ms: now_ms(),
