@@ -279,12 +279,12 @@ impl Blocked {
     fn new(actions: &[Action]) -> Blocked {
         let mut users: BTreeMap<String, BTreeSet<PodKey>> = BTreeMap::new();
         for a in actions {
-            let (image, pod) = match a {
-                Action::Run { spec, .. } => (&spec.config.image, &spec.pod),
-                Action::RunJob { run } => (&run.image, &run.pod),
-                _ => continue,
-            };
-            users.entry(image.clone()).or_default().insert(pod.clone());
+            if let Action::Run { spec, .. } = a {
+                users
+                    .entry(spec.config.image.clone())
+                    .or_default()
+                    .insert(spec.pod.clone());
+            }
         }
         Blocked {
             users,
@@ -316,11 +316,15 @@ fn pod_of(action: &Action) -> Option<&PodKey> {
     match action {
         Action::EnsureNetwork { pod, .. } | Action::RemoveNetwork { pod, .. } => Some(pod),
         Action::Run { spec, .. } => Some(&spec.pod),
-        Action::RunJob { run } => Some(&run.pod),
         Action::Start { container, .. }
         | Action::Restart { container, .. }
         | Action::Remove { container, .. } => Some(&container.pod),
-        Action::Pull { .. } | Action::RemoveJob { .. } | Action::InstallDocker => None,
+        // A job's run stands alone: its failure stops none of its app's
+        // steps, nor theirs it.
+        Action::Pull { .. }
+        | Action::RunJob { .. }
+        | Action::RemoveJob { .. }
+        | Action::InstallDocker => None,
     }
 }
 
@@ -339,6 +343,7 @@ fn record(journal: &Writer, o: &Outcome) {
     };
     let app = match &o.action {
         Action::RemoveJob { container, .. } => Some(&container.labels.app),
+        Action::RunJob { run } => Some(&run.labels.app),
         other => pod_of(other).map(|p| &p.app),
     };
     let event = match app {

@@ -70,8 +70,18 @@ pub struct Planned {
     pub held: Vec<Hold>,
     /// Restart requests that cannot be done, with why, by request id.
     pub refused: Vec<(i64, String)>,
-    /// Restart requests planned (their outcomes answer them).
-    pub asked: Vec<i64>,
+    /// Job ticks and restart requests planned, by node: those whose node
+    /// gets no worker this pass (one is still at work) are kept for the
+    /// next.
+    pub carried: Vec<(String, Carried)>,
+}
+
+/// Something planned for a node that must not be lost if the node's
+/// worker cannot take it this pass.
+#[derive(Debug, Clone)]
+pub enum Carried {
+    Tick(Tick),
+    Ask(crate::store::Request),
 }
 
 impl Operator {
@@ -238,13 +248,18 @@ impl Operator {
             journal.event(NewEvent::new(Level::Warn, "job.skipped", message).app(tick.app.clone()));
         }
         merge(&mut plan, jobs.actions);
+        let mut carried: Vec<(String, Carried)> = jobs
+            .planned
+            .into_iter()
+            .map(|(node, tick)| (node, Carried::Tick(tick)))
+            .collect();
         let asks = std::mem::take(&mut memory.asks);
         let (restarts, refused) = plan_restarts(self.fleet(), &asks, &views, &observed);
-        let asked = asks
-            .iter()
-            .map(|a| a.id)
-            .filter(|id| !refused.iter().any(|(r, _)| r == id))
-            .collect();
+        carried.extend(
+            asks.into_iter()
+                .filter(|a| !refused.iter().any(|(r, _)| *r == a.id))
+                .filter_map(|a| Some((a.node_id.clone()?, Carried::Ask(a)))),
+        );
         merge(&mut plan, restarts);
         if self.config.fleet.fleet.bootstrap {
             let installs = docker_missing
@@ -261,7 +276,7 @@ impl Operator {
             stale,
             held,
             refused,
-            asked,
+            carried,
         })
     }
 

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use super::apply::{Applier, Outcome, SOON, Workers};
 use super::lease::Fence;
 use super::memory::Memory;
-use super::pass::settling;
+use super::pass::{Carried, settling};
 use super::{Operator, Planned, jobs};
 use crate::reconcile::{Action, HoldKind, JobEnd, PlacementChange, RestartWhy, Tick, apps_removed};
 use crate::store::{Level, NewEvent, Request, RequestKind, WriteHealth, Writer, now_ms};
@@ -378,6 +378,16 @@ impl Loop {
             }
             requeue = applied.requeue;
             outcomes = applied.outcomes;
+            // What a node still at work could not take waits for the next
+            // pass: a job's tick is never lost to a busy node.
+            for (node, c) in &planned.carried {
+                if applied.busy.contains(node) {
+                    match c {
+                        Carried::Tick(t) => self.memory.due_jobs.push(t.clone()),
+                        Carried::Ask(a) => self.memory.asks.push(a.clone()),
+                    }
+                }
+            }
             tracing::info!(
                 actions,
                 failed,

@@ -48,6 +48,11 @@ pub struct JobRun {
     pub env_file: Option<Secret>,
 }
 
+/// The watchdog's container name for run `name`.
+pub(crate) fn watchdog_name(name: &str) -> String {
+    format!("{name}.timeout")
+}
+
 /// A job's container seen on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JobContainer {
@@ -181,7 +186,7 @@ fn watchdog_argv(desired: &Desired, name: &str, timeout: Duration) -> Vec<String
     let mut argv: Vec<String> = ["docker", "run", "--detach", "--rm", "--name"]
         .map(String::from)
         .into();
-    argv.push(format!("{name}.timeout"));
+    argv.push(watchdog_name(name));
     argv.extend([
         "--pid".into(),
         format!("container:{name}"),
@@ -218,6 +223,9 @@ pub(crate) struct JobPlan {
     pub actions: BTreeMap<String, Vec<Action>>,
     /// Ticks not run, and why, for the event log.
     pub skipped: Vec<(Tick, String)>,
+    /// Ticks planned, by the node that runs them: one whose node is still
+    /// at work from before waits for the next pass.
+    pub planned: Vec<(String, Tick)>,
 }
 
 /// Plans the jobs' work: every ended run is reported and removed, every
@@ -315,6 +323,7 @@ pub(crate) fn plan_jobs(
         }
         match job_run(desired, &tick.app, &tick.job, job, tick.at) {
             Ok(run) => {
+                out.planned.push((node.clone(), tick.clone()));
                 let actions = out.actions.entry(node).or_default();
                 actions.push(Action::Pull {
                     image: desired.helper_image.clone(),

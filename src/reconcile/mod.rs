@@ -54,8 +54,8 @@ pub(crate) use guard::{
 };
 pub use guard::{HoldKind, Holds};
 pub use job::Tick;
-pub(crate) use job::plan_jobs;
 pub use job::{JobContainer, JobEnd, JobRun};
+pub(crate) use job::{plan_jobs, watchdog_name};
 pub use plan::{Action, Plan, plan};
 pub use plan::{ContainerRef, PlacementChange, PodPlacement, RemoveReason, RestartWhy, RunReason};
 pub use problem::Problem;

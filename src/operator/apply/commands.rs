@@ -11,7 +11,7 @@ use crate::reconcile::docker::{
     STOP_GRACE, env_file_content, image_present_argv, login_command, network_create_argv,
     network_remove_argv, pull_argv, remove_argv, restart_argv, run_argv, start_argv, stop_argv,
 };
-use crate::reconcile::{Action, EnvFileError, EnvFileMissing, JobEnd};
+use crate::reconcile::{Action, EnvFileError, EnvFileMissing, JobEnd, watchdog_name};
 use crate::ssh::{ExecLimits, Output, SshError, Target};
 
 /// Why an action did not do what it should.
@@ -182,12 +182,24 @@ async fn plain(cx: &Context, target: &Target, action: &Action) -> Result<(), Act
                 exec(cx, target, &run.argv, stdin, quick).await?,
                 "docker run (job)",
             )?;
-            // Should the watchdog not start, the run keeps its deadline
-            // label: a later pass removes it once overdue.
-            check(
-                exec(cx, target, &run.watchdog, None, quick).await?,
-                "docker run (job watchdog)",
-            )
+            let watchdog = exec(cx, target, &run.watchdog, None, quick).await?;
+            if watchdog.success() {
+                return Ok(());
+            }
+            // A watchdog that could not start may be left created: it goes.
+            let leftover: Vec<String> = ["docker", "rm", "--force", "--"]
+                .map(String::from)
+                .into_iter()
+                .chain([watchdog_name(&run.name)])
+                .collect();
+            exec(cx, target, &leftover, None, quick).await?;
+            if !still_running(cx, target, &run.name).await? {
+                // A run that ended already has nothing to watch.
+                return Ok(());
+            }
+            // The run keeps its deadline label: a later pass removes it
+            // once overdue.
+            Err(failure("docker run (job watchdog)", &watchdog))
         }
         // Taken apart above: it tells its output.
         Action::RemoveJob { container, .. } => remove_job(cx, target, &container.id).await,
@@ -197,6 +209,22 @@ async fn plain(cx: &Context, target: &Target, action: &Action) -> Result<(), Act
             Ok(())
         }
     }
+}
+
+/// Whether container `name` runs.
+async fn still_running(cx: &Context, target: &Target, name: &str) -> Result<bool, ActionError> {
+    let argv: Vec<String> = [
+        "docker",
+        "inspect",
+        "--format",
+        "{{.State.Running}}",
+        "--",
+        name,
+    ]
+    .map(String::from)
+    .into();
+    let out = exec(cx, target, &argv, None, limits(QUICK)).await?;
+    Ok(out.success() && String::from_utf8_lossy(&out.stdout).trim() == "true")
 }
 
 /// `docker rm --force` of a job's run; gone already counts as removed.
