@@ -3,8 +3,9 @@
 //! for its workers only up to its budget, so a hung node (dockerd stopped,
 //! a pull of minutes, a Docker install) delays its own actions and nobody
 //! else's. A node still at work takes no new actions until its worker is
-//! done. Before each action the worker checks that this process still
-//! holds the apply lock ([`Fence`]). Every action and its outcome is an
+//! done. Before each node's batch the worker checks in the store that this
+//! process still holds the apply lock, and before each action what the
+//! heartbeat last saw ([`Fence`]). Every action and its outcome is an
 //! event; outcomes also come back to the loop, which owns what the
 //! operator remembers.
 
@@ -233,17 +234,25 @@ impl Applier {
     }
 }
 
-/// One node's actions, in order. A failed action ends its pod's steps for
-/// this pass ([`Blocked`]); a lost lock ends them all.
+/// One node's actions, in order: a batch, checked against the lock's
+/// generation in the store before it starts, and against what the
+/// heartbeat has seen before each action. A failed action ends its pod's
+/// steps for this pass ([`Blocked`]); a lost lock ends them all.
 async fn work(cx: Arc<Context>, target: Target, actions: Vec<Action>) {
     let mut blocked = Blocked::new(&actions);
+    let mut held = cx.fence.check().await;
     for action in actions {
         if blocked.skips(&action) {
             continue;
         }
-        let result = match cx.fence.check().await {
+        if held.is_ok()
+            && let Some(why) = cx.fence.lost_why()
+        {
+            held = Err(why);
+        }
+        let result = match &held {
             Ok(()) => commands::run(&cx, &target, &action).await,
-            Err(lost) => Err(ActionError::LockLost(lost)),
+            Err(lost) => Err(ActionError::LockLost(lost.clone())),
         };
         let lost = matches!(result, Err(ActionError::LockLost(_)));
         let outcome = Outcome {
