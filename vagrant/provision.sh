@@ -1,24 +1,18 @@
 #!/usr/bin/env bash
-# Makes one Vagrant VM a Prism node: Docker, sshd with the host key made on
-# the laptop (vagrant/known_hosts already lists it), and a login user
-# `prism` that may run docker and logs in with the Prism key only.
+# Makes one Vagrant VM a Prism node as production nodes are made: sshd with
+# the host key made on the laptop (vagrant/known_hosts already lists it),
+# then the nodes' EC2 user data (contrib/aws/user-data.sh) with the Prism
+# key: Docker, and the login user `prism` in the docker group.
 # Vagrant runs it as root: provision.sh DIR, where DIR holds the uploaded
-# ssh_host_ed25519_key{,.pub} and prism_ed25519.pub. Safe to run again.
+# ssh_host_ed25519_key{,.pub}, prism_ed25519.pub and user-data.sh. Safe to
+# run again.
 set -euo pipefail
 
-files=${1:?usage: provision.sh DIR (the keys uploaded by the Vagrantfile)}
-user=prism
+files=${1:?usage: provision.sh DIR (the files uploaded by the Vagrantfile)}
 
-for f in ssh_host_ed25519_key ssh_host_ed25519_key.pub prism_ed25519.pub; do
+for f in ssh_host_ed25519_key ssh_host_ed25519_key.pub prism_ed25519.pub user-data.sh; do
     [ -s "$files/$f" ] || { echo "provision.sh: $files/$f is missing or empty" >&2; exit 1; }
 done
-
-export DEBIAN_FRONTEND=noninteractive
-if ! command -v dockerd >/dev/null || ! command -v sshd >/dev/null; then
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends docker.io openssh-server ca-certificates
-fi
-systemctl enable --now docker
 
 # sshd offers only the host key made on the laptop, so a client holding
 # vagrant/known_hosts checks exactly that key.
@@ -32,15 +26,10 @@ CONF
 sshd -t
 systemctl reload ssh
 
-# The login user Prism uses: in the docker group, key login only.
-if ! id -u "$user" >/dev/null 2>&1; then
-    useradd --create-home --shell /bin/bash "$user"
-fi
-usermod -aG docker "$user"
-home=$(getent passwd "$user" | cut -d: -f6)
-install -d -m 0700 -o "$user" -g "$user" "$home/.ssh"
-install -m 0600 -o "$user" -g "$user" "$files/prism_ed25519.pub" "$home/.ssh/authorized_keys"
+# The same user data as an EC2 node's, with the Prism key filled in.
+key=$(head -n1 "$files/prism_ed25519.pub")
+sed "s|REPLACE-WITH-THE-OPERATOR-PUBLIC-KEY|$key|" "$files/user-data.sh" | bash
 
 # The private host key is in place; leave no copy behind.
 rm -rf -- "$files"
-echo "provision.sh: $(hostname) is a Prism node: docker $(docker version --format '{{.Server.Version}}'), user $user"
+echo "provision.sh: $(hostname) is a Prism node"

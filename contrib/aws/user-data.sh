@@ -1,13 +1,17 @@
 #!/bin/bash
-# EC2 user data for a Prism node (the launch template's UserData): installs
-# and starts Docker, and makes a login user `prism`, in the docker group,
-# that logs in with the operator's key only. Nothing of Prism's runs here.
-# Fill in PRISM_PUBKEY (README.md, "Running in production"). Works on
-# Debian and Ubuntu (apt) and Amazon Linux 2023 (dnf).
+# EC2 user data for a Prism node (the launch template's UserData): makes
+# sure Docker is installed and running, and makes a login user `prism`, in
+# the docker group, that logs in with the operator's key only. Nothing of
+# Prism's runs here. Fill in PRISM_PUBKEY (README.md, "Running in
+# production"). Works on Debian and Ubuntu (apt) and Amazon Linux 2023
+# (dnf), and on images with Docker already installed (then no package is
+# fetched). Safe to run again (cloud-init may): each step checks first.
 set -euo pipefail
 
 PRISM_PUBKEY='REPLACE-WITH-THE-OPERATOR-PUBLIC-KEY'
 user=prism
+
+say() { echo "prism user-data: $*"; }
 
 case "$PRISM_PUBKEY" in
     ssh-ed25519\ * | ecdsa-sha2-* | ssh-rsa\ *) ;;
@@ -17,25 +21,43 @@ case "$PRISM_PUBKEY" in
         ;;
 esac
 
-if command -v apt-get >/dev/null; then
+# Docker: installed only where it is missing.
+if command -v dockerd >/dev/null && command -v docker >/dev/null; then
+    say "Docker is installed already"
+elif command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     apt-get install -y -q --no-install-recommends docker.io
 elif command -v dnf >/dev/null; then
     dnf install -y -q docker
 else
-    echo "prism user-data: neither apt-get nor dnf; install Docker another way" >&2
+    echo "prism user-data: Docker is missing, and there is neither apt-get nor dnf; install it another way" >&2
     exit 1
 fi
-systemctl enable --now docker
+
+# Started now and at every boot, by systemd where it runs.
+if [ -d /run/systemd/system ]; then
+    systemctl enable --now docker
+elif ! docker info >/dev/null 2>&1; then
+    service docker start
+fi
 
 if ! id -u "$user" >/dev/null 2>&1; then
     useradd --create-home --shell /bin/bash "$user"
 fi
+# The docker group is root on this machine, by Docker's design: that is
+# what lets Prism's steps that need root run in a short-lived container of
+# its own, with no sudo rule and no process of Prism's left behind.
 usermod -aG docker "$user"
 home=$(getent passwd "$user" | cut -d: -f6)
 install -d -m 0700 -o "$user" -g "$user" "$home/.ssh"
 printf '%s\n' "$PRISM_PUBKEY" > "$home/.ssh/authorized_keys"
 chown "$user:$user" "$home/.ssh/authorized_keys"
 chmod 0600 "$home/.ssh/authorized_keys"
-echo "prism user-data: docker $(docker version --format '{{.Server.Version}}'), login user $user"
+
+# Docker may take a moment after its start.
+for _ in $(seq 1 30); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+done
+say "docker $(docker version --format '{{.Server.Version}}'), login user $user"

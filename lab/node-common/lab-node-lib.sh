@@ -17,6 +17,11 @@ writable_cgroups() {
         umount /sys/fs/cgroup/systemd 2>/dev/null || true
         mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd || die "cannot mount cgroup name=systemd"
     fi
+    # systemd as a node's init keeps its own tree in the unified (v2) one.
+    if [ -d /sys/fs/cgroup/unified ]; then
+        umount /sys/fs/cgroup/unified 2>/dev/null || true
+        mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup/unified || die "cannot mount cgroup2"
+    fi
 }
 
 # Fresh host keys, $LAB_AUTHORIZED_KEY for root and each named user, then

@@ -15,7 +15,7 @@ from .common import (
     AUTH_REGISTRY, AUTH_REGISTRY_HOST, AUTH_REGISTRY_LAB, AUTH_USER, BARE_CONTAINER, BARE_IP,
     GATEWAY, IMDS_URL, LABEL, MAX_INDEX, MOTO_URL, NET, REGION, REGISTRY, REGISTRY_HOST,
     REGISTRY_IP, REGISTRY_LAB, STATE, SUBNET, TESTAPP_NODE, Fail, container_info, docker, lab_lock,
-    load_state, path, require_state, save_state, say, step, warn, write_file,
+    NODE_USER, load_state, path, require_state, save_state, say, step, warn, write_file,
 )
 from .install import do_install, docker_answers
 from .images import (
@@ -41,7 +41,7 @@ state = "state.db"
 helper_image = "{helper}"
 
 [ssh]
-user = "root"
+user = "prism"
 identity = "id_ed25519"
 host_keys = "known_hosts"
 known_hosts = "known_hosts"
@@ -89,7 +89,7 @@ def new_state():
             "lab": REGISTRY_LAB,
             "testapp_image": TESTAPP_NODE,
         },
-        "ssh": {"user": "root", "identity": path("id_ed25519"), "known_hosts": path("known_hosts")},
+        "ssh": {"user": NODE_USER, "identity": path("id_ed25519"), "known_hosts": path("known_hosts")},
         "decoys": {},
     }
 

@@ -43,7 +43,12 @@ BARE_IP = "172.31.250.200"  # past the last node address (.187 at MAX_INDEX)
 BARE_CONTAINER = "prism-lab-bare"
 
 BASE_IMAGE = "prism-lab/base:bookworm"
-BASE_PACKAGES = "openssh-server,docker.io,iproute2,ca-certificates,curl"
+# systemd: lab nodes run it as PID 1, as production nodes do.
+BASE_PACKAGES = "openssh-server,docker.io,iproute2,ca-certificates,curl,systemd,systemd-sysv"
+# The user nodes log in as, made by the nodes' user data (run on each new
+# node): production's, in the docker group; root cannot log in.
+NODE_USER = "prism"
+USER_DATA = os.path.join(ROOT, "contrib", "aws", "user-data.sh")
 TESTAPP_IMAGE = "prism-lab/testapp:1"
 TESTAPP_PUSH = f"{REGISTRY_HOST}/prism/testapp:1"
 TESTAPP_NODE = f"{REGISTRY_LAB}/prism/testapp:1"

@@ -81,7 +81,7 @@ def debian_mirror():
 
 def ensure_base():
     with step("base image"):
-        if image_id(BASE_IMAGE):
+        if image_label(BASE_IMAGE, "prism-lab.packages") == BASE_PACKAGES:
             return
         mirror = debian_mirror()
         os.makedirs(path("logs"), exist_ok=True)
@@ -100,7 +100,8 @@ def ensure_base():
             say("base image: importing the root filesystem")
             tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             imp = subprocess.run(
-                ["docker", "import", "--change", f"LABEL {LABEL}", "--change", 'CMD ["/bin/bash"]', "-", BASE_IMAGE],
+                ["docker", "import", "--change", f"LABEL {LABEL}", "--change",
+                 f"LABEL prism-lab.packages={BASE_PACKAGES}", "--change", 'CMD ["/bin/bash"]', "-", BASE_IMAGE],
                 stdin=tar.stdout, capture_output=True, text=True, errors="replace",
             )
             tar.stdout.close()

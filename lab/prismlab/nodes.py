@@ -8,7 +8,8 @@ import time
 
 from .common import (
     AZS, AZ_FIRST, BARE_CONTAINER, BARE_IP, IMDS_ACTION, IMDS_PORT, IMDS_REBALANCE, IMDS_ROOT,
-    LABEL, NET, STATE, Fail, container_info, docker, path, run, step, tail, warn, write_file,
+    LABEL, NET, STATE, USER_DATA, Fail, container_info, docker, path, run, step, tail, warn,
+    write_file,
 )
 
 NODE_RUN_FLAGS = [
@@ -19,6 +20,9 @@ NODE_RUN_FLAGS = [
     "--security-opt", "systempaths=unconfined",
     "--tmpfs", "/run",
     "--tmpfs", "/var/lib/docker:size=2g",
+    # Every device, as a VM's root has: Prism's privileged helper
+    # containers (root steps as the login user) need it.
+    "--device-cgroup-rule", "a *:* rwm",
 ]
 
 
@@ -103,11 +107,24 @@ def start_node(node, image, pubkey, timeout=90, engine=True):
                                    check=False, timeout=20).returncode == 0
             if not (docker_ok and (ssh_ok or partitioned)):
                 time.sleep(0.2)
+        if engine and started:
+            run_user_data(node)
         keys = docker("exec", c, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub").stdout
         node["host_keys"] = [" ".join(line.split()[:2]) for line in keys.splitlines() if len(line.split()) >= 2]
         if not any(k.startswith("ssh-ed25519 ") for k in node["host_keys"]):
             raise Fail(f"{c} has no ed25519 host key")
         return started
+
+
+def run_user_data(node):
+    """Runs the nodes' EC2 user data (contrib/aws/user-data.sh) on a new
+    node as cloud-init would, as root, with the lab's key filled in: it
+    makes the login user NODE_USER."""
+    with open(USER_DATA) as f:
+        script = f.read().replace("REPLACE-WITH-THE-OPERATOR-PUBLIC-KEY", ensure_key())
+    p = docker("exec", "-i", node["container"], "bash", "-s", input=script, check=False, timeout=120)
+    if p.returncode != 0:
+        raise Fail(f"{node['name']}: the user data exited {p.returncode}: {tail(p.stderr or p.stdout)}")
 
 
 def imds_listening(c):

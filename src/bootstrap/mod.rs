@@ -25,10 +25,8 @@ mod outcome;
 
 use std::time::Duration;
 
-pub use outcome::Warning;
 pub(crate) use outcome::parse_output;
-pub use outcome::{Action, Failure};
-pub use outcome::{Outcome, StartMethod};
+pub use outcome::{Action, Failure, Outcome, StartMethod, Warning};
 
 use crate::ssh::{ExecLimits, Pool, SshError, Target};
 

@@ -12,12 +12,9 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use diagnostic::Seg;
-pub use diagnostic::{ConfigError, FieldPath};
-pub use diagnostic::{Diagnostic, Invalid, line_col};
+pub use diagnostic::{ConfigError, Diagnostic, FieldPath, Invalid, Seg, line_col};
 pub use schema::*;
-pub use units::Bytes;
-pub use units::{Interval, Millicores};
+pub use units::{Bytes, Interval, Millicores};
 
 use diagnostic::{locate, suggestion_for};
 

@@ -34,19 +34,16 @@ mod record;
 mod time;
 mod version;
 
-pub use containers::Protocol;
-pub use containers::{ContainerId, PublishedPort, RunState};
-pub use containers::{ContainerState, Health, parse_container_ids, parse_inspect};
-pub use error::ParseError;
-pub use error::Probe;
+pub use containers::{
+    ContainerId, ContainerState, Health, Protocol, PublishedPort, RunState, parse_container_ids,
+    parse_inspect,
+};
+pub use error::{ParseError, Probe};
 pub(crate) use error::{check_header, clip};
 pub use images::Images;
 pub(crate) use images::{IMAGES_PATH, parse_image_list};
-pub use labels::Identity;
-pub use labels::{JobLabels, LabelProblem, PrismLabels};
-pub use node::NodeFacts;
-pub use node::SocketAccess;
-pub use node::{DockerSetup, Notice};
+pub use labels::{Identity, JobLabels, LabelProblem, PrismLabels};
+pub use node::{DockerSetup, NodeFacts, Notice, SocketAccess};
 pub(crate) use node::{node_facts_argv, parse_node_facts};
 pub(crate) use probe::probe_with_metadata;
 pub use probe::{Condition, ProbeLimits, Probed, probe};

@@ -56,8 +56,7 @@ pub use limits::Settings;
 pub(crate) use metrics::Traffic;
 pub use routes::{RouteTable, Upstream, endpoint};
 pub use server::Listener;
-pub use tls::{CertInfo, Loaded, TlsError};
-pub use tls::{Tls, acme_hosts, cert_info};
+pub use tls::{CertInfo, Loaded, Tls, TlsError, acme_hosts, cert_info};
 
 use backends::Snapshot;
 use forward::Shared;

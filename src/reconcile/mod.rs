@@ -44,24 +44,20 @@ mod secrets;
 mod spec;
 
 pub(crate) use asked::plan_restarts;
-pub use desired::{AppSpec, MissingSecret};
-pub use desired::{Desired, PodKey, Reserve};
-pub use docker::RunSpec;
-pub use docker::{EnvFileError, EnvFileMissing};
-pub use guard::Hold;
+pub use desired::{AppSpec, Desired, MissingSecret, PodKey, Reserve};
+pub use docker::{EnvFileError, EnvFileMissing, RunSpec};
 pub(crate) use guard::{
     Admission, MassChange, apps_removed, fleet_pods, hold_apps, inventory_shrank,
 };
-pub use guard::{HoldKind, Holds};
-pub use job::Tick;
-pub use job::{JobContainer, JobEnd, JobRun};
+pub use guard::{Hold, HoldKind, Holds};
+pub use job::{JobContainer, JobEnd, JobRun, Tick};
 pub(crate) use job::{plan_jobs, watchdog_name};
-pub use plan::{Action, Plan, plan};
-pub use plan::{ContainerRef, PlacementChange, PodPlacement, RemoveReason, RestartWhy, RunReason};
-pub use problem::Problem;
-pub use problem::ProblemKind;
-pub use schedule::{NodeState, schedule};
-pub use schedule::{NodeView, PodDemand, Schedule};
+pub use plan::{
+    Action, ContainerRef, PlacementChange, Plan, PodPlacement, RemoveReason, RestartWhy, RunReason,
+    plan,
+};
+pub use problem::{Problem, ProblemKind};
+pub use schedule::{NodeState, NodeView, PodDemand, Schedule, schedule};
 pub(crate) use secrets::resolve_secrets;
 pub use secrets::{Secret, SecretError, Secrets};
 pub use spec::{ContainerConfig, SpecHash};

@@ -14,13 +14,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use auth::Credentials;
-pub use docker_api::ApiResponse;
 pub(crate) use docker_api::DOCKER_SOCKET;
-pub use docker_api::DockerApiError;
+pub use docker_api::{ApiResponse, DockerApiError};
 pub use error::SshError;
 pub use pool::{Pool, fan_out};
-pub use session::Session;
-pub use session::{ConnectOptions, ExecLimits, Output};
+pub use session::{ConnectOptions, ExecLimits, Output, Session};
 pub use stream::{Chunk, ExecStream, StreamLimits};
 pub use trust::{Trust, Verdict, fingerprint};
 

@@ -25,13 +25,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 pub(crate) use events::NewEvent;
 pub use events::{Event, Level};
-pub use health::{CheckOutcome, Recorded, Thresholds};
-pub use health::{Checked, HealthBook, HealthRecord, Verdict};
-pub use last_plan::PlanLines;
-pub use last_plan::PublishedPlan;
-pub use last_plan::{NodeActions, Unplaceable};
-pub use lock::{Lease, LockInfo};
-pub use lock::{LockHolder, hostname};
+pub use health::{CheckOutcome, Checked, HealthBook, HealthRecord, Recorded, Thresholds, Verdict};
+pub use last_plan::{NodeActions, PlanLines, PublishedPlan, Unplaceable};
+pub use lock::{Lease, LockHolder, LockInfo, hostname};
 pub use nodes::{ContainerRecord, NodeRecord, Placement};
 pub(crate) use requests::NewRequest;
 pub use requests::{Request, RequestKind, RequestState};

@@ -20,6 +20,10 @@ use serde::Deserialize;
 
 pub const NOT_UP: &str = "the lab is not up: run `lab/lab up` (as root) first";
 
+/// The user lab nodes log in as, as production nodes do: made by the
+/// nodes' user data, in the docker group; root cannot log in.
+pub const NODE_USER: &str = "prism";
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Node {
     pub name: String,
@@ -301,9 +305,18 @@ impl Lab {
         }
     }
 
-    /// `ssh root@addr remote` with the lab's known_hosts and strict host key
-    /// checking; `identity` picks the key offered (and only that key).
+    /// `ssh prism@addr remote` with the lab's known_hosts and strict host
+    /// key checking; `identity` picks the key offered (and only that key).
     pub fn ssh_with(&self, identity: &Path, addr: &str, remote: &str) -> Output {
+        self.ssh_login(identity, NODE_USER, addr, remote)
+    }
+
+    /// `ssh user@addr remote` with the lab's key.
+    pub fn ssh_as(&self, user: &str, addr: &str, remote: &str) -> Output {
+        self.ssh_login(&self.identity(), user, addr, remote)
+    }
+
+    fn ssh_login(&self, identity: &Path, user: &str, addr: &str, remote: &str) -> Output {
         let known_hosts = self.dir.join("known_hosts");
         Command::new("ssh")
             .arg("-F")
@@ -316,19 +329,19 @@ impl Lab {
             .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
             .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
             .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"])
-            .arg(format!("root@{addr}"))
+            .arg(format!("{user}@{addr}"))
             .arg(remote)
             .output()
             .expect("cannot run ssh (is openssh-client installed? lab/lab install)")
     }
 
-    /// Runs `remote` on a node as root with the lab's key; fails with what
-    /// ssh printed unless it exits 0. Returns stdout.
+    /// Runs `remote` on a node as the login user with the lab's key; fails
+    /// with what ssh printed unless it exits 0. Returns stdout.
     pub fn ssh(&self, addr: &str, remote: &str) -> Result<String> {
         let out = self.ssh_with(&self.identity(), addr, remote);
         if !out.status.success() {
             bail!(
-                "ssh root@{addr} {remote:?} exited {}: {}",
+                "ssh {NODE_USER}@{addr} {remote:?} exited {}: {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             );
@@ -649,7 +662,7 @@ pub mod prism_ssh {
                 .unwrap_or_else(|| node.name.clone()),
             address: node.address.clone(),
             port: 22,
-            user: "root".into(),
+            user: super::NODE_USER.into(),
         }
     }
 

@@ -37,7 +37,7 @@ fn node(lab: &Lab, i: usize) -> Node {
         name: n.name.clone(),
         address: n.address.clone(),
         port: 22,
-        user: "root".into(),
+        user: common::NODE_USER.into(),
         provider: prism::config::Provider::Ec2,
         zone: Some(n.az.clone()),
         instance_type: None,

@@ -14,6 +14,7 @@ mod health;
 mod lab;
 mod laravel;
 mod lifecycle;
+mod nodes;
 mod prepare;
 mod published_plan;
 mod reconcile;

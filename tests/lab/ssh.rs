@@ -159,13 +159,13 @@ async fn the_ssh_agent_can_log_in() {
     let out = pool
         .exec(
             &target(&lab.nodes[0]),
-            &argv(&["id", "-u"]),
+            &argv(&["id", "-un"]),
             None,
             limits(20),
         )
         .await
         .expect("agent login");
-    assert_eq!(out.stdout_text().trim(), "0");
+    assert_eq!(out.stdout_text().trim(), common::NODE_USER);
     drop(agent);
 }
 

@@ -20,7 +20,7 @@ use prism::store::{Store, Writer};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn bastion(lab: &Lab) -> Target {
-    Target::bastion(&lab.nodes[0].address, 22, "root")
+    Target::bastion(&lab.nodes[0].address, 22, common::NODE_USER)
 }
 
 /// A node by its container name: resolvable on the lab network only.
@@ -32,7 +32,7 @@ fn by_name(node: &Node) -> Target {
             .unwrap_or_else(|| node.name.clone()),
         address: node.container.clone(),
         port: 22,
-        user: "root".into(),
+        user: common::NODE_USER.into(),
     }
 }
 
@@ -289,7 +289,7 @@ async fn a_dead_bastion_fails_fast_and_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = known_hosts(&lab, dir.path(), true);
     // In the lab network's unused last /26: nothing answers there.
-    let dead = Target::bastion("172.31.250.250", 22, "root");
+    let dead = Target::bastion("172.31.250.250", 22, common::NODE_USER);
     let mut settings = SshSettings {
         bastion: Some(dead.clone()),
         ..settings(lab_key(&lab), HostKeys::KnownHosts(file))
@@ -328,7 +328,7 @@ async fn a_node_the_bastion_cannot_reach_is_the_nodes_failure() {
         id: "i-missing".into(),
         address: "prism-lab-no-such-node".into(),
         port: 22,
-        user: "root".into(),
+        user: common::NODE_USER.into(),
     };
     let err = pool
         .exec(&missing, &argv(&["true"]), None, limits(20))

@@ -175,7 +175,13 @@ async fn many_commands_share_one_connection_and_a_dropped_one_is_replaced() {
     assert_eq!(ours(), 1, "40 commands must share one connection");
 
     // The node drops the connection (sshd restarted, a NAT timeout...).
-    let killed = docker(&["exec", &node.container, "pkill", "-f", "sshd: root"]);
+    let killed = docker(&[
+        "exec",
+        &node.container,
+        "pkill",
+        "-f",
+        &format!("sshd: {}", common::NODE_USER),
+    ]);
     assert!(killed.status.success());
     std::thread::sleep(Duration::from_millis(300));
     let out = pool

@@ -331,8 +331,16 @@ struct Machine {
 }
 
 /// The Vagrantfile evaluated by a stand-in for Vagrant, in a copy of
-/// vagrant/ (it writes keys and known_hosts beside itself).
+/// vagrant/ at `dir` (it writes keys and known_hosts beside itself), with
+/// the user data where it finds it (`dir/../contrib/aws/`).
 fn vagrant_machines(dir: &std::path::Path) -> Vec<Machine> {
+    let contrib = dir.join("../contrib/aws");
+    std::fs::create_dir_all(&contrib).expect("mkdir");
+    std::fs::copy(
+        root().join("contrib/aws/user-data.sh"),
+        contrib.join("user-data.sh"),
+    )
+    .expect("copy the user data");
     for file in ["Vagrantfile", "provision.sh"] {
         std::fs::copy(root().join("vagrant").join(file), dir.join(file)).expect("copy");
     }
@@ -348,8 +356,10 @@ fn vagrant_machines(dir: &std::path::Path) -> Vec<Machine> {
 #[test]
 #[ignore = "needs the checking tools lab/lab install adds (make test runs it)"]
 fn the_vagrantfile_brings_up_the_nodes_fleet_toml_lists_with_pinned_host_keys() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let machines = vagrant_machines(dir.path());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("vagrant");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let machines = vagrant_machines(&dir);
     let fleet = prism::config::Config::load(&root().join("vagrant/fleet.toml")).expect("load");
     let listed: Vec<(String, Vec<String>)> = fleet
         .fleet
@@ -366,10 +376,10 @@ fn the_vagrantfile_brings_up_the_nodes_fleet_toml_lists_with_pinned_host_keys() 
 
     // known_hosts names each address with the host key made for that VM,
     // which is the key its provisioning installs.
-    let known_hosts = dir.path().join("known_hosts");
+    let known_hosts = dir.as_path().join("known_hosts");
     for m in &machines {
         let host_pub = std::fs::read_to_string(
-            dir.path()
+            dir.as_path()
                 .join("keys")
                 .join(format!("{}_host_ed25519.pub", m.name)),
         )
@@ -403,6 +413,14 @@ fn the_vagrantfile_brings_up_the_nodes_fleet_toml_lists_with_pinned_host_keys() 
         for (from, _) in &uploads {
             assert!(std::path::Path::new(from).is_file(), "{from} is missing");
         }
+        // The same user data as the EC2 nodes': one user, one way.
+        assert!(
+            uploads
+                .iter()
+                .any(|(from, to)| from.ends_with("contrib/aws/user-data.sh")
+                    && *to == "/tmp/prism-provision/user-data.sh"),
+            "{uploads:?}"
+        );
         let shell = m.provision.last().expect("a provisioner");
         assert_eq!(shell["kind"], "shell");
         assert_eq!(shell["path"], "provision.sh");
@@ -414,7 +432,7 @@ fn the_vagrantfile_brings_up_the_nodes_fleet_toml_lists_with_pinned_host_keys() 
         fleet.fleet.ssh.identity.as_deref(),
         Some(std::path::Path::new("keys/prism_ed25519"))
     );
-    let key = dir.path().join("keys/prism_ed25519");
+    let key = dir.as_path().join("keys/prism_ed25519");
     let public = Command::new("ssh-keygen")
         .arg("-y")
         .arg("-f")
@@ -422,7 +440,7 @@ fn the_vagrantfile_brings_up_the_nodes_fleet_toml_lists_with_pinned_host_keys() 
         .output()
         .expect("run ssh-keygen");
     let uploaded =
-        std::fs::read_to_string(dir.path().join("keys/prism_ed25519.pub")).expect("read");
+        std::fs::read_to_string(dir.as_path().join("keys/prism_ed25519.pub")).expect("read");
     assert!(
         uploaded.starts_with(text(&public.stdout).trim()),
         "{uploaded}"
@@ -432,11 +450,13 @@ fn the_vagrantfile_brings_up_the_nodes_fleet_toml_lists_with_pinned_host_keys() 
 #[test]
 #[ignore = "needs the checking tools lab/lab install adds (make test runs it)"]
 fn the_vagrantfile_keeps_keys_it_already_made() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    vagrant_machines(dir.path());
-    let first = std::fs::read_to_string(dir.path().join("known_hosts")).expect("read");
-    vagrant_machines(dir.path());
-    let again = std::fs::read_to_string(dir.path().join("known_hosts")).expect("read");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("vagrant");
+    std::fs::create_dir(&dir).expect("mkdir");
+    vagrant_machines(&dir);
+    let first = std::fs::read_to_string(dir.join("known_hosts")).expect("read");
+    vagrant_machines(&dir);
+    let again = std::fs::read_to_string(dir.join("known_hosts")).expect("read");
     assert_eq!(
         first, again,
         "a second `vagrant` command must not change host keys"
