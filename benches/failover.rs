@@ -23,13 +23,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::{Lab, OwnNodes};
+use common::{Lab, LoggedDaemon, OwnNodes};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -62,7 +61,7 @@ fn main() -> Result<()> {
     let apps: String = small.iter().map(|a| app(a, &image, "64M")).collect();
     let file = fleet_toml(&lab_dir, dir.path(), &fleet, &apps)?;
     let state = dir.path().join("state.db");
-    let mut daemon = Daemon::start(&file, &logs.join("daemon.log"))?;
+    let mut daemon = LoggedDaemon::start(&file, &logs.join("daemon.log"))?;
     let client = Client::start(state.clone());
     let mut times = Vec::new();
     for round in 1..=kills {
@@ -105,7 +104,7 @@ fn main() -> Result<()> {
     let big: Vec<String> = APPS.iter().map(|a| format!("big-{a}")).collect();
     let apps: String = big.iter().map(|a| app(a, &image, "1200M")).collect();
     let file = fleet_toml(&lab_dir, dir.path(), &fleet, &apps)?;
-    let mut daemon = Daemon::start(&file, &logs.join("daemon-no-room.log"))?;
+    let mut daemon = LoggedDaemon::start(&file, &logs.join("daemon-no-room.log"))?;
     let mut waits = Vec::new();
     for round in 1..=NO_ROOM_KILLS {
         wait_healthy(&state, &big, Duration::from_secs(120))?;
@@ -180,42 +179,6 @@ fn fleet_toml(lab_dir: &Path, dir: &Path, fleet: &str, apps: &str) -> Result<Pat
     let file = dir.join("fleet.toml");
     std::fs::write(&file, format!("{text}\n{apps}"))?;
     Ok(file)
-}
-
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(file: &Path, log: &Path) -> Result<Daemon> {
-        let log = std::fs::File::create(log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_prism"))
-            .arg("-c")
-            .arg(file)
-            .arg("daemon")
-            .env_remove("PRISM_CONFIG")
-            .env("AWS_ACCESS_KEY_ID", "lab")
-            .env("AWS_SECRET_ACCESS_KEY", "lab")
-            .env_remove("AWS_PROFILE")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("start prism daemon")?;
-        Ok(Daemon(child))
-    }
-
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            self.stop();
-        }
-    }
 }
 
 fn store(state: &Path) -> Result<Store> {

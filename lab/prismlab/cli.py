@@ -13,14 +13,14 @@ import time
 
 from .common import (
     AUTH_REGISTRY, AUTH_REGISTRY_HOST, AUTH_REGISTRY_LAB, AUTH_USER, BARE_CONTAINER, BARE_IP,
-    GATEWAY, IMDS_URL, LABEL, MAX_INDEX, MOTO_URL, NET, REGION, REGISTRY, REGISTRY_HOST,
-    REGISTRY_IP, REGISTRY_LAB, STATE, SUBNET, TESTAPP_NODE, Fail, container_info, docker, lab_lock,
+    AZS, GATEWAY, IMDS_URL, LABEL, MAX_INDEX, MOTO_URL, NET, REGION, REGISTRY, REGISTRY_HOST,
+    REGISTRY_IP, REGISTRY_LAB, STATE, SUBNET, TESTAPP_NODE, POSTGRES_NODE, Fail, container_info, docker, lab_lock,
     NODE_USER, load_state, path, require_state, save_state, say, step, warn, write_file,
 )
 from .install import do_install, docker_answers
 from .images import (
-    ensure_base, ensure_helper_image, ensure_node_image, ensure_registry_image, ensure_testapp_image,
-    remove_images,
+    ensure_base, ensure_helper_image, ensure_node_image, ensure_postgres_image, ensure_registry_image,
+    ensure_testapp_image, remove_images,
 )
 from .network import ensure_network, network_info
 from .registry import (
@@ -88,6 +88,7 @@ def new_state():
             "host": REGISTRY_HOST,
             "lab": REGISTRY_LAB,
             "testapp_image": TESTAPP_NODE,
+            "postgres_image": POSTGRES_NODE,
         },
         "ssh": {"user": NODE_USER, "identity": path("id_ed25519"), "known_hosts": path("known_hosts")},
         "decoys": {},
@@ -126,18 +127,20 @@ def cmd_up(args):
         registry_image = ensure_registry_image()
         ensure_testapp_image()
         ensure_helper_image()
+        ensure_postgres_image()
         ensure_network()
         pubkey = ensure_key()
 
         state = load_state() or new_state()
         state["ssh"] = new_state()["ssh"]
+        state["registry"] = new_state()["registry"]
         state["nodes"] = sorted(state["nodes"], key=lambda n: n["index"])
         # Nodes added to another fleet (`add --fleet`) are not counted.
         while sum(1 for n in state["nodes"] if n.get("fleet", "lab") == "lab") < args.nodes:
             k = state["next_index"]
             if k > MAX_INDEX:
                 raise Fail(f"node index {k} is past the lab's {MAX_INDEX}: lab/lab down, then up", "nodes")
-            state["nodes"].append(node_spec(k))
+            state["nodes"].append(node_spec(k, state))
             state["next_index"] = k + 1
         if len(state["nodes"]) > args.nodes:
             say(f"keeping all {len(state['nodes'])} live nodes (more than --nodes {args.nodes})")
@@ -190,7 +193,7 @@ def cmd_add(args):
                 raise Fail(f"node index {k} is past the lab's {MAX_INDEX}: lab/lab down, then up")
         node_image = ensure_node_image()
         pubkey = ensure_key()
-        node = node_spec(k, args.fleet)
+        node = node_spec(k, state, args.fleet, args.zone)
         state["next_index"] = k + 1
         state["nodes"].append(node)
         save_state(state)
@@ -416,6 +419,8 @@ def main():
     p.add_argument("--fleet", default="lab", metavar="NAME",
                    help="tag the instance prism:fleet=NAME (default lab); a test that preempts nodes adds "
                         "them to its own fleet so that other fleets never place pods there")
+    p.add_argument("--zone", choices=AZS, metavar="AZ",
+                   help=f"the node's availability zone, one of {', '.join(AZS)} (default: the zones take turns)")
     p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("preempt", help="kill a node and terminate its instance",

@@ -33,7 +33,9 @@ REGION = "eu-north-1"
 AZS = ["eu-north-1a", "eu-north-1b", "eu-north-1c"]
 AZ_FIRST = [10, 74, 138]
 AZ_SUBNETS = ["172.31.250.0/26", "172.31.250.64/26", "172.31.250.128/26"]
-MAX_INDEX = 150  # beyond this, az-a addresses would reach the decoys' .60/.61
+MAX_INDEX = 150
+# Addresses per zone: az-a's .10–.59 stop short of the decoys' .60/.61.
+ZONE_SLOTS = 50
 DECOY_IP = "172.31.250.60"
 GONE_IP = "172.31.250.61"
 AMI = "ami-0a1b2c3d4e5f60718"
@@ -53,6 +55,12 @@ TESTAPP_IMAGE = "prism-lab/testapp:1"
 TESTAPP_PUSH = f"{REGISTRY_HOST}/prism/testapp:1"
 TESTAPP_NODE = f"{REGISTRY_LAB}/prism/testapp:1"
 TESTAPP_TARGET = "x86_64-unknown-linux-gnu"
+# The lab's database server: PostgreSQL 15 from Debian's packages.
+PGBASE_IMAGE = "prism-lab/pgbase"
+PGBASE_PACKAGES = "postgresql-15"
+POSTGRES_IMAGE = "prism-lab/postgres:1"
+POSTGRES_PUSH = f"{REGISTRY_HOST}/prism/postgres:1"
+POSTGRES_NODE = f"{REGISTRY_LAB}/prism/postgres:1"
 # Prism's helper image: busybox alone, served by the registry and named by
 # digest in the lab's fleet.toml.
 HELPER_IMAGE = "prism-lab/helper:1"

@@ -9,9 +9,10 @@ import sys
 import time
 
 from .common import (
-    AMI, AZS, AZ_SUBNETS, DECOY_IP, GONE_IP, MOTO_HOST, MOTO_PORT, MOTO_URL, REGION, STATE, SUBNET,
+    AMI, AZS, AZ_SUBNETS, DECOY_IP, GONE_IP, MOTO_HOST, MOTO_URL, REGION, SRC, STATE, SUBNET,
     Fail, http_get, path, say, step, tail, warn, write_file,
 )
+from .ebs import BACKEND_PORT, release_all
 
 
 def moto_answers():
@@ -19,9 +20,10 @@ def moto_answers():
     return r is not None
 
 
-def moto_pid():
+def pid_of(name, marker):
+    """The pid in .lab/NAME.pid, if that process still runs `marker`."""
     try:
-        with open(path("moto.pid")) as f:
+        with open(path(f"{name}.pid")) as f:
             pid = int(f.read().strip())
     except (OSError, ValueError):
         return None
@@ -30,50 +32,73 @@ def moto_pid():
             cmd = f.read().replace(b"\0", b" ")
     except OSError:
         return None
-    return pid if b"moto" in cmd else None
+    return pid if marker in cmd else None
+
+
+def moto_pid():
+    return pid_of("moto", b"moto")
+
+
+def spawn(name, argv, cwd):
+    log = open(path(f"{name}.log"), "ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, cwd=cwd)
+    log.close()
+    write_file(path(f"{name}.pid"), f"{proc.pid}\n")
+    return proc
 
 
 def start_moto():
-    """Starts moto in the background unless it answers; returns a waiter."""
+    """Starts the lab's EC2 endpoint in the background unless it answers:
+    moto, and in front of it the EBS stand-in (prismlab.ebs). Returns a
+    waiter."""
     if moto_answers():
         return lambda: None
     os.makedirs(STATE, exist_ok=True)
-    log = open(path("moto.log"), "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", MOTO_HOST, "-p", str(MOTO_PORT)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=STATE,
-    )
-    log.close()
-    write_file(path("moto.pid"), f"{proc.pid}\n")
+    procs = []
+    if not moto_pid():
+        procs.append(("moto", spawn("moto", [sys.executable, "-m", "moto.server", "-H", MOTO_HOST,
+                                             "-p", str(BACKEND_PORT)], STATE)))
+    if not pid_of("ebs", b"prismlab.ebs"):
+        procs.append(("ebs", spawn("ebs", [sys.executable, "-m", "prismlab.ebs"], SRC)))
 
     def wait():
         with step("moto"):
             deadline = time.monotonic() + 30
             while not moto_answers():
-                if proc.poll() is not None:
-                    with open(path("moto.log"), errors="replace") as f:
-                        raise Fail(f"moto_server exited {proc.returncode}: {tail(f.read())}")
+                for name, proc in procs:
+                    if proc.poll() is not None:
+                        with open(path(f"{name}.log"), errors="replace") as f:
+                            raise Fail(f"{name} exited {proc.returncode}: {tail(f.read())}")
                 if time.monotonic() > deadline:
-                    raise Fail(f"moto did not answer on {MOTO_URL} within 30 s (log {path('moto.log')})")
+                    raise Fail(f"the EC2 endpoint did not answer on {MOTO_URL} within 30 s "
+                               f"(logs {path('moto.log')}, {path('ebs.log')})")
                 time.sleep(0.2)
-            proc.returncode = 0  # it lives on after us, on purpose
+            for _, proc in procs:
+                proc.returncode = 0  # they live on after us, on purpose
     return wait
 
 
 def stop_moto():
-    pid = moto_pid()
-    if pid:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while moto_pid() == pid and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if moto_pid() == pid:
-            os.kill(pid, signal.SIGKILL)
-        say(f"stopped moto (pid {pid})")
-    elif moto_answers():
+    stopped = False
+    for name, marker in (("ebs", b"prismlab.ebs"), ("moto", b"moto")):
+        pid = pid_of(name, marker)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while pid_of(name, marker) == pid and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if pid_of(name, marker) == pid:
+                os.kill(pid, signal.SIGKILL)
+            say(f"stopped {name} (pid {pid})")
+            stopped = True
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path(f"{name}.pid"))
+    if not stopped and moto_answers():
         warn(f"something answers on {MOTO_URL} that the lab did not start: left alone")
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path("moto.pid"))
+    freed = release_all()
+    if freed:
+        say(f"freed {freed} loop devices of lab volumes")
 
 
 def ec2():

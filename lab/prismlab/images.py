@@ -9,8 +9,8 @@ import subprocess
 import tempfile
 
 from .common import (
-    BASE_IMAGE, BASE_PACKAGES, HELPER_IMAGE, HELPER_PUSH, LABEL, SRC, TESTAPP_IMAGE, TESTAPP_PUSH,
-    TESTAPP_TARGET, Fail,
+    BASE_IMAGE, BASE_PACKAGES, HELPER_IMAGE, HELPER_PUSH, LABEL, PGBASE_IMAGE, PGBASE_PACKAGES,
+    POSTGRES_IMAGE, POSTGRES_PUSH, SRC, TESTAPP_IMAGE, TESTAPP_PUSH, TESTAPP_TARGET, Fail,
     docker, path, run, say, step, tail,
 )
 
@@ -79,40 +79,63 @@ def debian_mirror():
     raise Fail("no Debian bookworm archive in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list")
 
 
+def debootstrap_image(tag, packages, name):
+    """A Debian bookworm root filesystem (minbase and `packages`) from the
+    machine's Debian archive, imported as `tag`, labelled with the
+    packages."""
+    mirror = debian_mirror()
+    os.makedirs(path("logs"), exist_ok=True)
+    slug = name.replace(" ", "-")
+    log = path("logs", f"debootstrap-{slug}.log")
+    say(f"{name}: debootstrap bookworm from {mirror} (a minute or two; log {log})")
+    root = tempfile.mkdtemp(prefix=f"prism-lab-{slug}-", dir="/var/tmp")
+    try:
+        with open(log, "w") as lf:
+            p = subprocess.run(
+                ["debootstrap", "--variant=minbase", f"--include={packages}", "bookworm", root, mirror],
+                stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        if p.returncode != 0:
+            with open(log, errors="replace") as lf:
+                raise Fail(f"debootstrap exited {p.returncode}: {tail(lf.read())}")
+        # What a container never needs: apt's lists and caches, docs.
+        for sub in ("var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man"):
+            shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
+        say(f"{name}: importing the root filesystem")
+        tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        imp = subprocess.run(
+            ["docker", "import", "--change", f"LABEL {LABEL}", "--change",
+             f"LABEL prism-lab.packages={packages}", "--change", 'CMD ["/bin/bash"]', "-", tag],
+            stdin=tar.stdout, capture_output=True, text=True, errors="replace",
+        )
+        tar.stdout.close()
+        tar_err = tar.stderr.read().decode(errors="replace")
+        tar.wait()
+        if tar.returncode != 0:
+            raise Fail(f"tar of the root filesystem exited {tar.returncode}: {tail(tar_err)}")
+        if imp.returncode != 0:
+            raise Fail(f"docker import exited {imp.returncode}: {tail(imp.stderr)}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def ensure_base():
     with step("base image"):
-        if image_label(BASE_IMAGE, "prism-lab.packages") == BASE_PACKAGES:
-            return
-        mirror = debian_mirror()
-        os.makedirs(path("logs"), exist_ok=True)
-        log = path("logs", "debootstrap.log")
-        say(f"base image: debootstrap bookworm from {mirror} (about a minute; log {log})")
-        root = tempfile.mkdtemp(prefix="prism-lab-rootfs-", dir="/var/tmp")
-        try:
-            with open(log, "w") as lf:
-                p = subprocess.run(
-                    ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", root, mirror],
-                    stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                )
-            if p.returncode != 0:
-                with open(log, errors="replace") as lf:
-                    raise Fail(f"debootstrap exited {p.returncode}: {tail(lf.read())}")
-            say("base image: importing the root filesystem")
-            tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            imp = subprocess.run(
-                ["docker", "import", "--change", f"LABEL {LABEL}", "--change",
-                 f"LABEL prism-lab.packages={BASE_PACKAGES}", "--change", 'CMD ["/bin/bash"]', "-", BASE_IMAGE],
-                stdin=tar.stdout, capture_output=True, text=True, errors="replace",
-            )
-            tar.stdout.close()
-            tar_err = tar.stderr.read().decode(errors="replace")
-            tar.wait()
-            if tar.returncode != 0:
-                raise Fail(f"tar of the root filesystem exited {tar.returncode}: {tail(tar_err)}")
-            if imp.returncode != 0:
-                raise Fail(f"docker import exited {imp.returncode}: {tail(imp.stderr)}")
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+        if image_label(BASE_IMAGE, "prism-lab.packages") != BASE_PACKAGES:
+            debootstrap_image(BASE_IMAGE, BASE_PACKAGES, "base image")
+
+
+def ensure_postgres_image():
+    """PostgreSQL from Debian's packages (lab/postgres/), tagged for the
+    lab's registry."""
+    with step("postgres image"):
+        if image_label(PGBASE_IMAGE, "prism-lab.packages") != PGBASE_PACKAGES:
+            debootstrap_image(PGBASE_IMAGE, PGBASE_PACKAGES, "postgres image")
+        src = os.path.join(SRC, "postgres")
+        h = hash_files(files_under(src), [image_id(PGBASE_IMAGE)])
+        if image_label(POSTGRES_IMAGE, "prism-lab.hash") != h:
+            build_image(POSTGRES_IMAGE, src, h, "postgres image")
+        docker("tag", POSTGRES_IMAGE, POSTGRES_PUSH)
 
 
 def build_image(tag, context, h, name):

@@ -7,7 +7,7 @@ import socket
 import time
 
 from .common import (
-    AZS, AZ_FIRST, BARE_CONTAINER, BARE_IP, IMDS_ACTION, IMDS_PORT, IMDS_REBALANCE, IMDS_ROOT,
+    AZS, AZ_FIRST, ZONE_SLOTS, BARE_CONTAINER, BARE_IP, IMDS_ACTION, IMDS_PORT, IMDS_REBALANCE, IMDS_ROOT,
     LABEL, NET, STATE, USER_DATA, Fail, container_info, docker, path, run, step, tail, warn,
     write_file,
 )
@@ -26,9 +26,15 @@ NODE_RUN_FLAGS = [
 ]
 
 
-def node_spec(k, fleet="lab"):
-    az = (k - 1) % 3
-    addr = f"172.31.250.{AZ_FIRST[az] + (k - 1) // 3}"
+def node_spec(k, state, fleet="lab", zone=None):
+    """Node number k in `zone` (by default the zones take turns) at the
+    lowest address of that zone's subnet no node of this lab has had."""
+    az = (k - 1) % 3 if zone is None else AZS.index(zone)
+    taken = {n["address"] for n in state["nodes"] + state.get("preempted", [])}
+    free = (f"172.31.250.{AZ_FIRST[az] + j}" for j in range(ZONE_SLOTS))
+    addr = next((a for a in free if a not in taken), None)
+    if addr is None:
+        raise Fail(f"no address left in {AZS[az]} ({ZONE_SLOTS} nodes have had one): lab/lab down, then up")
     return {
         "name": f"node{k}",
         "index": k,

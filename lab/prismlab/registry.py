@@ -14,7 +14,8 @@ import warnings
 
 from .common import (
     AUTH_REGISTRY, AUTH_REGISTRY_HOST, AUTH_REGISTRY_IP, AUTH_REGISTRY_LAB, AUTH_USER, HELPER_IMAGE,
-    HELPER_NODE_REPO, HELPER_PUSH, LABEL, NET, REGISTRY, REGISTRY_HOST, REGISTRY_IP, TESTAPP_AUTH_NODE,
+    HELPER_NODE_REPO, HELPER_PUSH, LABEL, NET, POSTGRES_IMAGE, POSTGRES_PUSH, REGISTRY, REGISTRY_HOST,
+    REGISTRY_IP, TESTAPP_AUTH_NODE,
     TESTAPP_AUTH_PUSH, TESTAPP_IMAGE,
     TESTAPP_PUSH, Fail, container_info, docker, http_get, path, run, say, step, tail, warn,
     write_file,
@@ -72,7 +73,8 @@ def ensure_registry(image):
                 raise Fail(f"registry did not answer on http://{REGISTRY_HOST}/v2/ within 20 s: "
                            f"{tail(logs.stderr + logs.stdout)}")
             time.sleep(0.2)
-    for repo, image, push in [("testapp", TESTAPP_IMAGE, TESTAPP_PUSH), ("helper", HELPER_IMAGE, HELPER_PUSH)]:
+    for repo, image, push in [("testapp", TESTAPP_IMAGE, TESTAPP_PUSH), ("helper", HELPER_IMAGE, HELPER_PUSH),
+                              ("postgres", POSTGRES_IMAGE, POSTGRES_PUSH)]:
         with step(f"push {repo}"):
             have = registry_digest(repo)
             p = docker("image", "inspect", "--format", "{{json .RepoDigests}}", image)

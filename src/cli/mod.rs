@@ -10,6 +10,7 @@ mod reconcile;
 mod status;
 pub(crate) mod table;
 mod validate;
+pub(crate) mod volumes;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -167,6 +168,23 @@ pub enum Command {
         probe: bool,
     },
 
+    /// List the fleet's volumes, or delete those fleet.toml no longer asks for.
+    ///
+    /// Lists every pod's volumes as the applier's last pass saw them: app
+    /// and instance, kind (durable: an EBS volume; local: a Docker volume
+    /// on one node; image: made for a path the image declares as VOLUME),
+    /// size, zone, node, state, and whether fleet.toml still asks for it.
+    /// Volumes are never deleted otherwise: removing an app or lowering its
+    /// instances keeps them.
+    #[command(after_help = EXIT_CODES, args_conflicts_with_subcommands = true)]
+    Volumes {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<VolumesCommand>,
+    },
+
     /// Print shell completions for prism to stdout.
     ///
     /// For example `prism completions bash > /etc/bash_completion.d/prism`,
@@ -185,6 +203,31 @@ pub enum Command {
         /// Write every page into this folder (it must exist).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumesCommand {
+    /// Delete the volumes of APP (or of one instance), and all they hold.
+    ///
+    /// Only volumes fleet.toml no longer asks for: remove the app (or lower
+    /// its instances) first. Lists what it would delete and deletes only
+    /// with --yes. The applier carries it out: a daemon or dashboard at
+    /// once, otherwise the next `prism reconcile --once`. A volume still
+    /// attached or in use is refused. Snapshots are kept.
+    #[command(after_help = EXIT_CODES)]
+    Delete {
+        /// The app whose volumes go.
+        app: String,
+        /// Only this instance's volumes (pod APP/N).
+        #[arg(long, value_name = "N")]
+        instance: Option<u32>,
+        /// Delete for good; without it, only lists what would go.
+        #[arg(long)]
+        yes: bool,
+        /// How long to wait for the applier's answer.
+        #[arg(long, default_value = "60s", value_parser = duration_arg)]
+        wait: std::time::Duration,
     },
 }
 
@@ -322,6 +365,25 @@ pub fn main() -> ExitCode {
                 daemon::init_logs(*log_format);
                 let interval = interval.unwrap_or(config.fleet.lifecycle.probe_interval.0);
                 block_on(daemon::run(config, interval, !*no_proxy))
+            }),
+        Command::Volumes { json, command } => Config::load(&cli.config)
+            .map_err(Failure::from)
+            .and_then(|config| match command {
+                None => volumes::list(&config, *json),
+                Some(VolumesCommand::Delete {
+                    app,
+                    instance,
+                    yes,
+                    wait,
+                }) => volumes::delete(
+                    &config,
+                    &volumes::DeleteArgs {
+                        app,
+                        instance: *instance,
+                        yes: *yes,
+                        wait: *wait,
+                    },
+                ),
             }),
         Command::Status { json, probe } => Config::load(&cli.config)
             .map_err(Failure::from)

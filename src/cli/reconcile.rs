@@ -66,6 +66,11 @@ async fn converge(l: &mut Loop, started: Instant, timeout: Duration) -> Result<C
     loop {
         l.budget = timeout.saturating_sub(started.elapsed());
         let (report, _, outcomes) = l.pass().await;
+        // For `prism status`, `prism volumes` and an attached dashboard.
+        l.journal.submit("publish the pass's plan", {
+            let published = report.published();
+            move |s| s.publish_plan(&published)
+        });
         if let Some(e) = &report.error {
             eprintln!("error: {e}");
             return Err(Failure::Reported(1));

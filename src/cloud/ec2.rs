@@ -20,6 +20,40 @@ const STATES: [&str; 6] = [
     "terminated",
 ];
 
+/// The AWS settings of fleet.toml's `[discovery]`: region, profile,
+/// endpoint, with the standard credential chain.
+pub(super) async fn sdk_config(config: &Config) -> aws_config::SdkConfig {
+    let d = &config.fleet.discovery;
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &d.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(profile) = &d.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(endpoint) = &d.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    // A pass waits on discovery: an endpoint that hangs must not stall
+    // it. Transient errors (throttling, a dropped connection) are retried
+    // here; what remains is retried by the inventory, with backoff.
+    loader
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(12))
+                .build(),
+        )
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(200)),
+        )
+        .load()
+        .await
+}
+
 pub struct Ec2 {
     client: aws_sdk_ec2::Client,
     tags: BTreeMap<String, String>,
@@ -34,33 +68,7 @@ impl Ec2 {
     pub async fn from_config(config: &Config) -> Ec2 {
         let fleet = &config.fleet;
         let d = &fleet.discovery;
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &d.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(profile) = &d.profile {
-            loader = loader.profile_name(profile);
-        }
-        if let Some(endpoint) = &d.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        // A pass waits on discovery: an endpoint that hangs must not stall
-        // it. Transient errors (throttling, a dropped connection) are retried
-        // here; what remains is retried by the inventory, with backoff.
-        loader = loader
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(2))
-                    .operation_attempt_timeout(Duration::from_secs(5))
-                    .operation_timeout(Duration::from_secs(12))
-                    .build(),
-            )
-            .retry_config(
-                aws_config::retry::RetryConfig::standard()
-                    .with_max_attempts(3)
-                    .with_initial_backoff(Duration::from_millis(200)),
-            );
-        let client = aws_sdk_ec2::Client::new(&loader.load().await);
+        let client = aws_sdk_ec2::Client::new(&sdk_config(config).await);
         let tags = d.tags.clone().unwrap_or_else(|| {
             BTreeMap::from([("prism:fleet".to_owned(), fleet.fleet.name.clone())])
         });

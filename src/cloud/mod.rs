@@ -2,6 +2,7 @@
 //! fleet.toml. Both become the same `Node`, so everything after discovery
 //! is blind to the source.
 
+mod ebs;
 mod ec2;
 mod inventory;
 mod listed;
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub use ebs::{CloudError, Ebs, TAG_FLEET, TAG_FORMATTED};
 pub use ec2::Ec2;
 pub use inventory::Stale;
 pub(crate) use inventory::{Found, Inventory};

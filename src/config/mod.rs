@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 pub use diagnostic::{ConfigError, Diagnostic, FieldPath, Invalid, Seg, line_col};
 pub use schema::*;
 pub use units::{Bytes, Interval, Millicores};
+pub use validate::{Mount, MountSource};
 
 use diagnostic::{locate, suggestion_for};
 

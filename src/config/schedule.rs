@@ -36,6 +36,8 @@ impl PartialEq for Schedule {
     }
 }
 
+impl Eq for Schedule {}
+
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)

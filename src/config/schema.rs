@@ -194,6 +194,26 @@ pub struct NodeLifecycle {
     /// link-local address, unless `[discovery] endpoint` points at a
     /// stand-in EC2 (then notices are read only if this is set).
     pub metadata_url: Option<String>,
+    /// A node holding a pod with a writable volume that has not answered
+    /// for this long is fenced (see `fence`), so that the pod can move.
+    #[serde(default = "default_fence_after")]
+    pub fence_after: Interval,
+    /// How a node is fenced: `terminate` its instance through EC2, or
+    /// `never` (its stateful pods wait for a person).
+    #[serde(default)]
+    pub fence: Fence,
+    /// How long a pod waits for a ready node in its durable volume's zone
+    /// before the volume moves to another zone through a snapshot.
+    #[serde(default = "default_zone_wait")]
+    pub zone_wait: Interval,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fence {
+    #[default]
+    Terminate,
+    Never,
 }
 
 impl Default for NodeLifecycle {
@@ -204,6 +224,9 @@ impl Default for NodeLifecycle {
             lost_after: default_lost_after(),
             notice_interval: default_notice_interval(),
             metadata_url: None,
+            fence_after: default_fence_after(),
+            fence: Fence::default(),
+            zone_wait: default_zone_wait(),
         }
     }
 }
@@ -259,6 +282,12 @@ fn default_lost_after() -> u32 {
 }
 fn default_notice_interval() -> Interval {
     Interval(std::time::Duration::from_secs(5))
+}
+fn default_zone_wait() -> Interval {
+    Interval(std::time::Duration::from_secs(300))
+}
+fn default_fence_after() -> Interval {
+    Interval(std::time::Duration::from_secs(60))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
@@ -493,6 +522,124 @@ pub struct App {
     pub services: BTreeMap<String, Service>,
     #[serde(default)]
     pub jobs: BTreeMap<String, Job>,
+    /// Volumes each pod instance has, by name; its services mount them by
+    /// that name (`volumes = ["NAME:/path"]`).
+    #[serde(default)]
+    pub volumes: BTreeMap<String, Volume>,
+}
+
+/// `[apps.APP.volumes.NAME]`: one volume per pod instance. Never shared
+/// between instances, apps or fleets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// Default: durable with EC2 discovery, local with a static list.
+    pub kind: Option<VolumeKind>,
+    /// Durable volumes: the EBS volume's size (whole GiB, rounded up).
+    pub size: Option<Bytes>,
+    /// Durable volumes: the EBS volume type (default gp3).
+    #[serde(rename = "type", default)]
+    pub ebs_type: EbsType,
+    /// Durable volumes: provisioned IOPS (gp3, io1, io2).
+    pub iops: Option<u32>,
+    /// Durable volumes: provisioned throughput in MiB/s (gp3).
+    pub throughput: Option<u32>,
+    /// Durable volumes: encrypted at rest with the account's EBS key.
+    #[serde(default = "default_true")]
+    pub encrypted: bool,
+    /// Durable volumes: the filesystem made on a new, empty volume.
+    #[serde(default)]
+    pub filesystem: Filesystem,
+    /// Durable volumes: scheduled EBS snapshots, the newest `keep` kept.
+    pub snapshots: Option<Snapshots>,
+    /// Durable volumes: a new volume starts as a copy of this snapshot.
+    pub from_snapshot: Option<String>,
+}
+
+impl Volume {
+    /// The kind in effect: `kind`, else what the discovery provider gives.
+    pub fn kind_for(&self, provider: Provider) -> VolumeKind {
+        self.kind.unwrap_or(match provider {
+            Provider::Ec2 => VolumeKind::Durable,
+            Provider::Static => VolumeKind::Local,
+        })
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeKind {
+    /// An EBS volume that follows its pod from node to node.
+    Durable,
+    /// A Docker volume on the node: lost with the node.
+    Local,
+}
+
+impl VolumeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeKind::Durable => "durable",
+            VolumeKind::Local => "local",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EbsType {
+    #[default]
+    Gp3,
+    Gp2,
+    Io1,
+    Io2,
+    St1,
+    Sc1,
+    Standard,
+}
+
+impl EbsType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EbsType::Gp3 => "gp3",
+            EbsType::Gp2 => "gp2",
+            EbsType::Io1 => "io1",
+            EbsType::Io2 => "io2",
+            EbsType::St1 => "st1",
+            EbsType::Sc1 => "sc1",
+            EbsType::Standard => "standard",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Filesystem {
+    #[default]
+    Ext4,
+    Xfs,
+}
+
+impl Filesystem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+        }
+    }
+}
+
+/// `snapshots = { schedule = "0 3 * * *", keep = 7 }`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshots {
+    pub schedule: Schedule,
+    pub keep: u32,
 }
 
 fn default_instances() -> u32 {
@@ -526,7 +673,8 @@ pub struct Service {
     pub restart: RestartPolicy,
     #[serde(default)]
     pub depends_on: Vec<String>,
-    /// `name:/path` (a local Docker volume) or `/host/path:/path`, `:ro` optional.
+    /// `NAME:/path` (a volume of the app, `[apps.APP.volumes.NAME]`) or
+    /// `/host/path:/path`, `:ro` optional.
     #[serde(default)]
     pub volumes: Vec<String>,
     /// When the image is pulled before a container is made.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use super::diagnostic::{Diagnostic, FieldPath, nearest};
-use super::schema::{App, Fleet, Health, Provider, Service};
+use super::schema::{App, EbsType, Fleet, Health, Provider, Service, VolumeKind};
 use super::units::{Bytes, Millicores};
 
 /// Docker refuses memory limits under 6 MiB.
@@ -25,6 +25,7 @@ pub fn validate(fleet: &Fleet) -> Vec<Diagnostic> {
     v.registries(fleet);
     for (name, app) in &fleet.apps {
         v.app(name, app);
+        v.app_volumes(name, app, fleet.discovery.provider);
     }
     v.duplicate_hosts(fleet);
     v.capacity(fleet);
@@ -317,6 +318,27 @@ impl Checker {
     fn lifecycle(&mut self, fleet: &Fleet) {
         let l = &fleet.lifecycle;
         let at = FieldPath::of(["lifecycle"]);
+        // A blip must never fence: well past a few missed probes.
+        if l.fence_after.0 < std::time::Duration::from_secs(10) {
+            self.err_help(
+                at.key("fence_after"),
+                format!(
+                    "fence_after must be at least 10s, found {}",
+                    humantime::format_duration(l.fence_after.0)
+                ),
+                "the default is 60s; a node silent for less is not yet provably gone",
+            );
+        }
+        if l.zone_wait.0 < std::time::Duration::from_secs(10) {
+            self.err_help(
+                at.key("zone_wait"),
+                format!(
+                    "zone_wait must be at least 10s, found {}",
+                    humantime::format_duration(l.zone_wait.0)
+                ),
+                "the default is 5m: a zone that loses its nodes for a moment keeps its volumes",
+            );
+        }
         if !(1..=100).contains(&l.lost_after) {
             self.err_help(
                 at.key("lost_after"),
@@ -394,7 +416,7 @@ impl Checker {
         for (svc_name, svc) in &app.services {
             self.service(
                 &at.key("services").key(svc_name.as_str()),
-                svc_name,
+                (name, svc_name),
                 svc,
                 app,
             );
@@ -475,7 +497,13 @@ impl Checker {
         }
     }
 
-    fn service(&mut self, at: &FieldPath, name: &str, svc: &Service, app: &App) {
+    fn service(
+        &mut self,
+        at: &FieldPath,
+        (app_name, name): (&str, &str),
+        svc: &Service,
+        app: &App,
+    ) {
         if !is_dns_label(name) {
             self.err(at.clone(), name_rule("service", name));
         }
@@ -562,9 +590,149 @@ impl Checker {
                 }
             }
         }
+        let mut targets = BTreeSet::new();
         for (i, vol) in svc.volumes.iter().enumerate() {
-            if let Err(e) = check_volume(vol) {
-                self.err(at.key("volumes").index(i), e);
+            let vat = at.key("volumes").index(i);
+            let mount = match Mount::parse(vol) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.err(vat, e);
+                    continue;
+                }
+            };
+            if !targets.insert(mount.target) {
+                self.err(
+                    vat.clone(),
+                    format!("two volumes are mounted at {}", mount.target),
+                );
+            }
+            if let MountSource::Volume(vname) = mount.source
+                && !app.volumes.contains_key(vname)
+            {
+                let msg = format!("no volume {vname:?} in this app");
+                let near = nearest(vname, app.volumes.keys().map(String::as_str));
+                let help = match near {
+                    Some(near) => format!("did you mean `{near}`?"),
+                    None => format!(
+                        "declare it: [apps.{app_name}.volumes.{vname}] with kind = \"local\" (a Docker volume on the node), or kind = \"durable\" and a size (an EBS volume that follows the pod)"
+                    ),
+                };
+                self.err_help(vat, msg, help);
+            }
+        }
+    }
+
+    /// `[apps.APP.volumes.NAME]`: names, kinds and the EBS settings.
+    fn app_volumes(&mut self, app_name: &str, app: &App, provider: Provider) {
+        let at = FieldPath::of(["apps", app_name, "volumes"]);
+        for (name, vol) in &app.volumes {
+            let vat = at.key(name.as_str());
+            if !is_dns_label(name) {
+                self.err(vat.clone(), name_rule("volume", name));
+            }
+            let kind = vol.kind_for(provider);
+            if kind == VolumeKind::Local {
+                let durable_only = [
+                    ("size", vol.size.is_some()),
+                    ("iops", vol.iops.is_some()),
+                    ("throughput", vol.throughput.is_some()),
+                    ("snapshots", vol.snapshots.is_some()),
+                    ("from_snapshot", vol.from_snapshot.is_some()),
+                ];
+                for (key, set) in durable_only {
+                    if set {
+                        self.err_help(
+                            vat.key(key),
+                            format!("{key} only applies to durable volumes"),
+                            "a local volume is a Docker volume on the node, as large as its disk",
+                        );
+                    }
+                }
+                continue;
+            }
+            if provider == Provider::Static {
+                self.err_help(
+                    vat.key("kind"),
+                    "durable volumes need EC2 discovery: they are EBS volumes",
+                    "use kind = \"local\" (a Docker volume on the node, lost with it)",
+                );
+            }
+            match vol.size {
+                None => self.err_help(
+                    vat.clone(),
+                    "a durable volume needs a size",
+                    "e.g. size = \"10G\"",
+                ),
+                Some(size) if size.0 < 1 << 30 || size.0 > 16 << 40 => self.err(
+                    vat.key("size"),
+                    format!("an EBS volume is 1G to 16T, found {size}"),
+                ),
+                Some(_) => {}
+            }
+            let t = vol.ebs_type;
+            if let Some(iops) = vol.iops {
+                let range = match t {
+                    EbsType::Gp3 => Some(3000..=16000),
+                    EbsType::Io1 => Some(100..=64000),
+                    EbsType::Io2 => Some(100..=256000),
+                    _ => None,
+                };
+                match range {
+                    None => self.err(
+                        vat.key("iops"),
+                        format!("iops only applies to gp3, io1 and io2, not {}", t.as_str()),
+                    ),
+                    Some(r) if !r.contains(&iops) => self.err(
+                        vat.key("iops"),
+                        format!(
+                            "{} takes {} to {} iops, found {iops}",
+                            t.as_str(),
+                            r.start(),
+                            r.end()
+                        ),
+                    ),
+                    Some(_) => {}
+                }
+            } else if matches!(t, EbsType::Io1 | EbsType::Io2) {
+                self.err(
+                    vat.key("type"),
+                    format!("type = \"{}\" needs iops", t.as_str()),
+                );
+            }
+            if let Some(tp) = vol.throughput {
+                if t != EbsType::Gp3 {
+                    self.err(
+                        vat.key("throughput"),
+                        format!("throughput only applies to gp3, not {}", t.as_str()),
+                    );
+                } else if !(125..=1000).contains(&tp) {
+                    self.err(
+                        vat.key("throughput"),
+                        format!("gp3 takes 125 to 1000 MiB/s of throughput, found {tp}"),
+                    );
+                }
+            }
+            if let Some(snap) = &vol.snapshots
+                && !(1..=1000).contains(&snap.keep)
+            {
+                self.err_help(
+                    vat.key("snapshots").key("keep"),
+                    format!(
+                        "keep must be between 1 and 1000 snapshots, found {}",
+                        snap.keep
+                    ),
+                    "the newest `keep` of the schedule's snapshots are kept, older ones deleted",
+                );
+            }
+            if let Some(id) = &vol.from_snapshot
+                && !is_aws_id(id, "snap-")
+            {
+                self.err(
+                    vat.key("from_snapshot"),
+                    format!(
+                        "expected a snapshot id such as \"snap-0123456789abcdef0\", found {id:?}"
+                    ),
+                );
             }
         }
     }
@@ -834,33 +1002,70 @@ fn is_email(text: &str) -> bool {
     }
 }
 
-/// `name:/path`, `/host/path:/path`, with an optional `:ro` or `:rw`.
-fn check_volume(vol: &str) -> Result<(), String> {
-    let parts: Vec<&str> = vol.split(':').collect();
-    let (src, dst) = match parts.as_slice() {
-        [src, dst] | [src, dst, "ro" | "rw"] => (*src, *dst),
-        _ => {
+/// Where a service's mount comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountSource<'a> {
+    /// A volume of the app, by name.
+    Volume(&'a str),
+    /// A path on the node.
+    Host(&'a str),
+}
+
+/// One entry of a service's `volumes`: `NAME:/path` or `/host/path:/path`,
+/// with an optional `:ro` or `:rw`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mount<'a> {
+    pub source: MountSource<'a>,
+    pub target: &'a str,
+    pub read_only: bool,
+}
+
+impl<'a> Mount<'a> {
+    pub fn parse(vol: &'a str) -> Result<Mount<'a>, String> {
+        let parts: Vec<&str> = vol.split(':').collect();
+        let (src, target, read_only) = match parts.as_slice() {
+            [src, dst] | [src, dst, "rw"] => (*src, *dst, false),
+            [src, dst, "ro"] => (*src, *dst, true),
+            _ => {
+                return Err(format!(
+                    "expected \"name:/path\" or \"/host/path:/path\" (optionally \":ro\"), found {vol:?}"
+                ));
+            }
+        };
+        if !target.starts_with('/') {
+            return Err(format!("the container path in {vol:?} must be absolute"));
+        }
+        // Docker's --mount reads its value as comma-separated fields.
+        if target.contains([',', '"', '=']) || target.contains(char::is_whitespace) {
             return Err(format!(
-                "expected \"name:/path\" or \"/host/path:/path\" (optionally \":ro\"), found {vol:?}"
+                "the container path in {vol:?} cannot hold ',', '=', '\"' or spaces"
             ));
         }
-    };
-    if !dst.starts_with('/') {
-        return Err(format!("the container path in {vol:?} must be absolute"));
+        if src.starts_with('/') {
+            return Ok(Mount {
+                source: MountSource::Host(src),
+                target,
+                read_only,
+            });
+        }
+        if !is_dns_label(src) {
+            return Err(format!(
+                "the source in {vol:?} must be a volume of the app (letters, digits and '-') or an absolute host path"
+            ));
+        }
+        Ok(Mount {
+            source: MountSource::Volume(src),
+            target,
+            read_only,
+        })
     }
-    let named = src
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && src
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if !(named || src.starts_with('/')) {
-        return Err(format!(
-            "the source in {vol:?} must be a volume name or an absolute host path"
-        ));
-    }
-    Ok(())
+}
+
+/// `snap-` or `vol-` and 8 or 17 hex digits, as EC2 makes them.
+fn is_aws_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|hex| {
+        matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit())
+    })
 }
 
 #[cfg(test)]
@@ -937,10 +1142,19 @@ mod tests {
 
     #[test]
     fn volumes() {
-        for ok in ["data:/var/lib/data", "/srv/blog:/data:ro", "cache_1:/c:rw"] {
+        let check_volume = |v| Mount::parse(v).map(|_| ());
+        for ok in ["data:/var/lib/data", "/srv/blog:/data:ro", "cache-1:/c:rw"] {
             assert!(check_volume(ok).is_ok(), "{ok}");
         }
-        for bad in ["data", "data:relative", "../x:/y", "a:/b:rx", "a:/b:ro:x"] {
+        for bad in [
+            "data",
+            "data:relative",
+            "../x:/y",
+            "a:/b:rx",
+            "a:/b:ro:x",
+            "Data:/d",
+            "a_b:/d",
+        ] {
             assert!(check_volume(bad).is_err(), "{bad}");
         }
     }

@@ -35,6 +35,44 @@ pub fn list_containers_path(fleet: &str) -> String {
     format!("/containers/json?{query}")
 }
 
+/// The fleet's Docker volumes (`docker volume ls --filter
+/// label=prism.fleet=<fleet>`), the query URL-encoded.
+pub fn list_volumes_path(fleet: &str) -> String {
+    let filters = serde_json::json!({ "label": [format!("{}={fleet}", labels::FLEET)] });
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("filters", &filters.to_string())
+        .finish();
+    format!("/volumes?{query}")
+}
+
+/// The names of `GET /volumes`.
+pub fn parse_volume_list(
+    status: u16,
+    body: &[u8],
+) -> Result<std::collections::BTreeSet<String>, ParseError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase", expecting = "a volume list")]
+    struct Raw {
+        #[serde(default)]
+        volumes: Option<Vec<RawVolume>>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct RawVolume {
+        name: String,
+    }
+    let raw: Raw = from_json(
+        Probe::ContainerList,
+        ok_text(Probe::ContainerList, status, body)?,
+    )?;
+    Ok(raw
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.name)
+        .collect())
+}
+
 /// One container, as `docker container inspect` shows it. A
 /// [`ContainerId`] is hex digits only, so it needs no escaping.
 pub fn inspect_container_path(id: &ContainerId) -> String {

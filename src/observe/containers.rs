@@ -97,6 +97,9 @@ pub struct ContainerState {
     pub finished_at: Option<i64>,
     /// Published ports while it runs, sorted. Exposed-only ports are left out.
     pub ports: Vec<PublishedPort>,
+    /// The Docker volumes it mounts, by path in the container (named ones
+    /// and those Docker made for the image's `VOLUME`s).
+    pub volumes: BTreeMap<String, String>,
 }
 
 /// Docker's `State.Status`.
@@ -275,6 +278,20 @@ struct RawContainer {
     config: RawConfig,
     #[serde(default)]
     network_settings: RawNetwork,
+    #[serde(default)]
+    mounts: Option<Vec<RawMount>>,
+}
+
+/// One of `Mounts`: `{"Type": "volume", "Name": "…", "Destination": "/data", "RW": true}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawMount {
+    #[serde(rename = "Type", default)]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    destination: String,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +350,13 @@ impl RawContainer {
         let ports = published_ports(self.network_settings.ports.unwrap_or_default())?;
         let labels = self.config.labels.unwrap_or_default();
         let name = self.name.strip_prefix('/').unwrap_or(&self.name).to_owned();
+        let volumes = self
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.kind == "volume")
+            .filter_map(|m| Some((m.destination, m.name.filter(|n| !n.is_empty())?)))
+            .collect();
         Ok(ContainerState {
             id,
             name,
@@ -352,6 +376,7 @@ impl RawContainer {
             started_at,
             finished_at,
             ports,
+            volumes,
         })
     }
 }

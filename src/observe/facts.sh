@@ -1,7 +1,7 @@
 # Prism node facts (run as `sh -c SCRIPT prism-facts [METADATA_URL]`; see
 # node.rs). Sections start with "@@ "; "@@ end" proves the output is complete.
 metadata=${1:-}
-echo "@@ prism-facts 2"
+echo "@@ prism-facts 3"
 echo "@@ meminfo"
 grep -E "^(MemTotal|MemAvailable):" /proc/meminfo
 echo "@@ nproc"
@@ -19,6 +19,9 @@ elif [ -r "$s" ] && [ -w "$s" ]; then sock=usable
 else sock=denied
 fi
 echo "@@ docker cli=$cli socket=$sock"
+# Durable volumes mounted where Prism mounts them: device and directory.
+echo "@@ mounts"
+grep " /var/lib/prism/volumes/" /proc/self/mounts | cut -d' ' -f1,2
 # A spot node's interruption notice and rebalance recommendation, when the
 # instance metadata service's URL is given: each section holds the answer's
 # body, then its HTTP status on a line of its own (000: no answer).

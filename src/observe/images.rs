@@ -6,7 +6,7 @@
 //! `:latest` added to a name without tag or digest. A reference from
 //! fleet.toml is brought to the same form before it is looked up.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
@@ -16,10 +16,12 @@ use super::error::{ParseError, Probe, from_json};
 /// included.
 pub(crate) const IMAGES_PATH: &str = "/images/json";
 
-/// The names of a node's images: `repo:tag` and `repo@digest`.
+/// The names of a node's images: `repo:tag` and `repo@digest`, and the
+/// image id each names, when listed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Images {
     names: BTreeSet<String>,
+    ids: BTreeMap<String, String>,
 }
 
 impl Images {
@@ -30,7 +32,14 @@ impl Images {
                 .filter(|n| !n.as_ref().starts_with("<none>"))
                 .map(|n| normal(n.as_ref()))
                 .collect(),
+            ids: BTreeMap::new(),
         }
+    }
+
+    /// The id (`sha256:` and 64 hex digits) of the image `image` names,
+    /// when the node has it.
+    pub fn id_of(&self, image: &str) -> Option<&str> {
+        self.ids.get(&normal(image)).map(String::as_str)
     }
 
     /// Whether `image`, as fleet.toml names it, is on the node.
@@ -85,18 +94,68 @@ pub(crate) fn parse_image_list(status: u16, body: &[u8]) -> Result<Images, Parse
     #[serde(rename_all = "PascalCase", expecting = "an image list entry")]
     struct Raw {
         #[serde(default)]
+        id: String,
+        #[serde(default)]
         repo_tags: Option<Vec<String>>,
         #[serde(default)]
         repo_digests: Option<Vec<String>>,
     }
     let text = super::api::ok_text(Probe::ImageList, status, body)?;
     let raw: Vec<Raw> = from_json(Probe::ImageList, text)?;
-    Ok(Images::new(raw.into_iter().flat_map(|r| {
-        r.repo_tags
+    let mut ids = BTreeMap::new();
+    let mut names = Vec::new();
+    for r in raw {
+        let all = r
+            .repo_tags
             .unwrap_or_default()
             .into_iter()
-            .chain(r.repo_digests.unwrap_or_default())
-    })))
+            .chain(r.repo_digests.unwrap_or_default());
+        for name in all.filter(|n| !n.starts_with("<none>")) {
+            if is_image_id(&r.id) {
+                ids.insert(normal(&name), r.id.clone());
+            }
+            names.push(name);
+        }
+    }
+    let mut images = Images::new(names);
+    images.ids = ids;
+    Ok(images)
+}
+
+/// `sha256:` and 64 hex digits: safe in an API path.
+fn is_image_id(id: &str) -> bool {
+    id.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// `GET /images/{id}/json` of an image, by its id.
+pub(crate) fn inspect_image_path(id: &str) -> Option<String> {
+    is_image_id(id).then(|| format!("/images/{id}/json"))
+}
+
+/// The paths an image declares as volumes (`Config.Volumes`), sorted.
+pub(crate) fn parse_image_volumes(status: u16, body: &[u8]) -> Result<Vec<String>, ParseError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase", expecting = "an image object")]
+    struct Raw {
+        #[serde(default)]
+        config: Option<RawConfig>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct RawConfig {
+        #[serde(default)]
+        volumes: Option<BTreeMap<String, serde_json::Value>>,
+    }
+    let text = super::api::ok_text(Probe::ImageList, status, body)?;
+    let raw: Raw = from_json(Probe::ImageList, text)?;
+    Ok(raw
+        .config
+        .and_then(|c| c.volumes)
+        .unwrap_or_default()
+        .into_keys()
+        .filter(|p| p.starts_with('/'))
+        .collect())
 }
 
 #[cfg(test)]

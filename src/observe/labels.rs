@@ -15,6 +15,9 @@ pub(crate) const INSTANCE: &str = "prism.instance";
 /// Hash of the service spec the container was created from.
 pub(crate) const SPEC: &str = "prism.spec";
 
+/// On a pod's local volume: its name in fleet.toml.
+pub(crate) const VOLUME: &str = "prism.volume";
+
 /// Every Prism label, in the order they are written and checked.
 pub(crate) const ALL: [&str; 5] = [FLEET, APP, SERVICE, INSTANCE, SPEC];
 

@@ -41,7 +41,7 @@ pub use containers::{
 pub use error::{ParseError, Probe};
 pub(crate) use error::{check_header, clip};
 pub use images::Images;
-pub(crate) use images::{IMAGES_PATH, parse_image_list};
+pub(crate) use images::{IMAGES_PATH, inspect_image_path, parse_image_list, parse_image_volumes};
 pub use labels::{Identity, JobLabels, LabelProblem, PrismLabels};
 pub use node::{DockerSetup, NodeFacts, Notice, SocketAccess};
 pub(crate) use node::{node_facts_argv, parse_node_facts};

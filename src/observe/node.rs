@@ -3,11 +3,13 @@
 //! (`facts.sh`, no interpolated input) prints them in sections:
 //!
 //! ```text
-//! @@ prism-facts 2
+//! @@ prism-facts 3
 //! @@ meminfo              MemTotal/MemAvailable lines of /proc/meminfo
 //! @@ nproc                one number
 //! @@ df /var/lib/docker   `df -Pk` of that path (`/` if it does not exist)
 //! @@ docker cli=present|missing socket=usable|denied|missing
+//! @@ mounts               `DEVICE DIR` of each filesystem mounted under
+//!                         /var/lib/prism/volumes/
 //! @@ spot-action          only with a metadata URL: the body of
 //! @@ rebalance            .../spot/instance-action (.../rebalance), then
 //!                         its HTTP status (000: no answer)
@@ -24,7 +26,7 @@ use super::error::{ParseError, Probe, check_header, clip};
 /// The script run by `sh -c`: a constant, never formatted.
 pub(crate) const FACTS_SCRIPT: &str = include_str!("facts.sh");
 
-const HEADER: &str = "prism-facts 2";
+const HEADER: &str = "prism-facts 3";
 
 /// `sh -c <FACTS_SCRIPT> prism-facts [metadata_url]`: with a URL, the
 /// script also reads the instance metadata for a spot notice. Its exit
@@ -57,6 +59,9 @@ pub struct NodeFacts {
     /// A spot interruption notice or rebalance recommendation, when the
     /// metadata was read and holds one.
     pub notice: Option<Notice>,
+    /// Durable volumes mounted on it: directory name under
+    /// `/var/lib/prism/volumes/` → device.
+    pub volume_mounts: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a spot node should be drained, from its instance metadata.
@@ -136,6 +141,7 @@ pub(crate) fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
                     | "nproc"
                     | "df"
                     | "docker"
+                    | "mounts"
                     | "spot-action"
                     | "rebalance"
                     | "metadata-unread"
@@ -172,6 +178,7 @@ pub(crate) fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
     let df_section = section("df")?;
     let disk_free = df_available(df_section)?;
     let docker = docker_setup(section("docker")?)?;
+    let volume_mounts = mounts(section("mounts")?)?;
     let optional = |name: &str| sections.iter().find(|s| s.name == name);
     let action = optional("spot-action").map(metadata).transpose()?;
     let rebalance = optional("rebalance").map(metadata).transpose()?;
@@ -188,7 +195,33 @@ pub(crate) fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
         disk_free,
         docker,
         notice,
+        volume_mounts,
     })
+}
+
+/// `DEVICE /var/lib/prism/volumes/NAME` lines.
+fn mounts(s: &Section<'_>) -> Result<std::collections::BTreeMap<String, String>, ParseError> {
+    let mut out = std::collections::BTreeMap::new();
+    for (n, line) in &s.body {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (device, dir) = line.split_once(' ').ok_or_else(|| {
+            ParseError::malformed(
+                Probe::NodeFacts,
+                Some(*n),
+                format!("expected `DEVICE DIR`, found {:?}", clip(line)),
+            )
+        })?;
+        // A directory deeper down is not one of Prism's mounts.
+        if let Some(name) = dir.strip_prefix("/var/lib/prism/volumes/")
+            && !name.is_empty()
+            && !name.contains('/')
+        {
+            out.insert(name.to_owned(), device.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// A metadata section: the body when the status is 200, `None` for any

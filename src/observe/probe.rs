@@ -2,18 +2,20 @@
 //! containers through the Docker API socket. The impure twin of this
 //! module's parsers; it only reads, never changes a node.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::api::{
-    VERSION_PATH, inspect_container_path, list_containers_path, parse_container_inspect,
-    parse_container_list, parse_version,
+    VERSION_PATH, inspect_container_path, list_containers_path, list_volumes_path,
+    parse_container_inspect, parse_container_list, parse_version, parse_volume_list,
 };
 use super::{
     ContainerState, DockerSetup, IMAGES_PATH, Images, NodeFacts, ParseError, SocketAccess,
-    docker_version_argv, node_facts_argv, parse_docker_version, parse_image_list, parse_node_facts,
+    docker_version_argv, inspect_image_path, node_facts_argv, parse_docker_version,
+    parse_image_list, parse_image_volumes, parse_node_facts,
 };
 use crate::ssh::{
     ApiResponse, DOCKER_SOCKET, DockerApiError, ExecLimits, Output, Pool, SshError, Target,
@@ -117,6 +119,11 @@ pub enum Probed {
         docker_version: String,
         containers: Vec<ContainerState>,
         images: Option<Images>,
+        /// The fleet's Docker volumes on it, when they could be listed.
+        volumes: Option<BTreeSet<String>>,
+        /// The paths images declare as volumes, for the images asked
+        /// about that the node holds, by reference as asked.
+        image_volumes: BTreeMap<String, Vec<String>>,
     },
     /// Reached, but Docker cannot be used.
     NoDocker {
@@ -157,7 +164,7 @@ impl Default for ProbeLimits {
 /// same time, Docker's state over the node's kept Docker API connection
 /// (no docker process runs on the node).
 pub async fn probe(pool: &Pool, target: &Target, fleet: &str, limits: ProbeLimits) -> Probed {
-    probe_with_metadata(pool, target, fleet, limits, None).await
+    probe_with_metadata(pool, target, fleet, limits, None, &BTreeSet::new()).await
 }
 
 /// [`probe`], and with `metadata_url` the node's instance metadata is read
@@ -168,6 +175,7 @@ pub(crate) async fn probe_with_metadata(
     fleet: &str,
     limits: ProbeLimits,
     metadata_url: Option<&str>,
+    unread_images: &BTreeSet<String>,
 ) -> Probed {
     let limits = ExecLimits {
         timeout: limits.timeout,
@@ -176,7 +184,7 @@ pub(crate) async fn probe_with_metadata(
     let facts_argv = node_facts_argv(metadata_url);
     let (facts, docker) = tokio::join!(
         pool.exec(target, &facts_argv, None, limits),
-        docker_state(pool, target, fleet, limits),
+        docker_state(pool, target, fleet, limits, unread_images),
     );
     let facts = match facts.map(|out| read(&out, parse_node_facts)) {
         Ok(Ok(facts)) => facts,
@@ -188,11 +196,15 @@ pub(crate) async fn probe_with_metadata(
             version: docker_version,
             containers,
             images,
+            volumes,
+            image_volumes,
         }) => Probed::Ready {
             facts,
             docker_version,
             containers,
             images,
+            volumes,
+            image_volumes,
         },
         Err(Unanswered::Socket(reason)) => {
             match no_socket(pool, target, &facts.docker, &reason, limits).await {
@@ -216,6 +228,8 @@ struct DockerState {
     version: String,
     containers: Vec<ContainerState>,
     images: Option<Images>,
+    volumes: Option<BTreeSet<String>>,
+    image_volumes: BTreeMap<String, Vec<String>>,
 }
 
 /// Docker's version (asked once per API connection), then the fleet's
@@ -227,6 +241,7 @@ async fn docker_state(
     target: &Target,
     fleet: &str,
     limits: ExecLimits,
+    unread_images: &BTreeSet<String>,
 ) -> Result<DockerState, Unanswered> {
     let answer = pool.docker_get_once(target, VERSION_PATH, limits).await;
     let version = judge(answer, parse_version)?;
@@ -252,10 +267,32 @@ async fn docker_state(
             None
         }
     };
+    // The fleet's volumes, and what images not read yet declare: neither
+    // is a reason to doubt a node that answers.
+    let answer = pool
+        .docker_get(target, &list_volumes_path(fleet), limits)
+        .await;
+    let volumes = judge(answer, parse_volume_list).ok();
+    let mut image_volumes = BTreeMap::new();
+    for image in unread_images {
+        let Some(path) = images
+            .as_ref()
+            .and_then(|i| i.id_of(image))
+            .and_then(inspect_image_path)
+        else {
+            continue;
+        };
+        let answer = pool.docker_get(target, &path, limits).await;
+        if let Ok(paths) = judge(answer, parse_image_volumes) {
+            image_volumes.insert(image.clone(), paths);
+        }
+    }
     Ok(DockerState {
         version,
         containers,
         images,
+        volumes,
+        image_volumes,
     })
 }
 

@@ -44,7 +44,12 @@ pub(crate) fn node_record(
         cpus: previous.and_then(|p| p.cpus),
         disk_free: previous.and_then(|p| p.disk_free),
         first_seen: previous.map_or(now, |p| p.first_seen),
-        last_seen: now,
+        // When it last answered (for a node never reached, when it was
+        // first seen): how long it has been silent decides its fence.
+        last_seen: match (probed, previous) {
+            (Probed::Failed(_), Some(p)) => p.last_seen,
+            _ => now,
+        },
         last_probe: Some(now),
     };
     if let Some(f) = facts {

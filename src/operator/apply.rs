@@ -10,6 +10,7 @@
 //! operator remembers.
 
 mod commands;
+mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -145,6 +146,10 @@ struct Context {
     /// Drains a container from the proxy before it is stopped.
     router: Option<Arc<dyn Router>>,
     workers: Arc<Workers>,
+    /// EBS, with EC2 discovery: durable volumes and fences.
+    ebs: Option<crate::cloud::Ebs>,
+    /// `[fleet] helper_image`: the root steps' container.
+    helper_image: String,
 }
 
 /// The applier of one fleet.toml.
@@ -154,23 +159,22 @@ pub struct Applier {
 
 impl Applier {
     pub fn new(
-        fleet: String,
-        pool: Arc<Pool>,
+        operator: &super::Operator,
         journal: Writer,
         fence: Arc<Fence>,
-        secrets: Arc<Secrets>,
-        router: Option<Arc<dyn Router>>,
         workers: Arc<Workers>,
     ) -> Applier {
         Applier {
             cx: Arc::new(Context {
-                fleet,
-                pool,
+                fleet: operator.config.fleet.fleet.name.clone(),
+                pool: operator.pool.clone(),
                 journal,
                 fence,
-                secrets,
-                router,
+                secrets: operator.secrets.clone(),
+                router: operator.router.clone(),
                 workers,
+                ebs: operator.ebs.clone(),
+                helper_image: operator.desired.helper_image.clone(),
             }),
         }
     }
@@ -227,7 +231,12 @@ impl Applier {
                     Action::Run { .. } | Action::Start { .. } | Action::Restart { .. }
                 )
         });
-        if started_containers {
+        // A volume just created is attached by the next pass.
+        let created_volume = applied
+            .outcomes
+            .iter()
+            .any(|o| o.result.is_ok() && matches!(o.action, Action::CreateVolume { .. }));
+        if started_containers || created_volume {
             applied.requeue = Some(SOON);
         }
         applied
@@ -302,7 +311,7 @@ impl Blocked {
     }
 
     fn skips(&self, action: &Action) -> bool {
-        pod_of(action).is_some_and(|pod| self.pods.contains(pod))
+        pod_of(action).is_some_and(|pod| self.pods.contains(&pod))
     }
 
     fn failed(&mut self, action: &Action) {
@@ -314,26 +323,35 @@ impl Blocked {
             }
             other => {
                 if let Some(pod) = pod_of(other) {
-                    self.pods.insert(pod.clone());
+                    self.pods.insert(pod);
                 }
             }
         }
     }
 }
 
-fn pod_of(action: &Action) -> Option<&PodKey> {
+fn pod_of(action: &Action) -> Option<PodKey> {
     match action {
-        Action::EnsureNetwork { pod, .. } | Action::RemoveNetwork { pod, .. } => Some(pod),
-        Action::Run { spec, .. } => Some(&spec.pod),
+        Action::EnsureNetwork { pod, .. } | Action::RemoveNetwork { pod, .. } => Some(pod.clone()),
+        Action::Run { spec, .. } => Some(spec.pod.clone()),
         Action::Start { container, .. }
         | Action::Restart { container, .. }
-        | Action::Remove { container, .. } => Some(&container.pod),
+        | Action::Remove { container, .. } => Some(container.pod.clone()),
+        Action::EnsureLocalVolume { volume, .. }
+        | Action::CreateVolume { volume, .. }
+        | Action::AttachVolume { volume, .. }
+        | Action::MountVolume { volume, .. }
+        | Action::UnmountVolume { volume, .. }
+        | Action::DetachVolume { volume, .. } => Some(volume.pod()),
         // A job's run stands alone: its failure stops none of its app's
         // steps, nor theirs it.
         Action::Pull { .. }
         | Action::RunJob { .. }
         | Action::RemoveJob { .. }
-        | Action::InstallDocker => None,
+        | Action::InstallDocker
+        | Action::Fence { .. }
+        | Action::SnapshotVolume { .. }
+        | Action::DeleteVolume { .. } => None,
     }
 }
 
@@ -351,12 +369,15 @@ fn record(journal: &Writer, o: &Outcome) {
         }
     };
     let app = match &o.action {
-        Action::RemoveJob { container, .. } => Some(&container.labels.app),
-        Action::RunJob { run } => Some(&run.labels.app),
-        other => pod_of(other).map(|p| &p.app),
+        Action::RemoveJob { container, .. } => Some(container.labels.app.clone()),
+        Action::RunJob { run } => Some(run.labels.app.clone()),
+        Action::DeleteVolume { volume, .. } | Action::SnapshotVolume { volume, .. } => {
+            Some(volume.app.clone())
+        }
+        other => pod_of(other).map(|p| p.app),
     };
     let event = match app {
-        Some(app) => event.app(app.clone()),
+        Some(app) => event.app(app),
         None => event,
     };
     journal.event(event.node(o.node.clone()));
@@ -374,6 +395,15 @@ fn kind(action: &Action) -> &'static str {
         Action::RunJob { .. } => "job_run",
         Action::RemoveJob { .. } => "job_remove",
         Action::InstallDocker => "install_docker",
+        Action::EnsureLocalVolume { .. } => "local_volume",
+        Action::CreateVolume { .. } => "volume_create",
+        Action::SnapshotVolume { .. } => "volume_snapshot",
+        Action::AttachVolume { .. } => "volume_attach",
+        Action::MountVolume { .. } => "volume_mount",
+        Action::UnmountVolume { .. } => "volume_unmount",
+        Action::DetachVolume { .. } => "volume_detach",
+        Action::Fence { .. } => "fence",
+        Action::DeleteVolume { .. } => "volume_delete",
     }
 }
 
@@ -405,9 +435,10 @@ mod tests {
                     memory: Bytes(1 << 20),
                     cpu: None,
                     restart: RestartPolicy::No,
-                    volumes: vec![],
+                    mounts: vec![],
                     logs: Logs::default(),
                 },
+                image_mounts: vec![],
             }),
             reason: RunReason::New,
         }

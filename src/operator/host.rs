@@ -72,11 +72,28 @@ pub fn host_argv(fleet: &str, helper_image: &str, argv: &[String]) -> Vec<String
             "-n",
             "-p",
             "--",
+            // The host's own PATH, not the helper image's.
+            "env",
+            HOST_PATH,
         ]
         .map(String::from),
     );
     out.extend(argv.iter().cloned());
     out
+}
+
+/// The PATH a root login has on Debian and its kin.
+const HOST_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How a root command is named in an error: a script by its name and
+/// arguments (`sh -c SCRIPT NAME ARGS…`), else the command as given.
+fn short(argv: &[String]) -> String {
+    match argv {
+        [sh, c, _script, rest @ ..] if sh == "sh" && c == "-c" && !rest.is_empty() => {
+            rest.join(" ")
+        }
+        _ => argv.join(" "),
+    }
 }
 
 /// Runs `argv` as root on `target` through the helper (see the module);
@@ -106,7 +123,7 @@ pub async fn run_as_root(
         Ok(out)
     } else {
         Err(ActionError::Command {
-            command: format!("{} (as root)", argv.join(" ")),
+            command: format!("{} (as root)", short(argv)),
             brief: out.brief(),
         })
     }
@@ -128,9 +145,16 @@ mod tests {
              --device-cgroup-rule a *:* rwm --security-opt apparmor=unconfined \
              --security-opt seccomp=unconfined --pid host --network host --ipc host --uts host \
              --label prism.fleet=hobby --label prism.host-command=1 -- reg/helper@sha256:0123 \
-             nsenter -t 1 -m -u -i -n -p -- mount -t tmpfs none /mnt/a b"
+             nsenter -t 1 -m -u -i -n -p -- env \
+             PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+             mount -t tmpfs none /mnt/a b"
         );
         // The command's words stay words: the SSH layer quotes each.
         assert_eq!(got.last().map(String::as_str), Some("/mnt/a b"));
+        let script: Vec<String> = ["sh", "-c", "long\nscript", "prism-mount", "vol-1"]
+            .map(String::from)
+            .into();
+        assert_eq!(short(&script), "prism-mount vol-1");
+        assert_eq!(short(&argv), "mount -t tmpfs none /mnt/a b");
     }
 }

@@ -1,7 +1,8 @@
-//! Scheduled jobs from fleet.toml: the scheduler only tells the loop that
-//! a job's tick came ([`Input::Tick`]); the next pass plans the run (or
-//! skips it) and the applier starts it, like any other change to a node
-//! (see `reconcile::job`).
+//! Scheduled jobs and snapshots from fleet.toml: the scheduler only tells
+//! the loop that a job's or a volume's tick came ([`Input::Tick`],
+//! [`Input::SnapshotTick`]); the next pass plans the run or the snapshots
+//! (or skips them) and the applier carries them out, like any other change
+//! (see `reconcile::job`, `reconcile::snapshots`).
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use tokio_cron_scheduler::{Job as CronJob, JobScheduler, JobSchedulerError};
 
 use super::Operator;
 use super::run::{Control, Input};
-use crate::reconcile::Tick;
+use crate::reconcile::{SnapshotTick, Tick};
 use crate::store::now_ms;
 
 /// Schedules every job of `operator`'s fleet.toml; `None`, logged, when
@@ -20,7 +21,7 @@ pub async fn start(operator: &Operator, control: &Arc<Control>) -> Option<JobSch
         .fleet
         .apps
         .values()
-        .any(|a| !a.jobs.is_empty());
+        .any(|a| !a.jobs.is_empty() || a.volumes.values().any(|v| v.snapshots.is_some()));
     if !has_jobs {
         return None;
     }
@@ -45,6 +46,22 @@ async fn schedule(
                 control.send(Input::Tick(Tick {
                     app: app.clone(),
                     job: name.clone(),
+                    at: now_ms() / 1000,
+                }));
+                Box::pin(async {})
+            })?;
+            scheduler.add(cron).await?;
+        }
+        for (volume, v) in &spec.volumes {
+            let Some(snapshots) = &v.snapshots else {
+                continue;
+            };
+            let (control, app, volume) = (control.clone(), app.clone(), volume.clone());
+            let cron = CronJob::new_async(snapshots.schedule.six_fields(), move |_, _| {
+                control.send(Input::SnapshotTick(SnapshotTick {
+                    app: app.clone(),
+                    volume: volume.clone(),
+                    instance: None,
                     at: now_ms() / 1000,
                 }));
                 Box::pin(async {})

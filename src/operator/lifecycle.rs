@@ -170,6 +170,7 @@ mod tests {
                 socket: SocketAccess::Usable,
             },
             notice,
+            volume_mounts: BTreeMap::new(),
         }
     }
 
@@ -179,6 +180,8 @@ mod tests {
             docker_version: "20.10".into(),
             containers: vec![],
             images: Some(Images::default()),
+            volumes: None,
+            image_volumes: BTreeMap::new(),
         }
     }
 

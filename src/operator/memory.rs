@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::lifecycle::Misses;
-use crate::reconcile::{Hold, Holds, NodeState, PodKey, Tick};
+use crate::reconcile::{Hold, Holds, NodeState, PodKey, SnapshotTick, Tick};
 use crate::store::{HealthBook, NodeRecord, Placement, Request, Store, StoreError, Writer, now_ms};
 
 #[derive(Debug, Default)]
@@ -35,6 +35,21 @@ pub struct Memory {
     /// When an apply last started containers: passes come quicker while
     /// they settle.
     pub started_at: Option<Instant>,
+    /// The paths images declare as volumes, by reference, once read on a
+    /// node: an image's `VOLUME`s do not change under its reference in a
+    /// way Prism could follow anyway, and a pod waits until they are known.
+    pub image_volumes: BTreeMap<String, Vec<String>>,
+    /// The fleet had EBS volumes at the last listing: keep listing them.
+    pub had_ebs: bool,
+    /// Scheduled snapshots due at the next pass.
+    pub due_snapshots: Vec<SnapshotTick>,
+    /// When each zone last had a ready node (zones of the fleet's
+    /// volumes): one empty for `[lifecycle] zone_wait` sees its volumes
+    /// moved.
+    pub zone_ready_at: BTreeMap<String, Instant>,
+    /// When this process loaded its memory: a zone never seen ready counts
+    /// as empty since then.
+    pub loaded_at: Option<Instant>,
 }
 
 impl Memory {
@@ -62,6 +77,7 @@ impl Memory {
             health: HealthBook::new(store.health_records()?),
             pull_failures,
             holds: Holds::new(store.holds()?),
+            loaded_at: Some(Instant::now()),
             ..Memory::default()
         })
     }

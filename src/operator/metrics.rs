@@ -177,6 +177,8 @@ mod tests {
             cpu: Millicores(1000),
             state,
             images: None,
+            stopped: false,
+            silent_for: None,
         }
     }
 

@@ -32,7 +32,7 @@ pub async fn observe(
     fleet: &str,
     limits: ProbeLimits,
 ) -> Vec<Observed> {
-    observe_with_metadata(pool, nodes, fleet, limits, |_| None).await
+    observe_with_metadata(pool, nodes, fleet, limits, |_| None, &BTreeSet::new()).await
 }
 
 /// [`observe`]; `metadata` gives, per node, the instance metadata URL to
@@ -45,6 +45,7 @@ pub(crate) async fn observe_with_metadata(
     fleet: &str,
     limits: ProbeLimits,
     metadata: impl Fn(&Node) -> Option<String>,
+    unread_images: &BTreeSet<String>,
 ) -> Vec<Observed> {
     let targets: Vec<_> = nodes.iter().map(Node::target).collect();
     let urls: std::collections::BTreeMap<&str, String> = nodes
@@ -67,7 +68,7 @@ pub(crate) async fn observe_with_metadata(
             ));
         }
         let url = urls.get(target.id.as_str()).map(String::as_str);
-        let probe = probe_with_metadata(pool, &target, fleet, limits, url);
+        let probe = probe_with_metadata(pool, &target, fleet, limits, url, unread_images);
         match tokio::time::timeout(limits.timeout, probe).await {
             Ok(probed) => probed,
             Err(_) => Probed::Failed(Condition::Timeout(format!(
@@ -227,6 +228,16 @@ fn view(node: &Node, probed: &Probed, row: &NodeRecord, state: NodeState) -> Nod
         state,
         images: match probed {
             Probed::Ready { images, .. } => images.clone(),
+            _ => None,
+        },
+        stopped: node.presence == Presence::Leaving,
+        silent_for: match probed {
+            Probed::Failed(_) => {
+                let ms = now_ms().saturating_sub(row.last_seen);
+                Some(std::time::Duration::from_millis(
+                    u64::try_from(ms).unwrap_or(0),
+                ))
+            }
             _ => None,
         },
     }

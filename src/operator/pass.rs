@@ -11,16 +11,18 @@ use super::lifecycle::worth_recheck;
 use super::memory::Memory;
 use super::observe::{Observed, observe_with_metadata, record};
 use super::routing::Router;
-use crate::cloud::{Discovery, DiscoveryError, Found, Inventory, Lifecycle, Node, Presence, Stale};
-use crate::config::Config;
+use crate::cloud::{
+    Discovery, DiscoveryError, Ebs, Found, Inventory, Lifecycle, Node, Presence, Stale,
+};
+use crate::config::{Config, Provider};
 use crate::observe::{Condition, ContainerState, Health, ProbeLimits, Probed};
 use crate::reconcile::{
     Action, Admission, Desired, Hold, HoldKind, MissingSecret, NodeView, Plan, SecretError,
-    Secrets, Tick, apps_removed, fleet_pods, hold_apps, inventory_shrank, plan, plan_jobs,
-    plan_restarts, resolve_secrets,
+    Secrets, SnapshotTick, Storage, Tick, apps_removed, fleet_pods, hold_apps, inventory_shrank,
+    plan, plan_deletes, plan_jobs, plan_restarts, plan_snapshots, resolve_secrets,
 };
 use crate::ssh::{Pool, SshError, SshSettings};
-use crate::store::{Level, NewEvent, Writer, now_ms};
+use crate::store::{Level, NewEvent, RequestKind, VolumeLines, Writer, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
@@ -54,6 +56,8 @@ pub struct Operator {
     inventory: Inventory,
     /// The proxy's side of each pass, when one runs.
     pub router: Option<Arc<dyn Router>>,
+    /// EBS, with EC2 discovery: the fleet's durable volumes.
+    pub ebs: Option<Ebs>,
 }
 
 /// What a pass saw and decided.
@@ -63,6 +67,10 @@ pub struct Planned {
     pub views: Vec<NodeView>,
     /// The fleet's containers per ready node, with Prism's health verdicts.
     pub observed: BTreeMap<String, Vec<ContainerState>>,
+    /// Volumes as this pass saw them.
+    pub storage: Storage,
+    /// The same, as `prism volumes` lists them.
+    pub volumes: VolumeLines,
     pub plan: Plan,
     /// Discovery failed: `nodes` are the last known ones.
     pub stale: Option<Stale>,
@@ -81,6 +89,7 @@ pub struct Planned {
 #[derive(Debug, Clone)]
 pub enum Carried {
     Tick(Tick),
+    Snapshot(SnapshotTick),
     Ask(crate::store::Request),
 }
 
@@ -91,6 +100,10 @@ impl Operator {
         let desired = Desired::build(&config.fleet, &secrets)?;
         let pool = Pool::new(SshSettings::from_config(&config)?, journal);
         let inventory = Inventory::new(Discovery::from_config(&config).await);
+        let ebs = match config.fleet.discovery.provider {
+            Provider::Ec2 => Some(Ebs::from_config(&config).await),
+            Provider::Static => None,
+        };
         Ok(Operator {
             config,
             desired,
@@ -98,6 +111,7 @@ impl Operator {
             pool: Arc::new(pool),
             inventory,
             router: None,
+            ebs,
         })
     }
 
@@ -168,10 +182,21 @@ impl Operator {
             .iter()
             .filter_map(|n| Some((n.id.clone(), self.notice_due(memory, n)?)))
             .collect();
-        let mut pass = observe_with_metadata(&self.pool, &nodes, self.fleet(), limits, |n| {
-            notices.get(&n.id).cloned()
-        })
-        .await;
+        let unread: BTreeSet<String> = self
+            .desired
+            .images()
+            .into_iter()
+            .filter(|i| !memory.image_volumes.contains_key(i))
+            .collect();
+        let probes = observe_with_metadata(
+            &self.pool,
+            &nodes,
+            self.fleet(),
+            limits,
+            |n| notices.get(&n.id).cloned(),
+            &unread,
+        );
+        let (mut pass, ebs) = tokio::join!(probes, self.list_ebs(memory));
         // A node that stopped answering may have been terminated while it
         // was probed: asking again now moves its pods a pass earlier. Only
         // on a first miss, so a node that stays unreachable costs one
@@ -214,6 +239,7 @@ impl Operator {
             })
             .map(|o| o.node.id.clone())
             .collect();
+        let pass_storage = NodeStorage::of(&pass);
         let observed: BTreeMap<String, Vec<ContainerState>> = pass
             .into_iter()
             .filter_map(|o| match o.probed {
@@ -229,8 +255,9 @@ impl Operator {
                 (node, containers)
             })
             .collect();
+        let storage = self.storage(memory, &pass_storage, ebs, &listed, &nodes, &views);
         let placements = memory.placement_list();
-        let mut plan = plan(&self.desired, &views, &observed, &placements);
+        let mut plan = plan(&self.desired, &views, &observed, &placements, &storage);
 
         // Then what else the nodes are to do: jobs, asked restarts, Docker.
         let ticks: Vec<Tick> = std::mem::take(&mut memory.due_jobs);
@@ -253,14 +280,45 @@ impl Operator {
             .into_iter()
             .map(|(node, tick)| (node, Carried::Tick(tick)))
             .collect();
-        let asks = std::mem::take(&mut memory.asks);
-        let (restarts, refused) = plan_restarts(self.fleet(), &asks, &views, &observed);
+        let snapshot_ticks = std::mem::take(&mut memory.due_snapshots);
+        let snapshots = plan_snapshots(&self.desired, &snapshot_ticks, &views, &storage);
+        for (tick, why) in &snapshots.skipped {
+            let message = format!(
+                "snapshot of {}'s volume {}: skipped: {why}",
+                tick.app, tick.volume
+            );
+            tracing::warn!(app = %tick.app, "{message}");
+            journal.event(
+                NewEvent::new(Level::Warn, "volume.snapshot_skipped", message)
+                    .app(tick.app.clone()),
+            );
+        }
+        merge(&mut plan, snapshots.actions);
+        carried.extend(
+            snapshots
+                .planned
+                .into_iter()
+                .map(|(node, t)| (node, Carried::Snapshot(t))),
+        );
+        let (deletes, asks): (Vec<_>, Vec<_>) = std::mem::take(&mut memory.asks)
+            .into_iter()
+            .partition(|a| a.kind == RequestKind::DeleteVolume);
+        let (restarts, mut refused) = plan_restarts(self.fleet(), &asks, &views, &observed);
         carried.extend(
             asks.into_iter()
                 .filter(|a| !refused.iter().any(|(r, _)| *r == a.id))
                 .filter_map(|a| Some((a.node_id.clone()?, Carried::Ask(a)))),
         );
         merge(&mut plan, restarts);
+        let deletes = plan_deletes(&self.desired, &deletes, &views, &storage);
+        carried.extend(
+            deletes
+                .planned
+                .into_iter()
+                .map(|(node, a)| (node, Carried::Ask(a))),
+        );
+        refused.extend(deletes.refused);
+        merge(&mut plan, deletes.actions);
         if self.config.fleet.fleet.bootstrap {
             let installs = docker_missing
                 .into_iter()
@@ -272,6 +330,8 @@ impl Operator {
             nodes,
             views,
             observed,
+            volumes: storage.lines(&self.desired),
+            storage,
             plan,
             stale,
             held,
@@ -339,6 +399,65 @@ impl Operator {
         }
     }
 
+    /// The fleet's EBS volumes and Prism's snapshots of them, when the
+    /// fleet has or had durable ones (EC2 discovery only); each `None` when
+    /// it could not be listed.
+    async fn list_ebs(&self, memory: &Memory) -> Listed {
+        let Some(ebs) = self.ebs.as_ref() else {
+            return (None, None);
+        };
+        let wanted = self
+            .desired
+            .apps
+            .values()
+            .any(|a| a.durable_volumes().next().is_some());
+        if !wanted && !memory.had_ebs {
+            return (Some(Vec::new()), Some(Vec::new()));
+        }
+        let (volumes, snapshots) = tokio::join!(ebs.volumes(), ebs.snapshots());
+        let volumes = volumes
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot list the fleet's EBS volumes"))
+            .ok();
+        let snapshots = snapshots
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot list the fleet's EBS snapshots"))
+            .ok();
+        (volumes, snapshots)
+    }
+
+    /// What the plan knows of storage: EBS (`ebs`), what each node holds,
+    /// the images' declared volumes (remembered), terminated instances.
+    fn storage(
+        &self,
+        memory: &mut Memory,
+        seen: &NodeStorage,
+        (ebs, snapshots): Listed,
+        listed: &BTreeSet<String>,
+        nodes: &[Node],
+        views: &[NodeView],
+    ) -> Storage {
+        for (image, paths) in &seen.image_volumes {
+            memory.image_volumes.insert(image.clone(), paths.clone());
+        }
+        if let Some(v) = &ebs {
+            memory.had_ebs = !v.is_empty();
+        }
+        let present: BTreeSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        let zones_empty_for = zones_empty_for(memory, ebs.as_deref().unwrap_or_default(), views);
+        Storage {
+            ebs,
+            snapshots,
+            zones_empty_for,
+            mounted: seen.mounted.clone(),
+            local: seen.local.clone(),
+            image_volumes: memory.image_volumes.clone(),
+            ended: listed
+                .iter()
+                .filter(|id| !present.contains(id.as_str()))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// Asks discovery again; drops what it no longer lists from the pass
     /// and takes each node's presence anew. Kept as is if discovery fails
     /// now.
@@ -376,6 +495,76 @@ impl Operator {
                 Some(url.to_owned())
             }
         }
+    }
+}
+
+/// The fleet's EBS volumes and Prism's snapshots, as listed this pass.
+type Listed = (
+    Option<Vec<crate::reconcile::EbsVolume>>,
+    Option<Vec<crate::reconcile::EbsSnapshot>>,
+);
+
+/// For each zone holding a volume of the fleet and no ready node: how
+/// long it has had none (since this process started, if it never had).
+fn zones_empty_for(
+    memory: &mut Memory,
+    ebs: &[crate::reconcile::EbsVolume],
+    views: &[NodeView],
+) -> BTreeMap<String, std::time::Duration> {
+    let now = Instant::now();
+    for v in views {
+        if let (Some(zone), crate::reconcile::NodeState::Ready) = (&v.zone, v.state) {
+            memory.zone_ready_at.insert(zone.clone(), now);
+        }
+    }
+    let since = memory.loaded_at.unwrap_or(now);
+    ebs.iter()
+        .map(|v| v.zone.as_str())
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+        .filter(|z| {
+            !views.iter().any(|v| {
+                v.zone.as_deref() == Some(*z) && v.state == crate::reconcile::NodeState::Ready
+            })
+        })
+        .map(|z| {
+            let last = memory.zone_ready_at.get(z).copied().unwrap_or(since);
+            (z.to_owned(), now.saturating_duration_since(last))
+        })
+        .collect()
+}
+
+/// What the probes of a pass saw of storage, by node.
+#[derive(Default)]
+struct NodeStorage {
+    mounted: BTreeMap<String, BTreeMap<String, String>>,
+    local: BTreeMap<String, BTreeSet<String>>,
+    image_volumes: BTreeMap<String, Vec<String>>,
+}
+
+impl NodeStorage {
+    fn of(pass: &[Observed]) -> NodeStorage {
+        let mut out = NodeStorage::default();
+        for o in pass {
+            let Probed::Ready {
+                facts,
+                volumes,
+                image_volumes,
+                ..
+            } = &o.probed
+            else {
+                continue;
+            };
+            out.mounted
+                .insert(o.node.id.clone(), facts.volume_mounts.clone());
+            if let Some(v) = volumes {
+                out.local.insert(o.node.id.clone(), v.clone());
+            }
+            for (image, paths) in image_volumes {
+                out.image_volumes.insert(image.clone(), paths.clone());
+            }
+        }
+        out
     }
 }
 

@@ -14,6 +14,11 @@ impl PassReport {
             failed: self.failed,
             error: self.error.clone(),
             plan: self.planned.as_deref().map(lines).unwrap_or_default(),
+            volumes: self
+                .planned
+                .as_deref()
+                .map(|p| p.volumes.clone())
+                .unwrap_or_default(),
         }
     }
 }

@@ -17,7 +17,9 @@ use super::lease::Fence;
 use super::memory::Memory;
 use super::pass::{Carried, settling};
 use super::{Operator, Planned, jobs};
-use crate::reconcile::{Action, HoldKind, JobEnd, PlacementChange, RestartWhy, Tick, apps_removed};
+use crate::reconcile::{
+    Action, HoldKind, JobEnd, PlacementChange, RestartWhy, SnapshotTick, Tick, apps_removed,
+};
 use crate::store::{Level, NewEvent, Request, RequestKind, WriteHealth, Writer, now_ms};
 
 /// A pass waits this long at most for its nodes' workers; slower ones
@@ -65,6 +67,8 @@ pub enum Input {
     Request(Request),
     /// A scheduled job's tick.
     Tick(Tick),
+    /// A volume's snapshot schedule came due.
+    SnapshotTick(SnapshotTick),
     /// fleet.toml changed and loads: plan with this from now on.
     Reload(Box<Operator>, Applier),
 }
@@ -218,6 +222,10 @@ impl Loop {
                 self.memory.due_jobs.push(tick);
                 None
             }
+            Input::SnapshotTick(tick) => {
+                self.memory.due_snapshots.push(tick);
+                None
+            }
             Input::Request(req) => {
                 self.request(req);
                 None
@@ -263,7 +271,8 @@ impl Loop {
     fn request(&mut self, req: Request) {
         let answer = match req.kind {
             RequestKind::Reconcile => Ok("reconcile started".to_owned()),
-            RequestKind::Restart => {
+            // Planned by the next pass; answered with their action's outcome.
+            RequestKind::Restart | RequestKind::DeleteVolume => {
                 self.memory.asks.push(req);
                 return;
             }
@@ -384,6 +393,7 @@ impl Loop {
                 if applied.busy.contains(node) {
                     match c {
                         Carried::Tick(t) => self.memory.due_jobs.push(t.clone()),
+                        Carried::Snapshot(t) => self.memory.due_snapshots.push(t.clone()),
                         Carried::Ask(a) => self.memory.asks.push(a.clone()),
                     }
                 }
@@ -443,6 +453,9 @@ impl Loop {
             }
             self.journal
                 .event(NewEvent::info("placement", change.to_string()));
+            if let Some(event) = local_data_left(&self.operator.desired, planned, change) {
+                self.journal.event(event);
+            }
         }
     }
 
@@ -468,6 +481,20 @@ impl Loop {
                     };
                     answer_request(&self.journal, &request_stub(*request), answer);
                 }
+            }
+            (
+                Action::DeleteVolume {
+                    volume,
+                    id,
+                    request,
+                },
+                result,
+            ) => {
+                let answer = match result {
+                    Ok(_) => Ok(format!("deleted {id} ({volume})")),
+                    Err(e) => Err(format!("deleting {id} ({volume}): {e}")),
+                };
+                answer_request(&self.journal, &request_stub(*request), answer);
             }
             (
                 Action::Pull {
@@ -508,6 +535,57 @@ impl Loop {
             _ => {}
         }
     }
+}
+
+/// A pod that moves leaves its local volumes (and those of the paths its
+/// images declare) on the node it leaves: it starts on new, empty ones.
+/// Said plainly, as a warning.
+fn local_data_left(
+    desired: &crate::reconcile::Desired,
+    planned: &Planned,
+    change: &PlacementChange,
+) -> Option<NewEvent> {
+    let PlacementChange::Place {
+        pod,
+        node,
+        from: Some(from),
+    } = change
+    else {
+        return None;
+    };
+    let app = desired.apps.get(&pod.app)?;
+    let mut left: Vec<String> = app
+        .volumes
+        .values()
+        .filter(|v| v.kind == crate::config::VolumeKind::Local)
+        .map(|v| v.name.clone())
+        .collect();
+    for s in &app.services {
+        if let Some(paths) = planned.storage.image_volumes.get(&s.container.image) {
+            let mounted = |p: &String| s.container.mounts.iter().any(|m| m.target() == p);
+            left.extend(
+                paths
+                    .iter()
+                    .filter(|p| !mounted(p))
+                    .map(|p| format!("{}:{p}", s.name)),
+            );
+        }
+    }
+    if left.is_empty() {
+        return None;
+    }
+    Some(
+        NewEvent::new(
+            Level::Warn,
+            "volume.left_behind",
+            format!(
+                "{pod} moves from node {from} to node {node}: its local volumes ({}) stay on {from} and it starts on new, empty ones",
+                left.join(", ")
+            ),
+        )
+        .app(pod.app.clone())
+        .node(from.clone()),
+    )
 }
 
 /// Just enough of a request to answer it.

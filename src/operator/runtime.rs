@@ -116,12 +116,9 @@ impl Applying {
     /// The applier of `operator`.
     pub fn applier(&self, operator: &Operator) -> Applier {
         Applier::new(
-            operator.config.fleet.fleet.name.clone(),
-            operator.pool.clone(),
+            operator,
             self.journal.clone(),
             self.fence.clone(),
-            operator.secrets.clone(),
-            operator.router.clone(),
             self.workers.clone(),
         )
     }

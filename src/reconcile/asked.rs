@@ -100,6 +100,7 @@ mod tests {
             started_at: Some(0),
             finished_at: None,
             ports: vec![],
+            volumes: BTreeMap::new(),
         }
     }
 
@@ -112,6 +113,8 @@ mod tests {
             cpu: Millicores(1000),
             state,
             images: None,
+            stopped: false,
+            silent_for: None,
         }
     }
 

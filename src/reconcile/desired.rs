@@ -9,7 +9,11 @@ use serde::Serialize;
 use super::docker::RunSpec;
 use super::secrets::Secrets;
 use super::spec::{ContainerConfig, SpecHash, container_name, network_name};
-use crate::config::{App, Bytes, Fleet, Health, Job, Millicores, PullPolicy};
+use super::volumes::{EbsSpec, MountSpec, VolumeSpec, gib};
+use crate::config::{
+    App, Bytes, Fleet, Health, Job, Millicores, Mount, MountSource, Provider, PullPolicy,
+    VolumeKind,
+};
 
 /// One app instance: its services run together on one node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -53,6 +57,12 @@ pub struct Desired {
     /// `[fleet] helper_image`: small containers of Prism's own on the
     /// nodes (a job run's timeout).
     pub helper_image: String,
+    /// `[lifecycle] fence_after`, when nodes are fenced (EC2 discovery,
+    /// `fence = "terminate"`).
+    pub fence_after: Option<std::time::Duration>,
+    /// `[lifecycle] zone_wait` (EC2 discovery): how long a durable volume's
+    /// zone has no ready node before the volume moves through a snapshot.
+    pub zone_wait: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +79,8 @@ pub struct AppSpec {
     pub cpu: Millicores,
     /// Scheduled jobs, by name.
     pub jobs: BTreeMap<String, Job>,
+    /// Each pod's volumes, by name.
+    pub volumes: BTreeMap<String, VolumeSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,8 +113,9 @@ impl Desired {
     /// [`super::resolve_secrets`].
     pub fn build(fleet: &Fleet, secrets: &Secrets) -> Result<Desired, MissingSecret> {
         let mut apps = BTreeMap::new();
+        let provider = fleet.discovery.provider;
         for (name, app) in &fleet.apps {
-            apps.insert(name.clone(), app_spec(name, app, secrets)?);
+            apps.insert(name.clone(), app_spec(name, app, secrets, provider)?);
         }
         Ok(Desired {
             fleet: fleet.fleet.name.clone(),
@@ -113,6 +126,10 @@ impl Desired {
             apps,
             registries: fleet.registries.keys().cloned().collect(),
             helper_image: fleet.fleet.helper_image.clone(),
+            fence_after: (provider == Provider::Ec2
+                && fleet.lifecycle.fence == crate::config::Fence::Terminate)
+                .then_some(fleet.lifecycle.fence_after.0),
+            zone_wait: (provider == Provider::Ec2).then_some(fleet.lifecycle.zone_wait.0),
         })
     }
 
@@ -168,17 +185,20 @@ impl Desired {
             spec: service.spec.clone(),
             network: self.network(pod),
             config: service.container.clone(),
+            image_mounts: Vec::new(),
         }
     }
 }
 
 impl ServiceSpec {
-    /// Whether a replacement must wait for the old container to be gone:
-    /// it mounts a volume read-write, and two containers writing the same
-    /// data (a database's files, an append-only log) corrupt it or fight
-    /// over its lock. Other services are replaced make-before-break.
-    pub(crate) fn replace_stop_first(&self) -> bool {
-        self.container.volumes.iter().any(|v| !v.ends_with(":ro"))
+    /// Whether the service writes what outlives its container: it mounts a
+    /// volume or a host path read-write. Then a replacement waits for the
+    /// old container to be gone, as two containers writing the same data
+    /// (a database's files, an append-only log) corrupt it or fight over
+    /// its lock (other services are replaced make-before-break); and its
+    /// pod leaves a node only when the node is provably stopped.
+    pub(crate) fn holds_data(&self) -> bool {
+        self.container.mounts.iter().any(MountSpec::writable)
     }
 }
 
@@ -186,9 +206,73 @@ impl AppSpec {
     pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
         self.services.iter().find(|s| s.name == name)
     }
+
+    /// The durable volumes each pod has (whether a service mounts them or
+    /// not: one declared and not mounted yet is still made, kept and
+    /// moved with its pod).
+    pub(crate) fn durable_volumes(&self) -> impl Iterator<Item = &VolumeSpec> {
+        self.volumes
+            .values()
+            .filter(|v| v.kind == VolumeKind::Durable)
+    }
 }
 
-fn app_spec(name: &str, app: &App, secrets: &Secrets) -> Result<AppSpec, MissingSecret> {
+/// A declared volume as the plan uses it.
+fn volume_spec(name: &str, v: &crate::config::Volume, provider: Provider) -> VolumeSpec {
+    let kind = v.kind_for(provider);
+    let ebs = (kind == VolumeKind::Durable).then(|| EbsSpec {
+        size_gib: gib(v.size.map_or(1 << 30, |s| s.0)),
+        ebs_type: v.ebs_type,
+        iops: v.iops,
+        throughput: v.throughput,
+        encrypted: v.encrypted,
+        filesystem: v.filesystem,
+        from_snapshot: v.from_snapshot.clone(),
+        snapshots: v.snapshots.clone(),
+    });
+    VolumeSpec {
+        name: name.to_owned(),
+        kind,
+        ebs,
+    }
+}
+
+/// A service's `volumes`, resolved against its app's declared volumes.
+/// Validation has checked every entry; one that still does not parse is
+/// left out rather than guessed at.
+fn mounts(written: &[String], volumes: &BTreeMap<String, VolumeSpec>) -> Vec<MountSpec> {
+    written
+        .iter()
+        .filter_map(|w| {
+            let m = Mount::parse(w).ok()?;
+            Some(match m.source {
+                MountSource::Volume(name) => MountSpec::Volume {
+                    name: name.to_owned(),
+                    kind: volumes.get(name)?.kind,
+                    target: m.target.to_owned(),
+                    read_only: m.read_only,
+                },
+                MountSource::Host(_) => MountSpec::Host {
+                    written: w.clone(),
+                    target: m.target.to_owned(),
+                    read_only: m.read_only,
+                },
+            })
+        })
+        .collect()
+}
+
+fn app_spec(
+    name: &str,
+    app: &App,
+    secrets: &Secrets,
+    provider: Provider,
+) -> Result<AppSpec, MissingSecret> {
+    let volumes: BTreeMap<String, VolumeSpec> = app
+        .volumes
+        .iter()
+        .map(|(n, v)| (n.clone(), volume_spec(n, v, provider)))
+        .collect();
     let mut services = Vec::with_capacity(app.services.len());
     for svc_name in start_order(app) {
         let Some(svc) = app.services.get(svc_name) else {
@@ -218,7 +302,7 @@ fn app_spec(name: &str, app: &App, secrets: &Secrets) -> Result<AppSpec, Missing
             memory: svc.memory,
             cpu: svc.cpu,
             restart: svc.restart,
-            volumes: svc.volumes.clone(),
+            mounts: mounts(&svc.volumes, &volumes),
             logs: svc.logs,
         };
         services.push(ServiceSpec {
@@ -251,6 +335,7 @@ fn app_spec(name: &str, app: &App, secrets: &Secrets) -> Result<AppSpec, Missing
         memory,
         cpu,
         jobs: app.jobs.clone(),
+        volumes,
     })
 }
 
@@ -333,10 +418,12 @@ image = "reg.example.com/blog:1.4"
 command = ["php", "artisan", "queue:work"]
 depends_on = ["web", "redis"]
 restart = "always"
+[apps.blog.volumes.redis-data]
+kind = "local"
 [apps.blog.services.redis]
 image = "redis:7"
 memory = "64M"
-volumes = ["blog-redis:/data"]
+volumes = ["redis-data:/data"]
 [apps.blog.services.cron]
 image = "reg.example.com/blog:1.4"
 "#;
@@ -374,8 +461,17 @@ image = "reg.example.com/blog:1.4"
         assert_eq!(web.container.secrets["APP_KEY"], Secret::new("k3y"));
         assert_eq!(web.hosts, ["blog.example.com"]);
         assert!(web.health.is_some());
-        assert!(!web.replace_stop_first());
-        assert!(blog.service("redis").unwrap().replace_stop_first());
+        assert!(!web.holds_data());
+        assert!(blog.service("redis").unwrap().holds_data());
+        assert_eq!(
+            blog.service("redis").unwrap().container.mounts,
+            [MountSpec::Volume {
+                name: "redis-data".into(),
+                kind: VolumeKind::Local,
+                target: "/data".into(),
+                read_only: false,
+            }]
+        );
         assert_eq!(web.spec, SpecHash::of(&web.container));
         assert_eq!(
             blog.service("queue").unwrap().container.restart,

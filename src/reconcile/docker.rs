@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::desired::PodKey;
 use super::secrets::{RegistryLogin, Secret, env_file_unsafe};
 use super::spec::{ContainerConfig, SpecHash, restart_arg};
+use super::volumes::MountSpec;
 use crate::config::Millicores;
 use crate::observe::ContainerId;
 use crate::observe::labels::{self, PrismLabels};
@@ -33,6 +34,10 @@ pub struct RunSpec {
     /// joins it under its service name.
     pub network: String,
     pub config: ContainerConfig,
+    /// Paths the image declares (`VOLUME`) that the service mounts nothing
+    /// at: each gets a local volume of the pod.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_mounts: Vec<String>,
 }
 
 impl RunSpec {
@@ -169,8 +174,14 @@ pub(crate) fn run_argv(
     if let Some(port) = c.port {
         v.extend(["-p".into(), port.to_string()]);
     }
-    for vol in &c.volumes {
-        v.extend(["-v".into(), vol.clone()]);
+    for m in &c.mounts {
+        v.extend(m.run_args(&spec.fleet, &spec.pod, &spec.service));
+    }
+    for target in &spec.image_mounts {
+        let m = MountSpec::Image {
+            target: target.clone(),
+        };
+        v.extend(m.run_args(&spec.fleet, &spec.pod, &spec.service));
     }
     for (key, value) in &c.env {
         v.extend(["-e".into(), format!("{key}={value}")]);
@@ -294,12 +305,22 @@ mod tests {
                 memory: Bytes(256 << 20),
                 cpu: Some(Millicores(1500)),
                 restart: RestartPolicy::UnlessStopped,
-                volumes: vec![
-                    "blog-storage:/srv/storage".into(),
-                    "/etc/ssl:/ssl:ro".into(),
+                mounts: vec![
+                    MountSpec::Volume {
+                        name: "storage".into(),
+                        kind: crate::config::VolumeKind::Local,
+                        target: "/srv/storage".into(),
+                        read_only: false,
+                    },
+                    MountSpec::Host {
+                        written: "/etc/ssl:/ssl:ro".into(),
+                        target: "/ssl".into(),
+                        read_only: true,
+                    },
                 ],
                 logs: Logs::default(),
             },
+            image_mounts: vec![],
         }
     }
 
@@ -347,8 +368,8 @@ mod tests {
                 "max-file=3",
                 "-p",
                 "8080",
-                "-v",
-                "blog-storage:/srv/storage",
+                "--mount",
+                "type=volume,src=prism.hobby.blog.0.storage,dst=/srv/storage",
                 "-v",
                 "/etc/ssl:/ssl:ro",
                 "-e",
@@ -381,7 +402,7 @@ mod tests {
             memory: Bytes(64 << 20),
             cpu: None,
             restart: RestartPolicy::No,
-            volumes: vec![],
+            mounts: vec![],
             logs: Logs {
                 max_size: Bytes(1 << 20),
                 max_files: 1,

@@ -213,6 +213,9 @@ pub(crate) fn hold_apps(plan: &mut Plan, apps: &[String]) {
                 reason: RemoveReason::AppRemoved,
             } => !held(&container.pod),
             Action::RemoveNetwork { pod, .. } => !held(pod),
+            Action::UnmountVolume { volume, .. } | Action::DetachVolume { volume, .. } => {
+                !held(&volume.pod())
+            }
             _ => true,
         });
     }

@@ -33,6 +33,7 @@
 //! the next plan picks up from what is observed then.
 
 mod asked;
+mod deletes;
 mod desired;
 pub mod docker;
 mod guard;
@@ -41,9 +42,13 @@ mod plan;
 mod problem;
 mod schedule;
 mod secrets;
+mod snapshots;
 mod spec;
+mod storage;
+mod volumes;
 
 pub(crate) use asked::plan_restarts;
+pub(crate) use deletes::plan_deletes;
 pub use desired::{AppSpec, Desired, MissingSecret, PodKey, Reserve};
 pub use docker::{EnvFileError, EnvFileMissing, RunSpec};
 pub(crate) use guard::{
@@ -54,10 +59,20 @@ pub use job::{JobContainer, JobEnd, JobRun, Tick};
 pub(crate) use job::{plan_jobs, watchdog_name};
 pub use plan::{
     Action, ContainerRef, PlacementChange, Plan, PodPlacement, RemoveReason, RestartWhy, RunReason,
-    plan,
+    SnapshotWhy, VolumeRef, plan,
 };
 pub use problem::{Problem, ProblemKind};
-pub use schedule::{NodeState, NodeView, PodDemand, Schedule, schedule};
+pub use schedule::{NodeState, NodeView, PodDemand, Schedule, ZoneRule, schedule};
 pub(crate) use secrets::resolve_secrets;
 pub use secrets::{Secret, SecretError, Secrets};
+pub use snapshots::SnapshotTick;
+pub(crate) use snapshots::plan_snapshots;
 pub use spec::{ContainerConfig, SpecHash};
+pub use storage::{
+    AttachState, EbsAttachment, EbsSnapshot, EbsState, EbsVolume, SnapshotPurpose, SnapshotState,
+    Storage,
+};
+pub use volumes::{
+    DATA_DIR, EbsSpec, MOUNT_ROOT, MountSpec, VolumeKey, VolumeSpec, image_volume_name, mount_dir,
+};
+pub(crate) use volumes::{volume_create_argv, volume_present_argv, volume_seed_argv};

@@ -35,7 +35,9 @@ use super::job::{JobContainer, JobEnd, JobRun};
 use super::problem::Problem;
 use super::schedule::{NodeState, NodeView, PodDemand, schedule};
 use super::spec::SpecHash;
-use crate::config::{PullPolicy, RestartPolicy};
+use super::storage::Storage;
+use super::volumes::{EbsSpec, VolumeKey};
+use crate::config::{Filesystem, PullPolicy, RestartPolicy};
 use crate::observe::{ContainerId, ContainerState, Health, PrismLabels, RunState};
 use crate::store::Placement;
 
@@ -196,6 +198,104 @@ pub enum Action {
     /// Install and start Docker on a node that answers without it
     /// (`[fleet] bootstrap = true`).
     InstallDocker,
+    /// Make a pod's local volume (`docker volume create`, labelled), unless
+    /// the node has it. `seed`: a volume the service's old container wrote
+    /// at the same path, copied into the new one first (kept as it was).
+    EnsureLocalVolume {
+        volume: VolumeKey,
+        name: String,
+        seed: Option<String>,
+    },
+    /// Create a pod's EBS volume in `zone` (this node's), tagged as the
+    /// pod's, and wait until it is available. It is attached next pass.
+    CreateVolume {
+        volume: VolumeKey,
+        zone: String,
+        ebs: Box<EbsSpec>,
+        /// Made from a snapshot of this volume to move the pod's data to
+        /// `zone`: tagged so, the old one is superseded (and kept).
+        moved_from: Option<String>,
+    },
+    /// Start a snapshot of EBS volume `id` (an EC2 call; this node is not
+    /// touched). For a schedule, then delete that schedule's snapshots of
+    /// it past the newest `keep`.
+    SnapshotVolume {
+        volume: VolumeKey,
+        id: String,
+        why: SnapshotWhy,
+    },
+    /// Attach EBS volume `id` to this node's instance, as the first of
+    /// `devices` not in use, and wait until the node sees the device.
+    AttachVolume {
+        volume: VolumeKey,
+        id: String,
+        devices: Vec<String>,
+    },
+    /// Mount the attached volume at its directory: find its device, check
+    /// the filesystem, or make one when `may_format` and the device holds
+    /// nothing at all (no filesystem, no partition table); then the `data`
+    /// directory containers see. As root, through Docker.
+    MountVolume {
+        volume: VolumeKey,
+        id: String,
+        name: String,
+        filesystem: Filesystem,
+        may_format: bool,
+    },
+    /// Unmount a durable volume whose containers are gone from this node.
+    UnmountVolume { volume: VolumeKey, name: String },
+    /// Detach EBS volume `id` from `instance` and wait until it is
+    /// available. `force` only when that instance is terminated.
+    DetachVolume {
+        volume: VolumeKey,
+        id: String,
+        instance: String,
+        force: bool,
+    },
+    /// Terminate this node's instance through EC2: it has not answered
+    /// for `silent_for_s` seconds and holds the data of pods that wait to
+    /// move (`[lifecycle] fence`).
+    Fence {
+        instance: String,
+        silent_for_s: u64,
+        pods: Vec<PodKey>,
+    },
+    /// Delete a volume someone asked to delete (`prism volumes delete`,
+    /// request `request`): never planned otherwise.
+    DeleteVolume {
+        volume: VolumeKey,
+        id: VolumeRef,
+        request: i64,
+    },
+}
+
+/// Why a volume is snapshotted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
+pub enum SnapshotWhy {
+    /// `snapshots = { schedule, keep }`.
+    Scheduled { keep: u32 },
+    /// Its zone has had no ready node for `[lifecycle] zone_wait`.
+    Move { to_zone: String },
+}
+
+/// Which volume a delete removes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum VolumeRef {
+    /// An EBS volume, by id.
+    Ebs(String),
+    /// A Docker volume on the node, by name.
+    Docker(String),
+}
+
+impl std::fmt::Display for VolumeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VolumeRef::Ebs(id) => write!(f, "EBS volume {id}"),
+            VolumeRef::Docker(name) => write!(f, "Docker volume {name}"),
+        }
+    }
 }
 
 /// Why a container is restarted.
@@ -246,6 +346,9 @@ pub enum RemoveReason {
     Duplicate { kept: String },
     /// Dead containers cannot be started; a new one replaces it.
     Dead,
+    /// Its pod holds data and moves to node `to`: stopped here first, so
+    /// that it never runs in two places.
+    Moves { to: String },
 }
 
 impl fmt::Display for RemoveReason {
@@ -268,6 +371,12 @@ impl fmt::Display for RemoveReason {
             RemoveReason::Stray { node } => write!(f, "pod now runs on node {node}"),
             RemoveReason::Duplicate { kept } => write!(f, "duplicate of {kept}"),
             RemoveReason::Dead => f.write_str("dead"),
+            RemoveReason::Moves { to } => {
+                write!(
+                    f,
+                    "its pod holds data and moves to node {to}: stopped here first"
+                )
+            }
         }
     }
 }
@@ -343,6 +452,85 @@ impl fmt::Display for Action {
                 container.labels.app, container.labels.job, container.name
             ),
             Action::InstallDocker => f.write_str("+ install Docker"),
+            Action::EnsureLocalVolume { volume, name, seed } => {
+                write!(f, "+ create local volume {volume} ({name})")?;
+                match seed {
+                    Some(from) => write!(f, ", copying what {from} holds"),
+                    None => Ok(()),
+                }
+            }
+            Action::CreateVolume {
+                volume,
+                zone,
+                ebs,
+                moved_from,
+            } => {
+                write!(
+                    f,
+                    "+ create EBS volume {volume} ({} GiB {}, {zone})",
+                    ebs.size_gib,
+                    ebs.ebs_type.as_str()
+                )?;
+                match (moved_from, &ebs.from_snapshot) {
+                    (Some(old), Some(snap)) => {
+                        write!(f, " from snapshot {snap} of {old}, to move it there")
+                    }
+                    (None, Some(snap)) => write!(f, " from snapshot {snap}"),
+                    _ => Ok(()),
+                }
+            }
+            Action::SnapshotVolume { volume, id, why } => match why {
+                SnapshotWhy::Scheduled { keep } => write!(
+                    f,
+                    "+ snapshot {volume} ({id}), as scheduled; keeping the newest {keep}"
+                ),
+                SnapshotWhy::Move { to_zone } => {
+                    write!(f, "+ snapshot {volume} ({id}) to move it to zone {to_zone}")
+                }
+            },
+            Action::AttachVolume { volume, id, .. } => {
+                write!(f, "+ attach {volume} ({id})")
+            }
+            Action::MountVolume {
+                volume,
+                id,
+                filesystem,
+                may_format,
+                ..
+            } => {
+                write!(f, "+ mount {volume} ({id})")?;
+                if *may_format {
+                    write!(f, ", making {} if it holds nothing", filesystem.as_str())?;
+                }
+                Ok(())
+            }
+            Action::UnmountVolume { volume, .. } => write!(f, "- unmount {volume}"),
+            Action::DetachVolume {
+                volume,
+                id,
+                instance,
+                force,
+            } => {
+                let how = if *force { "force-detach" } else { "detach" };
+                write!(f, "- {how} {volume} ({id}) from {instance}")
+            }
+            Action::Fence {
+                instance,
+                silent_for_s,
+                pods,
+            } => {
+                let pods: Vec<String> = pods.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "! fence: terminate instance {instance}, silent for {silent_for_s}s, holding {}",
+                    pods.join(", ")
+                )
+            }
+            Action::DeleteVolume {
+                volume,
+                id,
+                request,
+            } => write!(f, "- delete {volume} ({id}), as request {request} asks"),
         }
     }
 }
@@ -360,8 +548,9 @@ pub fn plan(
     nodes: &[NodeView],
     observed: &BTreeMap<String, Vec<ContainerState>>,
     placements: &[Placement],
+    storage: &Storage,
 ) -> Plan {
-    let view = View::new(desired, nodes, observed);
+    let view = View::new(desired, nodes, observed, storage);
 
     let stored: BTreeMap<PodKey, String> = placements
         .iter()
@@ -372,6 +561,8 @@ pub fn plan(
         .filter_map(|pod| {
             let app = desired.apps.get(&pod.app)?;
             Some(PodDemand {
+                holds_data: view.pod_holds_data(app),
+                zone: view.zone_rule(&pod, app),
                 pod,
                 memory: app.memory,
                 cpu: app.cpu,
@@ -425,12 +616,22 @@ pub fn plan(
             }
         }
         p.remove_emptied_networks();
+        p.release_volumes();
         p.prepare();
         out.waiting.append(&mut p.waiting);
         if !p.actions.is_empty() {
             out.actions.insert(node.id.clone(), dedup(p.actions));
         }
     }
+    for (node, fence) in volume_steps::fences(desired, nodes, &demands, &sched.placements) {
+        out.actions.entry(node).or_default().push(fence);
+    }
+    let (moves, waiting) =
+        volume_steps::zone_moves(desired, &view, nodes, &demands, &out.problems, &current);
+    for (node, step) in moves {
+        out.actions.entry(node).or_default().push(step);
+    }
+    out.waiting.extend(waiting);
     out
 }
 
@@ -461,8 +662,8 @@ fn placement_changes(
         .collect()
 }
 
-/// Drops repeated network and pull actions on one node (two pods sharing
-/// an image), keeping the first.
+/// Drops repeated network, pull and local volume actions on one node (two
+/// pods sharing an image, two services one volume), keeping the first.
 fn dedup(actions: Vec<Action>) -> Vec<Action> {
     let mut seen = BTreeSet::new();
     actions
@@ -470,6 +671,7 @@ fn dedup(actions: Vec<Action>) -> Vec<Action> {
         .filter(|a| match a {
             Action::EnsureNetwork { network, .. } => seen.insert(format!("network {network}")),
             Action::Pull { image, .. } => seen.insert(format!("pull {image}")),
+            Action::EnsureLocalVolume { name, .. } => seen.insert(format!("volume {name}")),
             _ => true,
         })
         .collect()
@@ -481,12 +683,13 @@ struct Seen<'a> {
     l: &'a PrismLabels,
 }
 
-/// The observed containers that matter, by node.
+/// The observed containers that matter, by node, and storage.
 struct View<'a> {
     desired: &'a Desired,
     /// Touchable, known, observed nodes only.
     on_node: BTreeMap<&'a str, Vec<Seen<'a>>>,
     nodes: BTreeMap<&'a str, &'a NodeView>,
+    storage: &'a Storage,
 }
 
 impl<'a> View<'a> {
@@ -494,6 +697,7 @@ impl<'a> View<'a> {
         desired: &'a Desired,
         nodes: &'a [NodeView],
         observed: &'a BTreeMap<String, Vec<ContainerState>>,
+        storage: &'a Storage,
     ) -> View<'a> {
         let by_id: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
         let mut on_node = BTreeMap::new();
@@ -535,6 +739,7 @@ impl<'a> View<'a> {
             desired,
             on_node,
             nodes: by_id,
+            storage,
         }
     }
 
@@ -657,7 +862,11 @@ impl NodePlanner<'_, '_> {
                 continue;
             };
             if target != &self.node.id {
-                if self.view.pod_ready_on(target, &pod) {
+                if self.view.pod_holds_data(app) {
+                    // Stop before start: its successor waits for this.
+                    let to = target.clone();
+                    self.remove(s, RemoveReason::Moves { to });
+                } else if self.view.pod_ready_on(target, &pod) {
                     let node = target.clone();
                     self.remove(s, RemoveReason::Stray { node });
                 } else {
@@ -674,7 +883,7 @@ impl NodePlanner<'_, '_> {
                         && n.l.spec == svc.spec.as_str()
                 });
                 let spec = svc.spec.clone();
-                if svc.replace_stop_first() {
+                if self.view.service_holds_data(svc) {
                     // Normally removed just before the run; here the
                     // successor exists already (an old one came back, or a
                     // removal failed) and may wait on the old one's lock.
@@ -769,15 +978,44 @@ impl NodePlanner<'_, '_> {
         if !self.node.state.keeps_pods() {
             return;
         }
+        // Stop before start: a pod that holds data runs in one place only.
+        if self.view.pod_holds_data(app)
+            && let Some(other) = self.view.pod_elsewhere(pod, &self.node.id)
+        {
+            self.waiting.push(format!(
+                "{pod} waits on node {} until its containers on node {other} are gone",
+                self.node.id
+            ));
+            return;
+        }
+        // Its durable volumes first: a container never starts without them.
+        let mut steps = match self.durable_steps(pod, app) {
+            volume_steps::Durable::Ready(steps) => steps,
+            volume_steps::Durable::Wait { steps, why } => {
+                self.actions.extend(steps);
+                self.waiting.push(why);
+                return;
+            }
+        };
+        let volume_steps = std::mem::take(&mut steps);
         let moved_from = current
             .get(pod)
             .filter(|from| *from != &self.node.id)
             .cloned();
-        let mut steps = Vec::new();
         let mut runs = Vec::new();
+        let mut waiting = Vec::new();
         for svc in &app.services {
-            self.converge_service(pod, svc, moved_from.as_deref(), &mut steps, &mut runs);
+            self.converge_service(
+                pod,
+                svc,
+                moved_from.as_deref(),
+                &mut steps,
+                &mut runs,
+                &mut waiting,
+            );
         }
+        self.waiting.append(&mut waiting);
+        self.actions.extend(volume_steps);
         if !runs.is_empty() {
             self.actions.push(Action::EnsureNetwork {
                 pod: pod.clone(),
@@ -803,6 +1041,7 @@ impl NodePlanner<'_, '_> {
         moved_from: Option<&str>,
         steps: &mut Vec<Action>,
         runs: &mut Vec<(String, PullPolicy)>,
+        waiting: &mut Vec<String>,
     ) {
         let mine = |s: &&Seen| {
             s.l.app == pod.app && s.l.instance == pod.instance && s.l.service == svc.name
@@ -870,16 +1109,6 @@ impl NodePlanner<'_, '_> {
         } else if !dead.is_empty() {
             Some(RunReason::Recreate)
         } else {
-            if svc.replace_stop_first() {
-                for old in &olds {
-                    steps.push(Action::Remove {
-                        container: ContainerRef::new(old.c, old.l),
-                        reason: RemoveReason::StopFirst {
-                            spec: svc.spec.clone(),
-                        },
-                    });
-                }
-            }
             Some(match (olds.first(), moved_from) {
                 (Some(old), _) => RunReason::Replace {
                     old: SpecHash::from_label(&old.l.spec),
@@ -890,17 +1119,42 @@ impl NodePlanner<'_, '_> {
                 (None, None) => RunReason::New,
             })
         };
-        if let Some(reason) = run_reason {
-            // One pull per image; `always` wins over `missing`.
-            match runs.iter_mut().find(|(i, _)| *i == svc.container.image) {
-                Some((_, policy)) => *policy = (*policy).max(svc.pull),
-                None => runs.push((svc.container.image.clone(), svc.pull)),
-            }
-            steps.push(Action::Run {
-                spec: Box::new(run),
-                reason,
-            });
+        let Some(reason) = run_reason else {
+            return;
+        };
+        // One pull per image; `always` wins over `missing`.
+        match runs.iter_mut().find(|(i, _)| *i == svc.container.image) {
+            Some((_, policy)) => *policy = (*policy).max(svc.pull),
+            None => runs.push((svc.container.image.clone(), svc.pull)),
         }
+        // The paths the image declares as volumes get volumes of the pod;
+        // until they are known (read once the image is on a node), the
+        // container waits, as Docker would give each an anonymous volume
+        // that the next container never sees.
+        let Some(image_mounts) = self.view.image_mounts(svc) else {
+            waiting.push(format!(
+                "{pod} {} waits until node {} has read the volumes image {} declares",
+                svc.name, self.node.id, svc.container.image
+            ));
+            return;
+        };
+        if self.view.service_holds_data(svc) && matches!(reason, RunReason::Replace { .. }) {
+            for old in &olds {
+                steps.push(Action::Remove {
+                    container: ContainerRef::new(old.c, old.l),
+                    reason: RemoveReason::StopFirst {
+                        spec: svc.spec.clone(),
+                    },
+                });
+            }
+        }
+        let mut run = run;
+        run.image_mounts = image_mounts;
+        steps.extend(self.local_volume_steps(&run, &olds));
+        steps.push(Action::Run {
+            spec: Box::new(run),
+            reason,
+        });
     }
 }
 
@@ -914,6 +1168,8 @@ fn restarts_after_exit(c: &ContainerState, svc: &ServiceSpec) -> bool {
         RestartPolicy::No => false,
     }
 }
+
+mod volume_steps;
 
 #[cfg(test)]
 mod tests;

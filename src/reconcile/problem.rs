@@ -16,6 +16,11 @@ pub enum ProblemKind {
     /// The pod's node is draining and no other node has room: it stays
     /// where it is until it can move or the node goes.
     CannotMove,
+    /// The pod holds data on a node that does not answer: it stays until
+    /// the node is provably stopped.
+    HoldsData,
+    /// The pod's durable volumes are in a zone with no ready node.
+    NoNodeInZone,
 }
 
 impl ProblemKind {
@@ -24,6 +29,8 @@ impl ProblemKind {
         match self {
             ProblemKind::CannotPlace => "urn:prism:problem:cannot-place",
             ProblemKind::CannotMove => "urn:prism:problem:cannot-move",
+            ProblemKind::HoldsData => "urn:prism:problem:holds-data",
+            ProblemKind::NoNodeInZone => "urn:prism:problem:no-node-in-zone",
         }
     }
 
@@ -32,6 +39,8 @@ impl ProblemKind {
         match self {
             ProblemKind::CannotPlace => "Pod cannot be placed",
             ProblemKind::CannotMove => "Pod cannot leave its draining node",
+            ProblemKind::HoldsData => "Pod waits until its node is provably stopped",
+            ProblemKind::NoNodeInZone => "Pod waits for a node in its volumes' zone",
         }
     }
 }
@@ -64,6 +73,8 @@ impl fmt::Display for Problem {
         let what = match self.kind {
             ProblemKind::CannotPlace => "cannot place",
             ProblemKind::CannotMove => "cannot move",
+            ProblemKind::HoldsData => "holds data",
+            ProblemKind::NoNodeInZone => "no node in zone",
         };
         write!(f, "! {what}: {}", self.detail)
     }

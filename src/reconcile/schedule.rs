@@ -8,7 +8,13 @@
 //!    pods first within that. Among the nodes with room: fewest instances
 //!    of the same app on the node, then in its zone, then best fit (least
 //!    memory left), then least CPU left, then node id.
-//! 3. A pod without room is a [`Problem`]; the rest are still placed. A
+//! 3. A pod that holds data (a writable volume) on a node that stopped
+//!    answering, or whose host key changed, stays placed there until the
+//!    node is provably stopped ([`NodeView::stopped`]): a node cut off for
+//!    a while must never come back to find its pod running elsewhere on
+//!    other data. Its drain moves it, and a fence (`operator`) proves it.
+//! 4. A pod with durable volumes goes only to nodes in their zone.
+//! 5. A pod without room is a [`Problem`]; the rest are still placed. A
 //!    draining node's pod without room elsewhere stays on it.
 //!
 //! Deterministic: the same input gives the same placements.
@@ -41,6 +47,13 @@ pub struct NodeView {
     /// pulls the fleet's missing ones.
     #[serde(skip)]
     pub images: Option<Images>,
+    /// Provably stopped: EC2 reports its instance shutting down, stopped
+    /// or terminated (Prism's fence included), or it left the inventory.
+    /// Only then do pods that hold data leave it without a drain.
+    pub stopped: bool,
+    /// How long it has not answered, when it does not.
+    #[serde(skip)]
+    pub silent_for: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -113,12 +126,39 @@ impl NodeState {
     }
 }
 
-/// What one pod reserves.
+/// What one pod reserves, and where it may go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodDemand {
     pub pod: PodKey,
     pub memory: Bytes,
     pub cpu: Millicores,
+    /// It writes data that outlives its containers: it leaves a node that
+    /// stopped answering only once the node is provably stopped.
+    pub holds_data: bool,
+    /// Where its durable volumes let it run.
+    pub zone: ZoneRule,
+}
+
+/// Where a pod may run, by its durable volumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneRule {
+    /// Anywhere: no durable volume yet (one is made where it lands).
+    Any,
+    /// Only in this zone, where its volumes are.
+    In(String),
+    /// Its volumes could not be listed this pass: it stays where it is,
+    /// and a pod that must move waits.
+    Unknown,
+}
+
+impl ZoneRule {
+    fn allows(&self, n: &NodeView) -> bool {
+        match self {
+            ZoneRule::Any => true,
+            ZoneRule::In(z) => n.zone.as_ref() == Some(z),
+            ZoneRule::Unknown => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -153,13 +193,24 @@ pub fn schedule(
             .get(&demand.pod)
             .and_then(|id| by_id.get(id.as_str()).copied());
         match node {
-            Some(n) if n.state.keeps_pods() => {
+            Some(n)
+                if n.state.keeps_pods()
+                    && (demand.zone.allows(n) || demand.zone == ZoneRule::Unknown) =>
+            {
                 if let Some(r) = room.get_mut(n.id.as_str()) {
                     r.take(demand);
                 }
                 out.placements.insert(demand.pod.clone(), n.id.clone());
             }
             Some(n) if n.state == NodeState::Draining => pending.push((demand, Some(n))),
+            Some(n) if demand.holds_data && !n.stopped => {
+                out.problems.push(Problem {
+                    kind: ProblemKind::HoldsData,
+                    pod: demand.pod.clone(),
+                    detail: held_by(demand, n),
+                });
+                out.placements.insert(demand.pod.clone(), n.id.clone());
+            }
             _ => pending.push((demand, None)),
         }
     }
@@ -189,6 +240,7 @@ pub fn schedule(
         let best = nodes
             .iter()
             .filter(|n| n.state.takes_pods())
+            .filter(|n| demand.zone.allows(n))
             .filter(|n| room[n.id.as_str()].fits(demand))
             .min_by_key(|n| {
                 let r = &room[n.id.as_str()];
@@ -220,15 +272,39 @@ pub fn schedule(
                 });
                 out.placements.insert(demand.pod.clone(), d.id.clone());
             }
-            (None, None) => out.problems.push(Problem {
-                kind: ProblemKind::CannotPlace,
-                pod: demand.pod.clone(),
-                detail: format!("{} {}", demand.pod, no_room(demand, nodes, &room)),
-            }),
+            (None, None) => {
+                let zone_empty = match &demand.zone {
+                    ZoneRule::In(z) => !nodes
+                        .iter()
+                        .any(|n| n.zone.as_ref() == Some(z) && n.state.takes_pods()),
+                    _ => false,
+                };
+                out.problems.push(Problem {
+                    kind: if zone_empty {
+                        ProblemKind::NoNodeInZone
+                    } else {
+                        ProblemKind::CannotPlace
+                    },
+                    pod: demand.pod.clone(),
+                    detail: format!("{} {}", demand.pod, no_room(demand, nodes, &room)),
+                })
+            }
         }
     }
     out.problems.sort();
     out
+}
+
+/// Why a pod that holds data stays on a node it cannot run on.
+fn held_by(d: &PodDemand, n: &NodeView) -> String {
+    let why = match n.state {
+        NodeState::Untrusted => "whose host key changed (check the node, then `prism trust`)",
+        _ => "which does not answer",
+    };
+    format!(
+        "{} holds data and stays on node {}, {why}: it moves once EC2 reports the instance stopped or terminated, or Prism fences it ([lifecycle] fence)",
+        d.pod, n.id
+    )
 }
 
 /// Free capacity of a node; signed, as kept pods may overcommit it.
@@ -267,6 +343,25 @@ impl Room {
 /// Why no node could take the pod, with the numbers: "needs 768M of
 /// memory; the largest free space is 512M, on node i-1".
 fn no_room(d: &PodDemand, nodes: &[NodeView], room: &BTreeMap<&str, Room>) -> String {
+    if d.zone == ZoneRule::Unknown {
+        return "has durable volumes, and EC2 could not list them this pass".into();
+    }
+    if let ZoneRule::In(zone) = &d.zone {
+        let in_zone: Vec<NodeView> = nodes
+            .iter()
+            .filter(|n| n.zone.as_deref() == Some(zone))
+            .cloned()
+            .collect();
+        if !in_zone.iter().any(|n| n.state.takes_pods()) {
+            return format!("has its durable volumes in zone {zone}, where no node is ready");
+        }
+        let why = no_room_among(d, &in_zone, room);
+        return format!("{why} (its durable volumes are in zone {zone})");
+    }
+    no_room_among(d, nodes, room)
+}
+
+fn no_room_among(d: &PodDemand, nodes: &[NodeView], room: &BTreeMap<&str, Room>) -> String {
     let ready: Vec<&NodeView> = nodes.iter().filter(|n| n.state.takes_pods()).collect();
     if ready.is_empty() {
         let mut states: BTreeMap<&str, usize> = BTreeMap::new();

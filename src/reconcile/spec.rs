@@ -15,6 +15,7 @@ use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use super::secrets::Secret;
+use super::volumes::MountSpec;
 use crate::config::{Bytes, Logs, Millicores, RestartPolicy};
 
 /// Everything `docker run` needs about a service apart from who the
@@ -39,8 +40,8 @@ pub struct ContainerConfig {
     pub cpu: Option<Millicores>,
     #[serde(serialize_with = "restart_policy")]
     pub restart: RestartPolicy,
-    /// `name:/path` or `/host/path:/path`, optionally `:ro`, as written.
-    pub volumes: Vec<String>,
+    /// The service's `volumes`, resolved: volumes of the pod, host paths.
+    pub mounts: Vec<MountSpec>,
     /// Log rotation (`--log-opt max-size`, `max-file`).
     #[serde(serialize_with = "logs")]
     pub logs: Logs,
@@ -103,7 +104,7 @@ impl SpecHash {
             memory,
             cpu,
             restart,
-            volumes,
+            mounts,
             logs,
         } = c;
         let mut e = Encoder(Sha256::new());
@@ -129,8 +130,21 @@ impl SpecHash {
             e.field("cpu", &cpu.0.to_le_bytes());
         }
         e.field("restart", restart_arg(*restart).as_bytes());
-        if !volumes.is_empty() {
-            e.list("volumes", volumes.iter().map(String::as_str));
+        if !mounts.is_empty() {
+            let written: Vec<String> = mounts.iter().map(written).collect();
+            e.list("volumes", written.iter().map(String::as_str));
+            // Since volumes belong to pods: what a named one is. A service
+            // with host paths alone keeps the hash it had before.
+            let kinds: Vec<&str> = mounts
+                .iter()
+                .filter_map(|m| match m {
+                    MountSpec::Volume { kind, .. } => Some(kind.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if !kinds.is_empty() {
+                e.list("volume_kinds", kinds.into_iter());
+            }
         }
         // Only when not the default: containers made before Prism rotated
         // logs keep their hash (and get rotation at their next change).
@@ -156,6 +170,20 @@ impl SpecHash {
 impl fmt::Display for SpecHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A mount as fleet.toml writes it: `name:/path[:ro]`, a host path verbatim.
+fn written(m: &MountSpec) -> String {
+    match m {
+        MountSpec::Volume {
+            name,
+            target,
+            read_only,
+            ..
+        } => format!("{name}:{target}{}", if *read_only { ":ro" } else { "" }),
+        MountSpec::Host { written, .. } => written.clone(),
+        MountSpec::Image { target } => format!("image:{target}"),
     }
 }
 
@@ -214,6 +242,15 @@ pub(crate) fn network_name(fleet: &str, app: &str, instance: u32) -> String {
 mod tests {
     use super::*;
 
+    fn storage(read_only: bool) -> MountSpec {
+        MountSpec::Volume {
+            name: "blog-storage".into(),
+            kind: crate::config::VolumeKind::Local,
+            target: "/var/www/storage".into(),
+            read_only,
+        }
+    }
+
     pub(crate) fn config() -> ContainerConfig {
         ContainerConfig {
             image: "registry.example.com/blog:1.4".into(),
@@ -224,7 +261,7 @@ mod tests {
             memory: Bytes(256 << 20),
             cpu: Some(Millicores(500)),
             restart: RestartPolicy::UnlessStopped,
-            volumes: vec!["blog-storage:/var/www/storage".into()],
+            mounts: vec![storage(false)],
             logs: Logs::default(),
         }
     }
@@ -234,8 +271,21 @@ mod tests {
         // Pinned, and computed independently from the encoding described
         // on `SpecHash::of`: a change here replaces every container of
         // every fleet.
-        assert_eq!(SpecHash::of(&config()).as_str(), "8cf88db68d43");
+        assert_eq!(SpecHash::of(&config()).as_str(), "841c6cb16204");
         assert_eq!(SpecHash::of(&config()), SpecHash::of(&config().clone()));
+        // Host paths alone, or no volumes: the hashes Prism gave before
+        // volumes belonged to pods (a named volume's changed, once, as its
+        // Docker volume did: 8cf88db68d43 then).
+        let mut host = config();
+        host.mounts = vec![MountSpec::Host {
+            written: "/srv/storage:/var/www/storage".into(),
+            target: "/var/www/storage".into(),
+            read_only: false,
+        }];
+        assert_eq!(SpecHash::of(&host).as_str(), "42368ee3c040");
+        let mut none = config();
+        none.mounts.clear();
+        assert_eq!(SpecHash::of(&none).as_str(), "f033dc1e3d15");
     }
 
     #[test]
@@ -281,11 +331,29 @@ mod tests {
             ("cpu", Box::new(|c| c.cpu = Some(Millicores(501)))),
             ("no cpu", Box::new(|c| c.cpu = None)),
             ("restart", Box::new(|c| c.restart = RestartPolicy::Always)),
+            ("volume ro", Box::new(|c| c.mounts = vec![storage(true)])),
             (
-                "volume ro",
-                Box::new(|c| c.volumes = vec!["blog-storage:/var/www/storage:ro".into()]),
+                "volume kind",
+                Box::new(|c| {
+                    c.mounts = vec![MountSpec::Volume {
+                        name: "blog-storage".into(),
+                        kind: crate::config::VolumeKind::Durable,
+                        target: "/var/www/storage".into(),
+                        read_only: false,
+                    }]
+                }),
             ),
-            ("no volumes", Box::new(|c| c.volumes.clear())),
+            (
+                "host path",
+                Box::new(|c| {
+                    c.mounts = vec![MountSpec::Host {
+                        written: "/srv/storage:/var/www/storage".into(),
+                        target: "/var/www/storage".into(),
+                        read_only: false,
+                    }]
+                }),
+            ),
+            ("no volumes", Box::new(|c| c.mounts.clear())),
             ("log size", Box::new(|c| c.logs.max_size = Bytes(50 << 20))),
             ("log files", Box::new(|c| c.logs.max_files = 5)),
         ];

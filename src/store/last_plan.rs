@@ -21,6 +21,72 @@ pub struct PublishedPlan {
     /// The pass failed before it could plan: `plan` is empty.
     pub error: Option<String>,
     pub plan: PlanLines,
+    /// The fleet's volumes as the pass saw them (`prism volumes`).
+    #[serde(default)]
+    pub volumes: VolumeLines,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeLines {
+    /// EC2 could not list the fleet's EBS volumes: `volumes` holds only
+    /// local ones.
+    pub ebs_unlisted: bool,
+    pub volumes: Vec<VolumeLine>,
+}
+
+/// One volume of one pod instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeLine {
+    pub app: String,
+    pub instance: u32,
+    /// Its name in fleet.toml; for an image's own volume,
+    /// `SERVICE:/path-slug`.
+    pub volume: String,
+    pub kind: VolumeKind,
+    /// The EBS volume id, or the Docker volume's name on its node.
+    pub id: String,
+    pub size_gib: Option<u32>,
+    pub zone: Option<String>,
+    /// The node (instance id) it is attached to, or holds it.
+    pub node: Option<String>,
+    /// EC2's state and attachment (`in-use, attached`), `present` for a
+    /// Docker volume.
+    pub state: String,
+    /// fleet.toml still asks for it; when not, it is kept until `prism
+    /// volumes delete`.
+    pub wanted: bool,
+    /// The newest snapshot Prism took of it.
+    #[serde(default)]
+    pub last_snapshot: Option<SnapshotLine>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotLine {
+    pub id: String,
+    /// `pending`, `completed`, `error`.
+    pub state: String,
+    /// When it was started (unix ms).
+    pub at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeKind {
+    Durable,
+    #[default]
+    Local,
+    /// Made for a path the image declares as `VOLUME`.
+    Image,
+}
+
+impl VolumeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeKind::Durable => "durable",
+            VolumeKind::Local => "local",
+            VolumeKind::Image => "image",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +175,22 @@ mod tests {
                     line: "! cannot place: blog/1 needs 768M".into(),
                 }],
                 waiting: vec!["blog/0 web: old kept until new is ready".into()],
+            },
+            volumes: VolumeLines {
+                ebs_unlisted: false,
+                volumes: vec![VolumeLine {
+                    app: "db".into(),
+                    instance: 0,
+                    volume: "pgdata".into(),
+                    kind: VolumeKind::Durable,
+                    id: "vol-0abc".into(),
+                    size_gib: Some(10),
+                    zone: Some("eu-north-1a".into()),
+                    node: Some("i-0aaa".into()),
+                    state: "in-use, attached".into(),
+                    wanted: true,
+                    last_snapshot: None,
+                }],
             },
         }
     }

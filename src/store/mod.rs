@@ -26,7 +26,10 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 pub(crate) use events::NewEvent;
 pub use events::{Event, Level};
 pub use health::{CheckOutcome, Checked, HealthBook, HealthRecord, Recorded, Thresholds, Verdict};
-pub use last_plan::{NodeActions, PlanLines, PublishedPlan, Unplaceable};
+pub use last_plan::{
+    NodeActions, PlanLines, PublishedPlan, SnapshotLine, Unplaceable, VolumeKind, VolumeLine,
+    VolumeLines,
+};
 pub use lock::{Lease, LockHolder, LockInfo, hostname};
 pub use nodes::{ContainerRecord, NodeRecord, Placement};
 pub(crate) use requests::NewRequest;

@@ -19,6 +19,11 @@ pub enum RequestKind {
     Drain,
     /// Let the changes the guards hold back go ahead (`prism confirm`).
     Confirm,
+    /// Delete one volume fleet.toml no longer asks for (`prism volumes
+    /// delete`): its id is in `container` (`vol-…`, or a Docker volume's
+    /// name with its node in `node_id`).
+    #[serde(rename = "delete_volume")]
+    DeleteVolume,
 }
 
 impl RequestKind {
@@ -28,6 +33,7 @@ impl RequestKind {
             RequestKind::Restart => "restart",
             RequestKind::Drain => "drain",
             RequestKind::Confirm => "confirm",
+            RequestKind::DeleteVolume => "delete_volume",
         }
     }
 
@@ -37,6 +43,7 @@ impl RequestKind {
             RequestKind::Restart,
             RequestKind::Drain,
             RequestKind::Confirm,
+            RequestKind::DeleteVolume,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

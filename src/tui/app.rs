@@ -23,6 +23,7 @@ pub enum Screen {
     Logs,
     Describe,
     Plan,
+    Volumes,
 }
 
 impl Screen {
@@ -38,6 +39,7 @@ impl Screen {
             Screen::Logs => "logs",
             Screen::Describe => "describe",
             Screen::Plan => "plan",
+            Screen::Volumes => "volumes",
         }
     }
 
@@ -49,6 +51,7 @@ impl Screen {
             Screen::Logs => 3,
             Screen::Describe => 4,
             Screen::Plan => 5,
+            Screen::Volumes => 6,
         }
     }
 }
@@ -187,11 +190,11 @@ pub struct App {
     pub now_ms: i64,
     pub screen: Screen,
     back: Vec<Screen>,
-    selected: [usize; 6],
+    selected: [usize; 7],
     /// Sort column (0-based) and descending, per table screen.
-    sort: [Option<(usize, bool)>; 6],
+    sort: [Option<(usize, bool)>; 7],
     /// Per screen: a filter typed on one screen does not hide rows of another.
-    filters: [Option<Regex>; 6],
+    filters: [Option<Regex>; 7],
     pub input: Input,
     pub input_error: Option<String>,
     pub confirm: Option<Confirm>,
@@ -200,6 +203,7 @@ pub struct App {
     pub logs: Option<LogView>,
     pub describe: Option<TextView>,
     plan_scroll: usize,
+    volumes_scroll: usize,
     /// Requests this dashboard made, awaiting their outcome.
     asked: Vec<i64>,
     seq: u64,
@@ -225,8 +229,8 @@ impl App {
             now_ms,
             screen: Screen::Containers,
             back: Vec::new(),
-            selected: [0; 6],
-            sort: [None; 6],
+            selected: [0; 7],
+            sort: [None; 7],
             filters: Default::default(),
             input: Input::None,
             input_error: None,
@@ -236,6 +240,7 @@ impl App {
             logs: None,
             describe: None,
             plan_scroll: 0,
+            volumes_scroll: 0,
             asked: Vec::new(),
             seq: 0,
             page: 10,
@@ -395,6 +400,10 @@ impl App {
         self.plan_scroll
     }
 
+    pub(crate) fn volumes_scroll(&self) -> usize {
+        self.volumes_scroll
+    }
+
     fn go(&mut self, screen: Screen) {
         if screen != self.screen {
             self.back.push(self.screen);
@@ -514,10 +523,13 @@ impl App {
             "pods" | "po" | "pod" | "containers" | "co" => self.switch(Screen::Containers),
             "events" | "ev" => self.switch(Screen::Events),
             "plan" => self.switch(Screen::Plan),
+            "volumes" | "vol" | "volume" => self.switch(Screen::Volumes),
             "" => None,
             other => {
                 self.notify(
-                    format!("unknown command :{other} (try :nodes :pods :events :plan :q)"),
+                    format!(
+                        "unknown command :{other} (try :nodes :pods :events :plan :volumes :q)"
+                    ),
                     Tone::Bad,
                 );
                 None
@@ -726,6 +738,9 @@ impl App {
                 v.scroll = v.scroll.saturating_add_signed(delta);
             }
             Screen::Plan => self.plan_scroll = self.plan_scroll.saturating_add_signed(delta),
+            Screen::Volumes => {
+                self.volumes_scroll = self.volumes_scroll.saturating_add_signed(delta);
+            }
             _ => {
                 let n = self.rows().len();
                 let sel = &mut self.selected[self.screen.index()];

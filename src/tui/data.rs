@@ -280,6 +280,41 @@ pub mod fixtures {
             applied: 3,
             failed: 0,
             error: None,
+            volumes: crate::store::VolumeLines {
+                ebs_unlisted: false,
+                volumes: vec![
+                    crate::store::VolumeLine {
+                        app: "blog".into(),
+                        instance: 0,
+                        volume: "storage".into(),
+                        kind: crate::store::VolumeKind::Durable,
+                        id: "vol-0aaa".into(),
+                        size_gib: Some(10),
+                        zone: Some("eu-north-1a".into()),
+                        node: Some("i-0aaa".into()),
+                        state: "in-use, attached".into(),
+                        wanted: true,
+                        last_snapshot: Some(crate::store::SnapshotLine {
+                            id: "snap-0aaa".into(),
+                            state: "completed".into(),
+                            at: Some(NOW - 3 * 3_600_000),
+                        }),
+                    },
+                    crate::store::VolumeLine {
+                        app: "wiki".into(),
+                        instance: 1,
+                        volume: "pages".into(),
+                        kind: crate::store::VolumeKind::Durable,
+                        id: "vol-0bbb".into(),
+                        size_gib: Some(5),
+                        zone: Some("eu-north-1b".into()),
+                        node: None,
+                        state: "available".into(),
+                        wanted: false,
+                        last_snapshot: None,
+                    },
+                ],
+            },
             plan: PlanLines {
                 nodes: vec![
                     NodeActions {

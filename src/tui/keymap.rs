@@ -139,7 +139,7 @@ pub(crate) const KEYMAP: &[Binding] = &[
         Char(':'),
         Everywhere,
         Action::Command,
-        ":nodes :pods :events :plan :q",
+        ":nodes :pods :ev :plan :vol :q",
     ),
     bind(Char('j'), Everywhere, Action::Down, "down"),
     bind(Code(KeyCode::Down), Everywhere, Action::Down, "down"),

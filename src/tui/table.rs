@@ -186,7 +186,7 @@ pub(crate) fn health_tone(health: &str) -> Tone {
     }
 }
 
-fn node_name<'a>(data: &'a Snapshot, id: &'a str) -> &'a str {
+pub(crate) fn node_name<'a>(data: &'a Snapshot, id: &'a str) -> &'a str {
     data.nodes
         .iter()
         .find(|n| n.id == id)

@@ -58,6 +58,7 @@ struct Moto {
 #[derive(Debug, Deserialize)]
 struct Registry {
     testapp_image: String,
+    postgres_image: String,
 }
 
 /// The registry with basic auth over HTTPS (`registry_auth` in lab.json).
@@ -110,6 +111,9 @@ pub struct Lab {
     pub moto_url: String,
     pub region: String,
     pub testapp_image: String,
+    /// PostgreSQL from Debian's packages, trust authentication, its data
+    /// in the image's `VOLUME /var/lib/postgresql/data`.
+    pub postgres_image: String,
     /// Once `lab/lab up` has made it.
     pub registry_auth: Option<AuthRegistry>,
     pub decoys: Decoys,
@@ -170,6 +174,7 @@ impl Lab {
             moto_url: json.moto.url,
             region: json.moto.region,
             testapp_image: json.registry.testapp_image,
+            postgres_image: json.registry.postgres_image,
             registry_auth: json.registry_auth,
             decoys: json.decoys,
             bare: json.bare,
@@ -453,6 +458,37 @@ pub fn prism_command(args: &[&str]) -> Command {
     cmd
 }
 
+/// `prism daemon` on a fleet file for a benchmark, its log in `log`;
+/// stopped (SIGTERM) when dropped.
+pub struct LoggedDaemon(std::process::Child);
+
+impl LoggedDaemon {
+    pub fn start(file: &Path, log: &Path) -> Result<LoggedDaemon> {
+        let log = std::fs::File::create(log)?;
+        let child = prism_command(&["-c", file.to_str().context("utf-8 path")?, "daemon"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start prism daemon")?;
+        Ok(LoggedDaemon(child))
+    }
+
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for LoggedDaemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
+}
+
 /// Runs `prism args` with the lab's AWS credentials.
 pub fn prism(args: &[&str]) -> Output {
     prism_command(args).output().expect("run prism")
@@ -527,12 +563,25 @@ impl OwnNodes {
 
     /// `lab/lab add --fleet` one more node; returns it.
     pub fn add(&mut self) -> Result<Node> {
+        self.add_to(None)
+    }
+
+    /// One more node in availability zone `zone`.
+    pub fn add_in(&mut self, zone: &str) -> Result<Node> {
+        self.add_to(Some(zone))
+    }
+
+    fn add_to(&mut self, zone: Option<&str>) -> Result<Node> {
         let before: Vec<String> = Lab::load()
             .other_nodes
             .into_iter()
             .map(|n| n.name)
             .collect();
-        lab_cmd(&["add", "--fleet", &self.fleet])?;
+        let mut args = vec!["add", "--fleet", &self.fleet];
+        if let Some(zone) = zone {
+            args.extend(["--zone", zone]);
+        }
+        lab_cmd(&args)?;
         let node = Lab::load()
             .other_nodes
             .into_iter()

@@ -97,6 +97,11 @@ impl Daemon {
         }
     }
 
+    /// Where it keeps its state.
+    pub(crate) fn state_path(&self) -> &Path {
+        &self.state
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -5,6 +5,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/db.rs"]
+mod db;
 #[path = "../common/deploy.rs"]
 mod deploy;
 
@@ -24,3 +26,4 @@ mod runtime;
 mod ssh;
 mod ssh_bastion;
 mod ssh_stream;
+mod volumes;

@@ -113,6 +113,7 @@ fn lab_containers() {
             started_at: Some(1_795_305_728_269),
             finished_at: None,
             ports: vec![port(8080, Protocol::Tcp, [0, 0, 0, 0], 8080)],
+            volumes: Default::default(),
         }
     );
     assert_eq!(web0.ports[0].to_string(), "0.0.0.0:8080->8080/tcp");

@@ -125,6 +125,7 @@ fn docker_running() {
                 socket: SocketAccess::Usable
             },
             notice: None,
+            volume_mounts: Default::default(),
         })
     );
 }
@@ -207,10 +208,28 @@ fn empty_or_foreign_output() {
     );
     let e = err("sh: 1: grep: not found\n");
     assert_eq!(e.line(), Some(1));
-    assert!(e.to_string().contains("expected `@@ prism-facts 2`"), "{e}");
+    assert!(e.to_string().contains("expected `@@ prism-facts 3`"), "{e}");
     // The first version's output (it ran `docker version`) is refused.
-    let older = RUNNING.replace("@@ prism-facts 2", "@@ prism-facts 1");
+    let older = RUNNING.replace("@@ prism-facts 3", "@@ prism-facts 2");
     assert_eq!(err(&older).line(), Some(1));
+}
+
+#[test]
+fn durable_volumes_mounted_are_read_by_name() {
+    let text = RUNNING.replace(
+        "@@ mounts\n",
+        "@@ mounts\n/dev/nvme1n1 /var/lib/prism/volumes/prism.hobby.db.0.pgdata\n\
+         /dev/sdg /var/lib/prism/volumes/deeper/down\n",
+    );
+    let facts = parse_node_facts(&text).unwrap();
+    assert_eq!(
+        facts.volume_mounts,
+        std::collections::BTreeMap::from([(
+            "prism.hobby.db.0.pgdata".to_owned(),
+            "/dev/nvme1n1".to_owned()
+        )])
+    );
+    assert!(parse_node_facts(RUNNING).unwrap().volume_mounts.is_empty());
 }
 
 #[test]
@@ -302,8 +321,14 @@ fn garbage_lines_are_located() {
         (
             "@@ end\n",
             "@@ end\nlate\n",
-            12,
+            13,
             "output continues after `@@ end`",
+        ),
+        (
+            "@@ mounts\n",
+            "@@ mounts\n/dev/sdf\n",
+            12,
+            "expected `DEVICE DIR`",
         ),
         (
             "@@ meminfo\n",

@@ -31,6 +31,8 @@ pub enum ActionError {
     NoCredentials(String),
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
+    Cloud(#[from] crate::cloud::CloudError),
     /// Not tried: this process no longer holds the apply lock.
     #[error("not done: this process lost the apply lock ({0})")]
     LockLost(String),
@@ -76,6 +78,9 @@ async fn act(
 }
 
 async fn plain(cx: &Context, target: &Target, action: &Action) -> Result<(), ActionError> {
+    if super::volumes::handles(action) {
+        return super::volumes::run(cx, target, action).await;
+    }
     let quick = limits(QUICK);
     match action {
         Action::EnsureNetwork { pod, network } => {
@@ -208,6 +213,8 @@ async fn plain(cx: &Context, target: &Target, action: &Action) -> Result<(), Act
             tracing::info!(node = %target.id, "{}", outcome.summary());
             Ok(())
         }
+        // Volume actions: see above.
+        _ => Ok(()),
     }
 }
 

@@ -35,6 +35,8 @@ fn node(id: &str, address: &str, state: NodeState) -> NodeView {
         cpu: Millicores(2000),
         state,
         images: None,
+        stopped: false,
+        silent_for: None,
     }
 }
 
@@ -80,6 +82,7 @@ fn container(n: u8, app: &str, service: &str, instance: u32, host_port: u16) -> 
             port(container_port, host_port, false),
             port(container_port, host_port, true),
         ],
+        volumes: Default::default(),
     }
 }
 

@@ -94,6 +94,8 @@ fn node(id: &str, state: NodeState) -> NodeView {
         cpu: Millicores(1000),
         state,
         images: None,
+        stopped: false,
+        silent_for: None,
     }
 }
 
@@ -128,6 +130,7 @@ fn run_container(state: RunState, deadline: i64, exit_code: i64) -> ContainerSta
         started_at: Some(100_000),
         finished_at: Some(112_000),
         ports: vec![],
+        volumes: BTreeMap::new(),
     }
 }
 

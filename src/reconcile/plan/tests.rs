@@ -10,6 +10,10 @@ use crate::config::{Bytes, Millicores};
 use crate::observe::{Identity, LabelProblem};
 use crate::reconcile::schedule::NodeState;
 use crate::reconcile::secrets::{Secret, Secrets};
+use crate::reconcile::storage::{
+    AttachState, EbsAttachment, EbsSnapshot, EbsState, EbsVolume, SnapshotPurpose, SnapshotState,
+};
+use crate::reconcile::volumes::MountSpec;
 
 const SECRET: &str = "TOPSECRET-VALUE";
 
@@ -69,6 +73,8 @@ fn node(id: &str, state: NodeState) -> NodeView {
         cpu: Millicores(2000),
         state,
         images: None,
+        stopped: false,
+        silent_for: None,
     }
 }
 
@@ -121,12 +127,51 @@ fn brief(a: &Action) -> String {
                 RemoveReason::Stray { node } => format!("stray, on {node}"),
                 RemoveReason::Duplicate { .. } => "duplicate".to_owned(),
                 RemoveReason::Dead => "dead".to_owned(),
+                RemoveReason::Moves { to } => format!("moves to {to}"),
             };
             format!("remove {} {} {why}", c.pod, c.service)
         }
+        Action::EnsureLocalVolume { volume, seed, .. } => match seed {
+            Some(from) => format!("local volume {volume} from {from}"),
+            None => format!("local volume {volume}"),
+        },
+        Action::CreateVolume {
+            volume,
+            zone,
+            moved_from,
+            ..
+        } => match moved_from {
+            Some(old) => format!("create volume {volume} in {zone} from {old}"),
+            None => format!("create volume {volume} in {zone}"),
+        },
+        Action::SnapshotVolume { volume, why, .. } => match why {
+            SnapshotWhy::Scheduled { keep } => format!("snapshot {volume} keep {keep}"),
+            SnapshotWhy::Move { to_zone } => format!("snapshot {volume} to move to {to_zone}"),
+        },
+        Action::AttachVolume { volume, .. } => format!("attach {volume}"),
+        Action::MountVolume {
+            volume, may_format, ..
+        } => {
+            let fmt = if *may_format { " may format" } else { "" };
+            format!("mount {volume}{fmt}")
+        }
+        Action::UnmountVolume { volume, .. } => format!("unmount {volume}"),
+        Action::DetachVolume {
+            volume,
+            instance,
+            force,
+            ..
+        } => {
+            let how = if *force { "force-detach" } else { "detach" };
+            format!("{how} {volume} from {instance}")
+        }
+        Action::Fence { instance, .. } => format!("fence {instance}"),
         // The pods' plan never holds these; jobs, asks and bootstrap add
         // them after it.
-        Action::RunJob { .. } | Action::RemoveJob { .. } | Action::InstallDocker => {
+        Action::RunJob { .. }
+        | Action::RemoveJob { .. }
+        | Action::InstallDocker
+        | Action::DeleteVolume { .. } => {
             panic!("not a pod action: {a}")
         }
     }
@@ -168,6 +213,12 @@ struct World {
     placements: Vec<Placement>,
     reachable: BTreeSet<String>,
     next: u64,
+    /// Storage as observed; images not in `declared` nor `unread` declare
+    /// no volumes.
+    storage: Storage,
+    declared: BTreeMap<String, Vec<String>>,
+    unread: BTreeSet<String>,
+    next_volume: u64,
 }
 
 impl World {
@@ -183,7 +234,47 @@ impl World {
             placements: Vec::new(),
             reachable,
             next: 1,
+            storage: Storage {
+                ebs: Some(Vec::new()),
+                snapshots: Some(Vec::new()),
+                ..Storage::default()
+            },
+            declared: BTreeMap::new(),
+            unread: BTreeSet::new(),
+            next_volume: 1,
         }
+    }
+
+    /// Storage as the planner sees it this round.
+    fn storage(&self) -> Storage {
+        let mut s = self.storage.clone();
+        s.mounted.retain(|n, _| self.reachable.contains(n));
+        s.local.retain(|n, _| self.reachable.contains(n));
+        for node in &self.reachable {
+            s.mounted.entry(node.clone()).or_default();
+            s.local.entry(node.clone()).or_default();
+        }
+        s.image_volumes = self
+            .desired
+            .images()
+            .into_iter()
+            .filter(|i| !self.unread.contains(i))
+            .map(|i| {
+                let paths = self.declared.get(&i).cloned().unwrap_or_default();
+                (i, paths)
+            })
+            .collect();
+        s
+    }
+
+    fn ebs_mut(&mut self, id: &str) -> &mut EbsVolume {
+        self.storage
+            .ebs
+            .as_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|v| v.id == id)
+            .unwrap()
     }
 
     fn observed(&self) -> BTreeMap<String, Vec<ContainerState>> {
@@ -200,6 +291,7 @@ impl World {
             &self.nodes,
             &self.observed(),
             &self.placements,
+            &self.storage(),
         )
     }
 
@@ -253,6 +345,7 @@ impl World {
             started_at: Some(self.next as i64),
             finished_at: None,
             ports: vec![],
+            volumes: BTreeMap::new(),
         };
         self.containers
             .entry(node.to_owned())
@@ -296,7 +389,8 @@ impl World {
         }
         for (node, acts) in &plan.actions {
             assert!(
-                self.reachable.contains(node),
+                self.reachable.contains(node)
+                    || acts.iter().all(|a| matches!(a, Action::Fence { .. })),
                 "actions for unobserved {node}"
             );
             for a in acts {
@@ -352,6 +446,24 @@ impl World {
                     "name {} already in use on {node}",
                     spec.name
                 );
+                for m in &spec.config.mounts {
+                    if let MountSpec::Volume { name, kind, .. } = m {
+                        let vname = VolumeKey::new(&spec.pod, name).name("hobby");
+                        let present = match kind {
+                            crate::config::VolumeKind::Local => self
+                                .storage
+                                .local
+                                .get(node)
+                                .is_some_and(|v| v.contains(&vname)),
+                            crate::config::VolumeKind::Durable => self
+                                .storage
+                                .mounted
+                                .get(node)
+                                .is_some_and(|m| m.contains_key(&vname)),
+                        };
+                        assert!(present, "run {} before its volume {vname}", spec.name);
+                    }
+                }
                 let has_check = self
                     .desired
                     .app_of(&spec.pod)
@@ -381,10 +493,124 @@ impl World {
                 list.retain(|c| c.id != container.id);
                 assert_eq!(list.len() + 1, before, "remove of a missing container");
             }
-            Action::RunJob { .. } | Action::RemoveJob { .. } | Action::InstallDocker => {
+            Action::EnsureLocalVolume { name, .. } => {
+                self.storage
+                    .local
+                    .entry(node.into())
+                    .or_default()
+                    .insert(name.clone());
+            }
+            Action::CreateVolume {
+                volume,
+                zone,
+                ebs,
+                moved_from,
+            } => {
+                let id = format!("vol-{:017x}", self.next_volume);
+                self.next_volume += 1;
+                self.storage.ebs.as_mut().unwrap().push(EbsVolume {
+                    id,
+                    key: Some(volume.clone()),
+                    zone: zone.clone(),
+                    size_gib: 10,
+                    state: EbsState::Available,
+                    attachment: None,
+                    snapshot_id: ebs.from_snapshot.clone(),
+                    formatted: None,
+                    moved_from: moved_from.clone(),
+                    created_at: Some(0),
+                });
+            }
+            // Taken pending; a test completes it.
+            Action::SnapshotVolume { volume, id, why } => {
+                let n = self.storage.snapshots.as_ref().unwrap().len();
+                self.storage.snapshots.as_mut().unwrap().push(EbsSnapshot {
+                    id: format!("snap-{n:017x}"),
+                    key: Some(volume.clone()),
+                    volume_id: id.clone(),
+                    state: SnapshotState::Pending,
+                    progress: Some("0%".into()),
+                    started_at: Some(i64::try_from(n).unwrap()),
+                    purpose: match why {
+                        SnapshotWhy::Scheduled { .. } => SnapshotPurpose::Scheduled,
+                        SnapshotWhy::Move { .. } => SnapshotPurpose::Move,
+                    },
+                });
+            }
+            Action::AttachVolume { id, devices, .. } => {
+                let node = node.to_owned();
+                let v = self.ebs_mut(id);
+                assert_eq!(v.state, EbsState::Available, "attach of {id} in use");
+                v.state = EbsState::InUse;
+                v.attachment = Some(EbsAttachment {
+                    instance: node,
+                    device: devices[0].clone(),
+                    state: AttachState::Attached,
+                });
+            }
+            Action::MountVolume { id, name, .. } => {
+                let v = self.ebs_mut(id);
+                assert_eq!(
+                    v.attachment.as_ref().map(|a| a.instance.as_str()),
+                    Some(node),
+                    "mount of {id} not attached here"
+                );
+                v.formatted = Some("ext4".into());
+                self.storage
+                    .mounted
+                    .entry(node.into())
+                    .or_default()
+                    .insert(name.clone(), "/dev/sdf".into());
+            }
+            Action::UnmountVolume { name, .. } => {
+                let uses = self.on(node).iter().any(|c| {
+                    c.identity
+                        .prism()
+                        .is_some_and(|l| name.contains(&format!(".{}.{}.", l.app, l.instance)))
+                });
+                assert!(!uses, "unmount of {name} while its pod runs on {node}");
+                self.storage.mounted.get_mut(node).unwrap().remove(name);
+            }
+            Action::DetachVolume {
+                id,
+                instance,
+                force,
+                ..
+            } => {
+                let mounted_there = self
+                    .storage
+                    .mounted
+                    .get(instance)
+                    .is_some_and(|m| m.keys().any(|n| self.ebs_name_of(id) == Some(n.clone())));
+                assert!(*force || !mounted_there, "detach of {id} while mounted");
+                let v = self.ebs_mut(id);
+                v.state = EbsState::Available;
+                v.attachment = None;
+            }
+            Action::Fence { instance, .. } => {
+                for n in &mut self.nodes {
+                    if &n.id == instance {
+                        n.stopped = true;
+                    }
+                }
+            }
+            Action::RunJob { .. }
+            | Action::RemoveJob { .. }
+            | Action::InstallDocker
+            | Action::DeleteVolume { .. } => {
                 panic!("not a pod action: {a}")
             }
         }
+    }
+
+    fn ebs_name_of(&self, id: &str) -> Option<String> {
+        self.storage
+            .ebs
+            .iter()
+            .flatten()
+            .find(|v| v.id == id)
+            .and_then(|v| v.key.as_ref())
+            .map(|k| k.name("hobby"))
     }
 
     fn by_id(&mut self, node: &str, id: &ContainerId) -> &mut ContainerState {
@@ -569,7 +795,7 @@ fn a_service_with_a_writable_volume_stops_before_its_replacement_runs() {
     let apps = SHOP.replace(
         "memory = \"128M\"",
         "memory = \"128M\"\nvolumes = [\"shop-data:/data\", \"/etc/ssl:/ssl:ro\"]",
-    );
+    ) + "[apps.shop.volumes.shop-data]\nkind = \"local\"\n";
     let mut w = World::new(&apps, vec![ready("n1")]);
     w.converge();
     w.desired = desired(&apps.replace("shop:2", "shop:3"));
@@ -1497,3 +1723,5 @@ fn only_a_preparing_node_whose_images_were_read_pulls_ahead() {
         );
     }
 }
+
+mod volumes;

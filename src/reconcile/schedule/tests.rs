@@ -11,6 +11,8 @@ fn node(id: &str, zone: Option<&str>, memory_mi: u64, cpu: u64, state: NodeState
         cpu: Millicores(cpu),
         state,
         images: None,
+        stopped: false,
+        silent_for: None,
     }
 }
 
@@ -23,6 +25,8 @@ fn pod(app: &str, instance: u32, memory_mi: u64, cpu: u64) -> PodDemand {
         pod: PodKey::new(app, instance),
         memory: Bytes(memory_mi * MI),
         cpu: Millicores(cpu),
+        holds_data: false,
+        zone: ZoneRule::Any,
     }
 }
 

@@ -46,6 +46,7 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
         Screen::Logs => text::logs(frame, body, app),
         Screen::Describe => text::describe(frame, body, app),
         Screen::Plan => text::plan(frame, body, app),
+        Screen::Volumes => text::volumes(frame, body, app),
     }
     footer(frame, foot, app);
     if let Some(c) = &app.confirm {

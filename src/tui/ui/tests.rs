@@ -202,6 +202,24 @@ fn plan_of_a_failed_pass() {
 }
 
 #[test]
+fn volumes_screen_marks_the_kept_ones() {
+    let mut a = app();
+    command(&mut a, "volumes");
+    let buf = render(&mut a, 120, 20);
+    let screen = text(&buf);
+    assert!(screen.contains("blog/0  storage  durable  10G"), "{screen}");
+    // Node ids read as names.
+    assert!(screen.contains("node1"), "{screen}");
+    let (x, y) = find(&buf, "wiki/1");
+    assert_eq!(buf[(x, y)].fg, Color::Yellow);
+    assert!(
+        screen.contains("`prism volumes delete APP` deletes them"),
+        "{screen}"
+    );
+    check_snapshot("volumes", &buf);
+}
+
+#[test]
 fn health_and_state_colours() {
     let mut a = app();
     let buf = render(&mut a, 120, 40);

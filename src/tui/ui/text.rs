@@ -1,4 +1,4 @@
-//! The text screens: logs, describe and plan.
+//! The text screens: logs, describe, plan and volumes.
 
 use ratatui::Frame;
 use ratatui::layout::Rect;
@@ -7,7 +7,8 @@ use ratatui::widgets::{Block, Paragraph, Wrap};
 
 use super::style;
 use crate::cli::table::age;
-use crate::store::PublishedPlan;
+use crate::cli::table::render;
+use crate::store::{PublishedPlan, VolumeLines};
 use crate::tui::app::{App, Mode, Tone};
 
 pub fn logs(frame: &mut Frame, area: Rect, app: &App) {
@@ -140,6 +141,77 @@ fn plan_lines(p: &PublishedPlan) -> Vec<Line<'static>> {
         text.push(Line::from(Span::styled(
             "No changes: the nodes run what fleet.toml asks for.",
             style(Tone::Good),
+        )));
+    }
+    text
+}
+
+pub fn volumes(frame: &mut Frame, area: Rect, app: &App) {
+    let (title, text) = match &app.plan {
+        Some(p) => (
+            format!(
+                " volumes, as the last pass saw them {} ago ",
+                age(app.now_ms, p.at)
+            ),
+            volume_lines(
+                &p.volumes,
+                |id| crate::tui::table::node_name(&app.data, id).to_owned(),
+                app.now_ms,
+            ),
+        ),
+        None => (
+            " volumes ".to_owned(),
+            vec![Line::from(Span::styled(
+                "waiting for the first pass…",
+                style(Tone::Muted),
+            ))],
+        ),
+    };
+    let p = Paragraph::new(text)
+        .block(Block::bordered().title(title))
+        .scroll((app.volumes_scroll().min(u16::MAX as usize) as u16, 0));
+    frame.render_widget(p, area);
+}
+
+/// The volumes as `prism volumes` prints them; those fleet.toml no longer
+/// wants stand out, as they are kept until deleted by hand.
+fn volume_lines(
+    v: &VolumeLines,
+    node_name: impl Fn(&str) -> String,
+    now: i64,
+) -> Vec<Line<'static>> {
+    let mut text = Vec::new();
+    if v.ebs_unlisted {
+        text.push(Line::from(Span::styled(
+            "EC2 could not list the fleet's EBS volumes in that pass: durable volumes are missing",
+            style(Tone::Bad),
+        )));
+    }
+    if v.volumes.is_empty() {
+        text.push(Line::from(Span::styled("No volumes.", style(Tone::Muted))));
+        return text;
+    }
+    let rows = crate::cli::volumes::rows(v, node_name, now);
+    let table = render(&crate::cli::volumes::HEADER, &rows);
+    let mut lines = table.lines();
+    if let Some(header) = lines.next() {
+        text.push(Line::from(Span::styled(
+            header.to_owned(),
+            style(Tone::Muted),
+        )));
+    }
+    for (line, v) in lines.zip(&v.volumes) {
+        text.push(if v.wanted {
+            Line::from(line.to_owned())
+        } else {
+            Line::from(Span::styled(line.to_owned(), style(Tone::Warn)))
+        });
+    }
+    if v.volumes.iter().any(|v| !v.wanted) {
+        text.push(Line::from(""));
+        text.push(Line::from(Span::styled(
+            "Volumes fleet.toml no longer wants are kept: `prism volumes delete APP` deletes them.",
+            style(Tone::Muted),
         )));
     }
     text
