@@ -189,8 +189,9 @@ fn wait_ready(state: &Path, id: &str) -> Result<()> {
 }
 
 /// About this much incompressible data goes into the database before the
-/// zone move, so that the snapshot copies something (`VOLUMES_FILL_MIB`).
-const FILL_MIB: u64 = 600;
+/// zone move, so that the snapshot copies something (`VOLUMES_FILL_MIB`);
+/// with its WAL it must fit the 1 GiB volume.
+const FILL_MIB: u64 = 300;
 
 /// Writes about `mib` MiB of random bytes into a table of their own.
 fn fill(state: &Path, node: &Node, mib: u64) -> Result<()> {

@@ -192,13 +192,35 @@ impl Ebs {
         .await
     }
 
-    /// Detaches a volume and waits until it is available. `force` only for
-    /// an instance that is terminated: nothing can write to it any more.
-    pub async fn detach(&self, id: &str, force: bool, timeout: Duration) -> Result<(), CloudError> {
+    /// Detaches a volume from `instance` (never from another one it may
+    /// be attached to by now), and waits until it is available. `force`
+    /// only for an instance that is terminated: checked again first.
+    pub async fn detach(
+        &self,
+        id: &str,
+        instance: &str,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<(), CloudError> {
+        let now = self.volume(id).await?;
+        match now.as_ref().and_then(|v| v.attachment.as_ref()) {
+            None => return Ok(()),
+            Some(a) if a.instance != instance => {
+                return Err(CloudError {
+                    call: "DetachVolume",
+                    message: format!(
+                        "{id} is attached to {} by now, not {instance}: left as it is",
+                        a.instance
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
         let sent = self
             .client
             .detach_volume()
             .volume_id(id)
+            .instance_id(instance)
             .force(force)
             .send()
             .await;

@@ -167,6 +167,7 @@ impl Ec2 {
             instance_type: i.instance_type().map(|t| t.as_str().to_owned()),
             lifecycle,
             presence,
+            halted: i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Stopped),
             launched_at: i.launch_time().and_then(|t| t.to_millis().ok()),
             memory: self.memory,
             cpu: self.cpu,

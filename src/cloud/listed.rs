@@ -22,6 +22,7 @@ pub fn nodes(config: &Config) -> Vec<Node> {
             instance_type: None,
             lifecycle: Lifecycle::Static,
             presence: Presence::Running,
+            halted: false,
             launched_at: None,
             memory: n.memory.or(fleet.discovery.node_memory).map(|b| b.0),
             cpu: n.cpus.or(fleet.discovery.node_cpus).map(|m| m.0),

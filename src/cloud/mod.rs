@@ -72,6 +72,9 @@ pub struct Node {
     pub instance_type: Option<String>,
     pub lifecycle: Lifecycle,
     pub presence: Presence,
+    /// EC2 says stopped (not stopping, not shutting down): nothing runs on
+    /// it any more, so the pods that hold data may leave it.
+    pub halted: bool,
     /// Epoch milliseconds.
     pub launched_at: Option<i64>,
     /// Memory and CPU declared ahead (fleet.toml); the smaller of this and

@@ -151,6 +151,7 @@ mod tests {
             instance_type: None,
             lifecycle: Lifecycle::Spot,
             presence,
+            halted: false,
             launched_at: None,
             memory: None,
             cpu: None,

@@ -110,6 +110,10 @@ pub fn record(
     // `prism plan` shows the work. Nodes that join later are prepared.
     let first_pass = memory.nodes.is_empty();
     let now = now_ms();
+    // When this process began to listen (unix ms).
+    let since_ms = memory.loaded_at.map_or(0, |t| {
+        now.saturating_sub(i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX))
+    });
     let mut views = Vec::with_capacity(pass.len());
     for seen in pass {
         let id = seen.node.id.as_str();
@@ -158,7 +162,7 @@ pub fn record(
                 None => Ok(()),
             }
         });
-        views.push(view(&seen.node, &seen.probed, &row, state));
+        views.push(view(&seen.node, &seen.probed, &row, state, since_ms));
         memory.nodes.insert(row.id.clone(), row);
     }
     if complete {
@@ -212,7 +216,13 @@ fn record_gone(memory: &mut Memory, journal: &Writer, present: &[&str], now: i64
 
 /// Capacity is the smaller of what fleet.toml declares and what the node
 /// reports (a node's cgroup may see the host's memory).
-fn view(node: &Node, probed: &Probed, row: &NodeRecord, state: NodeState) -> NodeView {
+fn view(
+    node: &Node,
+    probed: &Probed,
+    row: &NodeRecord,
+    state: NodeState,
+    since_ms: i64,
+) -> NodeView {
     let reported_memory = row.memory_total.and_then(|m| u64::try_from(m).ok());
     let reported_cpu = row.cpus.and_then(|c| u64::try_from(c).ok());
     let smaller = |a: Option<u64>, b: Option<u64>| match (a, b) {
@@ -230,10 +240,12 @@ fn view(node: &Node, probed: &Probed, row: &NodeRecord, state: NodeState) -> Nod
             Probed::Ready { images, .. } => images.clone(),
             _ => None,
         },
-        stopped: node.presence == Presence::Leaving,
+        stopped: node.halted,
         silent_for: match probed {
+            // Counted from when this process could first have heard it: a
+            // time the operator itself was down is no silence of the node.
             Probed::Failed(_) => {
-                let ms = now_ms().saturating_sub(row.last_seen);
+                let ms = now_ms().saturating_sub(row.last_seen.max(since_ms));
                 Some(std::time::Duration::from_millis(
                     u64::try_from(ms).unwrap_or(0),
                 ))

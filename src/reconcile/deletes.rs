@@ -66,7 +66,7 @@ fn plan_one(
             .key
             .clone()
             .ok_or_else(|| format!("{id}'s tags do not name a pod's volume: left alone"))?;
-        if wanted(desired, &key, VolumeKind::Durable) {
+        if wanted(desired, &key, VolumeKind::Durable) && !storage.superseded(v) {
             return Err(format!(
                 "{key} ({id}) is still in fleet.toml: remove it (or lower the app's instances) first"
             ));

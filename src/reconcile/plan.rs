@@ -273,8 +273,9 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "why", rename_all = "snake_case")]
 pub enum SnapshotWhy {
-    /// `snapshots = { schedule, keep }`.
-    Scheduled { keep: u32 },
+    /// `snapshots = { schedule, keep }`. `named`: snapshots fleet.toml
+    /// names in a `from_snapshot`, never pruned.
+    Scheduled { keep: u32, named: Vec<String> },
     /// Its zone has had no ready node for `[lifecycle] zone_wait`.
     Move { to_zone: String },
 }
@@ -480,7 +481,7 @@ impl fmt::Display for Action {
                 }
             }
             Action::SnapshotVolume { volume, id, why } => match why {
-                SnapshotWhy::Scheduled { keep } => write!(
+                SnapshotWhy::Scheduled { keep, .. } => write!(
                     f,
                     "+ snapshot {volume} ({id}), as scheduled; keeping the newest {keep}"
                 ),
@@ -592,7 +593,7 @@ pub fn plan(
             .collect(),
         placement_changes: placement_changes(&stored, &sched.placements),
         actions: BTreeMap::new(),
-        problems: sched.problems,
+        problems: sched.problems.clone(),
         waiting: Vec::new(),
     };
 
@@ -627,7 +628,7 @@ pub fn plan(
         out.actions.entry(node).or_default().push(fence);
     }
     let (moves, waiting) =
-        volume_steps::zone_moves(desired, &view, nodes, &demands, &out.problems, &current);
+        volume_steps::zone_moves(desired, &view, nodes, &demands, &sched, &current);
     for (node, step) in moves {
         out.actions.entry(node).or_default().push(step);
     }

@@ -41,6 +41,12 @@ pub(crate) fn plan_snapshots(
     storage: &Storage,
 ) -> SnapshotPlan {
     let mut out = SnapshotPlan::default();
+    let named: Vec<String> = desired
+        .apps
+        .values()
+        .flat_map(|a| a.volumes.values())
+        .filter_map(|v| v.ebs.as_ref()?.from_snapshot.clone())
+        .collect();
     let ready = |id: &str| {
         nodes
             .iter()
@@ -111,7 +117,10 @@ pub(crate) fn plan_snapshots(
                 .push(Action::SnapshotVolume {
                     volume: key,
                     id: ev.id.clone(),
-                    why: SnapshotWhy::Scheduled { keep },
+                    why: SnapshotWhy::Scheduled {
+                        keep,
+                        named: named.clone(),
+                    },
                 });
             out.planned.push((
                 node.to_owned(),

@@ -37,6 +37,8 @@ pub struct Storage {
     /// Zones that hold volumes of the fleet but have had no ready node,
     /// and for how long.
     pub zones_empty_for: BTreeMap<String, std::time::Duration>,
+    /// When this was observed (unix ms).
+    pub at_ms: i64,
 }
 
 impl Storage {
@@ -70,12 +72,15 @@ impl Storage {
             .max_by_key(|s| (s.started_at.unwrap_or(0), s.id.clone()))
     }
 
-    /// The snapshot taken to move volume `id` to another zone, if any.
-    pub fn move_snapshot(&self, id: &str) -> Option<&EbsSnapshot> {
+    /// The snapshot taken to move volume `id` to another zone, started at
+    /// or after `since_ms` (when its zone last emptied: an older one may
+    /// miss what was written since), if any.
+    pub fn move_snapshot(&self, id: &str, since_ms: i64) -> Option<&EbsSnapshot> {
         self.snapshots
             .iter()
             .flatten()
             .filter(|s| s.volume_id == id && s.purpose == SnapshotPurpose::Move)
+            .filter(|s| s.started_at.is_some_and(|t| t >= since_ms))
             .filter(|s| s.state != SnapshotState::Error)
             .max_by_key(|s| (s.started_at.unwrap_or(0), s.id.clone()))
     }

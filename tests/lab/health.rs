@@ -43,6 +43,7 @@ fn node(lab: &Lab, i: usize) -> Node {
         instance_type: None,
         lifecycle: Lifecycle::Spot,
         presence: Presence::Running,
+        halted: false,
         launched_at: None,
         memory: None,
         cpu: None,

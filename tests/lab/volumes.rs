@@ -4,10 +4,14 @@
 //! acknowledged before and after. A preempted node's database comes back
 //! on another node of its zone with every row; a blip never moves it and
 //! never runs a second copy; a node silent past `fence_after` is
-//! terminated first; a spot notice stops it before it starts elsewhere.
+//! terminated first; a spot notice stops it before it starts elsewhere;
+//! a zone left without nodes sees the volume move through a snapshot.
 //! Local volumes belong to one pod instance, an image's own `VOLUME`
-//! survives a spec change, and a device holding a filesystem is never
-//! formatted. Nodes are the test's own (`lab/lab add --fleet --zone`).
+//! survives a spec change, a device holding a filesystem is never
+//! formatted, volumes outlive their pods until `prism volumes delete`, and
+//! scheduled snapshots keep the newest. Nodes are the test's own (`lab/lab
+//! add --fleet --zone`); tests that kill or cut off nodes run one at a
+//! time (`serial`), the others alongside.
 
 use crate::common::{self, Lab, Node, OwnNodes, ProxyPorts, Trust, lab_cmd, retry};
 use crate::db;
@@ -431,7 +435,6 @@ fn docker_volumes(lab: &Lab, node: &Node, fleet: &str) -> Vec<String> {
 #[test]
 #[ignore = "needs the lab: lab/lab up (make test runs it)"]
 fn two_instances_on_one_node_get_a_local_volume_each() {
-    let _serial = serial();
     let lab = Lab::load();
     let apps = db_app(&lab, 2, Some("kind = \"local\""));
     let (t, ()) = one_node(&lab, "l", &apps, |_, _| ());
@@ -454,7 +457,6 @@ fn two_instances_on_one_node_get_a_local_volume_each() {
 #[test]
 #[ignore = "needs the lab: lab/lab up (make test runs it)"]
 fn an_image_s_own_volume_keeps_its_data_through_a_spec_change() {
-    let _serial = serial();
     let lab = Lab::load();
     let (t, ()) = one_node(&lab, "i", &db_app(&lab, 1, None), |_, _| ());
     let (daemon, node, own, file) = (&t.daemon, &t.node, &t.own, &t.file);
@@ -522,7 +524,6 @@ fn node_root(node: &Node, script: &str) {
 #[ignore = "needs the lab: lab/lab up (make test runs it)"]
 fn a_device_that_holds_a_filesystem_is_never_formatted() {
     use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-    let _serial = serial();
     let lab = Lab::load();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let ec2 = runtime.block_on(lab.ec2());
@@ -618,7 +619,6 @@ fn volumes_json(file: &Path) -> serde_json::Value {
 #[test]
 #[ignore = "needs the lab: lab/lab up (make test runs it)"]
 fn a_scaled_down_pod_s_volume_is_kept_and_deleted_only_when_asked() {
-    let _serial = serial();
     let lab = Lab::load();
     let (t, ()) = one_node(&lab, "s", &db_app(&lab, 2, Some(DURABLE)), |_, _| ());
     let (daemon, node, file) = (&t.daemon, &t.node, &t.file);

@@ -15,8 +15,9 @@ find_device() {
     for s in /sys/block/nvme*/device/serial; do
         [ -r "$s" ] || continue
         if [ "$(tr -d ' ' < "$s")" = "$serial" ]; then
+            # /sys/block/nvmeXnY/device/serial: the block device is nvmeXnY.
             b=${s%/device/serial}
-            for n in "$b"/nvme*n1; do [ -e "$n" ] && { echo "/dev/${n##*/}"; return 0; }; done
+            [ -b "/dev/${b##*/}" ] && { echo "/dev/${b##*/}"; return 0; }
         fi
     done
     for c in "$requested" "/dev/xvd${requested#/dev/sd}"; do
@@ -55,6 +56,12 @@ case $rc in
 2)
     if [ "$may_format" != yes ]; then
         echo "$dev ($id) holds no filesystem, and it is no volume Prism made empty: it is not formatted (a damaged or foreign volume: look at it by hand)" >&2
+        exit 5
+    fi
+    # blkid also says "nothing" when it cannot read: a new EBS volume
+    # reads as zeros, so anything else (or a read error) is left alone.
+    if ! cmp -s -n 1048576 "$dev" /dev/zero; then
+        echo "$dev ($id) shows no filesystem but its first MiB is not all zeros (or cannot be read): not formatted; look at it by hand" >&2
         exit 5
     fi
     case $fs in

@@ -204,7 +204,7 @@ pub(super) async fn run(cx: &Context, target: &Target, action: &Action) -> Resul
                         .app(volume.app.clone()),
                     );
                 }
-                e.detach(id, *force, EBS_WAIT)
+                e.detach(id, instance, *force, EBS_WAIT)
                     .await
                     .map_err(ActionError::Cloud)
             }
@@ -295,7 +295,7 @@ async fn snapshot(
     };
     cx.journal
         .event(NewEvent::info("volume.snapshot", said).app(volume.app.clone()));
-    let SnapshotWhy::Scheduled { keep } = why else {
+    let SnapshotWhy::Scheduled { keep, named } = why else {
         return Ok(());
     };
     let mut mine: Vec<_> = e
@@ -303,10 +303,14 @@ async fn snapshot(
         .await
         .map_err(ActionError::Cloud)?
         .into_iter()
+        // This volume's own (not those of an earlier volume of the same
+        // name, deleted since: maybe the only copy left of it).
         .filter(|s| {
             s.purpose == SnapshotPurpose::Scheduled
+                && s.volume_id == id
                 && s.key.as_ref() == Some(volume)
                 && s.state == SnapshotState::Completed
+                && !named.contains(&s.id)
         })
         .collect();
     // Newest first; the one just started is still pending, so `keep`
@@ -366,13 +370,21 @@ async fn ensure_local(
     seed: Option<&str>,
 ) -> Result<(), ActionError> {
     let quick = limits(Duration::from_secs(60));
-    if cx
+    let present = cx
         .pool
         .exec(target, &volume_present_argv(name), None, quick)
-        .await?
-        .success()
-    {
+        .await?;
+    if present.success() {
         return Ok(());
+    }
+    // Only Docker's word that there is none makes one (and may fill and,
+    // on failure, remove it): a slow or failing Docker is no "absent".
+    let said = String::from_utf8_lossy(&present.stderr).to_lowercase();
+    if !said.contains("no such volume") {
+        return Err(ActionError::Command {
+            command: format!("docker volume inspect {name}"),
+            brief: present.brief(),
+        });
     }
     let argv = volume_create_argv(&cx.fleet, &volume.pod(), &volume.volume, name);
     let out = cx.pool.exec(target, &argv, None, quick).await?;

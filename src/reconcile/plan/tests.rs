@@ -145,7 +145,7 @@ fn brief(a: &Action) -> String {
             None => format!("create volume {volume} in {zone}"),
         },
         Action::SnapshotVolume { volume, why, .. } => match why {
-            SnapshotWhy::Scheduled { keep } => format!("snapshot {volume} keep {keep}"),
+            SnapshotWhy::Scheduled { keep, .. } => format!("snapshot {volume} keep {keep}"),
             SnapshotWhy::Move { to_zone } => format!("snapshot {volume} to move to {to_zone}"),
         },
         Action::AttachVolume { volume, .. } => format!("attach {volume}"),

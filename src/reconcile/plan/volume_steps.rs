@@ -22,7 +22,7 @@ use crate::config::VolumeKind;
 use crate::reconcile::desired::AppSpec;
 use crate::reconcile::problem::ProblemKind;
 use crate::reconcile::schedule::ZoneRule;
-use crate::reconcile::schedule::schedule;
+use crate::reconcile::schedule::{Schedule, schedule};
 use crate::reconcile::storage::{AttachState, EbsState, SnapshotState};
 use crate::reconcile::volumes::{MountSpec, image_volume_name};
 
@@ -85,9 +85,15 @@ impl View<'_> {
         if self.storage.ebs.is_none() {
             return ZoneRule::Unknown;
         }
-        durable
+        let found: Vec<_> = durable
             .iter()
-            .find_map(|v| self.storage.ebs_of(&VolumeKey::new(pod, v)))
+            .filter_map(|v| self.storage.ebs_of(&VolumeKey::new(pod, v)))
+            .collect();
+        // A move under way: where its volumes go (see `zone_moves`).
+        found
+            .iter()
+            .find(|e| e.moved_from.is_some())
+            .or(found.first())
             .map_or(ZoneRule::Any, |e| ZoneRule::In(e.zone.clone()))
     }
 
@@ -114,6 +120,21 @@ impl NodePlanner<'_, '_> {
             let key = VolumeKey::new(pod, &v.name);
             let name = key.name(&self.desired.fleet);
             if mounted.is_some_and(|m| m.contains_key(&name)) {
+                // Mounted, but the tag that it holds Prism's filesystem did
+                // not make it (EC2 failed, the operator stopped): mount
+                // again (a no-op) to tag it, so it is never formatted.
+                if let Some(ev) = storage.ebs_of(&key)
+                    && ev.formatted.is_none()
+                    && ev.snapshot_id.is_none()
+                {
+                    steps.push(Action::MountVolume {
+                        volume: key.clone(),
+                        id: ev.id.clone(),
+                        name: name.clone(),
+                        filesystem: ebs.filesystem,
+                        may_format: true,
+                    });
+                }
                 continue;
             }
             if storage.ebs.is_none() {
@@ -340,6 +361,15 @@ pub(super) fn fences(
     let Some(after) = desired.fence_after else {
         return Vec::new();
     };
+    // More than half of the nodes silent at once points at the operator's
+    // own network, not at the nodes: terminating them would be the outage.
+    let silent = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Lost && !n.stopped)
+        .count();
+    if nodes.len() > 1 && silent.saturating_mul(2) > nodes.len() {
+        return Vec::new();
+    }
     nodes
         .iter()
         .filter(|n| n.state == NodeState::Lost && !n.stopped)
@@ -367,16 +397,19 @@ pub(super) fn fences(
 /// Zone moves: a pod whose durable volumes are in a zone that has had no
 /// ready node for `[lifecycle] zone_wait` gets them in a zone with room,
 /// through a snapshot of each (taken once the volume is detached: its old
-/// node is gone, so nothing writes to it); a new volume is made from the
-/// completed snapshot in the zone the pod would be placed in, tagged as
-/// moved from the old one, which is kept. The pod then follows its new
-/// volume as any other.
+/// node is gone, so nothing writes to it; and taken after the zone
+/// emptied, so it holds everything written before). New volumes are made
+/// from the snapshots, all at once when every one has completed, in the
+/// zone the pod would be placed in, tagged as moved from the old ones,
+/// which are kept. The pod then follows its new volumes as any other; one
+/// whose move was cut short (some volumes made, some not) goes on moving
+/// the rest to the zone of those made.
 pub(super) fn zone_moves(
     desired: &Desired,
     view: &View<'_>,
     nodes: &[NodeView],
     demands: &[PodDemand],
-    problems: &[Problem],
+    sched: &Schedule,
     current: &BTreeMap<PodKey, String>,
 ) -> (Vec<(String, Action)>, Vec<String>) {
     let mut actions = Vec::new();
@@ -385,10 +418,35 @@ pub(super) fn zone_moves(
         return (actions, waiting);
     };
     let storage = view.storage;
-    let stuck: Vec<(&PodDemand, &str)> = demands
+    // (pod, zone its volumes go to, node whose worker makes the calls,
+    // whether some already went)
+    let mut moving: Vec<(&PodDemand, String, String, bool)> = Vec::new();
+    for d in demands {
+        let ZoneRule::In(z) = &d.zone else { continue };
+        let Some(app) = desired.apps.get(&d.pod.app) else {
+            continue;
+        };
+        let vols: Vec<_> = app
+            .durable_volumes()
+            .filter_map(|v| storage.ebs_of(&VolumeKey::new(&d.pod, &v.name)))
+            .collect();
+        let started = vols.iter().any(|v| v.moved_from.is_some() && &v.zone == z);
+        if !started || vols.iter().all(|v| &v.zone == z) {
+            continue;
+        }
+        match sched.placements.get(&d.pod) {
+            Some(node) => moving.push((d, z.clone(), node.clone(), true)),
+            None => waiting.push(format!(
+                "{}: its volumes are moving to zone {z}, where no node has room for it yet",
+                d.pod
+            )),
+        }
+    }
+    let due: Vec<(&PodDemand, &str)> = demands
         .iter()
         .filter(|d| {
-            problems
+            sched
+                .problems
                 .iter()
                 .any(|p| p.pod == d.pod && p.kind == ProblemKind::NoNodeInZone)
         })
@@ -396,9 +454,6 @@ pub(super) fn zone_moves(
             ZoneRule::In(z) => Some((d, z.as_str())),
             _ => None,
         })
-        .collect();
-    let due: Vec<(&PodDemand, &str)> = stuck
-        .into_iter()
         .filter(|(d, z)| {
             let empty = storage.zones_empty_for.get(*z).copied().unwrap_or_default();
             if empty < wait {
@@ -412,41 +467,43 @@ pub(super) fn zone_moves(
             empty >= wait
         })
         .collect();
-    if due.is_empty() {
-        return (actions, waiting);
-    }
-    // Where each would go if its zone did not matter.
-    let trial: Vec<PodDemand> = demands
-        .iter()
-        .map(|d| {
-            let mut d = d.clone();
-            if due.iter().any(|(m, _)| m.pod == d.pod) {
-                d.zone = ZoneRule::Any;
+    if !due.is_empty() {
+        // Where each would go if its zone did not matter.
+        let trial: Vec<PodDemand> = demands
+            .iter()
+            .map(|d| {
+                let mut d = d.clone();
+                if due.iter().any(|(m, _)| m.pod == d.pod) {
+                    d.zone = ZoneRule::Any;
+                }
+                d
+            })
+            .collect();
+        let trial = schedule(&trial, nodes, current, desired.reserve);
+        for (d, from_zone) in due {
+            let target = trial
+                .placements
+                .get(&d.pod)
+                .and_then(|id| nodes.iter().find(|n| &n.id == id))
+                .and_then(|n| Some((n.id.clone(), n.zone.clone()?)));
+            match target.filter(|(_, z)| z != from_zone) {
+                Some((node, to_zone)) => moving.push((d, to_zone, node, false)),
+                None => waiting.push(format!(
+                    "{}: no other zone has a ready node with room to move its volumes to",
+                    d.pod
+                )),
             }
-            d
-        })
-        .collect();
-    let trial = schedule(&trial, nodes, current, desired.reserve);
-    for (d, from_zone) in due {
-        let target = trial
-            .placements
-            .get(&d.pod)
-            .and_then(|id| nodes.iter().find(|n| &n.id == id))
-            .and_then(|n| Some((n.id.as_str(), n.zone.as_deref()?)));
-        let Some((node, to_zone)) = target.filter(|(_, z)| *z != from_zone) else {
-            waiting.push(format!(
-                "{}: no other zone has a ready node with room to move its volumes to",
-                d.pod
-            ));
-            continue;
-        };
+        }
+    }
+    for (d, to_zone, node, started) in moving {
         let Some(app) = desired.apps.get(&d.pod.app) else {
             continue;
         };
+        let mut creates = Vec::new();
         for v in app.durable_volumes() {
             let Some(spec) = &v.ebs else { continue };
             let key = VolumeKey::new(&d.pod, &v.name);
-            let Some(ev) = storage.ebs_of(&key).filter(|ev| ev.zone == from_zone) else {
+            let Some(ev) = storage.ebs_of(&key).filter(|ev| ev.zone != to_zone) else {
                 continue;
             };
             if ev.state != EbsState::Available || ev.attachment.is_some() {
@@ -456,17 +513,28 @@ pub(super) fn zone_moves(
                 ));
                 continue;
             }
-            match (storage.move_snapshot(&ev.id), &storage.snapshots) {
+            // Written to last before its zone emptied (or now, if it has
+            // a ready node again). Snapshots are taken zone_wait (10 s at
+            // least) after that, more than clocks drift.
+            let empty_for = storage
+                .zones_empty_for
+                .get(&ev.zone)
+                .copied()
+                .unwrap_or_default();
+            let since = storage
+                .at_ms
+                .saturating_sub(i64::try_from(empty_for.as_millis()).unwrap_or(i64::MAX));
+            match (storage.move_snapshot(&ev.id, since), &storage.snapshots) {
                 (_, None) => waiting.push(format!(
                     "{key}: EC2 could not list the fleet's snapshots; its move to zone {to_zone} waits"
                 )),
                 (None, Some(_)) => actions.push((
-                    node.to_owned(),
+                    node.clone(),
                     Action::SnapshotVolume {
                         volume: key,
                         id: ev.id.clone(),
                         why: SnapshotWhy::Move {
-                            to_zone: to_zone.to_owned(),
+                            to_zone: to_zone.clone(),
                         },
                     },
                 )),
@@ -474,15 +542,16 @@ pub(super) fn zone_moves(
                     let mut spec = spec.clone();
                     spec.from_snapshot = Some(snap.id.clone());
                     spec.size_gib = spec.size_gib.max(ev.size_gib);
-                    actions.push((
-                        node.to_owned(),
+                    creates.push((
+                        node.clone(),
                         Action::CreateVolume {
                             volume: key,
-                            zone: to_zone.to_owned(),
+                            zone: to_zone.clone(),
                             ebs: Box::new(spec),
                             moved_from: Some(ev.id.clone()),
                         },
                     ));
+                    continue;
                 }
                 (Some(snap), _) => waiting.push(format!(
                     "{key}: snapshot {} for its move to zone {to_zone} is {} ({})",
@@ -491,6 +560,20 @@ pub(super) fn zone_moves(
                     snap.progress.as_deref().unwrap_or("0%")
                 )),
             }
+        }
+        // All at once, so that the pod's volumes land in one zone; the
+        // rest of a move cut short, as each is ready.
+        let ready = creates.len()
+            == app
+                .durable_volumes()
+                .filter(|v| {
+                    storage
+                        .ebs_of(&VolumeKey::new(&d.pod, &v.name))
+                        .is_some_and(|ev| ev.zone != to_zone)
+                })
+                .count();
+        if started || ready {
+            actions.extend(creates);
         }
     }
     (actions, waiting)

@@ -765,3 +765,170 @@ fn scheduled_snapshots_are_taken_of_every_instance_s_volume() {
     assert!(p.actions.is_empty());
     assert_eq!(p.skipped.len(), 1);
 }
+
+/// A pod with two durable volumes, its zone emptied past zone_wait, both
+/// volumes detached.
+fn two_volume_world() -> (World, [String; 2]) {
+    let db = DB
+        .replace(
+            "[apps.db.services.postgres]",
+            "[apps.db.volumes.wal]\nsize = \"1G\"\n[apps.db.services.postgres]",
+        )
+        .replace(
+            "volumes = [\"pgdata:/var/lib/postgresql/data\"]",
+            "volumes = [\"pgdata:/var/lib/postgresql/data\", \"wal:/wal\"]",
+        );
+    let mut w = ec2_world(
+        &db,
+        vec![in_zone("i-1", "eu-north-1a"), in_zone("i-2", "eu-north-1b")],
+    );
+    w.converge();
+    assert_eq!(w.placements[0].node_id, "i-1");
+    w.reachable.remove("i-1");
+    w.nodes.retain(|n| n.id != "i-1");
+    w.storage.ended.insert("i-1".into());
+    for v in w.storage.ebs.as_mut().unwrap() {
+        v.state = EbsState::Available;
+        v.attachment = None;
+    }
+    w.storage.at_ms = 1_000_000;
+    w.storage
+        .zones_empty_for
+        .insert("eu-north-1a".into(), std::time::Duration::from_secs(400));
+    let ids = {
+        let e = w.storage.ebs.as_ref().unwrap();
+        [e[0].id.clone(), e[1].id.clone()]
+    };
+    (w, ids)
+}
+
+#[test]
+fn a_pod_s_volumes_move_zones_together_and_only_from_fresh_snapshots() {
+    let (mut w, ids) = two_volume_world();
+    // A move snapshot from before the zone emptied (an earlier, aborted
+    // move): it may miss later writes, so a new one is taken.
+    w.storage.snapshots.as_mut().unwrap().push(EbsSnapshot {
+        id: "snap-old".into(),
+        key: Some(VolumeKey::new(&PodKey::new("db", 0), "pgdata")),
+        volume_id: ids[0].clone(),
+        state: SnapshotState::Completed,
+        progress: Some("100%".into()),
+        started_at: Some(1_000),
+        purpose: SnapshotPurpose::Move,
+    });
+    let p = w.plan();
+    let mut got = actions(&p)["i-2"].clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "snapshot db/0/pgdata to move to eu-north-1b",
+            "snapshot db/0/wal to move to eu-north-1b",
+        ]
+    );
+    // Fresh ones (taken after the zone emptied, i.e. from 600 000 ms).
+    w.storage.snapshots.as_mut().unwrap().clear();
+    for (n, (id, vol)) in ids.iter().zip(["pgdata", "wal"]).enumerate() {
+        w.storage.snapshots.as_mut().unwrap().push(EbsSnapshot {
+            id: format!("snap-{n}"),
+            key: Some(VolumeKey::new(&PodKey::new("db", 0), vol)),
+            volume_id: id.clone(),
+            state: if n == 0 {
+                SnapshotState::Completed
+            } else {
+                SnapshotState::Pending
+            },
+            progress: None,
+            started_at: Some(900_000),
+            purpose: SnapshotPurpose::Move,
+        });
+    }
+    // One done, one pending: nothing made yet, so that the pod's volumes
+    // end up in one zone.
+    let p = w.plan();
+    assert!(p.actions.is_empty(), "{:?}", actions(&p));
+    w.storage.snapshots.as_mut().unwrap()[1].state = SnapshotState::Completed;
+    let p = w.plan();
+    assert_eq!(p.actions["i-2"].len(), 2, "{:?}", actions(&p));
+    // Say only the first CreateVolume went through: the move goes on for
+    // the other, and the pod waits in the new zone.
+    let first = Plan {
+        actions: [("i-2".to_owned(), vec![p.actions["i-2"][0].clone()])].into(),
+        ..Plan::default()
+    };
+    w.apply(&first);
+    let p = w.plan();
+    assert_eq!(
+        actions(&p)["i-2"]
+            .iter()
+            .filter(|a| a.starts_with("create volume"))
+            .count(),
+        1,
+        "{:?}",
+        actions(&p)
+    );
+    w.converge();
+    assert!(w.layout().contains(&"i-2 db/0 postgres".to_owned()));
+}
+
+#[test]
+fn no_node_is_fenced_when_most_of_them_are_silent() {
+    let mut w = ec2_world(
+        DB,
+        vec![
+            in_zone("i-1", "eu-north-1a"),
+            in_zone("i-2", "eu-north-1a"),
+            in_zone("i-3", "eu-north-1a"),
+        ],
+    );
+    w.converge();
+    let on = w.placements[0].node_id.clone();
+    let others: Vec<String> = w
+        .nodes
+        .iter()
+        .map(|n| n.id.clone())
+        .filter(|id| *id != on)
+        .collect();
+    // The operator's own network fails: two of three silent for long.
+    for id in [on.clone(), others[0].clone()] {
+        lose(&mut w, &id);
+        for n in &mut w.nodes {
+            if n.id == id {
+                n.silent_for = Some(std::time::Duration::from_secs(600));
+            }
+        }
+    }
+    assert!(
+        !w.plan()
+            .actions
+            .values()
+            .flatten()
+            .any(|a| matches!(a, Action::Fence { .. })),
+        "fenced while most nodes were silent"
+    );
+}
+
+#[test]
+fn a_volume_moved_to_another_zone_can_be_deleted() {
+    let mut w = ec2_world(
+        DB,
+        vec![in_zone("i-1", "eu-north-1a"), in_zone("i-2", "eu-north-1b")],
+    );
+    w.converge();
+    let old = w.storage.ebs.as_ref().unwrap()[0].clone();
+    let v = w.ebs_mut(&old.id);
+    v.state = EbsState::Available;
+    v.attachment = None;
+    let mut moved = old.clone();
+    moved.id = "vol-0000000000000moved".into();
+    moved.zone = "eu-north-1b".into();
+    moved.moved_from = Some(old.id.clone());
+    w.storage.ebs.as_mut().unwrap().push(moved);
+    let asks = [ask_delete(1, &old.id, None)];
+    let d = crate::reconcile::plan_deletes(&w.desired, &asks, &w.nodes, &w.storage);
+    assert!(d.refused.is_empty(), "{:?}", d.refused);
+    // The one it moved to is still wanted.
+    let asks = [ask_delete(2, "vol-0000000000000moved", None)];
+    let d = crate::reconcile::plan_deletes(&w.desired, &asks, &w.nodes, &w.storage);
+    assert_eq!(d.refused.len(), 1);
+}
