@@ -60,7 +60,7 @@ image = "{}"
 port = 5432
 memory = "256M"
 volumes = ["pgdata:/var/lib/postgresql/data"]
-health = {{ tcp = 5432, interval = "1s", timeout = "1s" }}
+health = {{ tcp = 5432, interval = "1s", timeout = "1s", start_period = "90s" }}
 "#,
         lab.postgres_image
     );

@@ -42,6 +42,8 @@ fn fleet(lab: &Lab, dir: &Path, fleet: &str, lifecycle: &str, apps: &str) -> Pat
 /// App `db`: PostgreSQL with `volume` (the body of
 /// `[apps.db.volumes.pgdata]`) mounted at its data directory, or with only
 /// the image's own `VOLUME` when `volume` is None.
+/// `start_period`: a first start runs initdb, which a restart for a failed
+/// check (a slow, busy machine) would cut short and leave broken.
 fn db_app(lab: &Lab, instances: u32, volume: Option<&str>) -> String {
     let (table, mount) = match volume {
         Some(body) => (
@@ -59,7 +61,7 @@ instances = {instances}
 image = "{}"
 port = 5432
 memory = "256M"
-{mount}health = {{ tcp = 5432, interval = "1s", timeout = "1s", healthy_threshold = 1, unhealthy_threshold = 2 }}
+{mount}health = {{ tcp = 5432, interval = "1s", timeout = "1s", healthy_threshold = 1, unhealthy_threshold = 2, start_period = "90s" }}
 "#,
         lab.postgres_image
     )
