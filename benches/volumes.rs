@@ -199,12 +199,7 @@ fn fill(state: &Path, node: &Node, mib: u64) -> Result<()> {
         .ok()
         .and_then(|m| m.parse().ok())
         .unwrap_or(mib);
-    let prefix = format!("{}:", node.address);
-    let addr = common::published_addrs(state, "db", "postgres")
-        .into_iter()
-        .find(|a| a.starts_with(&prefix))
-        .context("no db address")?;
-    let mut client = db::connect(&addr)?;
+    let (_, mut client) = db::client_of(state, "db", "postgres", Some(&node.address))?;
     client.batch_execute(
         "CREATE TABLE IF NOT EXISTS fill (i bigint, b bytea);
          ALTER TABLE fill ALTER COLUMN b SET STORAGE EXTERNAL;",
@@ -222,12 +217,7 @@ fn fill(state: &Path, node: &Node, mib: u64) -> Result<()> {
 
 /// The database's size on disk, as PostgreSQL counts it.
 fn data_size(state: &Path, node: &Node) -> Result<String> {
-    let prefix = format!("{}:", node.address);
-    let addr = common::published_addrs(state, "db", "postgres")
-        .into_iter()
-        .find(|a| a.starts_with(&prefix))
-        .context("no db address")?;
-    let mut client = db::connect(&addr)?;
+    let (_, mut client) = db::client_of(state, "db", "postgres", Some(&node.address))?;
     let row = client.query_one("SELECT pg_size_pretty(pg_database_size('postgres'))", &[])?;
     Ok(row.get(0))
 }
@@ -272,17 +262,6 @@ fn healthy_on(state: &Path, off: Option<&Node>, limit: Duration) -> Result<Strin
 /// Every row of the database on `node`.
 fn rows_on(state: &Path, node: &Node) -> Result<BTreeSet<i64>> {
     retry(Duration::from_secs(60), || {
-        let prefix = format!("{}:", node.address);
-        let mut last = None;
-        for addr in common::published_addrs(state, "db", "postgres")
-            .iter()
-            .filter(|a| a.starts_with(&prefix))
-        {
-            match db::rows(addr) {
-                Ok(rows) => return Ok(rows),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no db address on {}", node.address)))
+        db::rows_on(state, "db", "postgres", &node.address)
     })
 }

@@ -399,23 +399,8 @@ impl Ebs {
 /// A volume as Prism sees it; `None` without an id.
 fn volume(v: &Volume) -> Option<EbsVolume> {
     let id = v.volume_id()?.to_owned();
-    let tag = |key: &str| {
-        v.tags()
-            .iter()
-            .find(|t| t.key() == Some(key))
-            .and_then(|t| t.value())
-            .map(str::to_owned)
-    };
-    let key = match (tag(TAG_APP), tag(TAG_INSTANCE), tag(TAG_VOLUME)) {
-        (Some(app), Some(instance), Some(volume)) => {
-            instance.parse().ok().map(|instance| VolumeKey {
-                app,
-                instance,
-                volume,
-            })
-        }
-        _ => None,
-    };
+    let tag = |key: &str| tag_of(v.tags(), key);
+    let key = key_of(v.tags());
     let state = match v.state() {
         Some(VolumeState::Creating) => EbsState::Creating,
         Some(VolumeState::Available) => EbsState::Available,
@@ -465,6 +450,15 @@ fn tag_of(tags: &[Tag], key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Whose volume the tags say it is (a volume or a snapshot of one).
+fn key_of(tags: &[Tag]) -> Option<VolumeKey> {
+    Some(VolumeKey {
+        app: tag_of(tags, TAG_APP)?,
+        instance: tag_of(tags, TAG_INSTANCE)?.parse().ok()?,
+        volume: tag_of(tags, TAG_VOLUME)?,
+    })
+}
+
 /// One of Prism's snapshots; `None` for one without an id, a volume, or
 /// Prism's purpose tag (taken by someone else: not Prism's to prune).
 fn snapshot(s: &Snapshot) -> Option<EbsSnapshot> {
@@ -474,20 +468,7 @@ fn snapshot(s: &Snapshot) -> Option<EbsSnapshot> {
         "move" => SnapshotPurpose::Move,
         _ => return None,
     };
-    let key = match (
-        tag_of(tags, TAG_APP),
-        tag_of(tags, TAG_INSTANCE),
-        tag_of(tags, TAG_VOLUME),
-    ) {
-        (Some(app), Some(instance), Some(volume)) => {
-            instance.parse().ok().map(|instance| VolumeKey {
-                app,
-                instance,
-                volume,
-            })
-        }
-        _ => None,
-    };
+    let key = key_of(tags);
     Some(EbsSnapshot {
         id: s.snapshot_id()?.to_owned(),
         key,

@@ -561,14 +561,8 @@ fn local_data_left(
         .map(|v| v.name.clone())
         .collect();
     for s in &app.services {
-        if let Some(paths) = planned.storage.image_volumes.get(&s.container.image) {
-            let mounted = |p: &String| s.container.mounts.iter().any(|m| m.target() == p);
-            left.extend(
-                paths
-                    .iter()
-                    .filter(|p| !mounted(p))
-                    .map(|p| format!("{}:{p}", s.name)),
-            );
+        if let Some(paths) = planned.storage.image_mounts(s) {
+            left.extend(paths.iter().map(|p| format!("{}:{p}", s.name)));
         }
     }
     if left.is_empty() {

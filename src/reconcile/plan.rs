@@ -1132,7 +1132,7 @@ impl NodePlanner<'_, '_> {
         // until they are known (read once the image is on a node), the
         // container waits, as Docker would give each an anonymous volume
         // that the next container never sees.
-        let Some(image_mounts) = self.view.image_mounts(svc) else {
+        let Some(image_mounts) = self.view.storage.image_mounts(svc) else {
             waiting.push(format!(
                 "{pod} {} waits until node {} has read the volumes image {} declares",
                 svc.name, self.node.id, svc.container.image

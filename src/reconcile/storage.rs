@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::desired::Desired;
+use super::desired::{Desired, ServiceSpec};
 use super::volumes::VolumeKey;
 use crate::config;
 use crate::store::{SnapshotLine, VolumeKind, VolumeLine, VolumeLines};
@@ -52,7 +52,30 @@ impl Storage {
     }
 }
 
+/// Whether a mount at `target` covers the image's `path`.
+fn covers(target: &str, path: &str) -> bool {
+    let target = target.trim_end_matches('/');
+    let path = path.trim_end_matches('/');
+    path == target
+        || path
+            .strip_prefix(target)
+            .is_some_and(|r| r.starts_with('/'))
+}
+
 impl Storage {
+    /// The paths the service's image declares as volumes that its own
+    /// mounts do not cover; `None` while the image has not been read.
+    pub fn image_mounts(&self, svc: &ServiceSpec) -> Option<Vec<String>> {
+        let declared = self.image_volumes.get(&svc.container.image)?;
+        Some(
+            declared
+                .iter()
+                .filter(|p| !svc.container.mounts.iter().any(|m| covers(m.target(), p)))
+                .cloned()
+                .collect(),
+        )
+    }
+
     /// Whether a volume was moved to another zone: a volume made from its
     /// snapshot names it as `moved_from`. Kept, but its pod's data is now
     /// that one.
@@ -331,5 +354,20 @@ impl Storage {
             ebs_unlisted: self.ebs.is_none(),
             volumes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn a_mount_covers_its_path_and_below() {
+        assert!(covers("/data", "/data"));
+        assert!(covers("/data/", "/data"));
+        assert!(covers("/var/lib/postgresql", "/var/lib/postgresql/data"));
+        assert!(!covers("/var/lib/postgres", "/var/lib/postgresql/data"));
+        assert!(!covers("/data/sub", "/data"));
+        assert!(covers("/", "/data"));
     }
 }

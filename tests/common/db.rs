@@ -37,6 +37,35 @@ pub fn connect(addr: &str) -> Result<postgres::Client> {
     Ok(client)
 }
 
+/// A client of `app`'s `service` through the first of its recorded
+/// addresses (on the node at `node`, when given) that answers: a moved or
+/// replaced container's record may linger. The address, and the client.
+pub fn client_of(
+    state: &Path,
+    app: &str,
+    service: &str,
+    node: Option<&str>,
+) -> Result<(String, postgres::Client)> {
+    let prefix = node.map(|n| format!("{n}:"));
+    let mut last = None;
+    for addr in crate::common::published_addrs(state, app, service)
+        .into_iter()
+        .filter(|a| prefix.as_ref().is_none_or(|p| a.starts_with(p.as_str())))
+    {
+        match connect(&addr) {
+            Ok(c) => return Ok((addr, c)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no address of {app}/{service} recorded on {node:?}")))
+}
+
+/// Every row of `app`'s `service` on the node at `node`.
+pub fn rows_on(state: &Path, app: &str, service: &str, node: &str) -> Result<BTreeSet<i64>> {
+    let (addr, _) = client_of(state, app, service, Some(node))?;
+    rows(&addr)
+}
+
 /// Inserts rows `from..from+n`, one commit each; the ids acknowledged.
 pub fn write_rows(addr: &str, from: i64, n: i64) -> Result<Vec<i64>> {
     let mut client = connect(addr)?;
@@ -104,18 +133,13 @@ impl Writer {
             while !flag.load(Ordering::Relaxed) {
                 let c = match client.as_mut() {
                     Some(c) => c,
-                    None => {
-                        // A moved container's old record may linger: the
-                        // first address that answers.
-                        let addrs = crate::common::published_addrs(&state, &app, &service);
-                        match addrs.iter().find_map(|a| connect(a).ok()) {
-                            Some(c) => client.insert(c),
-                            None => {
-                                std::thread::sleep(Duration::from_millis(100));
-                                continue;
-                            }
+                    None => match client_of(&state, &app, &service, None) {
+                        Ok((_, c)) => client.insert(c),
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
                         }
-                    }
+                    },
                 };
                 i += 1;
                 match c.execute("INSERT INTO acked (i) VALUES ($1)", &[&i]) {

@@ -108,33 +108,18 @@ fn healthy_off(daemon: &Daemon, off: &Node, limit: Duration) -> Result<String> {
 }
 
 /// The database's address as the state store last recorded it, once it
-/// is on `node`.
+/// is on `node` and answers.
 fn db_addr(daemon: &Daemon, node: &Node) -> Result<String> {
     retry(Duration::from_secs(30), || {
-        let addrs = common::published_addrs(&daemon_state(daemon), "db", "postgres");
-        addrs
-            .into_iter()
-            .find(|a| a.starts_with(&format!("{}:", node.address)))
-            .with_context(|| format!("no db address on {}", node.address))
+        db::client_of(&daemon_state(daemon), "db", "postgres", Some(&node.address))
+            .map(|(addr, _)| addr)
     })
 }
 
-/// Every row of the database on `node`, read through whichever of its
-/// recorded addresses answers (a replaced container's record may linger).
+/// Every row of the database on `node`.
 fn rows_on(daemon: &Daemon, node: &Node) -> Result<std::collections::BTreeSet<i64>> {
     retry(Duration::from_secs(30), || {
-        let addrs = common::published_addrs(&daemon_state(daemon), "db", "postgres");
-        let mut last = None;
-        for addr in addrs
-            .iter()
-            .filter(|a| a.starts_with(&format!("{}:", node.address)))
-        {
-            match db::rows(addr) {
-                Ok(rows) => return Ok(rows),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no db address on {}", node.address)))
+        db::rows_on(&daemon_state(daemon), "db", "postgres", &node.address)
     })
 }
 
@@ -492,6 +477,28 @@ fn an_image_s_own_volume_keeps_its_data_through_a_spec_change() {
     assert_eq!(dangling.trim(), "", "dangling volumes left");
 }
 
+/// The tags Prism puts on pod db/0's volume `pgdata` (and its snapshots)
+/// in `fleet`, and `extra`.
+fn db0_tags(
+    fleet: &str,
+    on: aws_sdk_ec2::types::ResourceType,
+    extra: &[(&str, &str)],
+) -> aws_sdk_ec2::types::TagSpecification {
+    let tags = [
+        ("prism:fleet", fleet),
+        ("prism:app", "db"),
+        ("prism:instance", "0"),
+        ("prism:volume", "pgdata"),
+    ];
+    tags.iter()
+        .chain(extra)
+        .fold(
+            aws_sdk_ec2::types::TagSpecification::builder().resource_type(on),
+            |spec, (k, v)| spec.tags(aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build()),
+        )
+        .build()
+}
+
 /// `blkid` of a device inside a node (run as root in the node's container,
 /// as the volume's earlier owner would have).
 fn blkid(node: &Node, device: &str) -> String {
@@ -525,13 +532,12 @@ fn node_root(node: &Node, script: &str) {
 #[test]
 #[ignore = "needs the lab: lab/lab up (make test runs it)"]
 fn a_device_that_holds_a_filesystem_is_never_formatted() {
-    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    use aws_sdk_ec2::types::ResourceType;
     let lab = Lab::load();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let ec2 = runtime.block_on(lab.ec2());
     let apps = db_app(&lab, 1, Some(DURABLE));
     let (t, uuid_before) = one_node(&lab, "d", &apps, |own, node| {
-        let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
         // A volume of pod db/0 that someone formatted (xfs-less ext4 with a
         // file on it) and Prism never tagged as its own filesystem.
         let vol = runtime
@@ -539,15 +545,7 @@ fn a_device_that_holds_a_filesystem_is_never_formatted() {
                 ec2.create_volume()
                     .availability_zone(ZONE)
                     .size(1)
-                    .tag_specifications(
-                        TagSpecification::builder()
-                            .resource_type(ResourceType::Volume)
-                            .tags(tag("prism:fleet", &own.fleet))
-                            .tags(tag("prism:app", "db"))
-                            .tags(tag("prism:instance", "0"))
-                            .tags(tag("prism:volume", "pgdata"))
-                            .build(),
-                    )
+                    .tag_specifications(db0_tags(&own.fleet, ResourceType::Volume, &[]))
                     .send(),
             )
             .expect("CreateVolume");
@@ -774,7 +772,7 @@ fn a_database_whose_zone_stays_empty_moves_zones_through_a_snapshot_with_every_r
 #[test]
 #[ignore = "needs the lab: lab/lab up (make test runs it)"]
 fn scheduled_snapshots_keep_the_newest_and_never_touch_another_s() {
-    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    use aws_sdk_ec2::types::ResourceType;
     let lab = Lab::load();
     let apps = db_app(
         &lab,
@@ -795,22 +793,18 @@ fn scheduled_snapshots_keep_the_newest_and_never_touch_another_s() {
     })
     .expect("the volume");
     // An earlier scheduled snapshot, and one someone took by hand.
-    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
     let snap = |scheduled: bool| {
-        let mut tags = TagSpecification::builder()
-            .resource_type(ResourceType::Snapshot)
-            .tags(tag("prism:fleet", &own.fleet))
-            .tags(tag("prism:app", "db"))
-            .tags(tag("prism:instance", "0"))
-            .tags(tag("prism:volume", "pgdata"));
-        if scheduled {
-            tags = tags.tags(tag("prism:snapshot", "scheduled"));
-        }
+        let extra: &[(&str, &str)] = if scheduled {
+            &[("prism:snapshot", "scheduled")]
+        } else {
+            &[]
+        };
+        let tags = db0_tags(&own.fleet, ResourceType::Snapshot, extra);
         runtime
             .block_on(
                 ec2.create_snapshot()
                     .volume_id(&volume)
-                    .tag_specifications(tags.build())
+                    .tag_specifications(tags)
                     .send(),
             )
             .expect("CreateSnapshot")

@@ -42,34 +42,11 @@ pub(super) enum Durable {
     Wait { steps: Vec<Action>, why: String },
 }
 
-/// Whether a mount at `target` covers the image's `path`.
-fn covers(target: &str, path: &str) -> bool {
-    let target = target.trim_end_matches('/');
-    let path = path.trim_end_matches('/');
-    path == target
-        || path
-            .strip_prefix(target)
-            .is_some_and(|r| r.starts_with('/'))
-}
-
 impl View<'_> {
-    /// The paths the service's image declares as volumes that its own
-    /// mounts do not cover; `None` while the image has not been read.
-    pub(super) fn image_mounts(&self, svc: &ServiceSpec) -> Option<Vec<String>> {
-        let declared = self.storage.image_volumes.get(&svc.container.image)?;
-        Some(
-            declared
-                .iter()
-                .filter(|p| !svc.container.mounts.iter().any(|m| covers(m.target(), p)))
-                .cloned()
-                .collect(),
-        )
-    }
-
     /// Whether the service writes data that outlives its container. An
     /// image not read yet counts as one that may.
     pub(super) fn service_holds_data(&self, svc: &ServiceSpec) -> bool {
-        svc.holds_data() || self.image_mounts(svc).is_none_or(|m| !m.is_empty())
+        svc.holds_data() || self.storage.image_mounts(svc).is_none_or(|m| !m.is_empty())
     }
 
     pub(super) fn pod_holds_data(&self, app: &AppSpec) -> bool {
@@ -577,19 +554,4 @@ pub(super) fn zone_moves(
         }
     }
     (actions, waiting)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::covers;
-
-    #[test]
-    fn a_mount_covers_its_path_and_below() {
-        assert!(covers("/data", "/data"));
-        assert!(covers("/data/", "/data"));
-        assert!(covers("/var/lib/postgresql", "/var/lib/postgresql/data"));
-        assert!(!covers("/var/lib/postgres", "/var/lib/postgresql/data"));
-        assert!(!covers("/data/sub", "/data"));
-        assert!(covers("/", "/data"));
-    }
 }
