@@ -1,5 +1,5 @@
 # Two entry points; the work lives in scripts/ so CI and people run the same thing.
-.PHONY: demo test bench bench-proxy bench-reconcile bench-failover bench-footprint docs bench-deploy bench-volumes
+.PHONY: demo test bench bench-proxy bench-reconcile bench-failover bench-footprint docs bench-deploy bench-volumes bench-mesh
 
 demo:
 	@scripts/demo
@@ -30,6 +30,13 @@ bench-failover:
 # and lost writes; on the lab with 2+ nodes of its own in one zone.
 bench-volumes:
 	@cargo bench --profile dev --bench volumes
+
+# The mesh: container → container across nodes over WireGuard against a
+# published port (latency, throughput), names after a move (p50, max), the
+# operator's idle CPU with the mesh on and off at 10 nodes; on the lab
+# with nodes of its own.
+bench-mesh:
+	@cargo bench --profile dev --bench mesh
 
 # The daemon's RSS and idle CPU at 10 nodes and 100 containers after
 # 10 minutes (FOOTPRINT_MINUTES), its binary size, and nodes free of Prism.

@@ -21,15 +21,17 @@ case "$PRISM_PUBKEY" in
         ;;
 esac
 
-# Docker: installed only where it is missing.
-if command -v dockerd >/dev/null && command -v docker >/dev/null; then
-    say "Docker is installed already"
+# Docker, and what the mesh ([network]) uses: wireguard-tools and dnsmasq
+# (the kernel's WireGuard on these images). Installed only where missing.
+if command -v dockerd >/dev/null && command -v docker >/dev/null &&
+    command -v wg >/dev/null && command -v dnsmasq >/dev/null; then
+    say "Docker and the mesh's tools are installed already"
 elif command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q --no-install-recommends docker.io
+    apt-get install -y -q --no-install-recommends docker.io wireguard-tools dnsmasq-base
 elif command -v dnf >/dev/null; then
-    dnf install -y -q docker
+    dnf install -y -q docker wireguard-tools dnsmasq
 else
     echo "prism user-data: Docker is missing, and there is neither apt-get nor dnf; install it another way" >&2
     exit 1

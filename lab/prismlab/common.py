@@ -46,7 +46,13 @@ BARE_CONTAINER = "prism-lab-bare"
 
 BASE_IMAGE = "prism-lab/base:bookworm"
 # systemd: lab nodes run it as PID 1, as production nodes do.
-BASE_PACKAGES = "openssh-server,docker.io,iproute2,ca-certificates,curl,systemd,systemd-sysv"
+# wireguard-tools and dnsmasq-base: the mesh and its names (what the Docker
+# bootstrap installs on real nodes); wireguard-go: the host kernel has no
+# WireGuard, so wg-quick falls back to it.
+BASE_PACKAGES = (
+    "openssh-server,docker.io,iproute2,ca-certificates,curl,systemd,systemd-sysv,"
+    "wireguard-tools,wireguard-go,dnsmasq-base,iptables"
+)
 # The user nodes log in as, made by the nodes' user data (run on each new
 # node): production's, in the docker group; root cannot log in.
 NODE_USER = "prism"

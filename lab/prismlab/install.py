@@ -10,8 +10,11 @@ from .common import Fail, run, say, step, tail
 
 # pebble: ACME test server (and its DNS mock) for the proxy's TLS tests;
 # tmux: the dashboard's end-to-end test drives prism in a tmux pane.
+# wireguard-tools, wireguard-go: this machine joins the lab's mesh as the
+# operator's box (the kernel has no WireGuard); dnsutils: dig, to ask the
+# nodes' resolvers.
 PACKAGES = ["docker.io", "debootstrap", "busybox-static", "openssh-client", "docker-registry",
-            "pebble", "tmux"]
+            "pebble", "tmux", "wireguard-tools", "wireguard-go", "dnsutils"]
 # Not for the lab itself: tools the tests of shipped files run (tests/offline/packaging.rs):
 # shellcheck on the shell scripts, systemd-analyze on the unit, ruby -c on
 # the Vagrantfile. `install` puts them in with the rest.

@@ -23,6 +23,8 @@ NODE_RUN_FLAGS = [
     # Every device, as a VM's root has: Prism's privileged helper
     # containers (root steps as the login user) need it.
     "--device-cgroup-rule", "a *:* rwm",
+    # The mesh's userspace WireGuard (wireguard-go) needs a TUN device.
+    "--device", "/dev/net/tun",
 ]
 
 

@@ -111,6 +111,13 @@ if [ "$installed" = no ]; then
         detail "$log"
         finish 1
     fi
+    # What the mesh ([network]) uses on a node: wireguard-tools and
+    # dnsmasq. Not Docker: a node without them still runs containers.
+    if [ "$tool" = apt-get ]; then
+        apt_get install -y --no-install-recommends wireguard-tools dnsmasq-base >"$log" 2>&1
+    else
+        as_root "$tool" install -y wireguard-tools dnsmasq >"$log" 2>&1
+    fi || { echo "@@ warn the mesh's packages (wireguard-tools, dnsmasq) did not install"; detail "$log"; }
 fi
 
 # Start it with the node's service manager, else by hand.

@@ -31,6 +31,9 @@ pub fn run(file: &Path) -> Result<(), Failure> {
         Provider::Static => format!("{} static node(s)", fleet.discovery.nodes.len()),
     };
     let mut out = std::io::stdout().lock();
+    for w in &config.warnings {
+        writeln!(out, "{w}")?;
+    }
     writeln!(out, "{}: valid", file.display())?;
     writeln!(
         out,
@@ -39,6 +42,13 @@ pub fn run(file: &Path) -> Result<(), Failure> {
         fleet.apps.len()
     )?;
     writeln!(out, "  nodes: {nodes}")?;
+    if let Some(net) = &fleet.network {
+        writeln!(
+            out,
+            "  mesh: {} (WireGuard on UDP {}, interface {}), names under .{}",
+            net.cidr, net.port, net.interface, net.domain
+        )?;
+    }
     writeln!(out, "  state: {}", config.state_path().display())?;
     Ok(())
 }

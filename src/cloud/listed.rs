@@ -56,6 +56,7 @@ mod tests {
         let config = Config {
             file: "fleet.toml".into(),
             fleet,
+            warnings: Vec::new(),
         };
         let nodes = nodes(&config);
         let pi = &nodes[0];

@@ -77,6 +77,8 @@ pub struct Diagnostic {
     pub span: Option<Range<usize>>,
     /// The problem is the key's name, not its value: point at the key.
     pub at_key: bool,
+    /// Worth knowing, but the file is usable.
+    pub warning: bool,
 }
 
 impl Diagnostic {
@@ -87,7 +89,13 @@ impl Diagnostic {
             help: None,
             span: None,
             at_key: false,
+            warning: false,
         }
+    }
+
+    pub(crate) fn warning(mut self) -> Self {
+        self.warning = true;
+        self
     }
 
     pub(crate) fn at_key(mut self) -> Self {
@@ -170,10 +178,11 @@ impl fmt::Display for Invalid {
                 }
                 None => file.to_string(),
             };
+            let level = if d.warning { "warning" } else { "error" };
             if d.path.0.is_empty() {
-                write!(f, "error: {place}: {}", d.message)?;
+                write!(f, "{level}: {place}: {}", d.message)?;
             } else {
-                write!(f, "error: {place}: {}: {}", d.path, d.message)?;
+                write!(f, "{level}: {place}: {}: {}", d.path, d.message)?;
             }
             if let Some(span) = &d.span {
                 write_snippet(f, &self.text, span)?;
@@ -182,7 +191,7 @@ impl fmt::Display for Invalid {
                 write!(f, "\n  help: {help}")?;
             }
         }
-        if n > 1 {
+        if n > 1 && self.diagnostics.iter().any(|d| !d.warning) {
             write!(f, "\n{n} problems in {file}")?;
         }
         Ok(())

@@ -24,6 +24,9 @@ use diagnostic::{locate, suggestion_for};
 pub struct Config {
     pub file: PathBuf,
     pub fleet: Fleet,
+    /// What is worth knowing but leaves the file usable, each located
+    /// (`warning: FILE:LINE:COL: …`).
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -34,9 +37,11 @@ impl Config {
             source,
         })?;
         let fleet = parse(file, &text).map_err(ConfigError::Invalid)?;
+        let warnings = warnings(file, &text, &fleet);
         Ok(Config {
             file: file.to_path_buf(),
             fleet,
+            warnings,
         })
     }
 
@@ -87,6 +92,26 @@ pub fn parse(file: &Path, text: &str) -> Result<Fleet, Invalid> {
     }
     problems.sort_by_key(|p| p.span.as_ref().map_or(usize::MAX, |s| s.start));
     Err(invalid(problems))
+}
+
+/// The warnings about a fleet that [`parse`] accepted, each rendered with
+/// its place in the file.
+pub fn warnings(file: &Path, text: &str, fleet: &Fleet) -> Vec<String> {
+    let Ok(root) = toml::de::DeTable::parse(text) else {
+        return Vec::new();
+    };
+    validate::warnings(fleet)
+        .into_iter()
+        .map(|mut d| {
+            d.span = locate(&root, &d.path, d.at_key);
+            Invalid {
+                file: file.to_path_buf(),
+                text: text.to_owned(),
+                diagnostics: vec![d],
+            }
+            .to_string()
+        })
+        .collect()
 }
 
 fn syntax(e: &toml::de::Error) -> Diagnostic {

@@ -25,6 +25,9 @@ pub struct Fleet {
     pub lifecycle: NodeLifecycle,
     #[serde(default)]
     pub guard: Guard,
+    /// The mesh between nodes and names for instances; absent: none
+    /// (routed services publish a port on their node).
+    pub network: Option<Network>,
     /// Credentials per registry host, e.g. `[registries."ghcr.io"]`.
     #[serde(default)]
     pub registries: BTreeMap<String, Registry>,
@@ -330,6 +333,47 @@ pub struct StaticNode {
     pub zone: Option<String>,
     pub memory: Option<Bytes>,
     pub cpus: Option<Millicores>,
+}
+
+/// `[network]`: a WireGuard mesh between the nodes and the operator's box,
+/// a /24 of `cidr` per node for its containers, and names for healthy
+/// instances (`SERVICE.APP.DOMAIN`) answered on every node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// The mesh's addresses: the operator's box takes its first /24, each
+    /// node one of the others.
+    #[serde(default = "default_mesh_cidr")]
+    pub cidr: String,
+    /// WireGuard's UDP port on every node.
+    #[serde(default = "default_mesh_port")]
+    pub port: u16,
+    /// Names end with it: `web.blog.internal`.
+    #[serde(default = "default_mesh_domain")]
+    pub domain: String,
+    /// The WireGuard interface, on the nodes and on the operator's box.
+    #[serde(default = "default_mesh_interface")]
+    pub interface: String,
+}
+
+impl Network {
+    /// `cidr`, once validation has accepted it.
+    pub fn net(&self) -> Option<ipnet::Ipv4Net> {
+        self.cidr.parse::<ipnet::Ipv4Net>().ok().map(|n| n.trunc())
+    }
+}
+
+fn default_mesh_cidr() -> String {
+    "10.210.0.0/16".into()
+}
+fn default_mesh_port() -> u16 {
+    51820
+}
+fn default_mesh_domain() -> String {
+    "internal".into()
+}
+fn default_mesh_interface() -> String {
+    "prism0".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

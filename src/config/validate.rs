@@ -15,6 +15,48 @@ const MIN_MEMORY: Bytes = Bytes(6 << 20);
 const MIN_HEADER_SIZE: Bytes = Bytes(8 << 10);
 const MAX_HEADER_SIZE: Bytes = Bytes(1 << 20);
 
+/// What is worth a warning in a fleet that passed [`validate`].
+pub fn warnings(fleet: &Fleet) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if let Some(net) = fleet.network.as_ref()
+        && let Some(cidr) = net.net()
+    {
+        for (pool, what) in DOCKER_POOLS {
+            let pool: ipnet::Ipv4Net = match pool.parse() {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            if pool.contains(&cidr.network()) || cidr.contains(&pool.network()) {
+                out.push(
+                    Diagnostic::new(
+                        FieldPath::of(["network", "cidr"]),
+                        format!("{} overlaps {pool}, {what}", net.cidr),
+                    )
+                    .with_help("containers could not reach addresses there; the default 10.210.0.0/16 is clear of them")
+                    .warning(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Address ranges a mesh should stay clear of.
+const DOCKER_POOLS: [(&str, &str); 3] = [
+    (
+        "172.17.0.0/16",
+        "where Docker's default bridge lives on every node",
+    ),
+    (
+        "172.16.0.0/12",
+        "which Docker's default address pools take networks from (and the lab's 172.31.250.0/24)",
+    ),
+    (
+        "192.168.0.0/16",
+        "which Docker's default address pools take networks from",
+    ),
+];
+
 pub fn validate(fleet: &Fleet) -> Vec<Diagnostic> {
     let mut v = Checker::default();
     v.fleet_section(fleet);
@@ -22,6 +64,7 @@ pub fn validate(fleet: &Fleet) -> Vec<Diagnostic> {
     v.ssh(fleet);
     v.proxy(fleet);
     v.lifecycle(fleet);
+    v.network(fleet);
     v.registries(fleet);
     for (name, app) in &fleet.apps {
         v.app(name, app);
@@ -374,6 +417,56 @@ impl Checker {
                     format!("EC2's is {:?}", super::schema::EC2_METADATA_URL),
                 );
             }
+        }
+    }
+
+    fn network(&mut self, fleet: &Fleet) {
+        let Some(net) = &fleet.network else { return };
+        let at = FieldPath::of(["network"]);
+        match net.cidr.parse::<ipnet::Ipv4Net>() {
+            Err(_) => self.err_help(
+                at.key("cidr"),
+                format!("{:?} is not an IPv4 network", net.cidr),
+                "write it as ADDRESS/PREFIX, e.g. 10.210.0.0/16",
+            ),
+            Ok(cidr) if !(8..=22).contains(&cidr.prefix_len()) => self.err_help(
+                at.key("cidr"),
+                format!(
+                    "a /{} does not fit a mesh: it needs a /24 for the operator and one per node",
+                    cidr.prefix_len()
+                ),
+                "use a prefix from /8 to /22 (/16: the operator and 255 nodes)",
+            ),
+            Ok(cidr) if cidr.trunc() != cidr => self.err_help(
+                at.key("cidr"),
+                format!("{} has bits set past its prefix", net.cidr),
+                format!("did you mean {}?", cidr.trunc()),
+            ),
+            Ok(_) => {}
+        }
+        if net.port == 0 {
+            self.err(at.key("port"), "port must be a UDP port from 1 to 65535");
+        }
+        if let Err(why) = domain_ok(&net.domain) {
+            self.err_help(
+                at.key("domain"),
+                format!("{:?} is not a usable domain: {why}", net.domain),
+                "names are SERVICE.APP.DOMAIN; the default is \"internal\"",
+            );
+        }
+        let iface_ok = (1..=15).contains(&net.interface.len())
+            && net
+                .interface
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        if !iface_ok {
+            self.err(
+                at.key("interface"),
+                format!(
+                    "{:?} is not a usable interface name: use 1 to 15 letters, digits, '-' or '_'",
+                    net.interface
+                ),
+            );
         }
     }
 
@@ -960,6 +1053,29 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// The mesh's domain: lowercase DNS labels joined by dots, short enough
+/// that `INSTANCE.SERVICE.APP.DOMAIN` stays a valid name.
+fn domain_ok(domain: &str) -> Result<(), &'static str> {
+    if domain.is_empty() || domain.len() > 120 {
+        return Err("use 1 to 120 characters");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if domain.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(
+            "use lowercase labels of letters, digits and '-' joined by '.', with no leading or trailing dot",
+        )
+    }
+}
+
 /// `example.com`, `*.example.com`, optionally followed by a path prefix.
 fn check_host(host: &str) -> Result<(), String> {
     let (name, path) = match host.find('/') {
@@ -1097,6 +1213,70 @@ mod tests {
             assert!(text.contains("proxy.acme.challenge"), "{bad}: {text}");
             assert!(text.contains("`tls-alpn-01`"), "{bad}: {text}");
         }
+    }
+
+    #[test]
+    fn the_network_section_is_checked_where_it_is_written() {
+        let file = std::path::Path::new("fleet.toml");
+        let text = |net: &str| {
+            format!("[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n[network]\n{net}\n")
+        };
+        let fleet = super::super::parse(file, &text("")).expect("defaults are valid");
+        let net = fleet.network.as_ref().expect("present");
+        assert_eq!(
+            (net.cidr.as_str(), net.port, net.domain.as_str()),
+            ("10.210.0.0/16", 51820, "internal")
+        );
+        assert!(warnings(&fleet).is_empty());
+        for (bad, field, says) in [
+            (
+                "cidr = \"10.210.0.0\"",
+                "network.cidr",
+                "not an IPv4 network",
+            ),
+            (
+                "cidr = \"10.210.0.0/24\"",
+                "network.cidr",
+                "a /24 does not fit",
+            ),
+            (
+                "cidr = \"10.210.1.0/16\"",
+                "network.cidr",
+                "did you mean 10.210.0.0/16",
+            ),
+            ("port = 0", "network.port", "UDP port"),
+            (
+                "domain = \"Internal\"",
+                "network.domain",
+                "not a usable domain",
+            ),
+            (
+                "domain = \"internal.\"",
+                "network.domain",
+                "not a usable domain",
+            ),
+            (
+                "interface = \"a-name-far-too-long\"",
+                "network.interface",
+                "interface name",
+            ),
+        ] {
+            let err = super::super::parse(file, &text(bad))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("fleet.toml:6:"), "{bad}: {err}");
+            assert!(err.contains(field) && err.contains(says), "{bad}: {err}");
+        }
+        let lab = text("cidr = \"172.31.0.0/16\"");
+        let fleet = super::super::parse(file, &lab).expect("an overlap is only a warning");
+        let w = super::super::warnings(file, &lab, &fleet);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "warning: fleet.toml:6:8: network.cidr: 172.31.0.0/16 overlaps 172.16.0.0/12"
+            ),
+            "{w:?}"
+        );
     }
 
     #[test]

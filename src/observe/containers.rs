@@ -100,7 +100,16 @@ pub struct ContainerState {
     /// The Docker volumes it mounts, by path in the container (named ones
     /// and those Docker made for the image's `VOLUME`s).
     pub volumes: BTreeMap<String, String>,
+    /// Its address on the node's mesh network ([`MESH_NETWORK`]), while it
+    /// has one.
+    pub mesh_ip: Option<std::net::Ipv4Addr>,
 }
+
+/// The Docker network, one per node, that gives containers their address
+/// in the node's /24 of the mesh. Its name sorts before every pod network
+/// (`prism.FLEET.…`): Docker gives a container on several networks the
+/// default route of the first by name, and replies must leave by the mesh.
+pub const MESH_NETWORK: &str = "prism-mesh";
 
 /// Docker's `State.Status`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -330,6 +339,16 @@ struct RawNetwork {
     /// `null` for a port exposed but not published.
     #[serde(default)]
     ports: Option<BTreeMap<String, Option<Vec<RawBinding>>>>,
+    /// Per network its endpoint: `{"prism-mesh": {"IPAddress": "10.210.1.2"}}`.
+    #[serde(default)]
+    networks: Option<BTreeMap<String, RawEndpoint>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawEndpoint {
+    #[serde(default, rename = "IPAddress")]
+    ip_address: String,
 }
 
 #[derive(Deserialize)]
@@ -348,6 +367,14 @@ impl RawContainer {
         let started_at = time("State.StartedAt", &self.state.started_at)?;
         let finished_at = time("State.FinishedAt", &self.state.finished_at)?;
         let ports = published_ports(self.network_settings.ports.unwrap_or_default())?;
+        // Empty while the container does not run; anything else that is
+        // not an address is Docker's business, not a reason to fail.
+        let mesh_ip = self
+            .network_settings
+            .networks
+            .unwrap_or_default()
+            .get(MESH_NETWORK)
+            .and_then(|e| e.ip_address.parse().ok());
         let labels = self.config.labels.unwrap_or_default();
         let name = self.name.strip_prefix('/').unwrap_or(&self.name).to_owned();
         let volumes = self
@@ -377,6 +404,7 @@ impl RawContainer {
             finished_at,
             ports,
             volumes,
+            mesh_ip,
         })
     }
 }

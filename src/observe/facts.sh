@@ -22,6 +22,19 @@ echo "@@ docker cli=$cli socket=$sock"
 # Durable volumes mounted where Prism mounts them: device and directory.
 echo "@@ mounts"
 grep " /var/lib/prism/volumes/" /proc/self/mounts | cut -d' ' -f1,2
+# The mesh as Prism's set-up left it (see operator/apply/mesh.sh): its
+# state file, whether its interface and resolver run, the names served.
+state=/etc/prism/mesh/state
+if [ -r "$state" ]; then
+    echo "@@ mesh"
+    cat "$state"
+    iface=$(sed -n 's/^interface //p' "$state")
+    [ -n "$iface" ] && [ -e "/sys/class/net/$iface" ] && echo "link up"
+    # The resolver's pid file (no systemctl: a user may lack D-Bus).
+    pid=$(cat /run/prism-names.pid 2>/dev/null) &&
+        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dnsmasq ] && echo "resolver up"
+    [ -r /etc/prism/names/hosts ] && echo "names $(sha256sum < /etc/prism/names/hosts | cut -d' ' -f1)"
+fi
 # A spot node's interruption notice and rebalance recommendation, when the
 # instance metadata service's URL is given: each section holds the answer's
 # body, then its HTTP status on a line of its own (000: no answer).

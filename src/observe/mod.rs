@@ -35,15 +35,15 @@ mod time;
 mod version;
 
 pub use containers::{
-    ContainerId, ContainerState, Health, Protocol, PublishedPort, RunState, parse_container_ids,
-    parse_inspect,
+    ContainerId, ContainerState, Health, MESH_NETWORK, Protocol, PublishedPort, RunState,
+    parse_container_ids, parse_inspect,
 };
 pub use error::{ParseError, Probe};
 pub(crate) use error::{check_header, clip};
 pub use images::Images;
 pub(crate) use images::{IMAGES_PATH, inspect_image_path, parse_image_list, parse_image_volumes};
 pub use labels::{Identity, JobLabels, LabelProblem, PrismLabels};
-pub use node::{DockerSetup, NodeFacts, Notice, SocketAccess};
+pub use node::{DockerSetup, MeshFacts, NodeFacts, Notice, SocketAccess};
 pub(crate) use node::{node_facts_argv, parse_node_facts};
 pub(crate) use probe::probe_with_metadata;
 pub use probe::{Condition, ProbeLimits, Probed, probe};

@@ -10,6 +10,9 @@
 //! @@ docker cli=present|missing socket=usable|denied|missing
 //! @@ mounts               `DEVICE DIR` of each filesystem mounted under
 //!                         /var/lib/prism/volumes/
+//! @@ mesh                 only once Prism set the mesh up: `KEY VALUE`
+//!                         lines (public-key, subnet, interface, applied,
+//!                         `link up`, `resolver up`, names SHA256)
 //! @@ spot-action          only with a metadata URL: the body of
 //! @@ rebalance            .../spot/instance-action (.../rebalance), then
 //!                         its HTTP status (000: no answer)
@@ -62,6 +65,25 @@ pub struct NodeFacts {
     /// Durable volumes mounted on it: directory name under
     /// `/var/lib/prism/volumes/` → device.
     pub volume_mounts: std::collections::BTreeMap<String, String>,
+    /// Its part of the mesh, once Prism set it up.
+    pub mesh: Option<MeshFacts>,
+}
+
+/// What a node holds of the mesh (its `@@ mesh` section).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeshFacts {
+    /// WireGuard's public key; the private one never leaves the node.
+    pub public_key: Option<String>,
+    /// Its /24 of the mesh.
+    pub subnet: Option<ipnet::Ipv4Net>,
+    /// The hash of the set-up last applied.
+    pub applied: Option<String>,
+    /// Its WireGuard interface exists.
+    pub link: bool,
+    /// Its resolver runs.
+    pub resolver: bool,
+    /// SHA-256 of the names file it serves.
+    pub names: Option<String>,
 }
 
 /// Why a spot node should be drained, from its instance metadata.
@@ -142,6 +164,7 @@ pub(crate) fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
                     | "df"
                     | "docker"
                     | "mounts"
+                    | "mesh"
                     | "spot-action"
                     | "rebalance"
                     | "metadata-unread"
@@ -180,6 +203,7 @@ pub(crate) fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
     let docker = docker_setup(section("docker")?)?;
     let volume_mounts = mounts(section("mounts")?)?;
     let optional = |name: &str| sections.iter().find(|s| s.name == name);
+    let mesh = optional("mesh").map(mesh_facts);
     let action = optional("spot-action").map(metadata).transpose()?;
     let rebalance = optional("rebalance").map(metadata).transpose()?;
     let notice = match (action.flatten(), rebalance.flatten()) {
@@ -196,7 +220,29 @@ pub(crate) fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
         docker,
         notice,
         volume_mounts,
+        mesh,
     })
+}
+
+/// `KEY VALUE` lines; what cannot be read is left unset, so the next
+/// pass sets the mesh up again.
+fn mesh_facts(s: &Section<'_>) -> MeshFacts {
+    let mut m = MeshFacts::default();
+    for (_, line) in &s.body {
+        let (key, value) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        let value = value.trim();
+        let word = || (!value.is_empty()).then(|| value.to_owned());
+        match key {
+            "public-key" => m.public_key = word(),
+            "subnet" => m.subnet = value.parse().ok(),
+            "applied" => m.applied = word(),
+            "link" => m.link = value == "up",
+            "resolver" => m.resolver = value == "up",
+            "names" => m.names = word(),
+            _ => {}
+        }
+    }
+    m
 }
 
 /// `DEVICE /var/lib/prism/volumes/NAME` lines.

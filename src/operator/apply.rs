@@ -10,6 +10,7 @@
 //! operator remembers.
 
 mod commands;
+mod mesh;
 mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -150,6 +151,8 @@ struct Context {
     ebs: Option<crate::cloud::Ebs>,
     /// `[fleet] helper_image`: the root steps' container.
     helper_image: String,
+    /// `[network]` is set: containers join the node's mesh network.
+    mesh: bool,
 }
 
 /// The applier of one fleet.toml.
@@ -175,6 +178,7 @@ impl Applier {
                 workers,
                 ebs: operator.ebs.clone(),
                 helper_image: operator.desired.helper_image.clone(),
+                mesh: operator.config.fleet.network.is_some(),
             }),
         }
     }
@@ -236,7 +240,12 @@ impl Applier {
             .outcomes
             .iter()
             .any(|o| o.result.is_ok() && matches!(o.action, Action::CreateVolume { .. }));
-        if started_containers || created_volume {
+        // A node set up for the mesh has a key its peers learn next pass.
+        let meshed = applied
+            .outcomes
+            .iter()
+            .any(|o| o.result.is_ok() && matches!(o.action, Action::SetUpMesh { .. }));
+        if started_containers || created_volume || meshed {
             applied.requeue = Some(SOON);
         }
         applied
@@ -351,7 +360,9 @@ fn pod_of(action: &Action) -> Option<PodKey> {
         | Action::InstallDocker
         | Action::Fence { .. }
         | Action::SnapshotVolume { .. }
-        | Action::DeleteVolume { .. } => None,
+        | Action::DeleteVolume { .. }
+        | Action::SetUpMesh { .. }
+        | Action::WriteNames { .. } => None,
     }
 }
 
@@ -404,6 +415,8 @@ fn kind(action: &Action) -> &'static str {
         Action::DetachVolume { .. } => "volume_detach",
         Action::Fence { .. } => "fence",
         Action::DeleteVolume { .. } => "volume_delete",
+        Action::SetUpMesh { .. } => "mesh",
+        Action::WriteNames { .. } => "names",
     }
 }
 
@@ -437,8 +450,10 @@ mod tests {
                     restart: RestartPolicy::No,
                     mounts: vec![],
                     logs: Logs::default(),
+                    mesh: false,
                 },
                 image_mounts: vec![],
+                dns: None,
             }),
             reason: RunReason::New,
         }

@@ -106,16 +106,16 @@ pub async fn check(
                 "{what}: no port to check (set port on the service or health.port)"
             ));
         };
-        match host_port(container, port) {
-            Ok(published) => {
-                let host = host_header(&service.hosts, &node.address, published);
-                http_get(&node.address, published, path, &host, timeout).await
+        match reach(node, container, port) {
+            Ok((address, port)) => {
+                let host = host_header(&service.hosts, &address, port);
+                http_get(&address, port, path, &host, timeout).await
             }
             Err(why) => CheckResult::fail(format!("{what}: {why}")),
         }
     } else if let Some(port) = health.tcp {
-        match host_port(container, port) {
-            Ok(published) => tcp_connect(&node.address, published, port, timeout).await,
+        match reach(node, container, port) {
+            Ok((address, to)) => tcp_connect(&address, to, port, timeout).await,
             Err(why) => CheckResult::fail(format!("TCP {port}: {why}")),
         }
     } else if let Some(cmd) = &health.cmd {
@@ -347,6 +347,15 @@ fn verdict_event(s: &Subject<'_>, r: &Recorded) -> NewEvent {
         }
     };
     event.node(s.node.node.id.clone()).app(l.app.clone())
+}
+
+/// Where container port `port`/tcp is reached from the operator: at the
+/// container's mesh address, else at the node port it is published on.
+fn reach(node: &Node, container: &ContainerState, port: u16) -> Result<(String, u16), String> {
+    match container.mesh_ip {
+        Some(ip) => Ok((ip.to_string(), port)),
+        None => host_port(container, port).map(|p| (node.address.clone(), p)),
+    }
 }
 
 /// The node port container port `port`/tcp is published on, reachable

@@ -172,6 +172,7 @@ mod tests {
             },
             notice,
             volume_mounts: BTreeMap::new(),
+            mesh: None,
         }
     }
 

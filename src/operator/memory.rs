@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::lifecycle::Misses;
-use crate::reconcile::{Hold, Holds, NodeState, PodKey, SnapshotTick, Tick};
+use crate::reconcile::{Hold, Holds, Member, NodeState, PodKey, SnapshotTick, Tick};
 use crate::store::{HealthBook, NodeRecord, Placement, Request, Store, StoreError, Writer, now_ms};
 
 #[derive(Debug, Default)]
@@ -50,6 +50,8 @@ pub struct Memory {
     /// When this process loaded its memory: a zone never seen ready counts
     /// as empty since then.
     pub loaded_at: Option<Instant>,
+    /// The mesh's members: each node's /24 and public key.
+    pub mesh: BTreeMap<String, Member>,
 }
 
 impl Memory {
@@ -77,6 +79,7 @@ impl Memory {
             health: HealthBook::new(store.health_records()?),
             pull_failures,
             holds: Holds::new(store.holds()?),
+            mesh: store.mesh_members()?,
             loaded_at: Some(Instant::now()),
             ..Memory::default()
         })

@@ -179,6 +179,7 @@ mod tests {
             images: None,
             stopped: false,
             silent_for: None,
+            mesh: None,
         }
     }
 

@@ -252,6 +252,8 @@ fn view(
             }
             _ => None,
         },
+        // Set by the pass once the mesh's addresses are allotted.
+        mesh: None,
     }
 }
 

@@ -9,17 +9,19 @@ use std::time::Instant;
 use super::health::check_all;
 use super::lifecycle::worth_recheck;
 use super::memory::Memory;
+use super::mesh_local::LocalMesh;
 use super::observe::{Observed, observe_with_metadata, record};
 use super::routing::Router;
 use crate::cloud::{
     Discovery, DiscoveryError, Ebs, Found, Inventory, Lifecycle, Node, Presence, Stale,
 };
 use crate::config::{Config, Provider};
-use crate::observe::{Condition, ContainerState, Health, ProbeLimits, Probed};
+use crate::observe::{Condition, ContainerState, Health, MeshFacts, ProbeLimits, Probed};
 use crate::reconcile::{
-    Action, Admission, Desired, Hold, HoldKind, MissingSecret, NodeView, Plan, SecretError,
-    Secrets, SnapshotTick, Storage, Tick, apps_removed, fleet_pods, hold_apps, inventory_shrank,
-    plan, plan_deletes, plan_jobs, plan_restarts, plan_snapshots, resolve_secrets,
+    Action, Admission, Desired, Hold, HoldKind, MeshInput, MeshSettings, MissingSecret, NodeView,
+    Peer, Plan, SecretError, Secrets, SnapshotTick, Storage, Tick, apps_removed, fleet_pods,
+    gateway, hold_apps, inventory_shrank, members, names, operator_peers, plan, plan_deletes,
+    plan_jobs, plan_mesh, plan_restarts, plan_snapshots, resolve_secrets,
 };
 use crate::ssh::{Pool, SshError, SshSettings};
 use crate::store::{Level, NewEvent, RequestKind, VolumeLines, Writer, now_ms};
@@ -58,6 +60,8 @@ pub struct Operator {
     pub router: Option<Arc<dyn Router>>,
     /// EBS, with EC2 discovery: the fleet's durable volumes.
     pub ebs: Option<Ebs>,
+    /// With `[network]`: the operator box's side of the mesh.
+    pub mesh: Option<Arc<LocalMesh>>,
 }
 
 /// What a pass saw and decided.
@@ -65,6 +69,8 @@ pub struct Operator {
 pub struct Planned {
     pub nodes: Vec<Node>,
     pub views: Vec<NodeView>,
+    /// With a mesh: the operator box's peers (every node with a key).
+    pub mesh_peers: Option<Vec<Peer>>,
     /// The fleet's containers per ready node, with Prism's health verdicts.
     pub observed: BTreeMap<String, Vec<ContainerState>>,
     /// Volumes as this pass saw them.
@@ -82,6 +88,36 @@ pub struct Planned {
     /// gets no worker this pass (one is still at work) are kept for the
     /// next.
     pub carried: Vec<(String, Carried)>,
+}
+
+/// The mesh's steps into `plan`: a node's set-up before anything else it
+/// does (its containers join the mesh network), the names after. Returns
+/// the operator box's peers.
+fn plan_mesh_steps(
+    local: &LocalMesh,
+    memory: &Memory,
+    plan: &mut Plan,
+    views: &[NodeView],
+    observed: &BTreeMap<String, Vec<ContainerState>>,
+    facts: &BTreeMap<String, Option<MeshFacts>>,
+    fleet: &str,
+) -> Vec<Peer> {
+    let text = names(fleet, &local.settings.domain, views, observed);
+    let (setups, writes) = plan_mesh(&MeshInput {
+        settings: &local.settings,
+        views,
+        members: &memory.mesh,
+        operator_key: local.public_key.as_deref(),
+        facts,
+        names: &text,
+    });
+    for (node, step) in setups {
+        plan.actions.entry(node).or_default().insert(0, step);
+    }
+    for (node, step) in writes {
+        plan.actions.entry(node).or_default().push(step);
+    }
+    operator_peers(&local.settings, views, &memory.mesh)
 }
 
 /// Something planned for a node that must not be lost if the node's
@@ -104,6 +140,12 @@ impl Operator {
             Provider::Ec2 => Some(Ebs::from_config(&config).await),
             Provider::Static => None,
         };
+        let mesh = match MeshSettings::of(config.fleet.network.as_ref()) {
+            Some(settings) => Some(Arc::new(
+                LocalMesh::new(settings, &config.state_path()).await,
+            )),
+            None => None,
+        };
         Ok(Operator {
             config,
             desired,
@@ -112,6 +154,7 @@ impl Operator {
             inventory,
             router: None,
             ebs,
+            mesh,
         })
     }
 
@@ -209,7 +252,7 @@ impl Operator {
             self.recheck(journal, &mut nodes, &mut pass).await;
         }
         let wanted = self.desired.images();
-        let views = record(
+        let mut views = record(
             memory,
             journal,
             &pass,
@@ -240,6 +283,17 @@ impl Operator {
             .map(|o| o.node.id.clone())
             .collect();
         let pass_storage = NodeStorage::of(&pass);
+        // What each node answering with Docker holds of the mesh.
+        let mesh_facts: BTreeMap<String, Option<MeshFacts>> = pass
+            .iter()
+            .filter_map(|o| match &o.probed {
+                Probed::Ready { facts, .. } => Some((o.node.id.clone(), facts.mesh.clone())),
+                _ => None,
+            })
+            .collect();
+        if let Some(local) = &self.mesh {
+            self.allot_mesh(local, memory, journal, &mut views, &mesh_facts);
+        }
         let observed: BTreeMap<String, Vec<ContainerState>> = pass
             .into_iter()
             .filter_map(|o| match o.probed {
@@ -258,6 +312,17 @@ impl Operator {
         let storage = self.storage(memory, &pass_storage, ebs, &listed, &nodes, &views);
         let placements = memory.placement_list();
         let mut plan = plan(&self.desired, &views, &observed, &placements, &storage);
+        let mesh_peers = self.mesh.as_ref().map(|local| {
+            plan_mesh_steps(
+                local,
+                memory,
+                &mut plan,
+                &views,
+                &observed,
+                &mesh_facts,
+                self.fleet(),
+            )
+        });
 
         // Then what else the nodes are to do: jobs, asked restarts, Docker.
         let ticks: Vec<Tick> = std::mem::take(&mut memory.due_jobs);
@@ -329,6 +394,7 @@ impl Operator {
         Ok(Planned {
             nodes,
             views,
+            mesh_peers,
             observed,
             volumes: storage.lines(&self.desired),
             storage,
@@ -338,6 +404,57 @@ impl Operator {
             refused,
             carried,
         })
+    }
+
+    /// Each listed node's /24 and key, kept in memory and the store; each
+    /// view learns its mesh gateway (where its containers' names are).
+    fn allot_mesh(
+        &self,
+        local: &LocalMesh,
+        memory: &mut Memory,
+        journal: &Writer,
+        views: &mut [NodeView],
+        facts: &BTreeMap<String, Option<MeshFacts>>,
+    ) {
+        let reported: BTreeMap<String, MeshFacts> = facts
+            .iter()
+            .filter_map(|(id, f)| Some((id.clone(), f.clone()?)))
+            .collect();
+        let members = members(&local.settings, views, &reported, &memory.mesh);
+        if members != memory.mesh {
+            for (id, m) in &members {
+                if memory.mesh.get(id).map(|old| old.slot) != Some(m.slot) {
+                    let subnet = local.settings.subnet(m.slot).map(|s| s.to_string());
+                    journal.event(
+                        NewEvent::info(
+                            "mesh.member",
+                            format!("node {id} holds {} of the mesh", subnet.unwrap_or_default()),
+                        )
+                        .node(id.clone()),
+                    );
+                }
+            }
+            for id in memory.mesh.keys().filter(|id| !members.contains_key(*id)) {
+                journal.event(
+                    NewEvent::info(
+                        "mesh.left",
+                        format!("node {id} left the mesh: its peer goes everywhere"),
+                    )
+                    .node(id.clone()),
+                );
+            }
+            memory.mesh = members.clone();
+            journal.submit("keep the mesh's members", move |s| {
+                s.set_mesh_members(&members)
+            });
+        }
+        for v in views.iter_mut() {
+            v.mesh = memory
+                .mesh
+                .get(&v.id)
+                .and_then(|m| local.settings.subnet(m.slot))
+                .map(|s| gateway(&s));
+        }
     }
 
     /// The guard against apps that vanished from fleet.toml, on a pass's

@@ -17,7 +17,7 @@ use super::Planned;
 use crate::config::Fleet;
 use crate::observe::{ContainerId, ContainerState, Health, Protocol, RunState};
 use crate::proxy::{Proxy, RouteTable, Upstream, endpoint};
-use crate::reconcile::{NodeState, NodeView};
+use crate::reconcile::NodeView;
 
 /// What the proxy should serve after a pass.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,10 +43,7 @@ pub fn routes(
     let mut upstreams = Vec::new();
     let mut endpoints = HashMap::new();
     for view in views {
-        if !matches!(
-            view.state,
-            NodeState::Ready | NodeState::Suspect | NodeState::Draining
-        ) {
+        if !view.serves() {
             continue;
         }
         for c in observed.get(&view.id).into_iter().flatten() {
@@ -69,7 +66,13 @@ pub fn routes(
                 }
                 continue;
             };
-            let Some(port) = host_port(c, service.port) else {
+            // On a mesh, the container's own address and port; else the
+            // node's, at the port it is published on.
+            let reach = match (c.mesh_ip, service.port) {
+                (Some(ip), Some(port)) => Some((ip.to_string(), port)),
+                _ => host_port(c, service.port).map(|p| (view.address.clone(), p)),
+            };
+            let Some((address, port)) = reach else {
                 continue;
             };
             let upstream = Upstream {
@@ -77,7 +80,7 @@ pub fn routes(
                 service: labels.service.clone(),
                 instance: labels.instance,
                 node: view.id.clone(),
-                address: view.address.clone(),
+                address,
                 port,
                 healthy: matches!(c.health, Health::Healthy | Health::None),
             };

@@ -357,6 +357,9 @@ impl Loop {
             }
         };
         operator.route(&planned);
+        if let (Some(local), Some(peers)) = (&operator.mesh, &planned.mesh_peers) {
+            local.join_reporting(peers, &self.journal).await;
+        }
         for p in &planned.plan.problems {
             tracing::warn!(app = %p.pod.app, instance = p.pod.instance, "{p}");
         }

@@ -167,6 +167,9 @@ pub struct Running {
 /// Starts applying `config` (see the module).
 pub async fn start(config: Config, options: Options) -> Result<Running, StartError> {
     let file = config.file.clone();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     // What was loaded, to notice edits; unreadable now means any later
     // readable text counts as an edit.
     let loaded = std::fs::read_to_string(&file).unwrap_or_default();
@@ -381,9 +384,14 @@ async fn reload(
     reloader: &Reloader,
 ) -> Result<(Operator, Applier), String> {
     let fleet = config::parse(&current.file, text).map_err(|e| e.to_string())?;
+    let warnings = config::warnings(&current.file, text, &fleet);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let config = Config {
         file: current.file.clone(),
         fleet,
+        warnings,
     };
     if config.state_path() != current.state_path() {
         return Err("[fleet] state changed: restart the daemon to use another state file".into());

@@ -609,6 +609,7 @@ mod tests {
         let config = Config {
             file: PathBuf::from("fleet.toml"),
             fleet,
+            warnings: Vec::new(),
         };
         let hosts = acme_hosts(&config, |h| h.ends_with(".example.org"));
         assert_eq!(hosts, ["blog.example.com", "shop.example.com"]);

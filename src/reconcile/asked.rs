@@ -101,6 +101,7 @@ mod tests {
             finished_at: None,
             ports: vec![],
             volumes: BTreeMap::new(),
+            mesh_ip: None,
         }
     }
 
@@ -115,6 +116,7 @@ mod tests {
             images: None,
             stopped: false,
             silent_for: None,
+            mesh: None,
         }
     }
 

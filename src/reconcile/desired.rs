@@ -115,7 +115,10 @@ impl Desired {
         let mut apps = BTreeMap::new();
         let provider = fleet.discovery.provider;
         for (name, app) in &fleet.apps {
-            apps.insert(name.clone(), app_spec(name, app, secrets, provider)?);
+            apps.insert(
+                name.clone(),
+                app_spec(name, app, secrets, provider, fleet.network.is_some())?,
+            );
         }
         Ok(Desired {
             fleet: fleet.fleet.name.clone(),
@@ -186,6 +189,7 @@ impl Desired {
             network: self.network(pod),
             config: service.container.clone(),
             image_mounts: Vec::new(),
+            dns: None,
         }
     }
 }
@@ -267,6 +271,7 @@ fn app_spec(
     app: &App,
     secrets: &Secrets,
     provider: Provider,
+    mesh: bool,
 ) -> Result<AppSpec, MissingSecret> {
     let volumes: BTreeMap<String, VolumeSpec> = app
         .volumes
@@ -304,6 +309,7 @@ fn app_spec(
             restart: svc.restart,
             mounts: mounts(&svc.volumes, &volumes),
             logs: svc.logs,
+            mesh,
         };
         services.push(ServiceSpec {
             name: svc_name.to_owned(),

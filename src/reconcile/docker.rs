@@ -15,8 +15,8 @@ use super::secrets::{RegistryLogin, Secret, env_file_unsafe};
 use super::spec::{ContainerConfig, SpecHash, restart_arg};
 use super::volumes::MountSpec;
 use crate::config::Millicores;
-use crate::observe::ContainerId;
 use crate::observe::labels::{self, PrismLabels};
+use crate::observe::{ContainerId, MESH_NETWORK};
 
 /// How long `docker stop` waits after SIGTERM before SIGKILL.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -38,6 +38,10 @@ pub struct RunSpec {
     /// at: each gets a local volume of the pod.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub image_mounts: Vec<String>,
+    /// With a mesh (`config.mesh`): the node's mesh gateway, where the
+    /// fleet's names are answered (`--dns`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<std::net::Ipv4Addr>,
 }
 
 impl RunSpec {
@@ -91,6 +95,14 @@ pub(crate) fn pull_argv(image: &str) -> Vec<String> {
 pub(crate) fn image_present_argv(image: &str) -> Vec<String> {
     let mut v = argv(["docker", "image", "inspect", "--format", "{{.Id}}", "--"]);
     v.push(image.to_owned());
+    v
+}
+
+/// `docker network connect -- prism-mesh CONTAINER`: the container's
+/// address on the node's mesh. "already exists" counts as done.
+pub(crate) fn mesh_connect_argv(container: &str) -> Vec<String> {
+    let mut v = argv(["docker", "network", "connect", "--"]);
+    v.extend([MESH_NETWORK.to_owned(), container.to_owned()]);
     v
 }
 
@@ -150,10 +162,20 @@ pub(crate) fn run_argv(
     env_file: Option<&str>,
 ) -> Result<Vec<String>, EnvFileMissing> {
     let c = &spec.config;
-    let mut v = argv(["docker", "run", "-d", "--init", "--name"]);
+    // On a mesh the container joins a second network before it starts
+    // (Docker 20.10 takes one at create): created here, then
+    // `mesh_connect_argv`, then `start_argv`.
+    let mut v = if c.mesh {
+        argv(["docker", "create", "--init", "--name"])
+    } else {
+        argv(["docker", "run", "-d", "--init", "--name"])
+    };
     v.push(spec.name.clone());
     v.extend(["--network".into(), spec.network.clone()]);
     v.extend(["--network-alias".into(), spec.service.clone()]);
+    if let Some(dns) = spec.dns {
+        v.extend(["--dns".into(), dns.to_string()]);
+    }
     v.extend(spec.labels().run_args());
     // Bytes without a unit: Docker reads a bare number as bytes.
     v.extend(["--memory".into(), c.memory.0.to_string()]);
@@ -171,7 +193,8 @@ pub(crate) fn run_argv(
         "--log-opt".into(),
         format!("max-file={}", c.logs.max_files),
     ]);
-    if let Some(port) = c.port {
+    // On a mesh the port is reached at the container's mesh address.
+    if let Some(port) = c.port.filter(|_| !c.mesh) {
         v.extend(["-p".into(), port.to_string()]);
     }
     for m in &c.mounts {
@@ -245,8 +268,13 @@ pub(crate) fn env_file_content(
 
 /// `docker start ID`.
 pub(crate) fn start_argv(id: &ContainerId) -> Vec<String> {
+    start_argv_named(id.as_str())
+}
+
+/// `docker start -- CONTAINER`, by name (one just created).
+pub(crate) fn start_argv_named(container: &str) -> Vec<String> {
     let mut v = argv(["docker", "start", "--"]);
-    v.push(id.to_string());
+    v.push(container.to_owned());
     v
 }
 
@@ -319,8 +347,10 @@ mod tests {
                     },
                 ],
                 logs: Logs::default(),
+                mesh: false,
             },
             image_mounts: vec![],
+            dns: None,
         }
     }
 
@@ -407,6 +437,7 @@ mod tests {
                 max_size: Bytes(1 << 20),
                 max_files: 1,
             },
+            mesh: false,
         };
         assert!(!s.needs_env_file());
         let argv = run_argv(&s, None).unwrap();

@@ -38,6 +38,7 @@ mod desired;
 pub mod docker;
 mod guard;
 mod job;
+mod mesh;
 mod plan;
 mod problem;
 mod schedule;
@@ -57,6 +58,10 @@ pub(crate) use guard::{
 pub use guard::{Hold, HoldKind, Holds};
 pub use job::{JobContainer, JobEnd, JobRun, Tick};
 pub(crate) use job::{plan_jobs, watchdog_name};
+pub use mesh::{
+    KEEPALIVE_S, Member, MeshInput, MeshSettings, MeshSetup, Peer, gateway, members, names,
+    names_hash, operator_peers, plan_mesh,
+};
 pub use plan::{
     Action, ContainerRef, PlacementChange, Plan, PodPlacement, RemoveReason, RestartWhy, RunReason,
     SnapshotWhy, VolumeRef, plan,

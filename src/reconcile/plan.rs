@@ -260,6 +260,18 @@ pub enum Action {
         silent_for_s: u64,
         pods: Vec<PodKey>,
     },
+    /// Set the node's part of the mesh up, or bring it to `setup` (as
+    /// root, through Docker): its WireGuard key (made there, once), the
+    /// mesh network for its containers, the interface and its peers, the
+    /// firewall rules, and the resolver of the fleet's names.
+    SetUpMesh { setup: Box<super::mesh::MeshSetup> },
+    /// Write the names the node's resolver answers (`records` lines), as
+    /// the login user.
+    WriteNames {
+        #[serde(skip)]
+        hosts: String,
+        records: usize,
+    },
     /// Delete a volume someone asked to delete (`prism volumes delete`,
     /// request `request`): never planned otherwise.
     DeleteVolume {
@@ -532,6 +544,16 @@ impl fmt::Display for Action {
                 id,
                 request,
             } => write!(f, "- delete {volume} ({id}), as request {request} asks"),
+            Action::SetUpMesh { setup } => write!(
+                f,
+                "~ mesh: {} on {} with {} peer(s)",
+                setup.subnet,
+                setup.interface,
+                setup.peers.len()
+            ),
+            Action::WriteNames { records, .. } => {
+                write!(f, "~ names: {records} record(s)")
+            }
         }
     }
 }
@@ -1151,6 +1173,14 @@ impl NodePlanner<'_, '_> {
         }
         let mut run = run;
         run.image_mounts = image_mounts;
+        run.dns = self.node.mesh;
+        if run.config.mesh && run.dns.is_none() {
+            waiting.push(format!(
+                "{pod} {}: waits for node {} to join the mesh",
+                svc.name, self.node.id
+            ));
+            return;
+        }
         steps.extend(self.local_volume_steps(&run, &olds));
         steps.push(Action::Run {
             spec: Box::new(run),

@@ -54,6 +54,21 @@ pub struct NodeView {
     /// How long it has not answered, when it does not.
     #[serde(skip)]
     pub silent_for: Option<std::time::Duration>,
+    /// With a mesh: the gateway of its /24, where its containers' names
+    /// are answered.
+    #[serde(skip)]
+    pub mesh: Option<std::net::Ipv4Addr>,
+}
+
+impl NodeView {
+    /// Whether its running containers serve: it keeps its pods (ready or
+    /// suspect) or drains them; routes and names include them.
+    pub fn serves(&self) -> bool {
+        matches!(
+            self.state,
+            NodeState::Ready | NodeState::Suspect | NodeState::Draining
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -223,7 +223,11 @@ mod tests {
     fn config(dir: &Path, text: &str) -> Config {
         let file = dir.join("fleet.toml");
         let fleet = crate::config::parse(&file, text).unwrap();
-        Config { file, fleet }
+        Config {
+            file,
+            fleet,
+            warnings: Vec::new(),
+        }
     }
 
     const HEAD: &str = r#"

@@ -45,6 +45,9 @@ pub struct ContainerConfig {
     /// Log rotation (`--log-opt max-size`, `max-file`).
     #[serde(serialize_with = "logs")]
     pub logs: Logs,
+    /// On the node's mesh network too (`[network]`): reached at its mesh
+    /// address, its port not published on the node.
+    pub mesh: bool,
 }
 
 fn logs<S: Serializer>(l: &Logs, s: S) -> Result<S::Ok, S::Error> {
@@ -106,6 +109,7 @@ impl SpecHash {
             restart,
             mounts,
             logs,
+            mesh,
         } = c;
         let mut e = Encoder(Sha256::new());
         e.bytes(b"prism-spec-v1");
@@ -151,6 +155,10 @@ impl SpecHash {
         if *logs != Logs::default() {
             e.field("log_max_size", &logs.max_size.0.to_le_bytes());
             e.field("log_max_files", &logs.max_files.to_le_bytes());
+        }
+        // Only when on: a fleet without a mesh keeps its hashes.
+        if *mesh {
+            e.field("mesh", b"1");
         }
         let digest = e.0.finalize();
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -263,6 +271,7 @@ mod tests {
             restart: RestartPolicy::UnlessStopped,
             mounts: vec![storage(false)],
             logs: Logs::default(),
+            mesh: false,
         }
     }
 

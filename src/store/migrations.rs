@@ -158,6 +158,14 @@ const STEPS: &[&str] = &[
         confirmed  INTEGER NOT NULL DEFAULT 0
     );
     "#,
+    // 9: the mesh: each node's /24 and WireGuard public key.
+    r#"
+    CREATE TABLE mesh_members (
+        node_id    TEXT PRIMARY KEY,
+        slot       INTEGER NOT NULL UNIQUE,  -- its /24, counted in the cidr from 0 (the operator's)
+        public_key TEXT                      -- read back from the node; the private key never leaves it
+    );
+    "#,
 ];
 
 pub(crate) const LATEST: i64 = STEPS.len() as i64;
@@ -229,6 +237,7 @@ mod tests {
                 "holds",
                 "host_keys",
                 "last_plan",
+                "mesh_members",
                 "nodes",
                 "placements",
                 "proxy_traffic",

@@ -11,6 +11,7 @@ mod holds;
 mod host_keys;
 mod last_plan;
 mod lock;
+mod mesh;
 mod migrations;
 mod nodes;
 mod pulls;

@@ -479,6 +479,11 @@ impl LoggedDaemon {
             .status();
         let _ = self.0.wait();
     }
+
+    #[allow(dead_code)] // not every benchmark reads it
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
 }
 
 impl Drop for LoggedDaemon {

@@ -9,6 +9,8 @@ mod common;
 mod db;
 #[path = "../common/deploy.rs"]
 mod deploy;
+#[path = "../common/on_node.rs"]
+mod on_node;
 
 mod bootstrap;
 mod dashboard;
@@ -16,6 +18,7 @@ mod health;
 mod lab;
 mod laravel;
 mod lifecycle;
+mod mesh;
 mod nodes;
 mod prepare;
 mod published_plan;

@@ -4,13 +4,19 @@
 //! - `GET /up`: 200 `ok` while healthy, 503 while failing. It starts failing
 //!   when `TESTAPP_HEALTH=fail`.
 //! - `GET /fail` makes `/up` fail from then on; `GET /recover` heals it.
+//! - `GET /bytes?n=N` answers N bytes (at most 256 MiB), for throughput.
 //! - `GET /slow?ms=N` answers after N ms. `TESTAPP_DELAY_MS` delays every
 //!   response.
 //! - anything else: a short text naming the host, PRISM_APP, PRISM_SERVICE,
 //!   PRISM_INSTANCE and the request's Host header.
 //!
-//! With arguments it runs them instead (`testapp sh -c '...'`), so the image
-//! can keep it as its entrypoint and still run any command.
+//! `testapp get URL [COUNT]` is a client: COUNT (1) GETs of an `http://`
+//! URL over one keep-alive connection, the name resolved as any program's
+//! (the container's resolver); prints the last body, and to stderr how
+//! long the requests took; exits 0 when every answer was 2xx.
+//!
+//! With other arguments it runs them instead (`testapp sh -c '...'`), so the
+//! image can keep it as its entrypoint and still run any command.
 //!
 //! SIGTERM and SIGINT end it at once with status 0, also as PID 1.
 
@@ -29,6 +35,8 @@ use std::time::Duration;
 const MAX_HEAD: u64 = 16 * 1024;
 /// Largest request body read (and thrown away).
 const MAX_BODY: u64 = 1 << 20;
+/// Largest `/bytes` answer.
+const MAX_BYTES: usize = 256 << 20;
 /// Longest `/slow` wait.
 const MAX_SLOW_MS: u64 = 600_000;
 /// Most connections served at once; more are answered 503 and closed.
@@ -46,6 +54,14 @@ struct App {
 
 fn main() {
     let args: Vec<OsString> = env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "get") {
+        let url = args.get(1).map(|a| a.to_string_lossy().into_owned());
+        let count = args.get(2).map(|a| a.to_string_lossy().parse::<u32>());
+        match (url, count.unwrap_or(Ok(1))) {
+            (Some(url), Ok(count)) if count > 0 => exit(client::get(&url, count)),
+            _ => fail("usage: testapp get http://HOST:PORT/PATH [COUNT]"),
+        }
+    }
     if let Some((program, rest)) = args.split_first() {
         let err = Command::new(program).args(rest).exec();
         eprintln!("testapp: cannot run {}: {err}", program.to_string_lossy());
@@ -229,6 +245,17 @@ fn route(req: &Request, app: &App) -> (u16, String) {
         "/recover" => {
             app.healthy.store(true, Ordering::SeqCst);
             (200, "recovered\n".into())
+        }
+        "/bytes" => {
+            let n = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == "n")
+                .and_then(|(_, v)| v.parse::<usize>().ok());
+            match n {
+                Some(n) => (200, "x".repeat(n.min(MAX_BYTES))),
+                None => (400, "want /bytes?n=N\n".into()),
+            }
         }
         "/slow" => {
             let ms = query
@@ -418,5 +445,92 @@ mod signals {
             signal(SIGTERM, on_stop);
             signal(SIGINT, on_stop);
         }
+    }
+}
+
+mod client {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    /// `count` GETs of `url` on one connection; the exit status.
+    pub fn get(url: &str, count: u32) -> i32 {
+        let Some(rest) = url.strip_prefix("http://") else {
+            eprintln!("testapp get: only http:// URLs");
+            return 2;
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/"),
+        };
+        let addr = if authority.contains(':') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        let host = authority.split(':').next().unwrap_or(authority);
+        let stream = match TcpStream::connect(&addr) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("testapp get: connect {addr}: {e}");
+                return 1;
+            }
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = stream.set_nodelay(true);
+        let Ok(mut out) = stream.try_clone() else {
+            return 1;
+        };
+        let mut reader = BufReader::new(stream);
+        let start = Instant::now();
+        let mut body = Vec::new();
+        for _ in 0..count {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            if let Err(e) = out.write_all(req.as_bytes()) {
+                eprintln!("testapp get: write: {e}");
+                return 1;
+            }
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                eprintln!("testapp get: the connection closed");
+                return 1;
+            }
+            let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let mut length = 0usize;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                    return 1;
+                }
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return 1;
+            }
+            if !(200..300).contains(&status) {
+                eprintln!("testapp get: {url}: status {status}");
+                print!("{}", String::from_utf8_lossy(&body));
+                return 1;
+            }
+        }
+        let took = start.elapsed();
+        if body.len() <= 4096 {
+            print!("{}", String::from_utf8_lossy(&body));
+        }
+        eprintln!(
+            "testapp get: {count} requests in {} us, {} bytes in the last",
+            took.as_micros(),
+            body.len()
+        );
+        0
     }
 }

@@ -114,6 +114,7 @@ fn lab_containers() {
             finished_at: None,
             ports: vec![port(8080, Protocol::Tcp, [0, 0, 0, 0], 8080)],
             volumes: Default::default(),
+            mesh_ip: None,
         }
     );
     assert_eq!(web0.ports[0].to_string(), "0.0.0.0:8080->8080/tcp");

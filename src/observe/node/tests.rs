@@ -126,6 +126,7 @@ fn docker_running() {
             },
             notice: None,
             volume_mounts: Default::default(),
+            mesh: None,
         })
     );
 }
@@ -368,4 +369,35 @@ fn missing_sections_and_fields() {
 
     let overflow = RUNNING.replace("24684096 kB", "99999999999999999999 kB");
     assert!(err(&overflow).to_string().contains("expected a size in kB"));
+}
+
+#[test]
+fn the_mesh_section_says_what_the_node_holds_and_tolerates_what_it_cannot_read() {
+    let with = |section: &str| RUNNING.replace("@@ end", &format!("{section}@@ end"));
+    let text = with(
+        "@@ mesh\npublic-key gd8ZmNhg3Hz6Q0HbHh7gHq6yq3sCq8N0xvKZ5Yx6y1Q=\nsubnet 10.210.3.0/24\n\
+         interface prism0\napplied 0123456789ab\nlink up\nresolver up\nnames 9f86d081\nfuture thing\n",
+    );
+    let m = parse_node_facts(&text)
+        .unwrap()
+        .mesh
+        .expect("a mesh section");
+    assert_eq!(
+        m,
+        MeshFacts {
+            public_key: Some("gd8ZmNhg3Hz6Q0HbHh7gHq6yq3sCq8N0xvKZ5Yx6y1Q=".into()),
+            subnet: Some("10.210.3.0/24".parse().unwrap()),
+            applied: Some("0123456789ab".into()),
+            link: true,
+            resolver: true,
+            names: Some("9f86d081".into()),
+        }
+    );
+    // A half-written state: nothing is taken on faith.
+    let m = parse_node_facts(&with("@@ mesh\nsubnet nonsense\npublic-key\n"))
+        .unwrap()
+        .mesh
+        .unwrap();
+    assert_eq!(m, MeshFacts::default());
+    assert_eq!(parse_node_facts(RUNNING).unwrap().mesh, None);
 }

@@ -8,8 +8,9 @@ use crate::bootstrap::{BootstrapError, install_docker};
 use crate::config::PullPolicy;
 use crate::observe::ContainerId;
 use crate::reconcile::docker::{
-    STOP_GRACE, env_file_content, image_present_argv, login_command, network_create_argv,
-    network_remove_argv, pull_argv, remove_argv, restart_argv, run_argv, start_argv, stop_argv,
+    STOP_GRACE, env_file_content, image_present_argv, login_command, mesh_connect_argv,
+    network_create_argv, network_remove_argv, pull_argv, remove_argv, restart_argv, run_argv,
+    start_argv, start_argv_named, stop_argv,
 };
 use crate::reconcile::{Action, EnvFileError, EnvFileMissing, JobEnd, watchdog_name};
 use crate::ssh::{ExecLimits, Output, SshError, Target};
@@ -45,10 +46,47 @@ fn limits(timeout: Duration) -> ExecLimits {
     }
 }
 
+/// A step that needs root on the node (see `operator::host`).
+pub(super) async fn as_root(
+    cx: &Context,
+    target: &Target,
+    argv: &[String],
+    timeout: Duration,
+) -> Result<Output, ActionError> {
+    crate::operator::run_as_root(
+        &cx.pool,
+        &cx.journal,
+        target,
+        &cx.fleet,
+        &cx.helper_image,
+        argv,
+        limits(timeout),
+    )
+    .await
+}
+
 /// Deadlines of the commands: most answer at once; a pull may take
 /// minutes; a stop waits out the grace period.
 const QUICK: Duration = Duration::from_secs(60);
 const PULL: Duration = Duration::from_secs(600);
+
+/// Puts a container on the node's mesh network; "already exists" (it is
+/// there) counts as done.
+async fn join_mesh(cx: &Context, target: &Target, container: &str) -> Result<(), ActionError> {
+    let out = exec(
+        cx,
+        target,
+        &mesh_connect_argv(container),
+        None,
+        limits(QUICK),
+    )
+    .await?;
+    if out.success() || out.stderr_text().contains("already exists") {
+        Ok(())
+    } else {
+        Err(failure("docker network connect prism-mesh", &out))
+    }
+}
 
 /// Runs `action`'s commands. `Ok` carries what the node said worth
 /// telling (a job's last output line), if anything.
@@ -80,6 +118,9 @@ async fn act(
 async fn plain(cx: &Context, target: &Target, action: &Action) -> Result<(), ActionError> {
     if super::volumes::handles(action) {
         return super::volumes::run(cx, target, action).await;
+    }
+    if super::mesh::handles(action) {
+        return super::mesh::run(cx, target, action).await;
     }
     let quick = limits(QUICK);
     match action {
@@ -133,12 +174,30 @@ async fn plain(cx: &Context, target: &Target, action: &Action) -> Result<(), Act
                 (run_argv(spec, None)?, None)
             };
             let stdin = stdin.as_ref().map(|s| s.expose().as_bytes());
-            check(exec(cx, target, &argv, stdin, quick).await?, "docker run")
+            if !spec.config.mesh {
+                return check(exec(cx, target, &argv, stdin, quick).await?, "docker run");
+            }
+            // Created, on the mesh too, then started; a step that fails
+            // leaves a created container, which the next pass starts.
+            check(
+                exec(cx, target, &argv, stdin, quick).await?,
+                "docker create",
+            )?;
+            join_mesh(cx, target, &spec.name).await?;
+            check(
+                exec(cx, target, &start_argv_named(&spec.name), None, quick).await?,
+                "docker start",
+            )
         }
-        Action::Start { container, .. } => check(
-            exec(cx, target, &start_argv(&container.id), None, quick).await?,
-            "docker start",
-        ),
+        Action::Start { container, .. } => {
+            if cx.mesh {
+                join_mesh(cx, target, &container.name).await?;
+            }
+            check(
+                exec(cx, target, &start_argv(&container.id), None, quick).await?,
+                "docker start",
+            )
+        }
         Action::Restart { container, .. } => {
             let grace = limits(STOP_GRACE + QUICK);
             let argv = restart_argv(container.id.as_str(), STOP_GRACE);

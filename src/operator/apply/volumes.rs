@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use super::Context;
-use super::commands::ActionError;
+use super::commands::{ActionError, as_root};
 use crate::cloud::{CloudError, Ebs};
-use crate::operator::run_as_root;
 use crate::reconcile::{
     Action, SnapshotPurpose, SnapshotState, SnapshotWhy, VolumeRef, mount_dir, volume_create_argv,
     volume_present_argv, volume_seed_argv,
@@ -26,25 +25,6 @@ fn limits(timeout: Duration) -> ExecLimits {
         timeout,
         max_output: 1 << 20,
     }
-}
-
-/// A step that needs root on the node (see `operator::host`).
-async fn as_root(
-    cx: &Context,
-    target: &Target,
-    argv: &[String],
-    timeout: Duration,
-) -> Result<crate::ssh::Output, ActionError> {
-    run_as_root(
-        &cx.pool,
-        &cx.journal,
-        target,
-        &cx.fleet,
-        &cx.helper_image,
-        argv,
-        limits(timeout),
-    )
-    .await
 }
 
 fn ebs(cx: &Context) -> Result<&Ebs, ActionError> {

@@ -4,6 +4,7 @@ use std::path::Path;
 use super::*;
 use crate::config::{Bytes, Millicores};
 use crate::observe::{Identity, LabelProblem, PrismLabels, PublishedPort};
+use crate::reconcile::NodeState;
 
 const APPS: &str = r#"
 [apps.blog]
@@ -37,6 +38,7 @@ fn node(id: &str, address: &str, state: NodeState) -> NodeView {
         images: None,
         stopped: false,
         silent_for: None,
+        mesh: None,
     }
 }
 
@@ -83,6 +85,7 @@ fn container(n: u8, app: &str, service: &str, instance: u32, host_port: u16) -> 
             port(container_port, host_port, true),
         ],
         volumes: Default::default(),
+        mesh_ip: None,
     }
 }
 

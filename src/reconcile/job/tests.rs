@@ -96,6 +96,7 @@ fn node(id: &str, state: NodeState) -> NodeView {
         images: None,
         stopped: false,
         silent_for: None,
+        mesh: None,
     }
 }
 
@@ -131,6 +132,7 @@ fn run_container(state: RunState, deadline: i64, exit_code: i64) -> ContainerSta
         finished_at: Some(112_000),
         ports: vec![],
         volumes: BTreeMap::new(),
+        mesh_ip: None,
     }
 }
 

@@ -75,6 +75,7 @@ fn node(id: &str, state: NodeState) -> NodeView {
         images: None,
         stopped: false,
         silent_for: None,
+        mesh: None,
     }
 }
 
@@ -171,7 +172,9 @@ fn brief(a: &Action) -> String {
         Action::RunJob { .. }
         | Action::RemoveJob { .. }
         | Action::InstallDocker
-        | Action::DeleteVolume { .. } => {
+        | Action::DeleteVolume { .. }
+        | Action::SetUpMesh { .. }
+        | Action::WriteNames { .. } => {
             panic!("not a pod action: {a}")
         }
     }
@@ -346,6 +349,7 @@ impl World {
             finished_at: None,
             ports: vec![],
             volumes: BTreeMap::new(),
+            mesh_ip: None,
         };
         self.containers
             .entry(node.to_owned())
@@ -597,7 +601,9 @@ impl World {
             Action::RunJob { .. }
             | Action::RemoveJob { .. }
             | Action::InstallDocker
-            | Action::DeleteVolume { .. } => {
+            | Action::DeleteVolume { .. }
+            | Action::SetUpMesh { .. }
+            | Action::WriteNames { .. } => {
                 panic!("not a pod action: {a}")
             }
         }

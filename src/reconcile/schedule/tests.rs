@@ -13,6 +13,7 @@ fn node(id: &str, zone: Option<&str>, memory_mi: u64, cpu: u64, state: NodeState
         images: None,
         stopped: false,
         silent_for: None,
+        mesh: None,
     }
 }
 
