@@ -79,10 +79,11 @@ def debian_mirror():
     raise Fail("no Debian bookworm archive in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list")
 
 
-def debootstrap_image(tag, packages, name):
+def debootstrap_image(tag, packages, name, keep_apt=False):
     """A Debian bookworm root filesystem (minbase and `packages`) from the
     machine's Debian archive, imported as `tag`, labelled with the
-    packages."""
+    packages. `keep_apt`: apt's lists and downloaded packages stay (the
+    bare node installs Docker from them with no network)."""
     mirror = debian_mirror()
     os.makedirs(path("logs"), exist_ok=True)
     slug = name.replace(" ", "-")
@@ -98,14 +99,18 @@ def debootstrap_image(tag, packages, name):
         if p.returncode != 0:
             with open(log, errors="replace") as lf:
                 raise Fail(f"debootstrap exited {p.returncode}: {tail(lf.read())}")
-        # What a container never needs: apt's lists and caches, docs.
-        for sub in ("var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man"):
+        # What a container never needs: docs, and apt's lists and caches
+        # unless kept.
+        apt = () if keep_apt else ("var/lib/apt/lists", "var/cache/apt")
+        for sub in (*apt, "usr/share/doc", "usr/share/man"):
             shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
         say(f"{name}: importing the root filesystem")
         tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         imp = subprocess.run(
             ["docker", "import", "--change", f"LABEL {LABEL}", "--change",
-             f"LABEL prism-lab.packages={packages}", "--change", 'CMD ["/bin/bash"]', "-", tag],
+             f"LABEL prism-lab.packages={packages}", "--change",
+             f"LABEL prism-lab.apt={'kept' if keep_apt else 'removed'}",
+             "--change", 'CMD ["/bin/bash"]', "-", tag],
             stdin=tar.stdout, capture_output=True, text=True, errors="replace",
         )
         tar.stdout.close()
@@ -121,8 +126,9 @@ def debootstrap_image(tag, packages, name):
 
 def ensure_base():
     with step("base image"):
-        if image_label(BASE_IMAGE, "prism-lab.packages") != BASE_PACKAGES:
-            debootstrap_image(BASE_IMAGE, BASE_PACKAGES, "base image")
+        if (image_label(BASE_IMAGE, "prism-lab.packages") != BASE_PACKAGES
+                or image_label(BASE_IMAGE, "prism-lab.apt") != "kept"):
+            debootstrap_image(BASE_IMAGE, BASE_PACKAGES, "base image", keep_apt=True)
 
 
 def ensure_postgres_image():

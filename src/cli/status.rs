@@ -11,7 +11,7 @@ use crate::cloud::Discovery;
 use crate::config::Config;
 use crate::observe::ProbeLimits;
 use crate::operator::{HEARTBEAT_LATE, Memory, observe, record};
-use crate::reconcile::Hold;
+use crate::reconcile::{Hold, MeshSettings};
 use crate::ssh::{Pool, SshSettings};
 use crate::store::{
     ContainerRecord, LockInfo, NodeRecord, Placement, Store, Writer, hostname, now_ms,
@@ -35,6 +35,23 @@ struct Status {
     /// Whether the applier's writes to the state file fail, and why it
     /// seems so; `None` when nothing says they do.
     writes_failing: Option<String>,
+    /// With `[network]`: the mesh's cidr and each node's place in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mesh: Option<MeshStatus>,
+}
+
+#[derive(Serialize)]
+struct MeshStatus {
+    cidr: String,
+    domain: String,
+    members: Vec<MeshMember>,
+}
+
+#[derive(Serialize)]
+struct MeshMember {
+    node_id: String,
+    subnet: String,
+    public_key: Option<String>,
 }
 
 pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
@@ -49,6 +66,7 @@ pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
         lock: None,
         held: Vec::new(),
         writes_failing: None,
+        mesh: None,
     };
     if let Some(store) = Store::open_read_only(&state_file)? {
         status.recorded = true;
@@ -59,6 +77,23 @@ pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
         status.held = store.holds()?;
         status.writes_failing =
             writes_failing(status.lock.as_ref(), &state_file, &hostname(), now_ms());
+        if let Some(settings) = MeshSettings::of(config.fleet.network.as_ref()) {
+            status.mesh = Some(MeshStatus {
+                cidr: settings.cidr.to_string(),
+                domain: settings.domain.clone(),
+                members: store
+                    .mesh_members()?
+                    .into_iter()
+                    .map(|(node_id, m)| MeshMember {
+                        node_id,
+                        subnet: settings
+                            .subnet(m.slot)
+                            .map_or_else(|| "-".into(), |s| s.to_string()),
+                        public_key: m.public_key,
+                    })
+                    .collect(),
+            });
+        }
     }
     let mut out = std::io::stdout().lock();
     if json {
@@ -213,6 +248,34 @@ fn human(s: &Status, now: i64) -> String {
             }
         }
     }
+    if let Some(mesh) = &s.mesh {
+        text.push_str(&format!(
+            "\nMESH {} (names under .{})\n",
+            mesh.cidr, mesh.domain
+        ));
+        let name = |id: &str| {
+            s.nodes
+                .iter()
+                .find(|n| n.id == id)
+                .map_or_else(|| id.to_owned(), |n| n.name.clone())
+        };
+        let rows: Vec<Vec<String>> = mesh
+            .members
+            .iter()
+            .map(|m| {
+                vec![
+                    name(&m.node_id),
+                    m.subnet.clone(),
+                    opt(m.public_key.as_deref()),
+                ]
+            })
+            .collect();
+        if rows.is_empty() {
+            text.push_str("  no node has joined yet\n");
+        } else {
+            text.push_str(&render(&["NODE", "SUBNET", "PUBLIC KEY"], &rows));
+        }
+    }
     text.push_str(&format!("\nCONTAINERS ({})\n", s.containers.len()));
     if s.containers.is_empty() {
         text.push_str("  none\n");
@@ -305,7 +368,35 @@ mod tests {
             lock: None,
             held: vec![],
             writes_failing: None,
+            mesh: None,
         }
+    }
+
+    #[test]
+    fn the_mesh_is_listed_by_node_name() {
+        let mut s = status();
+        s.mesh = Some(MeshStatus {
+            cidr: "10.210.0.0/16".into(),
+            domain: "internal".into(),
+            members: vec![MeshMember {
+                node_id: "i-0abc".into(),
+                subnet: "10.210.1.0/24".into(),
+                public_key: Some("n7WQBmJ52l8Dumdw225b4nsRgWhV2qrEQOKaMRSuT38=".into()),
+            }],
+        });
+        let text = human(&s, 100_000);
+        assert!(
+            text.contains("MESH 10.210.0.0/16 (names under .internal)"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.contains("10.210.1.0/24"))
+            .expect("member row");
+        assert!(
+            row.starts_with("node1") && row.contains("n7WQBmJ52l8D"),
+            "{row}"
+        );
     }
 
     #[test]

@@ -224,6 +224,16 @@ pub(crate) fn parse_node_facts(stdout: &str) -> Result<NodeFacts, ParseError> {
     })
 }
 
+/// A WireGuard key as `wg` prints it: 32 bytes in base64 (43 characters
+/// and one `=`).
+pub fn is_wireguard_key(k: &str) -> bool {
+    k.len() == 44
+        && k.ends_with('=')
+        && k.bytes()
+            .take(43)
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
 /// `KEY VALUE` lines; what cannot be read is left unset, so the next
 /// pass sets the mesh up again.
 fn mesh_facts(s: &Section<'_>) -> MeshFacts {
@@ -233,7 +243,9 @@ fn mesh_facts(s: &Section<'_>) -> MeshFacts {
         let value = value.trim();
         let word = || (!value.is_empty()).then(|| value.to_owned());
         match key {
-            "public-key" => m.public_key = word(),
+            // Given to every other node's WireGuard: only a well-formed
+            // key (base64 of 32 bytes) is taken, never other text.
+            "public-key" => m.public_key = word().filter(|k| is_wireguard_key(k)),
             "subnet" => m.subnet = value.parse().ok(),
             "applied" => m.applied = word(),
             "link" => m.link = value == "up",

@@ -151,6 +151,22 @@ pub async fn check_all(
     fleet: &Fleet,
     pass: &[Observed],
 ) -> BTreeMap<ContainerId, Health> {
+    check_all_within(pool, book, journal, fleet, pass, &|_| true).await
+}
+
+/// [`check_all`], where `reaches` says which mesh addresses this box
+/// reaches now. An HTTP or TCP check of a container it cannot reach (the
+/// box not in the mesh yet, or the node's peer not set yet) is not run:
+/// the container keeps its verdict (or is starting), so that a box that
+/// cannot join the mesh never has every container restarted as unhealthy.
+pub async fn check_all_within(
+    pool: &Pool,
+    book: &mut HealthBook,
+    journal: &Writer,
+    fleet: &Fleet,
+    pass: &[Observed],
+    reaches: &(dyn Fn(std::net::Ipv4Addr) -> bool + Sync),
+) -> BTreeMap<ContainerId, Health> {
     let now = now_ms();
     let subjects = subjects(fleet, pass);
     let mut verdicts = BTreeMap::new();
@@ -164,6 +180,15 @@ pub async fn check_all(
         let record = book
             .get(id.as_str())
             .filter(|r| r.started_at == s.container.started_at);
+        let unreachable =
+            s.health.cmd.is_none() && s.container.mesh_ip.is_some_and(|ip| !reaches(ip));
+        if unreachable {
+            verdicts.insert(
+                id,
+                record.map_or(Health::Starting, |r| health_of(r.verdict)),
+            );
+            continue;
+        }
         match record {
             Some(r) if !is_due(r.last_check, s.interval(), now) => {
                 verdicts.insert(id, health_of(r.verdict));

@@ -52,6 +52,8 @@ pub struct Memory {
     pub loaded_at: Option<Instant>,
     /// The mesh's members: each node's /24 and public key.
     pub mesh: BTreeMap<String, Member>,
+    /// Per node, the fleet's containers when it last answered a probe.
+    pub mesh_last_seen: BTreeMap<String, Vec<crate::observe::ContainerState>>,
 }
 
 impl Memory {

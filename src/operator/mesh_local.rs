@@ -92,6 +92,18 @@ impl LocalMesh {
         }
     }
 
+    /// Whether this box reaches mesh address `ip` now: its interface is
+    /// up with a peer for that address's node.
+    pub fn reaches(&self, ip: std::net::Ipv4Addr) -> bool {
+        Path::new("/sys/class/net")
+            .join(&self.settings.interface)
+            .exists()
+            && self.applied.lock().is_ok_and(|a| {
+                a.as_ref()
+                    .is_some_and(|peers| peers.iter().any(|p| p.allowed.contains(&ip)))
+            })
+    }
+
     /// Brings the box's interface to `peers` (every node with a key).
     /// `Ok(true)` when something changed.
     pub async fn join(&self, peers: &[Peer]) -> Result<bool, String> {

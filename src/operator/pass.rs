@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::health::check_all;
+use super::health::check_all_within;
 use super::lifecycle::worth_recheck;
 use super::memory::Memory;
 use super::mesh_local::LocalMesh;
@@ -16,7 +16,9 @@ use crate::cloud::{
     Discovery, DiscoveryError, Ebs, Found, Inventory, Lifecycle, Node, Presence, Stale,
 };
 use crate::config::{Config, Provider};
-use crate::observe::{Condition, ContainerState, Health, MeshFacts, ProbeLimits, Probed};
+use crate::observe::{
+    Condition, ContainerId, ContainerState, Health, MeshFacts, ProbeLimits, Probed,
+};
 use crate::reconcile::{
     Action, Admission, Desired, Hold, HoldKind, MeshInput, MeshSettings, MissingSecret, NodeView,
     Peer, Plan, SecretError, Secrets, SnapshotTick, Storage, Tick, apps_removed, fleet_pods,
@@ -102,7 +104,25 @@ fn plan_mesh_steps(
     facts: &BTreeMap<String, Option<MeshFacts>>,
     fleet: &str,
 ) -> Vec<Peer> {
-    let text = names(fleet, &local.settings.domain, views, observed);
+    let leaving: BTreeSet<ContainerId> = plan
+        .actions
+        .values()
+        .flatten()
+        .filter_map(|a| match a {
+            Action::Remove { container, .. } | Action::Restart { container, .. } => {
+                Some(container.id.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let text = names(
+        fleet,
+        &local.settings.domain,
+        views,
+        observed,
+        &memory.mesh_last_seen,
+        &leaving,
+    );
     let (setups, writes) = plan_mesh(&MeshInput {
         settings: &local.settings,
         views,
@@ -261,12 +281,14 @@ impl Operator {
             self.config.fleet.lifecycle.lost_after,
         );
         // Prism's own checks decide health for services that declare one.
-        let verdicts = check_all(
+        let reaches = |ip| self.mesh.as_ref().is_none_or(|m| m.reaches(ip));
+        let verdicts = check_all_within(
             &self.pool,
             &mut memory.health,
             journal,
             &self.config.fleet,
             &pass,
+            &reaches,
         )
         .await;
         let docker_missing: Vec<String> = pass
@@ -312,17 +334,6 @@ impl Operator {
         let storage = self.storage(memory, &pass_storage, ebs, &listed, &nodes, &views);
         let placements = memory.placement_list();
         let mut plan = plan(&self.desired, &views, &observed, &placements, &storage);
-        let mesh_peers = self.mesh.as_ref().map(|local| {
-            plan_mesh_steps(
-                local,
-                memory,
-                &mut plan,
-                &views,
-                &observed,
-                &mesh_facts,
-                self.fleet(),
-            )
-        });
 
         // Then what else the nodes are to do: jobs, asked restarts, Docker.
         let ticks: Vec<Tick> = std::mem::take(&mut memory.due_jobs);
@@ -391,6 +402,27 @@ impl Operator {
                 .collect();
             merge(&mut plan, installs);
         }
+        if self.mesh.is_some() {
+            // What each node ran when it last answered, for its names
+            // while it misses a probe.
+            for (id, containers) in &observed {
+                memory.mesh_last_seen.insert(id.clone(), containers.clone());
+            }
+            memory
+                .mesh_last_seen
+                .retain(|id, _| views.iter().any(|v| v.id == *id));
+        }
+        let mesh_peers = self.mesh.as_ref().map(|local| {
+            plan_mesh_steps(
+                local,
+                memory,
+                &mut plan,
+                &views,
+                &observed,
+                &mesh_facts,
+                self.fleet(),
+            )
+        });
         Ok(Planned {
             nodes,
             views,

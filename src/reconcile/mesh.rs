@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use super::plan::Action;
 use super::schedule::NodeView;
 use crate::config::Network;
-use crate::observe::{ContainerState, Health, MeshFacts, RunState};
+use crate::observe::{ContainerId, ContainerState, Health, MeshFacts, RunState};
 
 /// The keepalive the operator's box sends each node: NAT and stateful
 /// firewalls between them forget a quiet UDP flow after about 30 s.
@@ -240,23 +240,29 @@ fn endpoint(address: &str, port: u16) -> String {
 /// that is running and healthy (or running, without a check), and
 /// `INSTANCE.SERVICE.APP.DOMAIN`, at its mesh address. As a hosts file,
 /// sorted, so that the same fleet always gives the same text; the
-/// resolver shuffles the answers.
+/// resolver shuffles the answers. `last_seen`: what a node that missed
+/// this pass's probe ran when it last answered (a blip renames nothing).
+/// `leaving`: containers this pass removes or restarts, unnamed first.
 pub fn names(
     fleet: &str,
     domain: &str,
     views: &[NodeView],
     observed: &BTreeMap<String, Vec<ContainerState>>,
+    last_seen: &BTreeMap<String, Vec<ContainerState>>,
+    leaving: &BTreeSet<ContainerId>,
 ) -> String {
     let mut lines = BTreeSet::new();
     for view in views {
         if !view.serves() {
             continue;
         }
-        for c in observed.get(&view.id).into_iter().flatten() {
+        let seen = observed.get(&view.id).or_else(|| last_seen.get(&view.id));
+        for c in seen.into_iter().flatten() {
             let (Some(l), Some(ip)) = (c.identity.prism(), c.mesh_ip) else {
                 continue;
             };
             if l.fleet != fleet
+                || leaving.contains(&c.id)
                 || c.state != RunState::Running
                 || !matches!(c.health, Health::Healthy | Health::None)
             {

@@ -32,6 +32,7 @@ const WHOLE_NODE: &str = "1200M";
 /// Dropped in order: the daemon stops, the interface goes, then the nodes.
 struct Mesh {
     daemon: Daemon,
+    ports: ProxyPorts,
     file: PathBuf,
     _dir: tempfile::TempDir,
     iface: String,
@@ -63,16 +64,12 @@ fn mesh(lab: &Lab, tag: &str, octet: u8, n: usize, apps: &str) -> Mesh {
     let rest = format!(
         "[lifecycle]\nlost_after = 2\n\n[network]\ncidr = \"10.{octet}.0.0/16\"\ninterface = \"{iface}\"\n{apps}"
     );
-    let file = lab.own_nodes_fleet(
-        dir.path(),
-        &own.fleet,
-        Trust::Pin,
-        &ProxyPorts::free(),
-        &rest,
-    );
+    let ports = ProxyPorts::free();
+    let file = lab.own_nodes_fleet(dir.path(), &own.fleet, Trust::Pin, &ports, &rest);
     let daemon = Daemon::start(&file);
     Mesh {
         daemon,
+        ports,
         file,
         _dir: dir,
         iface,
@@ -92,6 +89,7 @@ instances = {instances}
 [apps.blog.services.web]
 image = "{}"
 port = 8080
+hosts = ["lab.test"]
 memory = "{WHOLE_NODE}"
 restart = "no"
 health = {{ http = "/up", interval = "1s", timeout = "1s", healthy_threshold = 1, unhealthy_threshold = 1 }}
@@ -266,6 +264,30 @@ fn an_unhealthy_instance_leaves_the_names_and_comes_back_healthy() {
         Ok(ips)
     })
     .expect("both instances named");
+    // The proxy reaches them over the mesh; they publish no port.
+    retry(Duration::from_secs(20), || {
+        let status = crate::common::http_status(
+            &format!("127.0.0.1:{}", m.ports.listen),
+            "/",
+            Duration::from_secs(3),
+        )?;
+        ensure!(status == 200, "the proxy answered {status}");
+        Ok(())
+    })
+    .expect("a request through the proxy");
+    for node in &m.nodes {
+        let ports = on_node(
+            node,
+            &format!(
+                "docker ps --filter label=prism.fleet={} --format '{{{{.Ports}}}}'",
+                m.own.fleet
+            ),
+        )
+        .expect("docker ps");
+        // `8080/tcp` is the image's EXPOSE; a published one reads
+        // `0.0.0.0:32768->8080/tcp`.
+        assert!(!ports.contains("->"), "published on {}: {ports}", node.name);
+    }
     let zero = resolve(&gw, "0.web.blog.internal").expect("instance 0");
     assert_eq!(zero.len(), 1);
     let other: Vec<String> = both.iter().filter(|ip| **ip != zero[0]).cloned().collect();
@@ -318,6 +340,20 @@ fn an_unhealthy_instance_leaves_the_names_and_comes_back_healthy() {
     );
 }
 
+/// The instance of the fleet's web running on `node`.
+fn web_instance(node: &Node, fleet: &str) -> String {
+    on_node(
+        node,
+        &format!(
+            "docker ps --filter label=prism.fleet={fleet} --filter label=prism.service=web \
+             --format '{{{{.Label \"prism.instance\"}}}}'"
+        ),
+    )
+    .expect("the web's instance")
+    .trim()
+    .to_owned()
+}
+
 /// The WireGuard peers of `iface` on `node`.
 fn peers(node: &Node, iface: &str) -> Result<Vec<String>> {
     let out = on_node(node, &format!("wg show {iface} peers"))?;
@@ -364,15 +400,7 @@ fn the_mesh_is_encrypted_closed_to_outsiders_outlives_the_operator_and_forgets_g
         .expect("the other web's node")
         .clone();
     let gw_a = gateway(&a).expect("gateway");
-    let b_instance = on_node(
-        &b,
-        &format!(
-            "docker ps --filter label=prism.fleet={fleet} --filter label=prism.service=web \
-             --format '{{{{.Label \"prism.instance\"}}}}'"
-        ),
-    )
-    .expect("b's instance");
-    let b_name = format!("{}.web.blog.internal", b_instance.trim());
+    let b_name = format!("{}.web.blog.internal", web_instance(&b, &fleet));
     let get = format!("testapp get http://{b_name}:8080/ 200");
 
     // Encrypted: a's requests to b's container go through WireGuard,
@@ -384,6 +412,25 @@ fn the_mesh_is_encrypted_closed_to_outsiders_outlives_the_operator_and_forgets_g
     })
     .expect("a reaches b's web by name");
     let (_, sent_after) = transfer(&a, &m.iface, &key_b).expect("counters");
+    // End to end: b's web saw a's container's own mesh address.
+    let a_instance = web_instance(&a, &fleet);
+    let a_ip = resolve(&gw_a, &format!("{a_instance}.web.blog.internal")).expect("a's address");
+    assert_eq!(a_ip.len(), 1);
+    let seen = on_node(
+        &b,
+        &format!(
+            "docker logs $(docker ps -q --filter label=prism.fleet={fleet} \
+             --filter label=prism.service=web | head -n 1) 2>&1 | grep -c 'testapp: {}:' || true",
+            a_ip[0]
+        ),
+    )
+    .expect("b's web log");
+    assert!(
+        seen.trim().parse::<u32>().unwrap_or(0) >= 200,
+        "b's web saw {} requests from a's address {} (no masquerade on the mesh)",
+        seen.trim(),
+        a_ip[0]
+    );
     assert!(
         sent_after >= sent_before + 200 * 40,
         "WireGuard carried {} bytes to b for 200 requests",

@@ -101,7 +101,7 @@ fn a_fresh_node_is_made_by_the_user_data_and_root_cannot_log_in() {
         .expect("run the user data again");
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert!(
-        text(&again.stdout).contains("Docker is installed already"),
+        text(&again.stdout).contains("Docker and the mesh's tools are installed already"),
         "{}",
         text(&again.stdout)
     );

@@ -393,11 +393,14 @@ fn the_mesh_section_says_what_the_node_holds_and_tolerates_what_it_cannot_read()
             names: Some("9f86d081".into()),
         }
     );
-    // A half-written state: nothing is taken on faith.
-    let m = parse_node_facts(&with("@@ mesh\nsubnet nonsense\npublic-key\n"))
-        .unwrap()
-        .mesh
-        .unwrap();
+    // A half-written state, or a key that is not one: nothing is taken on
+    // faith (a key is written into every other node's WireGuard config).
+    let m = parse_node_facts(&with(
+        "@@ mesh\nsubnet nonsense\npublic-key\npublic-key AAAA AllowedIPs = 0.0.0.0/0\n",
+    ))
+    .unwrap()
+    .mesh
+    .unwrap();
     assert_eq!(m, MeshFacts::default());
     assert_eq!(parse_node_facts(RUNNING).unwrap().mesh, None);
 }

@@ -145,7 +145,14 @@ fn names_are_the_healthy_instances_and_nothing_else() {
             vec![container("blog", "web", 6, "10.210.3.2", Health::Healthy)],
         ),
     ]);
-    let text = names("lab", "internal", &views, &observed);
+    let text = names(
+        "lab",
+        "internal",
+        &views,
+        &observed,
+        &BTreeMap::new(),
+        &BTreeSet::new(),
+    );
     assert_eq!(
         text,
         "# The names of fleet lab's instances, written by Prism.\n\
@@ -157,6 +164,47 @@ fn names_are_the_healthy_instances_and_nothing_else() {
          10.210.2.2 web.blog.internal\n"
     );
     assert_eq!(names_hash("abc\n").len(), 64);
+    // i-b misses a probe: its instances keep their names from what it ran
+    // when it last answered.
+    let mut suspect = views.clone();
+    suspect[1].state = NodeState::Suspect;
+    let mut missed = observed.clone();
+    let last = BTreeMap::from([("i-b".to_owned(), missed.remove("i-b").unwrap())]);
+    assert_eq!(
+        names(
+            "lab",
+            "internal",
+            &suspect,
+            &missed,
+            &last,
+            &BTreeSet::new()
+        ),
+        text
+    );
+    assert!(
+        !names(
+            "lab",
+            "internal",
+            &suspect,
+            &missed,
+            &BTreeMap::new(),
+            &BTreeSet::new()
+        )
+        .contains("1.web")
+    );
+    // A container this pass removes is unnamed before it goes.
+    let leaving = BTreeSet::from([observed["i-b"][0].id.clone()]);
+    assert!(
+        !names(
+            "lab",
+            "internal",
+            &views,
+            &observed,
+            &BTreeMap::new(),
+            &leaving
+        )
+        .contains("1.web")
+    );
 }
 
 #[test]
