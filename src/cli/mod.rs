@@ -4,6 +4,7 @@
 
 mod confirm;
 mod daemon;
+mod deploy;
 mod docs;
 pub(crate) mod plan;
 mod reconcile;
@@ -185,6 +186,60 @@ pub enum Command {
         command: Option<VolumesCommand>,
     },
 
+    /// Set the images of an app's services in fleet.toml, and record it.
+    ///
+    /// Edits fleet.toml in place, keeping its comments and layout: only
+    /// the `image` of each SERVICE named changes. The result is checked as
+    /// `prism validate` would before it is written; it is written in one
+    /// step, and only if the file still holds what was read (an edit by
+    /// hand meanwhile is kept: the change is made again on it). The change
+    /// is recorded in the state file (who, when, the file before and
+    /// after) for `prism history` and `prism rollback`. The applier (a
+    /// daemon or dashboard) rolls it out at its next pass, make before
+    /// break; a cron `reconcile --once` at its next run.
+    #[command(after_help = EDIT_EXIT_CODES)]
+    Deploy {
+        /// The app, as in `[apps.APP]`.
+        app: String,
+        /// SERVICE=IMAGE, once or more: `web=registry.example.com/blog:1.5`.
+        #[arg(required = true, value_parser = deploy::service_image, value_name = "SERVICE=IMAGE")]
+        images: Vec<(String, String)>,
+    },
+
+    /// Set how many instances (pods) an app runs, in fleet.toml.
+    ///
+    /// An edit as `prism deploy` makes one: checked, written in one step,
+    /// recorded.
+    #[command(after_help = EDIT_EXIT_CODES)]
+    Scale {
+        /// The app, as in `[apps.APP]`.
+        app: String,
+        /// Its instances (0 stops it and keeps its volumes).
+        instances: u32,
+    },
+
+    /// Put an app back in fleet.toml as it was before its newest change.
+    ///
+    /// The app's whole table comes back from the file as it stood before
+    /// the newest recorded change of that app (`prism history APP`);
+    /// the rest of the file is left as it is now. Recorded like any edit,
+    /// so a second rollback undoes the first.
+    #[command(after_help = EDIT_EXIT_CODES)]
+    Rollback {
+        /// The app, as in `[apps.APP]`.
+        app: String,
+    },
+
+    /// List the changes deploy, scale and rollback made, newest first.
+    #[command(after_help = EXIT_CODES)]
+    History {
+        /// Only this app's.
+        app: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Print shell completions for prism to stdout.
     ///
     /// For example `prism completions bash > /etc/bash_completion.d/prism`,
@@ -230,6 +285,14 @@ pub enum VolumesCommand {
         wait: std::time::Duration,
     },
 }
+
+const EDIT_EXIT_CODES: &str = "\
+Exit codes:
+  0  fleet.toml edited and the change recorded
+  1  the state file could not record it, or fleet.toml kept changing under
+     the edit
+  2  bad usage, no such app or service, nothing to roll back, or the edit
+     would make fleet.toml invalid (nothing was written)";
 
 const RECONCILE_EXIT_CODES: &str = "\
 Exit codes:
@@ -292,6 +355,15 @@ pub enum Failure {
     /// A task the daemon cannot run without ended (a panic).
     #[error(transparent)]
     Task(#[from] crate::tasks::Ended),
+    /// An edit of fleet.toml that cannot be made (no such app or service).
+    #[error(transparent)]
+    Edit(crate::config::EditError),
+    /// fleet.toml kept changing under an edit.
+    #[error("{0}")]
+    Conflict(String),
+    /// Bad usage that the arguments' parser cannot see.
+    #[error("{0}")]
+    Usage(String),
     /// Already reported; only the exit code is left.
     #[error("")]
     Reported(u8),
@@ -300,7 +372,7 @@ pub enum Failure {
 impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
-            Failure::Config(_) => 2,
+            Failure::Config(_) | Failure::Edit(_) | Failure::Usage(_) => 2,
             Failure::Front(crate::operator::FrontError::Tls(_)) => 2,
             Failure::Store(StoreError::Locked { .. }) => 2,
             Failure::Pass(e) if e.is_setup() => 2,
@@ -385,6 +457,18 @@ pub fn main() -> ExitCode {
                     },
                 ),
             }),
+        Command::Deploy { app, images } => Config::load(&cli.config)
+            .map_err(Failure::from)
+            .and_then(|config| deploy::deploy(&config.file, &config.state_path(), app, images)),
+        Command::Scale { app, instances } => Config::load(&cli.config)
+            .map_err(Failure::from)
+            .and_then(|config| deploy::scale(&config.file, &config.state_path(), app, *instances)),
+        Command::Rollback { app } => Config::load(&cli.config)
+            .map_err(Failure::from)
+            .and_then(|config| deploy::rollback(&config.file, &config.state_path(), app)),
+        Command::History { app, json } => Config::load(&cli.config)
+            .map_err(Failure::from)
+            .and_then(|config| deploy::history(&config.state_path(), app.as_deref(), *json)),
         Command::Status { json, probe } => Config::load(&cli.config)
             .map_err(Failure::from)
             .and_then(|config| {

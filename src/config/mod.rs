@@ -5,6 +5,7 @@
 //! through.
 
 mod diagnostic;
+mod edit;
 mod schedule;
 mod schema;
 mod units;
@@ -13,6 +14,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use diagnostic::{ConfigError, Diagnostic, FieldPath, Invalid, Seg, line_col};
+pub use edit::{Edit, EditError, app_text, apply as apply_edit};
 pub use schema::*;
 pub use units::{Bytes, Interval, Millicores};
 pub use validate::{Mount, MountSource};

@@ -166,6 +166,19 @@ const STEPS: &[&str] = &[
         public_key TEXT                      -- read back from the node; the private key never leaves it
     );
     "#,
+    // 10: fleet.toml edits Prism made (deploy, scale, rollback).
+    r#"
+    CREATE TABLE history (
+        id     INTEGER PRIMARY KEY,
+        at     INTEGER NOT NULL,  -- unix ms
+        app    TEXT NOT NULL,
+        who    TEXT NOT NULL,     -- user@host
+        change TEXT NOT NULL,     -- what changed, in words
+        before TEXT NOT NULL,     -- the whole file before
+        after  TEXT NOT NULL      -- and after
+    );
+    CREATE INDEX history_app ON history (app, id);
+    "#,
 ];
 
 pub(crate) const LATEST: i64 = STEPS.len() as i64;
@@ -234,6 +247,7 @@ mod tests {
                 "containers",
                 "events",
                 "health",
+                "history",
                 "holds",
                 "host_keys",
                 "last_plan",

@@ -7,6 +7,7 @@
 mod columns;
 mod events;
 mod health;
+mod history;
 mod holds;
 mod host_keys;
 mod last_plan;

@@ -247,3 +247,78 @@ fn no_command_is_the_dashboard_which_needs_a_terminal() {
         "{help}"
     );
 }
+
+#[test]
+fn deploy_scale_rollback_and_history_edit_fleet_toml_as_a_person_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = format!("# The fleet, commented.\n{MINIMAL}# the end\n");
+    let file = write_fleet(dir.path(), &body);
+    let run = |args: &[&str]| {
+        let mut all = vec!["-c", file.as_str()];
+        all.extend_from_slice(args);
+        prism(&all)
+    };
+    let out = run(&["deploy", "blog", "web=blog:2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("web=blog:2 (change #1)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let now = std::fs::read_to_string(&file).expect("read");
+    assert_eq!(
+        now,
+        body.replace("\"blog:1\"", "\"blog:2\""),
+        "only the image changed"
+    );
+
+    // Bad input writes nothing and exits 2, naming what is wrong.
+    for (args, says) in [
+        (vec!["deploy", "blog", "cron=x:1"], "no service \"cron\""),
+        (vec!["deploy", "shop", "web=x:1"], "no app \"shop\""),
+        (vec!["deploy", "blog", "web"], "SERVICE=IMAGE"),
+        (vec!["scale", "blog", "100000"], "instances"),
+        (vec!["rollback", "shop"], "no change to roll back"),
+    ] {
+        let out = run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("read"),
+            now,
+            "{args:?}"
+        );
+    }
+
+    let out = run(&["scale", "blog", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&["rollback", "blog"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let back = std::fs::read_to_string(&file).expect("read");
+    assert!(
+        back.contains("\"blog:2\"") && !back.contains("instances = 3"),
+        "{back}"
+    );
+    let out = run(&["history", "blog", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let changes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let what: Vec<&str> = changes
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|c| c["change"].as_str())
+        .collect();
+    assert_eq!(
+        what,
+        ["rollback of #2 (instances=3)", "instances=3", "web=blog:2"]
+    );
+}
