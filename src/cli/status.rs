@@ -171,6 +171,16 @@ pub async fn probe(config: &Config) -> Result<(), Failure> {
     Ok(())
 }
 
+impl Status {
+    /// A node's name, or its id when it is not recorded.
+    fn node_name(&self, id: &str) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map_or_else(|| id.to_owned(), |n| n.name.clone())
+    }
+}
+
 fn human(s: &Status, now: i64) -> String {
     let mut text = format!("fleet {}  (state: {})\n", s.fleet, s.state_file);
     if !s.recorded {
@@ -253,18 +263,12 @@ fn human(s: &Status, now: i64) -> String {
             "\nMESH {} (names under .{})\n",
             mesh.cidr, mesh.domain
         ));
-        let name = |id: &str| {
-            s.nodes
-                .iter()
-                .find(|n| n.id == id)
-                .map_or_else(|| id.to_owned(), |n| n.name.clone())
-        };
         let rows: Vec<Vec<String>> = mesh
             .members
             .iter()
             .map(|m| {
                 vec![
-                    name(&m.node_id),
+                    s.node_name(&m.node_id),
                     m.subnet.clone(),
                     opt(m.public_key.as_deref()),
                 ]
@@ -280,19 +284,13 @@ fn human(s: &Status, now: i64) -> String {
     if s.containers.is_empty() {
         text.push_str("  none\n");
     } else {
-        let node_name = |id: &str| {
-            s.nodes
-                .iter()
-                .find(|n| n.id == id)
-                .map_or_else(|| id.to_owned(), |n| n.name.clone())
-        };
         let rows: Vec<Vec<String>> = s
             .containers
             .iter()
             .map(|c| {
                 vec![
                     format!("{}/{}/{}", c.app, c.service, c.instance),
-                    node_name(&c.node_id),
+                    s.node_name(&c.node_id),
                     c.image.clone(),
                     c.state.clone(),
                     opt(c.health.as_deref()),

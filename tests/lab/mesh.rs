@@ -294,12 +294,7 @@ fn an_unhealthy_instance_leaves_the_names_and_comes_back_healthy() {
 
     // This machine is in the mesh: it reaches the instance itself.
     let failed = Instant::now();
-    crate::common::http_status(
-        &format!("{}:8080", zero[0]),
-        "/fail",
-        Duration::from_secs(3),
-    )
-    .expect("GET /fail over the mesh");
+    ask(&zero[0], "/fail").expect("GET /fail over the mesh");
     retry(Duration::from_secs(20), || {
         let ips = resolve(&gw, "web.blog.internal")?;
         ensure!(ips == other, "{ips:?}");
@@ -315,12 +310,7 @@ fn an_unhealthy_instance_leaves_the_names_and_comes_back_healthy() {
         failed.elapsed().as_secs_f64()
     );
     let recovered = Instant::now();
-    crate::common::http_status(
-        &format!("{}:8080", zero[0]),
-        "/recover",
-        Duration::from_secs(3),
-    )
-    .expect("GET /recover over the mesh");
+    ask(&zero[0], "/recover").expect("GET /recover over the mesh");
     retry(Duration::from_secs(60), || {
         let ips = resolve(&gw, "web.blog.internal")?;
         ensure!(ips.len() == 2, "{ips:?}");
@@ -352,6 +342,11 @@ fn web_instance(node: &Node, fleet: &str) -> String {
     .expect("the web's instance")
     .trim()
     .to_owned()
+}
+
+/// `GET path` of the test app at mesh address `ip`, from this machine.
+fn ask(ip: &str, path: &str) -> Result<u16> {
+    crate::common::http_status(&format!("{ip}:8080"), path, Duration::from_secs(3))
 }
 
 /// The WireGuard peers of `iface` on `node`.
@@ -457,16 +452,14 @@ fn the_mesh_is_encrypted_closed_to_outsiders_outlives_the_operator_and_forgets_g
         b.name
     );
     // The same connection from this machine, in the mesh, goes through.
-    crate::common::http_status(&format!("{}:8080", b_ip[0]), "/up", Duration::from_secs(3))
-        .expect("this machine reaches b's container");
+    ask(&b_ip[0], "/up").expect("this machine reaches b's container");
     drop(outside);
 
     // The operator stopped: names resolve, traffic flows.
     m.daemon.stop();
     assert_eq!(resolve(&gw_a, &b_name).expect("dig"), b_ip);
     in_container(&a, &fleet, "blog", "web", &get).expect("a reaches b with the operator down");
-    crate::common::http_status(&format!("{}:8080", b_ip[0]), "/up", Duration::from_secs(3))
-        .expect("this machine reaches b with the operator down");
+    ask(&b_ip[0], "/up").expect("this machine reaches b with the operator down");
 
     // A gone node's peer goes everywhere.
     let key_spare = public_key(&spare).expect("spare's key");

@@ -39,7 +39,8 @@ pub enum ActionError {
     LockLost(String),
 }
 
-fn limits(timeout: Duration) -> ExecLimits {
+/// A command's deadline, and at most 1 MiB of its output.
+pub(super) fn limits(timeout: Duration) -> ExecLimits {
     ExecLimits {
         timeout,
         max_output: 1 << 20,

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use super::Context;
-use super::commands::{ActionError, as_root};
+use super::commands::{ActionError, as_root, limits};
 use crate::reconcile::{Action, MeshSetup};
-use crate::ssh::{ExecLimits, Target};
+use crate::ssh::Target;
 
 /// The set-up script: a constant, its input passed as arguments.
 const MESH_SCRIPT: &str = include_str!("mesh.sh");
@@ -18,13 +18,6 @@ pub(crate) const NAMES_DIR: &str = "/etc/prism/names";
 /// A first set-up installs units and may start wireguard-go.
 const SETUP: Duration = Duration::from_secs(90);
 const NAMES: Duration = Duration::from_secs(20);
-
-fn limits(timeout: Duration) -> ExecLimits {
-    ExecLimits {
-        timeout,
-        max_output: 64 << 10,
-    }
-}
 
 /// Whether `action` is one of this module's.
 pub(super) fn handles(action: &Action) -> bool {

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use super::Context;
-use super::commands::{ActionError, as_root};
+use super::commands::{ActionError, as_root, limits};
 use crate::cloud::{CloudError, Ebs};
 use crate::reconcile::{
     Action, SnapshotPurpose, SnapshotState, SnapshotWhy, VolumeRef, mount_dir, volume_create_argv,
     volume_present_argv, volume_seed_argv,
 };
-use crate::ssh::{ExecLimits, Target};
+use crate::ssh::Target;
 use crate::store::{Level, NewEvent};
 
 /// How long EC2 has to create, attach or detach a volume.
@@ -19,13 +19,6 @@ const EBS_WAIT: Duration = Duration::from_secs(120);
 
 /// The mount script: a constant, its input passed as arguments.
 const MOUNT_SCRIPT: &str = include_str!("mount.sh");
-
-fn limits(timeout: Duration) -> ExecLimits {
-    ExecLimits {
-        timeout,
-        max_output: 1 << 20,
-    }
-}
 
 fn ebs(cx: &Context) -> Result<&Ebs, ActionError> {
     cx.ebs.as_ref().ok_or_else(|| {
