@@ -17,8 +17,14 @@
 //!
 //!     cargo bench --profile dev --bench deploy     (the lab must be up)
 //!
+//! 3. Deploys through the API: `prism deploy --remote` of a new image (the
+//!    lab's testapp:1 and :2 in turn), 10 times; per deploy the seconds from
+//!    the request to the new image answering alone through the proxy, from
+//!    both instances (polled every 50 ms). Prints p50 and max.
+//!
 //! PRISM_BENCH_CONNS sets the clients (16), each with its own keep-alive
-//! connection; PRISM_BENCH_PHASES `redeploy`, `notice` or both (default).
+//! connection; PRISM_BENCH_PHASES `redeploy`, `notice`, `api` or all
+//! (default).
 //! The daemons' logs go to target/bench-deploy/.
 
 #[path = "../tests/common/mod.rs"]
@@ -70,6 +76,9 @@ async fn run() -> Result<()> {
     if phases.is_empty() || phases.contains("notice") {
         let (total, failed) = preemption(&lab, clients, want, &logs).await?;
         totals = (totals.0 + total, totals.1 + failed);
+    }
+    if phases.is_empty() || phases.contains("api") {
+        api_deploys(&lab, &logs).await?;
     }
     println!("all phases: {} requests, {} failed", totals.0, totals.1);
     Ok(())
@@ -241,6 +250,102 @@ async fn preemption(lab: &Lab, clients: usize, want: u64, logs: &Path) -> Result
     println!("    node recorded lost/gone {}", secs(t.gone));
     print_end(status, &log);
     Ok(counts)
+}
+
+/// Phase 3: deploy latency through the API, request to the new image
+/// serving alone through the proxy.
+async fn api_deploys(lab: &Lab, logs: &Path) -> Result<()> {
+    const DEPLOYS: usize = 10;
+    let v2 = lab
+        .testapp_variants
+        .get("2")
+        .context("the lab has no testapp:2: lab/lab up makes it")?
+        .clone();
+    let port = common::free_port();
+    let extra = format!("[api]\nlisten = \"127.0.0.1:{port}\"\n");
+    let mut d = Deploy::start_with(lab, "apibench", 2, "", None, &extra);
+    let http = client();
+    let file = d.file().to_str().context("utf-8 path")?.to_owned();
+    let out =
+        common::prism_command(&["-c", &file, "token", "create", "bench", "--scope", "deploy"])
+            .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "token create: {}",
+        common::text(&out.stderr)
+    );
+    let token = common::text(&out.stdout).trim().to_owned();
+    // Serving the first image (which names no app) from both instances.
+    until_serving(&d, &http, None, Duration::from_secs(120)).await?;
+    let mut took = Vec::new();
+    for i in 0..DEPLOYS {
+        let (image, app) = if i % 2 == 0 {
+            (v2.as_str(), Some("image-2"))
+        } else {
+            (lab.testapp_image.as_str(), None)
+        };
+        let asked = Instant::now();
+        let out = common::prism_command(&["deploy", "web", &format!("web={image}")])
+            .args(["--remote", &format!("http://127.0.0.1:{port}")])
+            .env("PRISM_TOKEN", &token)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "deploy: {}",
+            common::text(&out.stderr)
+        );
+        until_serving(&d, &http, app, Duration::from_secs(180)).await?;
+        took.push(asked.elapsed());
+        // Old containers drained and gone before the next.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let status = d.stop();
+    let log = save_logs(&d, logs, "api.log")?;
+    took.sort();
+    let secs = |d: Duration| d.as_secs_f64();
+    println!(
+        "deploys through the API: {DEPLOYS} x `prism deploy --remote` of a new image, 2 instances"
+    );
+    println!(
+        "  request -> new image serving alone through the proxy: p50 {:.2} s, max {:.2} s",
+        secs(took[DEPLOYS / 2]),
+        secs(took[DEPLOYS - 1])
+    );
+    print_end(status, &log);
+    Ok(())
+}
+
+/// Until only `app` answers through the proxy, from every instance (eight
+/// answers in a row).
+async fn until_serving(
+    d: &Deploy<'_>,
+    http: &deploy::HttpClient,
+    app: Option<&str>,
+    limit: Duration,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut alone = true;
+        for _ in 0..8 {
+            match deploy::get(http, &d.addr, &d.host, "/").await {
+                Ok((200, body)) if deploy::field(&body, "app").as_deref() == app => {
+                    seen.insert(deploy::field(&body, "hostname"));
+                }
+                _ => {
+                    alone = false;
+                    break;
+                }
+            }
+        }
+        if alone && seen.len() == d.instances as usize {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            bail!("{app:?} not served alone after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Seconds from the notice to each step, as the bench saw them (polled

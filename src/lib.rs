@@ -1,5 +1,6 @@
 //! Prism: containers on cheap spot instances that survive preemption.
 
+pub mod api;
 pub mod bootstrap;
 pub mod cli;
 pub mod cloud;
@@ -8,6 +9,7 @@ pub mod observe;
 pub mod operator;
 pub mod proxy;
 pub mod reconcile;
+pub mod rollout;
 pub mod ssh;
 pub mod store;
 pub mod tasks;

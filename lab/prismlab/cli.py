@@ -14,7 +14,7 @@ import time
 from .common import (
     AUTH_REGISTRY, AUTH_REGISTRY_HOST, AUTH_REGISTRY_LAB, AUTH_USER, BARE_CONTAINER, BARE_IP,
     AZS, GATEWAY, IMDS_URL, LABEL, MAX_INDEX, MOTO_URL, NET, REGION, REGISTRY, REGISTRY_HOST,
-    REGISTRY_IP, REGISTRY_LAB, STATE, SUBNET, TESTAPP_NODE, POSTGRES_NODE, Fail, container_info, docker, lab_lock,
+    REGISTRY_IP, REGISTRY_LAB, STATE, SUBNET, TESTAPP_NODE, TESTAPP_VARIANTS, POSTGRES_NODE, Fail, container_info, docker, lab_lock,
     NODE_USER, load_state, path, require_state, save_state, say, step, warn, write_file,
 )
 from .install import do_install, docker_answers
@@ -88,6 +88,7 @@ def new_state():
             "host": REGISTRY_HOST,
             "lab": REGISTRY_LAB,
             "testapp_image": TESTAPP_NODE,
+            "testapp_variants": {tag: f"{REGISTRY_LAB}/prism/testapp:{tag}" for tag in TESTAPP_VARIANTS},
             "postgres_image": POSTGRES_NODE,
         },
         "ssh": {"user": NODE_USER, "identity": path("id_ed25519"), "known_hosts": path("known_hosts")},

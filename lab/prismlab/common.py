@@ -61,6 +61,13 @@ TESTAPP_IMAGE = "prism-lab/testapp:1"
 TESTAPP_PUSH = f"{REGISTRY_HOST}/prism/testapp:1"
 TESTAPP_NODE = f"{REGISTRY_LAB}/prism/testapp:1"
 TESTAPP_TARGET = "x86_64-unknown-linux-gnu"
+# Tags of the test app built FROM it with one line more, for deploys of a
+# new image (`2`: answers `app: image-2`) and of one that never turns
+# healthy (`unhealthy`: /up answers 503).
+TESTAPP_VARIANTS = {
+    "2": "ENV PRISM_APP=image-2",
+    "unhealthy": "ENV TESTAPP_HEALTH=fail",
+}
 # The lab's database server: PostgreSQL 15 from Debian's packages.
 PGBASE_IMAGE = "prism-lab/pgbase"
 PGBASE_PACKAGES = "postgresql-15"

@@ -10,7 +10,8 @@ import tempfile
 
 from .common import (
     BASE_IMAGE, BASE_PACKAGES, HELPER_IMAGE, HELPER_PUSH, LABEL, PGBASE_IMAGE, PGBASE_PACKAGES,
-    POSTGRES_IMAGE, POSTGRES_PUSH, SRC, TESTAPP_IMAGE, TESTAPP_PUSH, TESTAPP_TARGET, Fail,
+    POSTGRES_IMAGE, POSTGRES_PUSH, REGISTRY_HOST, SRC, TESTAPP_IMAGE, TESTAPP_PUSH, TESTAPP_TARGET,
+    TESTAPP_VARIANTS, Fail,
     docker, path, run, say, step, tail,
 )
 
@@ -219,6 +220,17 @@ def ensure_testapp_image():
                 shutil.copy(binary, os.path.join(ctx, "testapp"))
                 build_image(TESTAPP_IMAGE, ctx, h, "testapp image")
         docker("tag", TESTAPP_IMAGE, TESTAPP_PUSH)
+    with step("testapp variants"):
+        base = image_id(TESTAPP_IMAGE)
+        for tag, line in TESTAPP_VARIANTS.items():
+            local = f"prism-lab/testapp:{tag}"
+            h = hashlib.sha256(f"{base}\n{line}".encode()).hexdigest()
+            if image_label(local, "prism-lab.hash") != h:
+                with tempfile.TemporaryDirectory(prefix="prism-lab-testapp-") as ctx:
+                    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+                        f.write(f"FROM {TESTAPP_IMAGE}\n{line}\n")
+                    build_image(local, ctx, h, f"testapp:{tag} image")
+            docker("tag", local, f"{REGISTRY_HOST}/prism/testapp:{tag}")
 
 
 def ensure_helper_image():

@@ -17,7 +17,7 @@ from .common import (
     HELPER_NODE_REPO, HELPER_PUSH, LABEL, NET, POSTGRES_IMAGE, POSTGRES_PUSH, REGISTRY, REGISTRY_HOST,
     REGISTRY_IP, TESTAPP_AUTH_NODE,
     TESTAPP_AUTH_PUSH, TESTAPP_IMAGE,
-    TESTAPP_PUSH, Fail, container_info, docker, http_get, path, run, say, step, tail, warn,
+    TESTAPP_PUSH, TESTAPP_VARIANTS, Fail, container_info, docker, http_get, path, run, say, step, tail, warn,
     write_file,
 )
 
@@ -43,8 +43,8 @@ auth:
 """
 
 
-def registry_digest(repo="testapp"):
-    r = http_get(f"http://{REGISTRY_HOST}/v2/prism/{repo}/manifests/1", method="HEAD", headers={
+def registry_digest(repo="testapp", tag="1"):
+    r = http_get(f"http://{REGISTRY_HOST}/v2/prism/{repo}/manifests/{tag}", method="HEAD", headers={
         "Accept": "application/vnd.docker.distribution.manifest.v2+json, "
                   "application/vnd.oci.image.manifest.v1+json"})
     if r is None or r[0] != 200:
@@ -73,10 +73,14 @@ def ensure_registry(image):
                 raise Fail(f"registry did not answer on http://{REGISTRY_HOST}/v2/ within 20 s: "
                            f"{tail(logs.stderr + logs.stdout)}")
             time.sleep(0.2)
-    for repo, image, push in [("testapp", TESTAPP_IMAGE, TESTAPP_PUSH), ("helper", HELPER_IMAGE, HELPER_PUSH),
-                              ("postgres", POSTGRES_IMAGE, POSTGRES_PUSH)]:
-        with step(f"push {repo}"):
-            have = registry_digest(repo)
+    images = [("testapp", TESTAPP_IMAGE, TESTAPP_PUSH), ("helper", HELPER_IMAGE, HELPER_PUSH),
+              ("postgres", POSTGRES_IMAGE, POSTGRES_PUSH)]
+    images += [("testapp", f"prism-lab/testapp:{tag}", f"{REGISTRY_HOST}/prism/testapp:{tag}")
+               for tag in TESTAPP_VARIANTS]
+    for repo, image, push in images:
+        tag = push.rsplit(":", 1)[1]
+        with step(f"push {repo}:{tag}"):
+            have = registry_digest(repo, tag)
             p = docker("image", "inspect", "--format", "{{json .RepoDigests}}", image)
             ours = [d.split("@", 1)[1] for d in json.loads(p.stdout) or [] if d.startswith(push.rsplit(":", 1)[0] + "@")]
             if have and have in ours:

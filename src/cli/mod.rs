@@ -8,8 +8,10 @@ mod deploy;
 mod docs;
 pub(crate) mod plan;
 mod reconcile;
-mod status;
+pub(crate) mod remote;
+pub(crate) mod status;
 pub(crate) mod table;
+mod token;
 mod validate;
 pub(crate) mod volumes;
 
@@ -19,6 +21,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
+use crate::rollout::{Change, RolloutError};
 use crate::store::StoreError;
 
 const EXIT_CODES: &str = "\
@@ -53,6 +56,18 @@ pub(crate) struct Cli {
         value_name = "FILE"
     )]
     pub config: PathBuf,
+
+    /// Act through the API of the operator at this URL
+    /// (`https://prism.example.com:9443`) instead of on this machine's
+    /// fleet.toml; the token is read from PRISM_TOKEN. For the dashboard,
+    /// deploy, scale, rollback and history.
+    #[arg(long, global = true, env = "PRISM_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+
+    /// With --remote: trust only this CA's certificates (PEM) instead of
+    /// the system's.
+    #[arg(long, global = true, env = "PRISM_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -135,7 +150,8 @@ pub enum Command {
     /// Reconciles every --interval, and at once when a node appears, is
     /// lost or changes state. Serves the bundled proxy on [proxy] listen,
     /// its routes following every pass, and /healthz and /metrics on
-    /// [proxy] admin. Logs go to stderr (PRISM_LOG sets the level
+    /// [proxy] admin; with [api], the API on its listen address. Logs go
+    /// to stderr (PRISM_LOG sets the level
     /// filter, e.g. `debug` or `prism=debug`). SIGTERM or SIGINT finish the
     /// pass in flight, release the apply lock and exit 0.
     #[command(after_help = DAEMON_EXIT_CODES)]
@@ -204,6 +220,8 @@ pub enum Command {
         /// SERVICE=IMAGE, once or more: `web=registry.example.com/blog:1.5`.
         #[arg(required = true, value_parser = deploy::service_image, value_name = "SERVICE=IMAGE")]
         images: Vec<(String, String)>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
 
     /// Set how many instances (pods) an app runs, in fleet.toml.
@@ -216,6 +234,8 @@ pub enum Command {
         app: String,
         /// Its instances (0 stops it and keeps its volumes).
         instances: u32,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
 
     /// Put an app back in fleet.toml as it was before its newest change.
@@ -228,6 +248,8 @@ pub enum Command {
     Rollback {
         /// The app, as in `[apps.APP]`.
         app: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
 
     /// List the changes deploy, scale and rollback made, newest first.
@@ -238,6 +260,18 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+
+    /// Make, list and revoke the API's tokens (in the state file).
+    ///
+    /// A token is printed once, when it is made; the state file keeps only
+    /// an Argon2id hash of it. Scopes: read (the fleet, the plan, events,
+    /// history), deploy (and deploy, scale, rollback), admin (and drain,
+    /// reconcile). Run on the operator's box.
+    #[command(after_help = EXIT_CODES)]
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
 
     /// Print shell completions for prism to stdout.
@@ -258,6 +292,53 @@ pub enum Command {
         /// Write every page into this folder (it must exist).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+}
+
+/// `--wait` and `--timeout` of deploy, scale and rollback.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct WaitArgs {
+    /// Wait until the change has rolled out: every instance runs it,
+    /// healthy and routed, and nothing of the old is left. If its new
+    /// containers turn unhealthy or are not ready in time, it failed, and
+    /// with the app's rollback_on_failure (on by default) the previous
+    /// version is put back: exit 1.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "5m", value_parser = duration_arg, requires = "wait")]
+    pub timeout: std::time::Duration,
+}
+
+impl WaitArgs {
+    fn wait(self) -> Option<std::time::Duration> {
+        self.wait.then_some(self.timeout)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it (only now).
+    Create {
+        /// A name for it: who or what uses it (`github-ci`).
+        name: String,
+        /// What it may do: read, deploy or admin.
+        #[arg(long, value_parser = token::scope_arg)]
+        scope: crate::store::Scope,
+        /// It stops working after this long (`90d`, `12h`); default: never.
+        #[arg(long, value_parser = token::expires_arg, value_name = "DURATION")]
+        expires: Option<std::time::Duration>,
+    },
+    /// List the tokens: name, scope, when made and last used, state.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: the API refuses it from the next request on.
+    Revoke {
+        /// The token's name.
+        name: String,
     },
 }
 
@@ -288,11 +369,13 @@ pub enum VolumesCommand {
 
 const EDIT_EXIT_CODES: &str = "\
 Exit codes:
-  0  fleet.toml edited and the change recorded
-  1  the state file could not record it, or fleet.toml kept changing under
-     the edit
-  2  bad usage, no such app or service, nothing to roll back, or the edit
-     would make fleet.toml invalid (nothing was written)";
+  0  fleet.toml edited and the change recorded (with --wait: rolled out)
+  1  the state file could not record it, fleet.toml kept changing under
+     the edit, the API could not be reached, or with --wait it did not
+     roll out (and was rolled back, when the app asks for that)
+  2  bad usage, no such app or service, nothing to roll back, the edit
+     would make fleet.toml invalid (nothing was written), or the API
+     refused the request or the token";
 
 const RECONCILE_EXIT_CODES: &str = "\
 Exit codes:
@@ -355,12 +438,12 @@ pub enum Failure {
     /// A task the daemon cannot run without ended (a panic).
     #[error(transparent)]
     Task(#[from] crate::tasks::Ended),
-    /// An edit of fleet.toml that cannot be made (no such app or service).
+    /// A deploy, scale or rollback that could not be made.
     #[error(transparent)]
-    Edit(crate::config::EditError),
-    /// fleet.toml kept changing under an edit.
-    #[error("{0}")]
-    Conflict(String),
+    Rollout(#[from] crate::rollout::RolloutError),
+    /// Through `--remote`: the API refused, or could not be reached.
+    #[error(transparent)]
+    Remote(remote::RemoteError),
     /// Bad usage that the arguments' parser cannot see.
     #[error("{0}")]
     Usage(String),
@@ -372,7 +455,13 @@ pub enum Failure {
 impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
-            Failure::Config(_) | Failure::Edit(_) | Failure::Usage(_) => 2,
+            Failure::Config(_) | Failure::Usage(_) => 2,
+            Failure::Rollout(
+                RolloutError::Edit(_)
+                | RolloutError::Config(ConfigError::Invalid(_))
+                | RolloutError::NothingToRollBack { .. },
+            ) => 2,
+            Failure::Remote(e) => e.exit_code(),
             Failure::Front(crate::operator::FrontError::Tls(_)) => 2,
             Failure::Store(StoreError::Locked { .. }) => 2,
             Failure::Pass(e) if e.is_setup() => 2,
@@ -380,6 +469,26 @@ impl Failure {
             Failure::Dashboard(e) if e.is_setup() => 2,
             Failure::Reported(code) => *code,
             _ => 1,
+        }
+    }
+}
+
+/// A deploy, scale or rollback: through the API with `--remote`, else on
+/// this machine's fleet.toml.
+fn change(
+    cli: &Cli,
+    app: &str,
+    change: Change,
+    wait: Option<std::time::Duration>,
+) -> Result<(), Failure> {
+    match &cli.remote {
+        Some(url) => {
+            let remote = remote::Remote::new(url, cli.ca.as_deref())?;
+            block_on(deploy::remote(&remote, app, &change, wait))
+        }
+        None => {
+            let config = Config::load(&cli.config)?;
+            deploy::local(&config, app, &change, wait)
         }
     }
 }
@@ -393,12 +502,29 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> Resu
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Dashboard {
+    let mut cli = Cli::parse();
+    let command = cli.command.take().unwrap_or(Command::Dashboard {
         interval: None,
         no_proxy: false,
     });
+    let remote_ok = matches!(
+        command,
+        Command::Dashboard { .. }
+            | Command::Deploy { .. }
+            | Command::Scale { .. }
+            | Command::Rollback { .. }
+            | Command::History { .. }
+    );
     let result = match &command {
+        _ if cli.remote.is_some() && !remote_ok => Err(Failure::Usage(
+            "--remote (PRISM_REMOTE) works with the dashboard, deploy, scale, rollback and history; run the others on the operator's box".into(),
+        )),
+        Command::Dashboard { .. } if cli.remote.is_some() => remote::Remote::new(
+            cli.remote.as_deref().unwrap_or_default(),
+            cli.ca.as_deref(),
+        )
+        .map_err(Failure::from)
+        .and_then(|r| block_on(async { Ok(crate::tui::run_remote(r).await?) })),
         Command::Dashboard { interval, no_proxy } => Config::load(&cli.config)
             .map_err(Failure::from)
             .and_then(|config| {
@@ -457,18 +583,37 @@ pub fn main() -> ExitCode {
                     },
                 ),
             }),
-        Command::Deploy { app, images } => Config::load(&cli.config)
+        Command::Deploy { app, images, wait } => {
+            change(&cli, app, Change::Deploy(images.clone()), wait.wait())
+        }
+        Command::Scale {
+            app,
+            instances,
+            wait,
+        } => change(&cli, app, Change::Scale(*instances), wait.wait()),
+        Command::Rollback { app, wait } => change(&cli, app, Change::Rollback, wait.wait()),
+        Command::History { app, json } => match &cli.remote {
+            Some(url) => remote::Remote::new(url, cli.ca.as_deref())
+                .map_err(Failure::from)
+                .and_then(|r| block_on(deploy::remote_history(&r, app.as_deref(), *json))),
+            None => Config::load(&cli.config)
+                .map_err(Failure::from)
+                .and_then(|config| deploy::history(&config.state_path(), app.as_deref(), *json)),
+        },
+        Command::Token { command } => Config::load(&cli.config)
             .map_err(Failure::from)
-            .and_then(|config| deploy::deploy(&config.file, &config.state_path(), app, images)),
-        Command::Scale { app, instances } => Config::load(&cli.config)
-            .map_err(Failure::from)
-            .and_then(|config| deploy::scale(&config.file, &config.state_path(), app, *instances)),
-        Command::Rollback { app } => Config::load(&cli.config)
-            .map_err(Failure::from)
-            .and_then(|config| deploy::rollback(&config.file, &config.state_path(), app)),
-        Command::History { app, json } => Config::load(&cli.config)
-            .map_err(Failure::from)
-            .and_then(|config| deploy::history(&config.state_path(), app.as_deref(), *json)),
+            .and_then(|config| {
+                let state = config.state_path();
+                match command {
+                    TokenCommand::Create {
+                        name,
+                        scope,
+                        expires,
+                    } => token::create(&state, name, *scope, *expires),
+                    TokenCommand::List { json } => token::list(&state, *json),
+                    TokenCommand::Revoke { name } => token::revoke(&state, name),
+                }
+            }),
         Command::Status { json, probe } => Config::load(&cli.config)
             .map_err(Failure::from)
             .and_then(|config| {

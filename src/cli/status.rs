@@ -14,14 +14,14 @@ use crate::operator::{HEARTBEAT_LATE, Memory, observe, record};
 use crate::reconcile::{Hold, MeshSettings};
 use crate::ssh::{Pool, SshSettings};
 use crate::store::{
-    ContainerRecord, LockInfo, NodeRecord, Placement, Store, Writer, hostname, now_ms,
+    ContainerRecord, LockInfo, NodeRecord, Placement, Store, StoreError, Writer, hostname, now_ms,
 };
 
 /// Free space below which the state file's filesystem counts as full.
 const FULL_BELOW: u64 = 1 << 20;
 
 #[derive(Serialize)]
-struct Status {
+pub(crate) struct Status {
     fleet: String,
     state_file: String,
     /// False when the fleet was never reconciled (no state file yet).
@@ -54,7 +54,8 @@ struct MeshMember {
     public_key: Option<String>,
 }
 
-pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
+/// What `prism status --json` prints (and the API's `GET /v1/fleet`).
+pub(crate) fn document(config: &Config) -> Result<Status, StoreError> {
     let state_file = config.state_path();
     let mut status = Status {
         fleet: config.fleet.fleet.name.clone(),
@@ -95,6 +96,11 @@ pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
             });
         }
     }
+    Ok(status)
+}
+
+pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
+    let status = document(config)?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &status)?;

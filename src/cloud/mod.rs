@@ -9,7 +9,7 @@ mod listed;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use ebs::{CloudError, Ebs, TAG_FLEET, TAG_FORMATTED};
 pub use ec2::Ec2;
@@ -20,7 +20,7 @@ use crate::config::{Config, Provider};
 use crate::ssh::Target;
 
 /// How the machine is billed; spot nodes can be taken away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Lifecycle {
     Spot,

@@ -28,6 +28,8 @@ pub struct Fleet {
     /// The mesh between nodes and names for instances; absent: none
     /// (routed services publish a port on their node).
     pub network: Option<Network>,
+    /// The HTTP API for deploys from elsewhere (CI, a laptop); absent: none.
+    pub api: Option<Api>,
     /// Credentials per registry host, e.g. `[registries."ghcr.io"]`.
     #[serde(default)]
     pub registries: BTreeMap<String, Registry>,
@@ -363,6 +365,26 @@ impl Network {
     }
 }
 
+/// `[api]`: the operator's HTTP API (`prism deploy --remote`, CI).
+/// HTTPS with the proxy's certificates (files or ACME) for `host`; plain
+/// HTTP only on a loopback address without `host`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    /// Address and port, e.g. `0.0.0.0:9443`.
+    pub listen: String,
+    /// The name clients use (`https://HOST:PORT`): its certificate comes
+    /// from `[[proxy.certificates]]` or `[proxy.acme]`.
+    pub host: Option<String>,
+}
+
+impl Api {
+    /// `listen`, once validation has accepted it.
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
 fn default_mesh_cidr() -> String {
     "10.210.0.0/16".into()
 }
@@ -570,6 +592,10 @@ pub struct App {
     /// that name (`volumes = ["NAME:/path"]`).
     #[serde(default)]
     pub volumes: BTreeMap<String, Volume>,
+    /// A deploy that waits (`--wait`) and whose new containers never turn
+    /// healthy puts the previous images back.
+    #[serde(default = "yes")]
+    pub rollback_on_failure: bool,
 }
 
 /// `[apps.APP.volumes.NAME]`: one volume per pod instance. Never shared

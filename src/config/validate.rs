@@ -65,6 +65,7 @@ pub fn validate(fleet: &Fleet) -> Vec<Diagnostic> {
     v.proxy(fleet);
     v.lifecycle(fleet);
     v.network(fleet);
+    v.api(fleet);
     v.registries(fleet);
     for (name, app) in &fleet.apps {
         v.app(name, app);
@@ -276,12 +277,14 @@ impl Checker {
                 "the default is 4096",
             );
         }
-        self.tls(p);
+        let api_tls = fleet.api.as_ref().is_some_and(|a| a.host.is_some());
+        self.tls(p, api_tls);
     }
 
     /// `https`, `certificates` and `acme` in [proxy]: only what can be said
     /// without reading the files (the proxy reads them when it starts).
-    fn tls(&mut self, p: &super::schema::Proxy) {
+    /// `api_tls`: the API serves HTTPS with the same certificates.
+    fn tls(&mut self, p: &super::schema::Proxy, api_tls: bool) {
         let at = FieldPath::of(["proxy"]);
         match &p.https {
             Some(https) => match https.parse::<SocketAddr>() {
@@ -300,6 +303,7 @@ impl Checker {
                     format!("expected an address and port such as \"0.0.0.0:443\", found {https:?} ({e})"),
                 ),
             },
+            None if api_tls => {}
             None => {
                 let unused = if !p.certificates.is_empty() {
                     Some(("certificates", "certificates are"))
@@ -311,8 +315,8 @@ impl Checker {
                 if let Some((key, what)) = unused {
                     self.err_help(
                         at.key(key),
-                        format!("{what} only used by the HTTPS listener, and https is not set"),
-                        "set https = \"0.0.0.0:443\" in [proxy]",
+                        format!("{what} only used by the HTTPS listener and the API, and neither is set"),
+                        "set https = \"0.0.0.0:443\" in [proxy], or host in [api]",
                     );
                 }
             }
@@ -467,6 +471,68 @@ impl Checker {
                     net.interface
                 ),
             );
+        }
+    }
+
+    /// `[api]`: HTTPS unless it is plain HTTP on loopback, with a
+    /// certificate source for its host.
+    fn api(&mut self, fleet: &Fleet) {
+        let Some(api) = &fleet.api else { return };
+        let at = FieldPath::of(["api"]);
+        let addr = match api.listen.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                self.err(
+                    at.key("listen"),
+                    format!(
+                        "expected an address and port such as \"0.0.0.0:9443\", found {:?} ({e})",
+                        api.listen
+                    ),
+                );
+                None
+            }
+        };
+        let p = &fleet.proxy;
+        let taken = [
+            Some(p.listen.as_str()),
+            p.https.as_deref(),
+            Some(p.admin.as_str()),
+        ];
+        if let Some(addr) = addr
+            && taken
+                .iter()
+                .flatten()
+                .any(|t| t.parse::<SocketAddr>().is_ok_and(|t| t == addr))
+        {
+            self.err(
+                at.key("listen"),
+                format!(
+                    "{addr} is already one of [proxy]'s listeners: give the API a port of its own"
+                ),
+            );
+        }
+        match &api.host {
+            None if addr.is_some_and(|a| !a.ip().is_loopback()) => self.err_help(
+                at.key("host"),
+                "the API answers beyond this machine only over HTTPS, and HTTPS needs the name clients use",
+                "set host = \"prism.example.com\" (its certificate from [[proxy.certificates]] or [proxy.acme]), or listen on 127.0.0.1",
+            ),
+            None => {}
+            Some(host) => {
+                if let Err(why) = domain_ok(host) {
+                    self.err(
+                        at.key("host"),
+                        format!("{host:?} is not a usable host name: {why}"),
+                    );
+                }
+                if p.certificates.is_empty() && p.acme.is_none() {
+                    self.err_help(
+                        at.key("host"),
+                        "HTTPS needs certificates: none are listed and acme is not set",
+                        "add [[proxy.certificates]] with cert and key files covering the host, or [proxy.acme]",
+                    );
+                }
+            }
         }
     }
 
@@ -1277,6 +1343,56 @@ mod tests {
             ),
             "{w:?}"
         );
+    }
+
+    #[test]
+    fn the_api_section_is_https_beyond_loopback() {
+        let file = std::path::Path::new("fleet.toml");
+        let text = |api: &str, certs: &str| {
+            format!("[fleet]\nname = \"t\"\n[discovery]\nprovider = \"ec2\"\n{certs}[api]\n{api}\n")
+        };
+        let certs = "[[proxy.certificates]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        for ok in [
+            text("listen = \"127.0.0.1:9443\"", ""),
+            text(
+                "listen = \"0.0.0.0:9443\"\nhost = \"prism.example.com\"",
+                certs,
+            ),
+        ] {
+            super::super::parse(file, &ok).expect(&ok);
+        }
+        for (api, certs, field, says) in [
+            (
+                "listen = \"0.0.0.0:9443\"",
+                certs,
+                "api.host",
+                "only over HTTPS",
+            ),
+            ("listen = \"9443\"", "", "api.listen", "address and port"),
+            (
+                "listen = \"127.0.0.1:9090\"",
+                "",
+                "api.listen",
+                "[proxy]'s listeners",
+            ),
+            (
+                "listen = \"127.0.0.1:9443\"\nhost = \"prism.example.com\"",
+                "",
+                "api.host",
+                "needs certificates",
+            ),
+            (
+                "listen = \"127.0.0.1:9443\"\nhost = \"Prism..com\"",
+                certs,
+                "api.host",
+                "not a usable host name",
+            ),
+        ] {
+            let err = super::super::parse(file, &text(api, certs))
+                .expect_err(api)
+                .to_string();
+            assert!(err.contains(field) && err.contains(says), "{api}: {err}");
+        }
     }
 
     #[test]

@@ -43,14 +43,21 @@ pub enum FrontError {
 pub(crate) struct Front {
     proxy: Proxy,
     listener: Listener,
-    /// `[proxy] https`, and the task keeping its certificates current.
-    https: Option<(Listener, TlsUpkeep)>,
+    /// `[proxy] https`.
+    https: Option<Listener>,
+    /// The task keeping certificates current, for HTTPS and the API.
+    upkeep: Option<TlsUpkeep>,
     admin: TcpListener,
     registry: Registry,
     metrics: FleetMetrics,
 }
 
 impl Front {
+    /// The certificates the proxy serves (for the API's HTTPS).
+    pub fn tls(&self) -> &Arc<crate::proxy::Tls> {
+        self.proxy.tls()
+    }
+
     pub fn bind(config: &Config) -> Result<Front, FrontError> {
         let mut registry = Registry::default();
         let metrics = FleetMetrics::new(&mut registry);
@@ -58,24 +65,29 @@ impl Front {
         let proxy = Proxy::new(Settings::from_config(p), &mut registry);
         let listener = parse(&p.listen, "proxy")
             .and_then(|addr| proxy.bind(addr).map_err(|e| listen("proxy", addr, e)))?;
-        let https = match &p.https {
-            Some(addr) => {
-                // Certificate files are read before the port is bound: a
-                // missing one stops the process with its field named.
-                let upkeep = proxy.prepare_tls(config)?;
-                let https = parse(addr, "https").and_then(|addr| {
-                    proxy.bind_https(addr).map_err(|e| listen("https", addr, e))
-                })?;
-                Some((https, upkeep))
-            }
-            None => None,
+        // Certificate files are read before a port is bound: a missing
+        // one stops the process with its field named. The API's HTTPS
+        // takes its certificate from the same sources.
+        let api_tls = config.fleet.api.as_ref().is_some_and(|a| a.host.is_some());
+        let upkeep = if p.https.is_some() || api_tls {
+            Some(proxy.prepare_tls(config)?)
+        } else {
+            None
         };
+        let https =
+            match &p.https {
+                Some(addr) => Some(parse(addr, "https").and_then(|addr| {
+                    proxy.bind_https(addr).map_err(|e| listen("https", addr, e))
+                })?),
+                None => None,
+            };
         let admin = parse(&p.admin, "admin")
             .and_then(|addr| proxy::bind_admin(addr).map_err(|e| listen("admin", addr, e)))?;
         Ok(Front {
             proxy,
             listener,
             https,
+            upkeep,
             admin,
             registry,
             metrics,
@@ -92,9 +104,11 @@ impl Front {
         );
         let mut tasks = Vec::new();
         let mut listeners = vec![("proxy", self.listener)];
-        if let Some((https, upkeep)) = self.https {
+        if let Some(https) = self.https {
             tracing::info!(https = %https.local_addr(), "proxy serving HTTPS");
             listeners.push(("https", https));
+        }
+        if let Some(upkeep) = self.upkeep {
             tasks.push(tokio::spawn(upkeep.run(stopped(stop.subscribe()))));
         }
         for (what, listener) in listeners {

@@ -6,8 +6,8 @@
 //!    nothing taken);
 //! 2. the apply lock is taken, with this process's TTL (held elsewhere:
 //!    exit 2, saying by whom);
-//! 3. only then the proxy's ports are bound: a port any other process
-//!    holds exits 2 with its address, never shared;
+//! 3. only then the proxy's and the API's ports are bound: a port any
+//!    other process holds exits 2 with its address, never shared;
 //! 4. what the store recorded is loaded into memory, and from then on the
 //!    store only takes writes through its one writer;
 //! 5. the heartbeat, the loop, the request poller and the fleet.toml
@@ -185,8 +185,31 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     } else {
         None
     };
+    let api = match crate::api::Api::bind(&operator.config, front.as_ref().map(Front::tls)) {
+        Ok(api) => api,
+        Err(e) => {
+            applying.finish().await;
+            return Err(e.into());
+        }
+    };
     let mut watched = Tasks::new();
     let (control, inbox) = Control::new();
+    // The text of fleet.toml as this process's API last wrote it: the
+    // watcher takes it at once, as it is written whole.
+    let (edited, edits) = tokio::sync::watch::channel(None::<String>);
+    if let Some(api) = api {
+        // The API edits fleet.toml on disk and reads the state file: the
+        // config it holds only locates the two (and names the fleet).
+        watched.spawn(
+            "API listener",
+            api.serve(
+                operator.config.clone(),
+                applying.journal.clone(),
+                edited,
+                std::future::pending(),
+            ),
+        );
+    }
     let mut serving = front.map(Front::serve);
     let operator = match &mut serving {
         Some(s) => {
@@ -216,6 +239,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
             operator.config.clone(),
             loaded,
             options.interval,
+            edits,
             control.clone(),
             Reloader {
                 applying: applying.clone(),
@@ -337,13 +361,15 @@ struct Reloader {
 
 /// Follows edits of fleet.toml: reads the file every `poll`, and when its
 /// text changed, was read the same twice in a row (an editor may write it
-/// in steps) and loads (valid, secrets resolved, the same state file),
+/// in steps; an edit of this process's API, written whole, is taken at
+/// once) and loads (valid, secrets resolved, the same state file),
 /// hands the new operator to the loop. An edit that does not load is
 /// logged once and the fleet keeps running as it was.
 async fn watch_fleet_toml(
     current: Config,
     loaded: String,
     poll: Duration,
+    mut edits: tokio::sync::watch::Receiver<Option<String>>,
     control: Arc<Control>,
     reloader: Reloader,
 ) {
@@ -351,7 +377,10 @@ async fn watch_fleet_toml(
     let mut seen = loaded;
     let mut candidate: Option<String> = None;
     loop {
-        tokio::time::sleep(poll).await;
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            Ok(()) = edits.changed() => candidate = edits.borrow_and_update().clone(),
+        }
         // A missing file is a moment of an editor's replace, not a change.
         let Ok(text) = tokio::fs::read_to_string(&current.file).await else {
             continue;

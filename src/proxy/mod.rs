@@ -52,11 +52,13 @@ use crate::config::Config;
 pub use acme::{Acme, AcmeSettings, Obtained};
 pub use admin::{bind as bind_admin, serve as serve_admin};
 pub(crate) use backends::DrainReport;
+pub(crate) use forward::chain;
 pub use limits::Settings;
 pub(crate) use metrics::Traffic;
 pub use routes::{RouteTable, Upstream, endpoint};
 pub use server::Listener;
-pub use tls::{CertInfo, Loaded, Tls, TlsError, acme_hosts, cert_info};
+pub(crate) use server::bind_one;
+pub use tls::{CertInfo, Loaded, Tls, TlsError, acme_hosts, cert_info, provider};
 
 use backends::Snapshot;
 use forward::Shared;

@@ -483,7 +483,7 @@ fn read_pair(field: String, cert: PathBuf, key: PathBuf) -> Result<FileCert, Tls
 }
 
 /// The hosts ACME should get certificates for: every app host (its path
-/// dropped) that is not a wildcard (neither HTTP-01 nor TLS-ALPN-01 can
+/// dropped) and the API's host, that is not a wildcard (neither HTTP-01 nor TLS-ALPN-01 can
 /// prove those) and that no certificate file serves. Sorted, without
 /// duplicates.
 pub fn acme_hosts(config: &Config, files_cover: impl Fn(&str) -> bool) -> Vec<String> {
@@ -493,6 +493,7 @@ pub fn acme_hosts(config: &Config, files_cover: impl Fn(&str) -> bool) -> Vec<St
         .values()
         .flat_map(|app| app.services.values())
         .flat_map(|svc| svc.hosts.iter())
+        .chain(config.fleet.api.iter().flat_map(|a| a.host.iter()))
         .map(|h| normalize(h.split('/').next().unwrap_or(h)))
         .filter(|h| !h.starts_with("*.") && !h.is_empty() && !files_cover(h))
         .collect();

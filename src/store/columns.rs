@@ -5,7 +5,7 @@
 use rusqlite::ToSql;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 
-use super::{Level, RequestKind, RequestState, Verdict};
+use super::{Level, RequestKind, RequestState, Scope, Verdict};
 use crate::cloud::Lifecycle;
 use crate::config::Provider;
 use crate::reconcile::{HoldKind, NodeState};
@@ -37,6 +37,7 @@ text_column! {
     RequestKind: "request kind",
     RequestState: "request state",
     HoldKind: "hold",
+    Scope: "token scope",
 }
 
 #[cfg(test)]

@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Row, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
 
 /// What the checks say of a container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Not yet `healthy_threshold` passes in a row since it started.
@@ -128,7 +128,7 @@ pub struct CheckOutcome {
 }
 
 /// A container's check record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthRecord {
     pub container_id: String,
     pub node_id: String,

@@ -15,7 +15,7 @@ use std::fmt;
 use std::time::Duration;
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, now_ms};
 
@@ -47,7 +47,7 @@ pub struct Lease {
 }
 
 /// The lock as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockInfo {
     pub role: String,
     pub pid: u32,

@@ -179,6 +179,20 @@ const STEPS: &[&str] = &[
     );
     CREATE INDEX history_app ON history (app, id);
     "#,
+    // 11: the API's tokens; only a hash of each secret is kept.
+    r#"
+    CREATE TABLE api_tokens (
+        id        TEXT PRIMARY KEY,  -- the token's public part
+        name      TEXT NOT NULL,
+        scope     TEXT NOT NULL,     -- read | deploy | admin
+        hash      TEXT NOT NULL,     -- Argon2id (PHC string) of the secret part
+        created   INTEGER NOT NULL,  -- unix ms
+        expires   INTEGER,           -- unix ms; NULL: never
+        revoked   INTEGER,           -- unix ms
+        last_used INTEGER            -- unix ms
+    );
+    CREATE UNIQUE INDEX api_tokens_name ON api_tokens (name) WHERE revoked IS NULL;
+    "#,
 ];
 
 pub(crate) const LATEST: i64 = STEPS.len() as i64;
@@ -243,6 +257,7 @@ mod tests {
         assert_eq!(
             tables(&conn),
             [
+                "api_tokens",
                 "apply_lock",
                 "containers",
                 "events",

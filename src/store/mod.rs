@@ -17,6 +17,7 @@ mod migrations;
 mod nodes;
 mod pulls;
 mod requests;
+mod tokens;
 mod traffic;
 mod writer;
 
@@ -28,6 +29,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 pub(crate) use events::NewEvent;
 pub use events::{Event, Level};
 pub use health::{CheckOutcome, Checked, HealthBook, HealthRecord, Recorded, Thresholds, Verdict};
+pub use history::Change;
 pub use last_plan::{
     NodeActions, PlanLines, PublishedPlan, SnapshotLine, Unplaceable, VolumeKind, VolumeLine,
     VolumeLines,
@@ -36,6 +38,7 @@ pub use lock::{Lease, LockHolder, LockInfo, hostname};
 pub use nodes::{ContainerRecord, NodeRecord, Placement};
 pub(crate) use requests::NewRequest;
 pub use requests::{Request, RequestKind, RequestState};
+pub use tokens::{Scope, TokenRecord};
 pub(crate) use traffic::ProxyTraffic;
 pub(crate) use writer::WriteHealth;
 pub use writer::Writer;

@@ -1,14 +1,14 @@
 //! Nodes, the containers last observed on them, and placements.
 
 use rusqlite::{OptionalExtension, Row, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
 use crate::cloud::Lifecycle;
 use crate::config::Provider;
 use crate::reconcile::NodeState;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub id: String,
     pub name: String,
@@ -33,7 +33,7 @@ pub struct NodeRecord {
     pub last_probe: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub node_id: String,
     pub name: String,
@@ -50,7 +50,7 @@ pub struct ContainerRecord {
     pub observed_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     pub app: String,
     pub instance: u32,

@@ -3,11 +3,12 @@
 //! the rest of the store and computes rates from successive readings.
 
 use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
 
 /// Proxy request counters at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyTraffic {
     /// When they were read (unix ms).
     pub at_ms: i64,

@@ -177,6 +177,8 @@ pub struct TextView {
 pub struct App {
     pub fleet: String,
     pub mode: Mode,
+    /// The API's URL, when the dashboard shows an operator elsewhere.
+    pub remote: Option<String>,
     pub desired: DesiredPods,
     pub data: Snapshot,
     pub data_error: Option<String>,
@@ -220,6 +222,7 @@ impl App {
         App {
             fleet,
             mode,
+            remote: None,
             desired,
             data: Snapshot::default(),
             data_error: None,

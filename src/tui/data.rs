@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::Fleet;
 use crate::reconcile::NodeState;
 use crate::store::{
@@ -14,7 +16,8 @@ use crate::store::{
 /// Events kept on screen.
 pub(crate) const EVENTS: usize = 300;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Also what `GET /v1/dashboard` answers, for a dashboard elsewhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub nodes: Vec<NodeRecord>,
     pub containers: Vec<ContainerRecord>,
@@ -59,7 +62,8 @@ impl Snapshot {
 }
 
 /// The pods fleet.toml asks for, and each one's services.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "DesiredList", into = "DesiredList")]
 pub struct DesiredPods {
     pub pods: BTreeMap<(String, u32), BTreeSet<String>>,
     /// Service → host names the proxy routes to it.
@@ -81,6 +85,39 @@ impl DesiredPods {
             }
         }
         d
+    }
+}
+
+/// What a dashboard elsewhere reads through the API (`GET /v1/dashboard`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dashboard {
+    pub fleet: String,
+    pub desired: DesiredPods,
+    pub snapshot: Snapshot,
+}
+
+/// [`DesiredPods`] in JSON, whose keys are strings only.
+#[derive(Serialize, Deserialize)]
+struct DesiredList {
+    pods: Vec<(String, u32, BTreeSet<String>)>,
+    hosts: Vec<(String, String, Vec<String>)>,
+}
+
+impl From<DesiredPods> for DesiredList {
+    fn from(d: DesiredPods) -> DesiredList {
+        DesiredList {
+            pods: d.pods.into_iter().map(|((a, i), s)| (a, i, s)).collect(),
+            hosts: d.hosts.into_iter().map(|((a, s), h)| (a, s, h)).collect(),
+        }
+    }
+}
+
+impl From<DesiredList> for DesiredPods {
+    fn from(l: DesiredList) -> DesiredPods {
+        DesiredPods {
+            pods: l.pods.into_iter().map(|(a, i, s)| ((a, i), s)).collect(),
+            hosts: l.hosts.into_iter().map(|(a, s, h)| ((a, s), h)).collect(),
+        }
     }
 }
 
@@ -414,5 +451,21 @@ mod tests {
             d.hosts[&("blog".to_string(), "web".to_string())],
             ["blog.example.com"]
         );
+        // What the API sends a dashboard elsewhere reads back the same.
+        let mut snapshot = super::fixtures::snapshot();
+        snapshot.plan = Some(super::fixtures::published_plan());
+        snapshot.traffic = Some(ProxyTraffic {
+            at_ms: 5,
+            requests: 9,
+            server_errors: 1,
+        });
+        let doc = Dashboard {
+            fleet: "t".into(),
+            desired: d.clone(),
+            snapshot: snapshot.clone(),
+        };
+        let back: Dashboard =
+            serde_json::from_str(&serde_json::to_string(&doc).expect("JSON")).expect("read back");
+        assert_eq!((back.desired, back.snapshot), (d, snapshot));
     }
 }

@@ -13,6 +13,11 @@
 //! state file, never to the terminal it draws on, with the bundled proxy
 //! and admin listener in front as `prism daemon` has them (unless
 //! `--no-proxy`).
+//!
+//! With `--remote URL` it shows an operator elsewhere through its API
+//! (`GET /v1/dashboard`, polled every second), and its actions become API
+//! calls; logs and inspect need SSH to the nodes, so they stay on the
+//! operator's box.
 
 pub mod app;
 pub mod data;
@@ -36,11 +41,13 @@ use app::{App, Effect, LastPass, Mode};
 use data::{DesiredPods, Snapshot};
 use fleet::Reach;
 
+use crate::cli::remote::{Remote, RemoteError};
 use crate::config::Config;
 use crate::operator::{self, Control, FrontError, Options, RunError, Running, StartError};
 use crate::ssh::{Pool, SshError, SshSettings};
 use crate::store::{
-    LockInfo, NewRequest, ProxyTraffic, PublishedPlan, Store, StoreError, Writer, hostname, now_ms,
+    LockInfo, NewRequest, ProxyTraffic, PublishedPlan, RequestKind, Store, StoreError, Writer,
+    hostname, now_ms,
 };
 use crate::tasks::{self, Ended, Exit, Tasks};
 
@@ -68,6 +75,9 @@ pub enum TuiError {
         "the dashboard needs a terminal; `prism daemon` runs headless and `prism status` prints the state"
     )]
     NoTerminal,
+    /// `--remote`: the API refused, or could not be reached at first.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
 }
 
 impl From<StartError> for TuiError {
@@ -89,6 +99,7 @@ impl TuiError {
             TuiError::Front(_) => true,
             TuiError::Store(e) => matches!(e, StoreError::Locked { .. }),
             TuiError::Ssh(_) | TuiError::NoTerminal => true,
+            TuiError::Remote(e) => e.exit_code() == 2,
             TuiError::Terminal(_) | TuiError::Run(_) | TuiError::Task(_) => false,
         }
     }
@@ -187,8 +198,12 @@ pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result
         DesiredPods::from_fleet(&config.fleet),
         now_ms(),
     );
-    let reach = Reach { pool, journal };
-    let result = ui_loop(&mut app, config.clone(), reader, reach, running.as_mut()).await;
+    let backend = Backend::Local {
+        config: config.clone(),
+        store: reader,
+        reach: Arc::new(Reach { pool, journal }),
+    };
+    let result = ui_loop(&mut app, backend, running.as_mut()).await;
     if let Some(running) = running {
         eprintln!("prism: finishing the pass in flight, then stopping");
         if let Err(e) = running.stop().await {
@@ -197,6 +212,48 @@ pub async fn run(config: Config, interval: Duration, with_proxy: bool) -> Result
     }
     result
 }
+
+/// The dashboard of the operator whose API `remote` is.
+pub async fn run_remote(remote: Remote) -> Result<(), TuiError> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err(TuiError::NoTerminal);
+    }
+    let doc = dashboard(&remote).await?;
+    let lock = doc.snapshot.lock.clone().ok_or_else(|| {
+        RemoteError::Setup(format!(
+            "{}: no applier holds the fleet's state file",
+            remote.url()
+        ))
+    })?;
+    let mut app = App::new(doc.fleet, Mode::Attached(lock), doc.desired, now_ms());
+    app.remote = Some(remote.url().to_owned());
+    ui_loop(&mut app, Backend::Remote(Arc::new(remote)), None).await
+}
+
+async fn dashboard(remote: &Remote) -> Result<data::Dashboard, RemoteError> {
+    let answer = remote
+        .call(http::Method::GET, "/v1/dashboard", None, Duration::ZERO)
+        .await?;
+    serde_json::from_value(answer)
+        .map_err(|e| RemoteError::Setup(format!("the API's /v1/dashboard: {e}")))
+}
+
+/// Where the dashboard reads the fleet and sends its actions.
+enum Backend {
+    /// This machine's state file; logs and inspect over SSH.
+    Local {
+        config: Arc<Config>,
+        store: Arc<Mutex<Store>>,
+        reach: Arc<Reach>,
+    },
+    /// An operator's API.
+    Remote(Arc<Remote>),
+}
+
+/// Why logs and inspect are not shown through the API.
+const REMOTE_NO_SSH: &str =
+    "logs and inspect need SSH to the nodes: open the dashboard on the operator's box for them";
 
 /// Restores the terminal however the UI loop ends. ratatui's panic hook
 /// restores it too, on whichever thread panics, before anything else: a
@@ -220,18 +277,22 @@ fn reenter(terminal: &mut ratatui::DefaultTerminal) -> std::io::Result<()> {
 
 async fn ui_loop(
     app: &mut App,
-    config: Arc<Config>,
-    store: Arc<Mutex<Store>>,
-    reach: Reach,
+    backend: Backend,
     mut running: Option<&mut Running>,
 ) -> Result<(), TuiError> {
-    let reach = Arc::new(reach);
     let (tx, mut rx) = unbounded_channel::<Msg>();
     let stop = Arc::new(AtomicBool::new(false));
     // Without these the screen would freeze: a panic in one ends the
     // dashboard with its name.
     let mut essential = Tasks::new();
-    essential.spawn("store poller", poll_store(store.clone(), tx.clone()));
+    match &backend {
+        Backend::Local { store, .. } => {
+            essential.spawn("store poller", poll_store(store.clone(), tx.clone()))
+        }
+        Backend::Remote(remote) => {
+            essential.spawn("API poller", poll_api(remote.clone(), tx.clone()))
+        }
+    };
     essential.spawn("clock", ticks(tx.clone()));
     essential.spawn("signal handler", quit_on_signals(tx.clone()));
     // These can fail alone: a panic is shown and the dashboard goes on.
@@ -371,17 +432,9 @@ async fn ui_loop(
                         (None, Some(n)) => format!("{} {n}", kind.as_str()),
                         (None, None) => kind.as_str().to_owned(),
                     };
-                    let req = NewRequest {
-                        kind,
-                        node_id,
-                        container,
-                        by: format!("dashboard (pid {})", std::process::id()),
-                    };
-                    let (journal, tx) = (reach.journal.clone(), tx.clone());
+                    let (backend, tx) = (backend.clone_handle(), tx.clone());
                     extras.spawn("request writer", async move {
-                        let added = journal
-                            .call("add a request", move |s| s.add_request(&req))
-                            .await;
+                        let added = backend.request(kind, node_id, container).await;
                         let _ = tx.send(match added {
                             Ok(id) => Msg::Requested(id, what),
                             Err(e) => Msg::Notice(format!("{what}: {e}"), app::Tone::Bad),
@@ -392,7 +445,11 @@ async fn ui_loop(
                     if let Some((t, _)) = logs.take() {
                         t.abort();
                     }
-                    match node_target(&config, app, &spec.node_id) {
+                    let Backend::Local { config, reach, .. } = &backend else {
+                        app.log_ended(spec.seq, REMOTE_NO_SSH.into());
+                        continue;
+                    };
+                    match node_target(config, app, &spec.node_id) {
                         Some(target) => {
                             let seq = spec.seq;
                             let stream =
@@ -414,13 +471,17 @@ async fn ui_loop(
                     node_id,
                     container,
                 }) => {
+                    let Backend::Local { config, reach, .. } = &backend else {
+                        app.described(seq, REMOTE_NO_SSH.into());
+                        continue;
+                    };
                     let app_service = app
                         .data
                         .containers
                         .iter()
                         .find(|c| c.node_id == node_id && c.name == container)
                         .map(|c| (c.app.clone(), c.service.clone()));
-                    match node_target(&config, app, &node_id) {
+                    match node_target(config, app, &node_id) {
                         Some(target) => {
                             extras.spawn(
                                 "describe",
@@ -498,6 +559,91 @@ async fn poll_store(store: Arc<Mutex<Store>>, tx: UnboundedSender<Msg>) {
             }
             Ok(Err(e)) => Msg::DataError(e.to_string()),
             Err(e) => Msg::DataError(format!("reading the state store: {e}")),
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// What a remote dashboard sends and reads, cheap to hand to a task.
+enum Handle {
+    Local(Writer),
+    Remote(Arc<Remote>),
+}
+
+impl Backend {
+    fn clone_handle(&self) -> Handle {
+        match self {
+            Backend::Local { reach, .. } => Handle::Local(reach.journal.clone()),
+            Backend::Remote(r) => Handle::Remote(r.clone()),
+        }
+    }
+}
+
+impl Handle {
+    /// Asks the applier: a request in the store, or the API's endpoint for
+    /// it. The request's id.
+    async fn request(
+        self,
+        kind: RequestKind,
+        node_id: Option<String>,
+        container: Option<String>,
+    ) -> Result<i64, String> {
+        let remote = match self {
+            Handle::Local(journal) => {
+                let req = NewRequest {
+                    kind,
+                    node_id,
+                    container,
+                    by: format!("dashboard (pid {})", std::process::id()),
+                };
+                return journal
+                    .call("add a request", move |s| s.add_request(&req))
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+            Handle::Remote(remote) => remote,
+        };
+        let seg = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let path = match (kind, &node_id, &container) {
+            (RequestKind::Reconcile, _, _) => "/v1/reconcile".to_owned(),
+            (RequestKind::Drain, Some(n), _) => format!("/v1/nodes/{}/drain", seg(n)),
+            (RequestKind::Restart, Some(n), Some(c)) => {
+                format!("/v1/nodes/{}/containers/{}/restart", seg(n), seg(c))
+            }
+            _ => {
+                return Err(format!(
+                    "{} is not available through the API",
+                    kind.as_str()
+                ));
+            }
+        };
+        let answer = remote
+            .call(http::Method::POST, &path, None, Duration::ZERO)
+            .await
+            .map_err(|e| e.to_string())?;
+        answer["request"]
+            .as_i64()
+            .ok_or_else(|| format!("the API answered without a request id: {answer}"))
+    }
+}
+
+/// The API's dashboard document every second; a message only when
+/// something changed.
+async fn poll_api(remote: Arc<Remote>, tx: UnboundedSender<Msg>) {
+    let mut last: Option<Snapshot> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let msg = match dashboard(&remote).await {
+            Ok(doc) if last.as_ref() == Some(&doc.snapshot) => continue,
+            Ok(doc) => {
+                last = Some(doc.snapshot.clone());
+                Msg::Data(Box::new(doc.snapshot))
+            }
+            Err(e) => Msg::DataError(e.to_string()),
         };
         if tx.send(msg).is_err() {
             return;

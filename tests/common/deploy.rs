@@ -64,6 +64,8 @@ pub struct Deploy<'a> {
     /// The fleet tag of the nodes it runs on, when not the shared lab's
     /// (`lab/lab add --fleet`).
     pub nodes: Option<String>,
+    /// Tables written after the app (`[api]`, certificates).
+    extra: String,
     file: PathBuf,
     dir: tempfile::TempDir,
     daemon: Option<Child>,
@@ -86,6 +88,19 @@ impl<'a> Deploy<'a> {
         instances: u32,
         version: &str,
         nodes: Option<&str>,
+    ) -> Deploy<'a> {
+        Self::start_with(lab, tag, instances, version, nodes, "")
+    }
+
+    /// As [`Deploy::start_on`], with `extra` tables after the app; an
+    /// empty `version` sets no `PRISM_APP` (the image's own answers).
+    pub fn start_with(
+        lab: &'a Lab,
+        tag: &str,
+        instances: u32,
+        version: &str,
+        nodes: Option<&str>,
+        extra: &str,
     ) -> Deploy<'a> {
         let name = format!("t{}{tag}", std::process::id());
         lab.remove_fleet(&name);
@@ -115,6 +130,7 @@ impl<'a> Deploy<'a> {
             addr: format!("127.0.0.1:{}", free_port()),
             admin: format!("127.0.0.1:{}", free_port()),
             instances,
+            extra: extra.to_owned(),
             file,
             dir,
             daemon: None,
@@ -171,17 +187,22 @@ impl<'a> Deploy<'a> {
                 self.addr, self.admin
             ));
         }
+        let env = if version.is_empty() {
+            String::new()
+        } else {
+            format!("env = {{ PRISM_APP = \"{version}\" }}\n")
+        };
         let app = format!(
             r#"
+# The lab's test app, behind its own host name.
 [apps.web]
 instances = {instances}
 [apps.web.services.web]
-image = "{image}"
+image = "{image}"  # what `prism deploy` sets
 port = 8080
 hosts = ["{host}"]
 memory = "32M"
-env = {{ PRISM_APP = "{version}" }}
-health = {{ http = "/up", interval = "1s", timeout = "1s", healthy_threshold = 2, unhealthy_threshold = 3 }}
+{env}health = {{ http = "/up", interval = "1s", timeout = "1s", healthy_threshold = 2, unhealthy_threshold = 3 }}
 "#,
             instances = self.instances,
             image = self.lab.testapp_image,
@@ -189,7 +210,7 @@ health = {{ http = "/up", interval = "1s", timeout = "1s", healthy_threshold = 2
         );
         // Written whole and renamed, as an editor would, so the daemon
         // never reads half a file.
-        self.write_raw(&format!("{head}{app}"));
+        self.write_raw(&format!("{head}{app}\n{}", self.extra));
     }
 
     /// Replaces fleet.toml with `text` as it is.
@@ -197,6 +218,14 @@ health = {{ http = "/up", interval = "1s", timeout = "1s", healthy_threshold = 2
         let tmp = self.dir.path().join("fleet.toml.new");
         std::fs::write(&tmp, text).expect("write fleet.toml");
         std::fs::rename(&tmp, &self.file).expect("replace fleet.toml");
+    }
+
+    pub fn file(&self) -> &std::path::Path {
+        &self.file
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn text(&self) -> String {

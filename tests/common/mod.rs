@@ -58,6 +58,8 @@ struct Moto {
 #[derive(Debug, Deserialize)]
 struct Registry {
     testapp_image: String,
+    #[serde(default)]
+    testapp_variants: BTreeMap<String, String>,
     postgres_image: String,
 }
 
@@ -111,6 +113,9 @@ pub struct Lab {
     pub moto_url: String,
     pub region: String,
     pub testapp_image: String,
+    /// The test app FROM it with one line more, by tag: `2` (answers
+    /// `app: image-2`), `unhealthy` (/up answers 503).
+    pub testapp_variants: BTreeMap<String, String>,
     /// PostgreSQL from Debian's packages, trust authentication, its data
     /// in the image's `VOLUME /var/lib/postgresql/data`.
     pub postgres_image: String,
@@ -174,6 +179,7 @@ impl Lab {
             moto_url: json.moto.url,
             region: json.moto.region,
             testapp_image: json.registry.testapp_image,
+            testapp_variants: json.registry.testapp_variants,
             postgres_image: json.registry.postgres_image,
             registry_auth: json.registry_auth,
             decoys: json.decoys,

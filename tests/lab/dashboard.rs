@@ -320,6 +320,30 @@ fn sigterm_restores_the_terminal_and_releases_the_lock() -> Result<()> {
     Ok(())
 }
 
+/// `q`, and the dashboard exits 0.
+fn quit(socket: &str) -> Result<()> {
+    keys(socket, &["q"])?;
+    let s = wait_for(socket, "prism to exit", 30, |s| s.contains("PRISM-EXITED"))?;
+    ensure!(s.contains("PRISM-EXITED 0"), "{s}");
+    Ok(())
+}
+
+/// On the nodes screen, drains the static node n1 (asked, confirmed) and
+/// waits for the daemon's answer.
+fn drain_n1(socket: &str) -> Result<()> {
+    keys(socket, &[":", "n", "o", "d", "e", "s", "Enter"])?;
+    wait_for(socket, "the static node", 30, |s| {
+        s.lines().any(|l| l.contains("│n1 "))
+    })?;
+    keys(socket, &["D"])?;
+    wait_for(socket, "the confirm dialog", 10, |s| s.contains("Drain n1"))?;
+    keys(socket, &["y"])?;
+    wait_for(socket, "the daemon's answer to drain", 30, |s| {
+        s.contains("draining n1")
+    })?;
+    Ok(())
+}
+
 /// Stops the daemon this test started, however the test ends.
 struct Daemon(std::process::Child);
 
@@ -388,18 +412,7 @@ fn the_dashboard_attaches_to_a_running_daemon() -> Result<()> {
     })?;
     // Drain is asked, confirmed, and taken by the daemon (the node, which
     // answers no probe, then stays lost rather than draining).
-    keys(&cleanup.socket, &[":", "n", "o", "d", "e", "s", "Enter"])?;
-    wait_for(&cleanup.socket, "the static node", 30, |s| {
-        s.lines().any(|l| l.contains("│n1 "))
-    })?;
-    keys(&cleanup.socket, &["D"])?;
-    wait_for(&cleanup.socket, "the confirm dialog", 10, |s| {
-        s.contains("Drain n1")
-    })?;
-    keys(&cleanup.socket, &["y"])?;
-    wait_for(&cleanup.socket, "the daemon's answer to drain", 30, |s| {
-        s.contains("draining n1")
-    })?;
+    drain_n1(&cleanup.socket)?;
     let store = prism::store::Store::open(&state)?;
     let requests = store.requests(10)?;
     use prism::store::{RequestKind, RequestState};
@@ -419,11 +432,83 @@ fn the_dashboard_attaches_to_a_running_daemon() -> Result<()> {
         "{:?}",
         store.lock_info()?
     );
-    keys(&cleanup.socket, &["q"])?;
-    let s = wait_for(&cleanup.socket, "prism to exit", 30, |s| {
-        s.contains("PRISM-EXITED")
+    quit(&cleanup.socket)?;
+    drop(daemon);
+    Ok(())
+}
+
+/// `prism --remote URL` on another machine (here: another folder, with no
+/// fleet.toml and no SSH key) shows the daemon's fleet through its API,
+/// and a drain asked there reaches the daemon as a request under the
+/// token's name.
+#[test]
+#[ignore = "needs the lab: lab/lab up (make test runs it)"]
+fn the_remote_dashboard_shows_the_fleet_and_drains_a_node_through_the_api() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ports = ProxyPorts::free();
+    let config = static_fleet(dir.path(), "remote", &ports)?;
+    let api = free_port();
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str(&format!("[api]\nlisten = \"127.0.0.1:{api}\"\n"));
+    std::fs::write(&config, text)?;
+    let state = dir.path().join("state.db");
+    let made = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args([
+            "-c",
+            &config.display().to_string(),
+            "token",
+            "create",
+            "laptop",
+        ])
+        .args(["--scope", "admin"])
+        .env_remove("PRISM_CONFIG")
+        .output()?;
+    ensure!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &made.stdout)?;
+    let daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_prism"))
+            .args(["-c", &config.display().to_string(), "daemon"])
+            .env_remove("PRISM_CONFIG")
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let elsewhere = tempfile::tempdir()?;
+    let cleanup = Cleanup {
+        socket: format!("prism-dash-remote-{}", std::process::id()),
+    };
+    let url = format!("http://127.0.0.1:{api}");
+    let run = format!(
+        "cd {}; PRISM_TOKEN=$(cat {}) {} --remote {url}; echo PRISM-EXITED $?; sleep 120",
+        elsewhere.path().display(),
+        token_file.display(),
+        env!("CARGO_BIN_EXE_prism"),
+    );
+    // The API answers once the daemon has started.
+    retry(Duration::from_secs(30), || {
+        TcpStream::connect(("127.0.0.1", api))?;
+        Ok(())
     })?;
-    ensure!(s.contains("PRISM-EXITED 0"), "{s}");
+    start_session(&cleanup.socket, &run, 100, 24)?;
+    let pid = daemon.0.id();
+    wait_for(&cleanup.socket, "the remote dashboard", 30, |s| {
+        s.contains(&format!("operator: daemon pid {pid} via {url}"))
+    })?;
+    drain_n1(&cleanup.socket)?;
+    let store = prism::store::Store::open(&state)?;
+    let requests = store.requests(10)?;
+    use prism::store::{RequestKind, RequestState};
+    ensure!(
+        requests.iter().any(|r| r.kind == RequestKind::Drain
+            && r.state == RequestState::Done
+            && r.by == "token laptop"),
+        "{requests:?}"
+    );
+    quit(&cleanup.socket)?;
     drop(daemon);
     Ok(())
 }

@@ -12,6 +12,7 @@ mod deploy;
 #[path = "../common/on_node.rs"]
 mod on_node;
 
+mod api;
 mod bootstrap;
 mod dashboard;
 mod health;

@@ -18,7 +18,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let bold = Style::default().add_modifier(Modifier::BOLD);
     let who = match &app.mode {
         Mode::InProcess => "operator: here".to_owned(),
-        Mode::Attached(l) => format!("operator: {} pid {}", l.role, l.pid),
+        Mode::Attached(l) => match &app.remote {
+            Some(url) => format!("operator: {} pid {} via {url}", l.role, l.pid),
+            None => format!("operator: {} pid {}", l.role, l.pid),
+        },
     };
     let mut first = vec![
         Span::styled("Prism", bold),
