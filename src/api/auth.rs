@@ -74,23 +74,31 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Whether `secret` is the secret of `record` (`None`: no token has
-    /// the id; the same work is done, so timing does not tell).
-    pub fn verify(&self, record: Option<&TokenRecord>, id: &str, secret: &str) -> bool {
+    /// Whether `secret` is one this process already checked for `id`
+    /// (constant time; no Argon2).
+    pub fn known(&self, id: &str, secret: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        self.lock()
+            .get(id)
+            .is_some_and(|known| bool::from(known.ct_eq(&digest)))
+    }
+
+    /// Whether `secret` is the secret of `record` (`None`: no token has
+    /// the id; the same work is done, so timing does not tell). Slow on
+    /// purpose (Argon2) unless [`Verifier::known`].
+    pub fn verify(&self, record: Option<&TokenRecord>, id: &str, secret: &str) -> bool {
         let Some(record) = record else {
             let _ = Argon2::default().verify_password(secret.as_bytes(), DUMMY_HASH);
             return false;
         };
-        if let Some(known) = self.lock().get(id)
-            && bool::from(known.ct_eq(&digest))
-        {
+        if self.known(id, secret) {
             return true;
         }
         let ok = Argon2::default()
             .verify_password(secret.as_bytes(), record.hash.as_str())
             .is_ok();
         if ok {
+            let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
             self.lock().insert(id.to_owned(), digest);
         }
         ok
@@ -103,6 +111,18 @@ impl Verifier {
 
 /// An Argon2id hash of nothing anyone holds, for ids no token has.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$cHJpc20tZHVtbXktc2FsdA$YFo1W8GpQH8hl+vIvnSaD0dh2iMX6U8fSJzmWoD9c0g";
+
+/// The client an address counts as: an IPv4 address, or an IPv6 /64 (one
+/// host usually holds a whole /64).
+fn client(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
 
 /// Failed attempts per client address, in fixed windows.
 pub struct Limiter {
@@ -129,23 +149,40 @@ impl Limiter {
     /// How long `ip` must wait, when it used up its attempts.
     pub fn wait(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let seen = self.lock();
-        let (start, failures) = seen.get(&ip)?;
+        let (start, failures) = seen.get(&client(ip))?;
         let end = *start + self.window;
         (failures >= &self.max && now < end).then(|| end - now)
     }
 
-    /// Counts a failed attempt of `ip`.
+    /// Counts an attempt of `ip` as failed (before it is checked, so that
+    /// attempts made at once cannot each get a free try).
     pub fn failed(&self, ip: IpAddr, now: Instant) {
         let mut seen = self.lock();
         if seen.len() >= MAX_CLIENTS {
             let window = self.window;
             seen.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
+            // Still full: the oldest window goes.
+            if seen.len() >= MAX_CLIENTS
+                && let Some(oldest) = seen
+                    .iter()
+                    .min_by_key(|(_, (start, _))| *start)
+                    .map(|(k, _)| *k)
+            {
+                seen.remove(&oldest);
+            }
         }
-        let entry = seen.entry(ip).or_insert((now, 0));
+        let entry = seen.entry(client(ip)).or_insert((now, 0));
         if now.saturating_duration_since(entry.0) >= self.window {
             *entry = (now, 0);
         }
         entry.1 = entry.1.saturating_add(1);
+    }
+
+    /// Takes back an attempt counted by [`Limiter::failed`] that succeeded.
+    pub fn forgive(&self, ip: IpAddr) {
+        if let Some(entry) = self.lock().get_mut(&client(ip)) {
+            entry.1 = entry.1.saturating_sub(1);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (Instant, u32)>> {
@@ -198,6 +235,23 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_drops_its_oldest_window() {
+        let l = Limiter::new(1, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..MAX_CLIENTS {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(u32::try_from(i).unwrap()));
+            l.failed(ip, t0 + Duration::from_millis(u64::try_from(i).unwrap()));
+        }
+        l.failed([192, 0, 2, 1].into(), t0 + Duration::from_secs(1));
+        assert_eq!(l.lock().len(), MAX_CLIENTS);
+        assert!(l.wait([0, 0, 0, 0].into(), t0).is_none(), "the oldest went");
+        assert!(
+            l.wait([192, 0, 2, 1].into(), t0 + Duration::from_secs(1))
+                .is_some()
+        );
+    }
+
+    #[test]
     fn only_the_token_shape_parses() {
         let good = format!("prism_{}_{}", "a".repeat(16), "0".repeat(64));
         assert!(parse(&good).is_some());
@@ -233,5 +287,18 @@ mod tests {
         assert_eq!(l.wait(ip, t0 + Duration::from_secs(60)), None);
         l.failed(ip, t0 + Duration::from_secs(61));
         assert_eq!(l.wait(ip, t0 + Duration::from_secs(61)), None);
+        // An attempt that succeeded is taken back.
+        l.failed(ip, t0 + Duration::from_secs(62));
+        l.forgive(ip);
+        l.failed(ip, t0 + Duration::from_secs(62));
+        assert_eq!(l.wait(ip, t0 + Duration::from_secs(62)), None);
+        // Addresses of one IPv6 /64 are one client.
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        for _ in 0..3 {
+            l.failed(a, t0);
+        }
+        assert!(l.wait(b, t0).is_some());
+        assert!(l.wait("2001:db8:1:3::1".parse().unwrap(), t0).is_none());
     }
 }

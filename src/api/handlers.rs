@@ -20,6 +20,9 @@ use crate::tui::data::{Dashboard, DesiredPods, Snapshot};
 
 /// The largest request body taken; past it, 413.
 pub const MAX_BODY: usize = 64 * 1024;
+/// A body declared larger is still read (and dropped) up to this, so that
+/// the client hears the 413.
+const DRAIN_MAX: usize = 1024 * 1024;
 /// A deploy waits this long when the request names no timeout.
 const WAIT_DEFAULT: Duration = Duration::from_secs(300);
 /// And this long at most.
@@ -262,7 +265,12 @@ async fn change(
         timeout,
         who,
     };
-    let outcome = watch.wait(&recorded).await.map_err(rollout_problem)?;
+    // In a task of its own: a client that goes away (a CI job cancelled)
+    // does not stop the wait, nor the rollback it may end in.
+    let outcome = tokio::spawn(async move { watch.wait(&recorded).await })
+        .await
+        .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the wait ended early"))?
+        .map_err(rollout_problem)?;
     Ok(json_body(
         StatusCode::OK,
         &serde_json::json!({ "change": change, "result": outcome }),
@@ -302,13 +310,13 @@ async fn events(shared: &Arc<Shared>, req: &Request<Incoming>) -> Result<Respons
                     Store::open_read_only(&path)
                         .ok()
                         .flatten()
-                        .and_then(|s| s.events_after(after, 100).ok())
+                        .and_then(|s| s.events_since(after, 100).ok())
                         .unwrap_or_default()
                 })
                 .await
                 .unwrap_or_default();
-                if let Some(newest) = new.first().map(|e| e.id) {
-                    let text: String = new.iter().rev().map(sse).collect();
+                if let Some(newest) = new.last().map(|e| e.id) {
+                    let text: String = new.iter().map(sse).collect();
                     let frame = Frame::data(Bytes::from(text));
                     return Some((
                         Ok::<_, std::convert::Infallible>(frame),
@@ -342,6 +350,8 @@ fn sse(e: &Event) -> String {
 }
 
 /// The request's JSON body, at most [`MAX_BODY`]; an empty one is `{}`.
+/// A larger body is read on (to [`DRAIN_MAX`]) and dropped before the 413,
+/// so a client still sending it gets the answer rather than a reset.
 async fn body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Problem> {
     let too_large = || {
         Problem::new(
@@ -355,19 +365,21 @@ async fn body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        if declared.is_some_and(|n| n <= DRAIN_MAX as u64) {
+            let _ = Limited::new(req.into_body(), DRAIN_MAX).collect().await;
+        }
         return Err(too_large());
     }
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_large()
-            } else {
-                Problem::new(StatusCode::BAD_REQUEST, "the body could not be read")
-            }
-        })?
-        .to_bytes();
+    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(_) => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "the body could not be read",
+            ));
+        }
+    };
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -420,10 +432,13 @@ fn rollout_problem(e: RolloutError) -> Problem {
         RolloutError::Edit(_) | RolloutError::Config(ConfigError::Invalid(_)) => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
-        RolloutError::NothingToRollBack { .. } | RolloutError::Conflict(_) => StatusCode::CONFLICT,
-        RolloutError::Config(_) | RolloutError::Store(_) | RolloutError::Write { .. } => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        RolloutError::NothingToRollBack { .. }
+        | RolloutError::Conflict(_)
+        | RolloutError::Superseded { .. } => StatusCode::CONFLICT,
+        RolloutError::Config(_)
+        | RolloutError::Store(_)
+        | RolloutError::Unrecorded(_)
+        | RolloutError::Write { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
     Problem::new(status, e.to_string())
 }

@@ -51,6 +51,9 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// Response bodies: whole JSON, or the event stream.
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// Token checks (Argon2, 19 MiB each) that run at once, at most.
+const HASHING: usize = 2;
+
 /// How long a client has to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -111,6 +114,7 @@ impl Api {
             edited,
             verifier: auth::Verifier::default(),
             limiter: auth::Limiter::default(),
+            hashing: tokio::sync::Semaphore::new(HASHING),
         });
         tokio::pin!(shutdown);
         loop {
@@ -207,6 +211,8 @@ struct Shared {
     edited: tokio::sync::watch::Sender<Option<String>>,
     verifier: auth::Verifier,
     limiter: auth::Limiter,
+    /// Turns at Argon2 ([`HASHING`] at once).
+    hashing: tokio::sync::Semaphore,
 }
 
 /// Who a request is from.
@@ -253,45 +259,60 @@ impl Shared {
         handlers::handle(self, &caller, route.op, params, req).await
     }
 
-    /// The token of `req`, live and with its secret right; every failure
-    /// counts against `peer`.
+    /// The token of `req`, live and with its secret right. An attempt with
+    /// a secret this process has not checked yet counts against `peer`
+    /// before Argon2 runs (taken back if it was right): a client at its
+    /// limit waits, but a token already checked goes on working.
     async fn authenticate(
         self: &Arc<Self>,
         peer: IpAddr,
         req: &Request<Incoming>,
     ) -> Result<Caller, Problem> {
-        if let Some(wait) = self.limiter.wait(peer, Instant::now()) {
-            let mut p = Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many failed attempts from this address; try again later",
-            );
-            p.retry_after = Some(wait.as_secs().max(1));
-            return Err(p);
+        let now = Instant::now();
+        let token = bearer(req);
+        let known = token
+            .as_ref()
+            .is_ok_and(|(id, secret)| self.verifier.known(id, secret));
+        if !known {
+            if let Some(wait) = self.limiter.wait(peer, now) {
+                let mut p = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed attempts from this address; try again later",
+                );
+                p.retry_after = Some(wait.as_secs().max(1));
+                return Err(p);
+            }
+            self.limiter.failed(peer, now);
         }
-        let found = self.token_of(req).await;
-        if found.as_ref().is_err_and(|p| p.status == 401) {
-            self.limiter.failed(peer, Instant::now());
-            tracing::warn!(%peer, path = req.uri().path(), "api: a request was refused its token");
+        let found = match token {
+            Ok((id, secret)) => self.check(id, secret, known).await,
+            Err(p) => Err(p),
+        };
+        match &found {
+            Ok(_) if !known => self.limiter.forgive(peer),
+            Err(p) if p.status == 401 => {
+                tracing::warn!(%peer, path = req.uri().path(), "api: a request was refused its token");
+            }
+            _ => {}
         }
         found
     }
 
-    async fn token_of(self: &Arc<Self>, req: &Request<Incoming>) -> Result<Caller, Problem> {
-        let header = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Problem::unauthorized("no token: send Authorization: Bearer TOKEN"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .ok_or_else(|| {
-                Problem::unauthorized("send the token as Authorization: Bearer TOKEN")
-            })?;
-        let Some((id, secret)) = auth::parse(token) else {
-            return Err(Problem::unauthorized("that is not a Prism token"));
+    /// The caller whose token is `id` and `secret` (`known`: checked before
+    /// by this process); Argon2 at most [`HASHING`] at a time, whatever
+    /// arrives at once.
+    async fn check(
+        self: &Arc<Self>,
+        id: String,
+        secret: String,
+        known: bool,
+    ) -> Result<Caller, Problem> {
+        let _turn = match known {
+            true => None,
+            false => Some(self.hashing.acquire().await.map_err(|_| {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the API is stopping")
+            })?),
         };
-        let (id, secret) = (id.to_owned(), secret.to_owned());
         let me = Arc::clone(self);
         let state = self.config.state_path();
         let record = tokio::task::spawn_blocking(move || -> Result<Option<TokenRecord>, String> {
@@ -345,6 +366,22 @@ impl Shared {
             scope: record.scope,
         })
     }
+}
+
+/// The token of `req`'s `Authorization: Bearer`, as its id and secret.
+fn bearer(req: &Request<Incoming>) -> Result<(String, String), Problem> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Problem::unauthorized("no token: send Authorization: Bearer TOKEN"))?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .ok_or_else(|| Problem::unauthorized("send the token as Authorization: Bearer TOKEN"))?;
+    auth::parse(token)
+        .map(|(id, secret)| (id.to_owned(), secret.to_owned()))
+        .ok_or_else(|| Problem::unauthorized("that is not a Prism token"))
 }
 
 /// A JSON response.

@@ -142,7 +142,8 @@ impl Remote {
                 .to_bytes();
             Ok::<_, RemoteError>((status, body))
         };
-        let (status, body) = tokio::time::timeout(wait + SLACK, answer)
+        // A wait that fails waits again for the rollback.
+        let (status, body) = tokio::time::timeout(wait.saturating_mul(2) + SLACK, answer)
             .await
             .map_err(|_| unreachable("no answer in time".into()))??;
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(

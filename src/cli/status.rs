@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::Failure;
-use super::table::{age, opt, render, size};
+use super::table::{age, opt, printable_lines, render, size};
 use crate::cloud::Discovery;
 use crate::config::Config;
 use crate::observe::ProbeLimits;
@@ -106,7 +106,8 @@ pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
         serde_json::to_writer_pretty(&mut out, &status)?;
         writeln!(out)?;
     } else {
-        out.write_all(human(&status, now_ms()).as_bytes())?;
+        // Node-reported details are outside text: escaped, as the tables are.
+        out.write_all(printable_lines(&human(&status, now_ms())).as_bytes())?;
     }
     Ok(())
 }
@@ -401,6 +402,23 @@ mod tests {
             row.starts_with("node1") && row.contains("n7WQBmJ52l8D"),
             "{row}"
         );
+    }
+
+    #[test]
+    fn hostile_names_and_details_are_escaped() {
+        let mut s = status();
+        s.nodes[0].name = "web\u{1b}]52;c;cm0gLXJmIC8=\u{7}".into();
+        s.nodes[0].condition_detail = Some("docker: \u{1b}[2Jgone".into());
+        let text = printable_lines(&human(&s, 100_000));
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text}"
+        );
+        assert!(
+            text.contains("web\\u{1b}]52;c;cm0gLXJmIC8=\\u{7}"),
+            "{text}"
+        );
+        assert!(text.contains("docker: \\u{1b}[2Jgone"), "{text}");
     }
 
     #[test]

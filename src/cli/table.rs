@@ -1,11 +1,51 @@
-//! Plain aligned text tables and ages for terminal output.
+//! Plain aligned text tables and ages for terminal output. Text from
+//! outside (EC2 tags, a node's stderr, container names) is printed with
+//! its control characters escaped: a terminal never takes it as commands
+//! (an OSC 52 in a Name tag would otherwise write the reader's clipboard).
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
-/// Renders rows under a header, each column as wide as its widest cell.
+/// `s` with every control character escaped as `\u{..}`, tabs and line
+/// breaks too: one line, safe to print on a terminal.
+pub(crate) fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(
+        s.chars()
+            .fold(String::with_capacity(s.len()), |mut out, c| {
+                if c.is_control() {
+                    let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+                } else {
+                    out.push(c);
+                }
+                out
+            }),
+    )
+}
+
+/// `text` with control characters escaped, its line breaks kept.
+pub(crate) fn printable_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&printable(line));
+    }
+    out
+}
+
+/// Renders rows under a header, each column as wide as its widest cell;
+/// control characters in cells escaped.
 pub(crate) fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -20,8 +60,8 @@ pub(crate) fn render(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     };
     line(&mut header.iter().copied());
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
+    for row in &rows {
+        line(&mut row.iter().map(|c| c.as_ref()));
     }
     out
 }
@@ -78,6 +118,23 @@ mod tests {
             ],
         );
         assert_eq!(text, "NAME   STATE\nnode1  ready\nn      lost\n");
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let osc52 = "web\u{1b}]52;c;cm0gLXJmIC8=\u{7}";
+        assert_eq!(printable(osc52), "web\\u{1b}]52;c;cm0gLXJmIC8=\\u{7}");
+        assert_eq!(printable("a\tb\nc\u{9b}"), "a\\u{9}b\\u{a}c\\u{9b}");
+        assert!(matches!(printable("plain ü"), Cow::Borrowed("plain ü")));
+        assert_eq!(printable_lines("a\u{1b}[2J\nb\n"), "a\\u{1b}[2J\nb\n");
+        let text = render(&["NAME"], &[vec![osc52.into()]]);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        // Widths count what is printed.
+        let text = render(&["N", "X"], &[vec!["\u{1b}".into(), "x".into()]]);
+        assert_eq!(text, "N       X\n\\u{1b}  x\n");
     }
 
     #[test]

@@ -455,6 +455,20 @@ pub struct Proxy {
     /// Certificates obtained and renewed over ACME for every app host that
     /// no certificate file covers.
     pub acme: Option<Acme>,
+    /// Peers (CIDRs or addresses) whose X-Forwarded-*, Forwarded and
+    /// X-Real-IP headers are kept, e.g. a load balancer in front; from any
+    /// other client they are dropped and set from the connection.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// One of `[proxy] trusted_proxies`: a network, or one address.
+pub fn trusted_net(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .ok()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -515,6 +529,7 @@ impl Default for Proxy {
             redirect_https: true,
             certificates: Vec::new(),
             acme: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -277,6 +277,15 @@ impl Checker {
                 "the default is 4096",
             );
         }
+        for (i, t) in p.trusted_proxies.iter().enumerate() {
+            if super::schema::trusted_net(t).is_none() {
+                self.err_help(
+                    at.key("trusted_proxies").index(i),
+                    format!("{t:?} is not an address or network"),
+                    "write an address (10.0.0.5) or a network (10.0.0.0/16, fd00::/8)",
+                );
+            }
+        }
         let api_tls = fleet.api.as_ref().is_some_and(|a| a.host.is_some());
         self.tls(p, api_tls);
     }

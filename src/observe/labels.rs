@@ -15,6 +15,11 @@ pub(crate) const INSTANCE: &str = "prism.instance";
 /// Hash of the service spec the container was created from.
 pub(crate) const SPEC: &str = "prism.spec";
 
+/// The names (never the values) of the container's secret variables,
+/// comma-separated: what shows them hides their values, whatever
+/// fleet.toml says now.
+pub(crate) const SECRETS: &str = "prism.secrets";
+
 /// On a pod's local volume: its name in fleet.toml.
 pub(crate) const VOLUME: &str = "prism.volume";
 

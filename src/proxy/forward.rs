@@ -103,6 +103,9 @@ pub(crate) struct ConnInfo {
     pub client_ip: HeaderValue,
     /// `http` or `https`, for X-Forwarded-Proto.
     pub proto: &'static str,
+    /// The peer is one of `[proxy] trusted_proxies`: its forwarding
+    /// headers are kept.
+    pub trusted: bool,
     /// Bytes moved and requests in flight, for the watchdog.
     pub activity: Arc<Activity>,
     /// The upstream timeout's timer, kept between requests: moving a
@@ -112,11 +115,17 @@ pub(crate) struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, proto: &'static str, activity: Arc<Activity>) -> ConnInfo {
+    pub fn new(
+        peer: SocketAddr,
+        proto: &'static str,
+        trusted: bool,
+        activity: Arc<Activity>,
+    ) -> ConnInfo {
         ConnInfo {
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
             proto,
+            trusted,
             activity,
             timer: Mutex::new(None),
         }
@@ -240,7 +249,13 @@ async fn forward<'s>(
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     headers::strip_hop_by_hop(&mut headers, upgrade);
-    headers::add_forwarded(&mut headers, &conn.client_ip, conn.proto, &host);
+    headers::add_forwarded(
+        &mut headers,
+        &conn.client_ip,
+        conn.proto,
+        &host,
+        conn.trusted,
+    );
     let request_id = headers::request_id(&mut headers);
     headers.insert(header::HOST, host.clone());
     let path = parts

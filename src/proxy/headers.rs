@@ -63,10 +63,20 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Whether an HTTP/1.1 message asks to switch protocols: `Connection`
-/// lists `upgrade` and an `Upgrade` header is present.
+/// Whether an HTTP/1.1 request asks to switch to WebSocket: `Connection`
+/// lists `upgrade` and `Upgrade` is `websocket`. Only WebSocket is
+/// tunnelled: any other protocol (`h2c`) would carry the rest of the
+/// connection past routing and header rewriting, so such a request goes on
+/// as a plain one, its `Upgrade` dropped.
 pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    let websocket = match (upgrades.next(), upgrades.next()) {
+        (Some(v), None) => v
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket")),
+        _ => false,
+    };
+    websocket
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -75,15 +85,41 @@ pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Appends the client to X-Forwarded-For and sets X-Forwarded-Proto and
-/// X-Forwarded-Host (the proxy is the edge: what a client claims for those
-/// two is replaced).
+/// What the edge says about the client and the request it got, which only
+/// the edge may say: from a client that is not a trusted proxy, each is
+/// dropped (and the X-Forwarded-* ones set from the connection).
+static FORWARDING: [HeaderName; 7] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-original-forwarded-for"),
+];
+
+/// Sets X-Forwarded-For, -Proto and -Host for the instance. From a
+/// `trusted` peer (a load balancer in front) what it says is kept: the
+/// client is appended to its X-Forwarded-For, and its -Proto and -Host
+/// stay when it set them. From anyone else every forwarding header the
+/// client sent is dropped, so no client can claim another address, scheme
+/// or host to the apps.
 pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
     client: &HeaderValue,
     proto: &'static str,
     host: &HeaderValue,
+    trusted: bool,
 ) {
+    if !trusted {
+        for name in &FORWARDING {
+            headers.remove(name);
+        }
+        headers.insert(&X_FORWARDED_FOR, client.clone());
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        headers.insert(&X_FORWARDED_HOST, host.clone());
+        return;
+    }
     let mut prior = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
@@ -102,8 +138,12 @@ pub(crate) fn add_forwarded(
     if let Some(v) = value {
         headers.insert(&X_FORWARDED_FOR, v);
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    headers.insert(&X_FORWARDED_HOST, host.clone());
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        headers.insert(&X_FORWARDED_HOST, host.clone());
+    }
 }
 
 /// The request's id: the client's X-Request-Id when it is a sane token
@@ -213,8 +253,18 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_needs_both_headers() {
+    fn upgrade_needs_both_headers_and_only_websocket_is_one() {
         assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
+        for other in ["h2c", "websocket, h2c", "TLS/1.0"] {
+            assert!(
+                !wants_upgrade(&map(&[("connection", "upgrade"), ("upgrade", other)])),
+                "{other}"
+            );
+        }
+        assert!(wants_upgrade(&map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "WebSocket")
+        ])));
         assert!(!wants_upgrade(&map(&[("connection", "upgrade")])));
         assert!(wants_upgrade(&map(&[
             ("connection", "keep-alive"),
@@ -224,31 +274,52 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_append_the_client_and_replace_proto_and_host() {
+    fn a_client_cannot_claim_another_address_scheme_or_host() {
         let client = HeaderValue::from_static("203.0.113.7");
-        let mut h = map(&[
+        let host = HeaderValue::from_static("blog.example.com");
+        let sent = [
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil.example"),
-        ]);
-        add_forwarded(
-            &mut h,
-            &client,
-            "http",
-            &HeaderValue::from_static("blog.example.com"),
+            ("forwarded", "for=1.2.3.4;proto=https"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("accept", "*/*"),
+        ];
+        let mut h = map(&sent);
+        add_forwarded(&mut h, &client, "http", &host, false);
+        assert_eq!(
+            names(&h),
+            [
+                "accept",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
         );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 203.0.113.7");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "blog.example.com");
+        // A trusted proxy in front is believed: the client is appended.
+        let mut h = map(&sent);
+        add_forwarded(&mut h, &client, "http", &host, true);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 203.0.113.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "evil.example");
+        assert_eq!(h["x-real-ip"], "1.2.3.4");
         let mut h = HeaderMap::new();
         add_forwarded(
             &mut h,
             &HeaderValue::from_static("::1"),
             "http",
             &HeaderValue::from_static("a.com:8080"),
+            true,
         );
         assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.com:8080");
     }
 

@@ -35,6 +35,9 @@ pub struct Settings {
     /// The HTTPS port plain-HTTP requests are redirected to, for hosts
     /// with a certificate; `None`: no redirects.
     pub redirect_https: Option<u16>,
+    /// Peers whose forwarding headers are believed (`[proxy]
+    /// trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -62,6 +65,11 @@ impl Settings {
                 .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
                 .map(|a| a.port())
                 .filter(|&port| port != 0),
+            trusted_proxies: p
+                .trusted_proxies
+                .iter()
+                .filter_map(|t| config::trusted_net(t))
+                .collect(),
         }
     }
 }

@@ -339,7 +339,12 @@ async fn connection<S>(
     let shared = Arc::clone(&worker.shared);
     shared.metrics.connections.inc();
     let (io, activity) = Stamped::new(stream);
-    let info = Arc::new(ConnInfo::new(peer, proto, activity));
+    let trusted = shared
+        .settings
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer.ip()));
+    let info = Arc::new(ConnInfo::new(peer, proto, trusted, activity));
     // The watchdog and the stop signal wait in a task of their own and
     // raise `orders` when the connection must go: this task, woken for
     // every request, then looks at one flag rather than polling a timer

@@ -177,6 +177,13 @@ pub(crate) fn run_argv(
         v.extend(["--dns".into(), dns.to_string()]);
     }
     v.extend(spec.labels().run_args());
+    // Always, empty without secrets: a container without it was made by
+    // an older Prism, and what shows it hides every value.
+    let names: Vec<&str> = c.secrets.keys().map(String::as_str).collect();
+    v.extend([
+        "--label".into(),
+        format!("{}={}", labels::SECRETS, names.join(",")),
+    ]);
     // Bytes without a unit: Docker reads a bare number as bytes.
     v.extend(["--memory".into(), c.memory.0.to_string()]);
     if let Some(cpu) = c.cpu {
@@ -384,6 +391,8 @@ mod tests {
                 "prism.instance=0",
                 "--label",
                 "prism.spec=0123456789ab",
+                "--label",
+                "prism.secrets=APP_KEY,DB_PASSWORD",
                 "--memory",
                 "268435456",
                 "--cpus",
@@ -441,7 +450,9 @@ mod tests {
         };
         assert!(!s.needs_env_file());
         let argv = run_argv(&s, None).unwrap();
-        let tail: Vec<&str> = argv[20..].iter().map(String::as_str).collect();
+        // Without secrets the label is there, empty: no value is hidden.
+        assert!(argv.iter().any(|a| a == "prism.secrets="), "{argv:?}");
+        let tail: Vec<&str> = argv[22..].iter().map(String::as_str).collect();
         assert_eq!(
             tail,
             [

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::config::{self, ConfigError, Edit, EditError, apply_edit};
+use crate::config::{self, ConfigError, Edit, EditError, app_text, apply_edit};
 use crate::store::{Store, StoreError, now_ms};
 
 /// How often an edit is tried again when the file changed under it.
@@ -38,6 +38,12 @@ pub enum RolloutError {
     Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// fleet.toml was written; the history could not take it.
+    #[error("fleet.toml was changed, but the change could not be recorded in the state file: {0}")]
+    Unrecorded(StoreError),
+    /// A rollback found the app changed since the change it undoes.
+    #[error("{app} changed in fleet.toml since; it was left as it is")]
+    Superseded { app: String },
     #[error("cannot write {file}: {source}")]
     Write {
         file: String,
@@ -50,6 +56,8 @@ pub enum RolloutError {
 pub struct Recorded {
     /// Its id in the history.
     pub id: i64,
+    /// When it was made (unix ms).
+    pub at: i64,
     /// What changed, in words: `web=registry/blog:1.5`.
     pub change: String,
     /// The file before and after.
@@ -99,33 +107,75 @@ pub fn make(
             )
         }
     };
-    record(file, state, &edit, &words, who)
+    record(file, state, &edit, &words, who, None)
 }
 
-/// Makes `edit` and records it as `words`, by `who`.
+/// Makes `edit` and records it as `words`, by `who`; with `unless_changed`
+/// (a text of fleet.toml), only while the app is still as it is there.
 pub(crate) fn record(
     file: &Path,
     state: &Path,
     edit: &Edit,
     words: &str,
     who: &str,
+    unless_changed: Option<&str>,
 ) -> Result<Recorded, RolloutError> {
-    let (before, after) = write(file, edit)?;
-    let store = Store::open(state)?;
-    let id = store.record_change(now_ms(), edit.app(), who, words, &before, &after)?;
+    let (before, after) = write(file, edit, unless_changed)?;
+    let at = now_ms();
+    let id = Store::open(state)
+        .and_then(|s| s.record_change(at, edit.app(), who, words, &before, &after))
+        .map_err(RolloutError::Unrecorded)?;
     Ok(Recorded {
         id,
+        at,
         change: words.to_owned(),
         before,
         after,
     })
 }
 
+/// Holds the edit lock of `file` (a lock file beside it) while it lives:
+/// edits by this process and by others (the command line, the API) take
+/// turns, so no two interleave.
+struct EditLock {
+    /// The lock is the open file's: it goes when the file is closed.
+    _file: std::fs::File,
+}
+
+impl EditLock {
+    fn take(file: &Path) -> Result<EditLock, RolloutError> {
+        let lock = file.with_file_name(format!(".{}.prism-lock", name_of(file)));
+        let failed = |source| RolloutError::Write {
+            file: lock.display().to_string(),
+            source,
+        };
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(failed)?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| failed(e.into()))?;
+        Ok(EditLock { _file: f })
+    }
+}
+
+fn name_of(file: &Path) -> String {
+    file.file_name()
+        .map_or_else(|| "fleet.toml".into(), |n| n.to_string_lossy().into_owned())
+}
+
 /// Reads, edits, checks and writes fleet.toml in place: written only when
 /// the result is a valid fleet, and only if the file still holds what was
 /// read (a hand edit meanwhile is never lost: the edit is made again on
-/// it). The text before and after.
-fn write(file: &Path, edit: &Edit) -> Result<(String, String), RolloutError> {
+/// it). Edits through Prism take turns ([`EditLock`]). The text before and
+/// after.
+fn write(
+    file: &Path,
+    edit: &Edit,
+    unless_changed: Option<&str>,
+) -> Result<(String, String), RolloutError> {
     let read = |f: &Path| {
         std::fs::read_to_string(f).map_err(|source| ConfigError::Read {
             file: f.to_path_buf(),
@@ -136,14 +186,22 @@ fn write(file: &Path, edit: &Edit) -> Result<(String, String), RolloutError> {
         file: file.display().to_string(),
         source,
     };
+    let _turn = EditLock::take(file)?;
     for _ in 0..TRIES {
         let before = read(file)?;
+        if let Some(expected) = unless_changed
+            && app_text(&before, edit.app()) != app_text(expected, edit.app())
+        {
+            return Err(RolloutError::Superseded {
+                app: edit.app().to_owned(),
+            });
+        }
         let after = apply_edit(&before, edit)?;
         config::parse(file, &after).map_err(ConfigError::Invalid)?;
         let tmp = file.with_file_name(format!(
-            ".{}.prism-edit",
-            file.file_name()
-                .map_or_else(|| "fleet.toml".into(), |n| n.to_string_lossy())
+            ".{}.prism-edit.{}",
+            name_of(file),
+            std::process::id()
         ));
         let written = (|| {
             let mut f = std::fs::File::create(&tmp)?;

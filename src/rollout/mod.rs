@@ -7,4 +7,4 @@ mod edit;
 mod wait;
 
 pub use edit::{Change, Recorded, RolloutError, make};
-pub use wait::{Outcome, Progress, Watch, progress};
+pub use wait::{Outcome, Progress, Seen, Watch, progress};

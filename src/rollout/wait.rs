@@ -6,6 +6,7 @@
 //! new containers turn unhealthy, or are not there in time, failed; with
 //! the app's `rollback_on_failure` the file comes back as it was.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::edit::{Recorded, RolloutError, record};
 use crate::config::{self, App, Edit};
+use crate::reconcile::NodeState;
 use crate::store::{ContainerRecord, HealthRecord, Store, Verdict, hostname, now_ms};
 
 /// How often the state file is read while waiting.
@@ -47,15 +49,30 @@ impl Outcome {
     }
 }
 
+/// What the applier last recorded, as a wait reads it.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub containers: Vec<ContainerRecord>,
+    pub health: Vec<HealthRecord>,
+    /// Nodes that may run containers now: the rows of a node lost or gone
+    /// are what it ran then, not what runs.
+    pub live: BTreeSet<String>,
+}
+
+/// A container's start, by its node's clock, counts as after a change made
+/// this long before it (clocks a little apart).
+const SKEW_MS: i64 = 5_000;
+
 /// Where `app` (as `spec` asks, `None`: removed) stands in what the
-/// applier last recorded.
-pub fn progress(
-    app: &str,
-    spec: Option<&App>,
-    containers: &[ContainerRecord],
-    health: &[HealthRecord],
-) -> Progress {
-    let mine: Vec<&ContainerRecord> = containers.iter().filter(|c| c.app == app).collect();
+/// applier last recorded; only containers started after `since` (unix ms,
+/// the change) can fail it.
+pub fn progress(app: &str, spec: Option<&App>, seen: &Seen, since: i64) -> Progress {
+    let health = &seen.health;
+    let mine: Vec<&ContainerRecord> = seen
+        .containers
+        .iter()
+        .filter(|c| c.app == app && seen.live.contains(&c.node_id))
+        .collect();
     let Some(spec) = spec else {
         return match mine.first() {
             Some(c) => Progress::Pending(format!("{} still runs on {}", c.name, c.node_id)),
@@ -75,11 +92,14 @@ pub fn progress(
             .map(|h| (h.verdict, h.detail.as_deref().unwrap_or("no detail")))
     };
     for (name, svc) in &spec.services {
-        // A new container that failed decides it, old ones beside it or not.
-        for c in mine
-            .iter()
-            .filter(|c| &c.service == name && c.image == svc.image)
-        {
+        // A new container that failed decides it, old ones beside it or
+        // not; one that ran before the change is none of its doing.
+        for c in mine.iter().filter(|c| {
+            &c.service == name
+                && c.image == svc.image
+                && c.started_at
+                    .is_some_and(|t| t >= since.saturating_sub(SKEW_MS))
+        }) {
             let pod = format!("{app}/{name}/{}", c.instance);
             if c.state != "running" && c.restarts >= 3 {
                 return Progress::Failed(format!(
@@ -138,7 +158,7 @@ impl Watch {
     /// it, puts the app back and waits for that too.
     pub async fn wait(&self, change: &Recorded) -> Result<Outcome, RolloutError> {
         let spec = self.spec(&change.after)?;
-        let why = match self.until_ready(spec.as_ref()).await {
+        let why = match self.until_ready(spec.as_ref(), change.at).await {
             Ok(()) => return Ok(Outcome::Done),
             Err(why) => why,
         };
@@ -152,13 +172,27 @@ impl Watch {
         let words = format!("rollback of #{} (it did not roll out)", change.id);
         let back = {
             let (file, state, who) = (self.file.clone(), self.state.clone(), self.who.clone());
-            tokio::task::spawn_blocking(move || record(&file, &state, &edit, &words, &who))
-                .await
-                .map_err(|e| {
-                    RolloutError::Conflict(format!("the rollback did not finish: {e}"))
-                })??
+            let after = change.after.clone();
+            // Only while the app is as the change left it: a newer change
+            // (by hand or another deploy) is never undone.
+            tokio::task::spawn_blocking(move || {
+                record(&file, &state, &edit, &words, &who, Some(&after))
+            })
+            .await
+            .map_err(|e| RolloutError::Conflict(format!("the rollback did not finish: {e}")))?
         };
-        let settled = self.until_ready(self.spec(&back.after)?.as_ref()).await;
+        let back = match back {
+            Ok(back) => back,
+            Err(RolloutError::Superseded { app }) => {
+                return Ok(Outcome::Failed {
+                    why: format!("{why}; not rolled back: {app} changed in fleet.toml since"),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let settled = self
+            .until_ready(self.spec(&back.after)?.as_ref(), back.at)
+            .await;
         Ok(Outcome::RolledBack {
             why,
             id: back.id,
@@ -172,27 +206,38 @@ impl Watch {
         Ok(fleet.apps.get(&self.app).cloned())
     }
 
-    /// Until `spec` runs, or why not within the timeout.
-    async fn until_ready(&self, spec: Option<&App>) -> Result<(), String> {
+    /// Until `spec` runs, or why not within the timeout; `since`: when the
+    /// change was made.
+    async fn until_ready(&self, spec: Option<&App>, since: i64) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             let state = self.state.clone();
             let read = tokio::task::spawn_blocking(move || -> Result<_, String> {
                 let store = Store::open_read_only(&state).map_err(|e| e.to_string())?;
                 let Some(store) = store else {
-                    return Ok((Vec::new(), Vec::new(), None));
+                    return Ok((Seen::default(), None));
                 };
-                let containers = store.containers().map_err(|e| e.to_string())?;
-                let health = store.health_records().map_err(|e| e.to_string())?;
+                let live = store
+                    .nodes()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|n| !matches!(n.state, NodeState::Lost | NodeState::Gone))
+                    .map(|n| n.id)
+                    .collect();
+                let seen = Seen {
+                    containers: store.containers().map_err(|e| e.to_string())?,
+                    health: store.health_records().map_err(|e| e.to_string())?,
+                    live,
+                };
                 let lock = store.lock_info().map_err(|e| e.to_string())?;
-                Ok((containers, health, lock))
+                Ok((seen, lock))
             })
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r);
             let last = match read {
-                Ok((containers, health, lock)) => {
-                    let why = match progress(&self.app, spec, &containers, &health) {
+                Ok((seen, lock)) => {
+                    let why = match progress(&self.app, spec, &seen, since) {
                         Progress::Ready => return Ok(()),
                         Progress::Failed(why) => return Err(why),
                         Progress::Pending(why) => why,
@@ -224,6 +269,14 @@ mod tests {
     use std::path::Path;
 
     const FLEET: &str = "[fleet]\nname = \"t\"\n[discovery]\nprovider = \"static\"\nnodes = [{ name = \"a\", address = \"10.0.0.5\" }]\n[apps.blog]\ninstances = 2\n[apps.blog.services.web]\nimage = \"blog:2\"\nport = 80\nhealth = { http = \"/up\" }\n[apps.blog.services.worker]\nimage = \"blog:2\"\n";
+
+    fn seen(containers: &[ContainerRecord], health: &[HealthRecord]) -> Seen {
+        Seen {
+            containers: containers.to_vec(),
+            health: health.to_vec(),
+            live: ["i-1".to_owned()].into(),
+        }
+    }
 
     fn spec() -> App {
         let fleet = config::parse(Path::new("fleet.toml"), FLEET).expect("valid");
@@ -276,24 +329,24 @@ mod tests {
         ];
         let healthy = vec![verdict(0, Verdict::Healthy), verdict(1, Verdict::Healthy)];
         assert_eq!(
-            progress("blog", Some(&spec), &new, &healthy),
+            progress("blog", Some(&spec), &seen(&new, &healthy), 0),
             Progress::Ready
         );
         // An old container still beside the new one: not yet.
         let mut old = new.clone();
         old.push(container("web", 1, "blog:1"));
         assert!(matches!(
-            progress("blog", Some(&spec), &old, &healthy),
+            progress("blog", Some(&spec), &seen(&old, &healthy), 0),
             Progress::Pending(why) if why.contains("still runs blog:1")
         ));
         // A pod without a container, or not healthy yet.
         assert!(matches!(
-            progress("blog", Some(&spec), &new[1..], &healthy),
+            progress("blog", Some(&spec), &seen(&new[1..], &healthy), 0),
             Progress::Pending(why) if why.contains("blog/web/0 has no container")
         ));
         let starting = vec![verdict(0, Verdict::Healthy), verdict(1, Verdict::Starting)];
         assert!(matches!(
-            progress("blog", Some(&spec), &new, &starting),
+            progress("blog", Some(&spec), &seen(&new, &starting), 0),
             Progress::Pending(why) if why.contains("blog/web/1 is not healthy")
         ));
         // A verdict of an earlier start of the container does not count.
@@ -303,8 +356,8 @@ mod tests {
             progress(
                 "blog",
                 Some(&spec),
-                &new,
-                &[verdict(0, Verdict::Healthy), earlier]
+                &seen(&new, &[verdict(0, Verdict::Healthy), earlier]),
+                0
             ),
             Progress::Pending(_)
         ));
@@ -312,7 +365,7 @@ mod tests {
         let mut extra = new.clone();
         extra.push(container("worker", 2, "blog:2"));
         assert!(matches!(
-            progress("blog", Some(&spec), &extra, &healthy),
+            progress("blog", Some(&spec), &seen(&extra, &healthy), 0),
             Progress::Pending(why) if why.contains("worker-2 is still to be removed")
         ));
         // Other apps' containers are none of its business.
@@ -322,7 +375,7 @@ mod tests {
             ..container("web", 0, "shop:1")
         });
         assert_eq!(
-            progress("blog", Some(&spec), &other, &healthy),
+            progress("blog", Some(&spec), &seen(&other, &healthy), 0),
             Progress::Ready
         );
     }
@@ -332,7 +385,7 @@ mod tests {
         let spec = spec();
         let new = vec![container("web", 0, "blog:2"), container("web", 1, "blog:2")];
         assert!(matches!(
-            progress("blog", Some(&spec), &new, &[verdict(0, Verdict::Unhealthy)]),
+            progress("blog", Some(&spec), &seen(&new, &[verdict(0, Verdict::Unhealthy)]), 0),
             Progress::Failed(why) if why.contains("blog/web/0 on i-1 failed its health check (GET /up: 503)")
         ));
         // Beside the old container still serving, too.
@@ -345,8 +398,8 @@ mod tests {
             progress(
                 "blog",
                 Some(&spec),
-                &beside,
-                &[verdict(0, Verdict::Unhealthy)]
+                &seen(&beside, &[verdict(0, Verdict::Unhealthy)]),
+                0
             ),
             Progress::Failed(_)
         ));
@@ -354,13 +407,27 @@ mod tests {
         crashing[0].state = "restarting".into();
         crashing[0].restarts = 3;
         assert!(matches!(
-            progress("blog", Some(&spec), &crashing, &[]),
+            progress("blog", Some(&spec), &seen(&crashing, &[]), 0),
             Progress::Failed(why) if why.contains("keeps stopping")
         ));
         assert!(matches!(
-            progress("blog", None, &new, &[]),
+            progress("blog", None, &seen(&new, &[]), 0),
             Progress::Pending(_)
         ));
-        assert_eq!(progress("blog", None, &[], &[]), Progress::Ready);
+        assert_eq!(progress("blog", None, &seen(&[], &[]), 0), Progress::Ready);
+        // What a lost node last ran is not running.
+        let mut gone = seen(&new, &[]);
+        gone.live.clear();
+        assert_eq!(progress("blog", None, &gone, 0), Progress::Ready);
+        // A container that failed before the change is none of its doing.
+        assert!(matches!(
+            progress(
+                "blog",
+                Some(&spec),
+                &seen(&new, &[verdict(0, Verdict::Unhealthy)]),
+                60_000
+            ),
+            Progress::Pending(_)
+        ));
     }
 }

@@ -95,12 +95,27 @@ impl Store {
 
     /// Events with an id above `after` (for following the log), newest first.
     pub(crate) fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.events_where(after, limit, "DESC")
+    }
+
+    /// The first `limit` events with an id above `after`, oldest first: a
+    /// stream that resumes there misses none.
+    pub(crate) fn events_since(&self, after: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.events_where(after, limit, "ASC")
+    }
+
+    fn events_where(
+        &self,
+        after: i64,
+        limit: usize,
+        order: &str,
+    ) -> Result<Vec<Event>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT id, at, level, kind, node_id, app, message FROM events
-                 WHERE id > ?1 ORDER BY id DESC LIMIT ?2",
-            )
+                 WHERE id > ?1 ORDER BY id {order} LIMIT ?2"
+            ))
             .map_err(|e| self.sql(e))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt
@@ -148,5 +163,12 @@ mod tests {
         assert_eq!(store.events(2).expect("limited").len(), 2);
         let newer = store.events_after(first, 10).expect("after");
         assert_eq!(newer.len(), 2);
+        // Resuming from an id takes the oldest first, so a limit drops
+        // the newest (read next time), never one in between.
+        let since = store.events_since(first, 1).expect("since");
+        assert_eq!(
+            since.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+            ["two"]
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -85,6 +86,7 @@ pub(crate) async fn stream_logs(
     reach: Arc<Reach>,
     target: Target,
     spec: LogSpec,
+    backlog: Arc<AtomicUsize>,
     tx: UnboundedSender<Msg>,
 ) {
     let seq = spec.seq;
@@ -101,7 +103,8 @@ pub(crate) async fn stream_logs(
     };
     let _ = tx.send(Msg::LogEnded(seq, "streaming".into()));
     // Partial last lines of stdout and stderr, completed by the next chunk.
-    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut out, mut err) = (Lines::default(), Lines::default());
+    let mut dropped = 0usize;
     while let Some(chunk) = stream.next().await {
         let (buf, bytes) = match chunk {
             Ok(Chunk::Stdout(b)) => (&mut out, b),
@@ -117,23 +120,70 @@ pub(crate) async fn stream_logs(
                 return;
             }
         };
-        buf.extend_from_slice(&bytes);
-        let lines = take_lines(buf);
-        if !lines.is_empty() && tx.send(Msg::LogLines(seq, lines)).is_err() {
+        let mut lines = buf.push(&bytes);
+        if lines.is_empty() {
+            continue;
+        }
+        // The screen keeps what it can draw: past a backlog, lines are
+        // counted, not queued.
+        if backlog.load(Ordering::Relaxed).saturating_add(lines.len()) > MAX_BACKLOG {
+            dropped = dropped.saturating_add(lines.len());
+            continue;
+        }
+        if dropped > 0 {
+            lines.insert(
+                0,
+                format!("… {dropped} lines not shown (they came faster than the screen)"),
+            );
+            dropped = 0;
+        }
+        backlog.fetch_add(lines.len(), Ordering::Relaxed);
+        if tx.send(Msg::LogLines(seq, lines)).is_err() {
             return;
         }
     }
     let _ = tx.send(Msg::LogEnded(seq, "ended".into()));
 }
 
-/// The complete lines at the front of `buf`, removed from it.
-pub(crate) fn take_lines(buf: &mut Vec<u8>) -> Vec<String> {
-    let Some(last) = buf.iter().rposition(|b| *b == b'\n') else {
-        return Vec::new();
-    };
-    let rest = buf.split_off(last + 1);
-    let done = std::mem::replace(buf, rest);
-    String::from_utf8_lossy(&done).lines().map(clean).collect()
+/// The longest line kept, in bytes; the rest of a longer one is counted.
+pub(crate) const MAX_LINE: usize = 4096;
+/// Lines sent to the screen and not taken yet, at most.
+pub(crate) const MAX_BACKLOG: usize = 20_000;
+
+/// A stream cut into lines, holding at most [`MAX_LINE`] bytes of the
+/// unfinished one whatever comes (a container printing without newlines).
+#[derive(Debug, Default)]
+pub(crate) struct Lines {
+    buf: Vec<u8>,
+    /// Bytes of the unfinished line past [`MAX_LINE`].
+    cut: u64,
+}
+
+impl Lines {
+    /// The lines `bytes` finishes, cleaned.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut done = Vec::new();
+        for piece in bytes.split_inclusive(|b| *b == b'\n') {
+            let (body, finished) = match piece.split_last() {
+                Some((b'\n', body)) => (body, true),
+                _ => (piece, false),
+            };
+            let room = MAX_LINE.saturating_sub(self.buf.len());
+            let (keep, over) = body.split_at(body.len().min(room));
+            self.buf.extend_from_slice(keep);
+            self.cut = self.cut.saturating_add(over.len() as u64);
+            if finished {
+                let mut line = clean(&String::from_utf8_lossy(&self.buf));
+                if self.cut > 0 {
+                    line.push_str(&format!(" … ({} more bytes)", self.cut));
+                }
+                done.push(line);
+                self.buf.clear();
+                self.cut = 0;
+            }
+        }
+        done
+    }
 }
 
 /// `docker inspect` of the container, its secrets' values hidden, and its
@@ -195,6 +245,18 @@ pub(crate) fn hide_secrets(inspect: &mut serde_json::Value, names: &BTreeSet<Str
         return;
     };
     for item in items {
+        // What the container itself says is secret; a container made
+        // before Prism said so has every value hidden.
+        let marked: Option<BTreeSet<String>> = item
+            .pointer(&format!(
+                "/Config/Labels/{}",
+                crate::observe::labels::SECRETS
+            ))
+            .and_then(|v| v.as_str())
+            .map(|v| v.split(',').map(str::to_owned).collect());
+        let ours = item
+            .pointer(&format!("/Config/Labels/{}", crate::observe::labels::FLEET))
+            .is_some();
         let Some(env) = item
             .pointer_mut("/Config/Env")
             .and_then(|e| e.as_array_mut())
@@ -202,10 +264,14 @@ pub(crate) fn hide_secrets(inspect: &mut serde_json::Value, names: &BTreeSet<Str
             continue;
         };
         for entry in env {
-            if let Some(s) = entry.as_str()
-                && let Some((name, _)) = s.split_once('=')
-                && names.contains(name)
-            {
+            let Some((name, _)) = entry.as_str().and_then(|s| s.split_once('=')) else {
+                continue;
+            };
+            let hide = match &marked {
+                Some(m) => m.contains(name) || names.contains(name),
+                None => ours || names.contains(name),
+            };
+            if hide {
                 *entry = serde_json::Value::String(format!("{name}=(secret, hidden)"));
             }
         }
@@ -254,13 +320,35 @@ mod tests {
 
     #[test]
     fn lines_are_split_at_newlines_and_cleaned() {
-        let mut buf = b"one\r\ntw\x1b[31mo\tx\npart".to_vec();
-        assert_eq!(take_lines(&mut buf), ["one", "tw[31mo    x"]);
-        assert_eq!(buf, b"part");
-        assert!(take_lines(&mut buf).is_empty());
-        buf.extend_from_slice(b"ial\n");
-        assert_eq!(take_lines(&mut buf), ["partial"]);
-        assert!(buf.is_empty());
+        let mut lines = Lines::default();
+        assert_eq!(
+            lines.push(b"one\r\ntw\x1b[31mo\tx\npart"),
+            ["one", "tw[31mo    x"]
+        );
+        assert!(lines.push(b"").is_empty());
+        assert_eq!(lines.push(b"ial\n"), ["partial"]);
+        assert_eq!(lines.push(b"\n\n"), ["", ""]);
+    }
+
+    #[test]
+    fn a_line_without_end_holds_a_bounded_buffer() {
+        // 200 MB without a newline, in the SSH channel's chunk size.
+        let mut lines = Lines::default();
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..(200 * 1024 * 1024 / chunk.len()) {
+            assert!(lines.push(&chunk).is_empty());
+            assert!(lines.buf.len() <= MAX_LINE && lines.buf.capacity() <= 2 * MAX_LINE);
+        }
+        let done = lines.push(b"\nnext\n");
+        let cut = 200 * 1024 * 1024 - MAX_LINE;
+        assert_eq!(done.len(), 2);
+        assert!(done[0].starts_with(&"a".repeat(MAX_LINE)));
+        assert!(
+            done[0].ends_with(&format!(" … ({cut} more bytes)")),
+            "{}",
+            &done[0][MAX_LINE..]
+        );
+        assert_eq!(done[1], "next");
     }
 
     #[test]
@@ -295,5 +383,26 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("DB_PASSWORD=(secret, hidden)"));
         assert!(text.contains("APP_ENV=prod"));
+        // A container of an app fleet.toml no longer has: its own label
+        // names its secrets.
+        let mut v = serde_json::json!([{"Config": {
+            "Labels": {"prism.fleet": "lab", "prism.secrets": "API_KEY,DB_PASSWORD"},
+            "Env": ["APP_ENV=prod", "DB_PASSWORD=hunter2", "API_KEY=k3y"],
+        }}]);
+        hide_secrets(&mut v, &BTreeSet::new());
+        let text = v.to_string();
+        assert!(!text.contains("hunter2") && !text.contains("k3y"), "{text}");
+        assert!(text.contains("APP_ENV=prod"), "{text}");
+        // One made before containers said so: every value hidden.
+        let mut v = serde_json::json!([{"Config": {
+            "Labels": {"prism.fleet": "lab"},
+            "Env": ["APP_ENV=prod", "DB_PASSWORD=hunter2"],
+        }}]);
+        hide_secrets(&mut v, &BTreeSet::new());
+        let text = v.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("=prod"),
+            "{text}"
+        );
     }
 }

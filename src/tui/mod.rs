@@ -324,8 +324,10 @@ async fn ui_loop(
             }));
         })
     };
-    // The running log stream, and which view it feeds.
+    // The running log stream, and which view it feeds; log lines sent and
+    // not yet taken (the stream stops queueing past a bound).
     let mut logs: Option<(AbortHandle, u64)> = None;
+    let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut result = Ok(());
     'ui: loop {
         if let Err(e) = terminal.draw(|f| ui::draw(f, app)) {
@@ -394,6 +396,10 @@ async fn ui_loop(
                     None
                 }
                 Msg::LogLines(seq, lines) => {
+                    let n = lines.len();
+                    let _ = backlog.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                        Some(b.saturating_sub(n))
+                    });
                     app.log_lines(seq, lines);
                     None
                 }
@@ -452,8 +458,13 @@ async fn ui_loop(
                     match node_target(config, app, &spec.node_id) {
                         Some(target) => {
                             let seq = spec.seq;
-                            let stream =
-                                fleet::stream_logs(reach.clone(), target, spec, tx.clone());
+                            let stream = fleet::stream_logs(
+                                reach.clone(),
+                                target,
+                                spec,
+                                backlog.clone(),
+                                tx.clone(),
+                            );
                             logs = Some((extras.spawn("log stream", stream), seq));
                         }
                         None => {

@@ -190,6 +190,27 @@ fn status_reads_nodes_and_containers_from_the_state_file() {
     assert_eq!(json["nodes"][0]["state"], "ready");
     assert_eq!(json["containers"][0]["service"], "web");
     assert_eq!(json["placements"][0]["node_id"], "n1");
+
+    // A Name tag and a node's stderr are outside text: an OSC 52 (which
+    // would write the reader's clipboard) or a screen clear is printed
+    // escaped, never sent to the terminal.
+    {
+        let store = Store::open(&dir.path().join("state.db")).expect("store");
+        let mut evil = store.node("n1").expect("read").expect("n1");
+        evil.id = "n2".into();
+        evil.name = "web\u{1b}]52;c;cm0gLXJmIC8=\u{7}".into();
+        evil.condition = Some("unreachable".into());
+        evil.condition_detail = Some("ssh: \u{1b}[2J\u{1b}[Hgone".into());
+        store.upsert_node(&evil).expect("node");
+    }
+    let out = prism(&["-c", &file, "status"]);
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains(['\u{1b}', '\u{7}']), "{stdout:?}");
+    assert!(
+        stdout.contains("web\\u{1b}]52;c;cm0gLXJmIC8=\\u{7}"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ssh: \\u{1b}[2J\\u{1b}[Hgone"), "{stdout}");
 }
 
 #[test]

@@ -414,12 +414,16 @@ async fn headers_are_forwarded_rewritten_and_stripped() {
     let req = Request::builder()
         .uri(format!("http://{}/hello", h.addr))
         .header("host", "a.test")
-        .header("connection", "keep-alive, x-client-hop")
+        .header("connection", "keep-alive, x-client-hop, upgrade")
         .header("x-client-hop", "secret")
         .header("keep-alive", "timeout=5")
         .header("x-forwarded-for", "198.51.100.1")
         .header("x-forwarded-proto", "https")
         .header("x-forwarded-host", "spoofed.test")
+        .header("forwarded", "for=198.51.100.1")
+        .header("x-real-ip", "198.51.100.1")
+        .header("x-forwarded-prefix", "/admin")
+        .header("upgrade", "h2c")
         .header("cookie", "a=1")
         .body(empty())
         .unwrap();
@@ -428,12 +432,20 @@ async fn headers_are_forwarded_rewritten_and_stripped() {
     let body = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
     let e = echo(&body);
     assert_eq!(e["h:host"], "a.test");
-    assert_eq!(e["h:x-forwarded-for"], "198.51.100.1, 127.0.0.1");
+    // The client is no trusted proxy: what it claimed is gone.
+    assert_eq!(e["h:x-forwarded-for"], "127.0.0.1");
     assert_eq!(e["h:x-forwarded-proto"], "http");
     assert_eq!(e["h:x-forwarded-host"], "a.test");
     assert_eq!(e["h:cookie"], "a=1");
     assert_eq!(e["version"], "HTTP/1.1");
-    for gone in ["h:x-client-hop", "h:keep-alive"] {
+    for gone in [
+        "h:x-client-hop",
+        "h:keep-alive",
+        "h:forwarded",
+        "h:x-real-ip",
+        "h:x-forwarded-prefix",
+        "h:upgrade",
+    ] {
         assert!(!e.contains_key(gone), "{gone} reached the instance: {body}");
     }
     // A request id was made, given to the instance and to the client.
@@ -443,6 +455,27 @@ async fn headers_are_forwarded_rewritten_and_stripped() {
     // The instance's hop-by-hop header stays on its side.
     assert!(!parts.headers.contains_key("x-up-hop"));
     assert_eq!(parts.headers["x-up-end"], "1");
+
+    // Behind a trusted proxy (here: loopback) its headers are believed.
+    let trusting = Settings {
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..fast_settings()
+    };
+    let t = Harness::serving_a(&a, trusting).await;
+    let req = Request::builder()
+        .uri(format!("http://{}/", t.addr))
+        .header("host", "a.test")
+        .header("x-forwarded-for", "198.51.100.1")
+        .header("x-forwarded-proto", "https")
+        .header("x-real-ip", "198.51.100.1")
+        .body(empty())
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let e = echo(&String::from_utf8_lossy(&body));
+    assert_eq!(e["h:x-forwarded-for"], "198.51.100.1, 127.0.0.1");
+    assert_eq!(e["h:x-forwarded-proto"], "https");
+    assert_eq!(e["h:x-real-ip"], "198.51.100.1");
 
     // A client's own request id is kept.
     let req = Request::builder()
