@@ -8,6 +8,7 @@ pub mod config;
 pub mod observe;
 pub mod operator;
 pub mod proxy;
+pub mod random;
 pub mod reconcile;
 pub mod rollout;
 pub mod ssh;

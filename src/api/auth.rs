@@ -38,10 +38,7 @@ pub struct Minted {
 /// Makes a token from 40 random bytes of the system's generator.
 pub fn mint() -> Result<Minted, String> {
     let mut bytes = [0u8; (ID_LEN + SECRET_LEN) / 2];
-    crate::proxy::provider()
-        .secure_random
-        .fill(&mut bytes)
-        .map_err(|_| "the system's random generator failed".to_owned())?;
+    crate::random::fill(&mut bytes)?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let (id, secret) = hex.split_at(ID_LEN);
     let hash = Argon2::default()

@@ -21,12 +21,12 @@ use crate::observe::{
 };
 use crate::reconcile::{
     Action, Admission, Desired, Hold, HoldKind, MeshInput, MeshSettings, MissingSecret, NodeView,
-    Peer, Plan, SecretError, Secrets, SnapshotTick, Storage, Tick, apps_removed, fleet_pods,
-    gateway, hold_apps, inventory_shrank, members, names, operator_peers, plan, plan_deletes,
-    plan_jobs, plan_mesh, plan_restarts, plan_snapshots, resolve_secrets,
+    Peer, Plan, SecretError, Secrets, SnapshotTick, SpecKey, Storage, Tick, apps_removed,
+    fleet_pods, gateway, hold_apps, inventory_shrank, members, names, operator_peers, plan,
+    plan_deletes, plan_jobs, plan_mesh, plan_restarts, plan_snapshots, resolve_secrets,
 };
 use crate::ssh::{Pool, SshError, SshSettings};
-use crate::store::{Level, NewEvent, RequestKind, VolumeLines, Writer, now_ms};
+use crate::store::{Level, NewEvent, RequestKind, Store, VolumeLines, Writer, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
@@ -38,6 +38,11 @@ pub enum PassError {
     Ssh(#[from] SshError),
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    /// The state file could not give the spec hash's key.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("reading the state file ended early: {0}")]
+    Task(String),
 }
 
 impl PassError {
@@ -152,7 +157,18 @@ pub enum Carried {
 impl Operator {
     /// `journal` pins host keys and records what SSH sees.
     pub async fn new(config: Config, journal: Option<Writer>) -> Result<Operator, PassError> {
-        let secrets = resolve_secrets(&config)?;
+        let mut secrets = resolve_secrets(&config)?;
+        // The spec hash's key lives in the state file; without a writer
+        // (nothing applies) the file is read, or made, here.
+        secrets.spec_key = SpecKey(match &journal {
+            Some(journal) => journal.call("read the spec key", |s| s.spec_key()).await?,
+            None => {
+                let state = config.state_path();
+                tokio::task::spawn_blocking(move || Store::open(&state)?.spec_key())
+                    .await
+                    .map_err(|e| PassError::Task(e.to_string()))??
+            }
+        });
         let desired = Desired::build(&config.fleet, &secrets)?;
         let pool = Pool::new(SshSettings::from_config(&config)?, journal);
         let inventory = Inventory::new(Discovery::from_config(&config).await);

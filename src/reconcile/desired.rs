@@ -87,7 +87,7 @@ pub struct AppSpec {
 pub struct ServiceSpec {
     pub name: String,
     pub container: ContainerConfig,
-    /// `SpecHash::of(&container)`.
+    /// `SpecHash::of(&container, key)`.
     pub spec: SpecHash,
     pub depends_on: Vec<String>,
     /// Proxy routes (not part of the container).
@@ -313,7 +313,7 @@ fn app_spec(
         };
         services.push(ServiceSpec {
             name: svc_name.to_owned(),
-            spec: SpecHash::of(&container),
+            spec: SpecHash::of(&container, &secrets.spec_key),
             container,
             depends_on: svc.depends_on.clone(),
             hosts: svc.hosts.clone(),
@@ -387,6 +387,7 @@ mod tests {
     use super::*;
     use crate::config::RestartPolicy;
     use crate::reconcile::secrets::Secret;
+    use crate::reconcile::secrets::SpecKey;
 
     fn fleet(apps: &str) -> Fleet {
         let text = format!(
@@ -478,7 +479,7 @@ image = "reg.example.com/blog:1.4"
                 read_only: false,
             }]
         );
-        assert_eq!(web.spec, SpecHash::of(&web.container));
+        assert_eq!(web.spec, SpecHash::of(&web.container, &SpecKey::default()));
         assert_eq!(
             blog.service("queue").unwrap().container.restart,
             RestartPolicy::Always

@@ -69,7 +69,7 @@ pub use plan::{
 pub use problem::{Problem, ProblemKind};
 pub use schedule::{NodeState, NodeView, PodDemand, Schedule, ZoneRule, schedule};
 pub(crate) use secrets::resolve_secrets;
-pub use secrets::{Secret, SecretError, Secrets};
+pub use secrets::{Secret, SecretError, Secrets, SpecKey};
 pub use snapshots::SnapshotTick;
 pub(crate) use snapshots::plan_snapshots;
 pub use spec::{ContainerConfig, SpecHash};

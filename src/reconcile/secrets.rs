@@ -54,12 +54,48 @@ pub struct RegistryLogin {
     pub password: Secret,
 }
 
+/// The key secret values are hashed with before they go into a spec hash
+/// (HMAC-SHA256), kept in the state file: a spec hash, which names and
+/// labels show, cannot be used to test guesses of a secret by anyone
+/// without it.
+/// As long as SHA-256's block: HMAC uses such a key as it is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SpecKey(pub [u8; 64]);
+
+impl Default for SpecKey {
+    fn default() -> Self {
+        SpecKey([0; 64])
+    }
+}
+
+impl fmt::Debug for SpecKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SpecKey(…)")
+    }
+}
+
+impl SpecKey {
+    /// HMAC-SHA256 of `value` under this key, as hex.
+    pub(crate) fn digest(&self, value: &str) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new(&self.0.into());
+        mac.update(value.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 /// Every secret a fleet needs, resolved: per (app, service) the variable
-/// name and its value, and per registry host its login.
+/// name and its value, and per registry host its login; and the key their
+/// values are hashed with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Secrets {
     services: BTreeMap<(String, String), BTreeMap<String, Secret>>,
     pub registries: BTreeMap<String, RegistryLogin>,
+    pub spec_key: SpecKey,
 }
 
 impl Secrets {

@@ -14,7 +14,7 @@ use std::fmt;
 use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-use super::secrets::Secret;
+use super::secrets::{Secret, SpecKey};
 use super::volumes::MountSpec;
 use crate::config::{Bytes, Logs, Millicores, RestartPolicy};
 
@@ -94,9 +94,11 @@ impl SpecHash {
     /// as long as the encoding below is kept: fields are written in a fixed
     /// order, each length-prefixed, maps in key order; optional fields only
     /// when set, so a field added later leaves existing hashes alone.
-    /// Secret values are hashed (a new value must replace the container)
-    /// but only the short hash ever leaves this function.
-    pub fn of(c: &ContainerConfig) -> SpecHash {
+    /// Secret values count (a new value must replace the container) only
+    /// through their HMAC under `key`, which stays in the state file: the
+    /// short hash shown in names and labels cannot be used to test guesses
+    /// of a secret.
+    pub fn of(c: &ContainerConfig, key: &SpecKey) -> SpecHash {
         // Destructured so that a new field cannot be forgotten here.
         let ContainerConfig {
             image,
@@ -121,10 +123,11 @@ impl SpecHash {
             e.map("env", env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         }
         if !secrets.is_empty() {
-            e.map(
-                "secrets",
-                secrets.iter().map(|(k, v)| (k.as_str(), v.expose())),
-            );
+            let keyed: Vec<(&str, String)> = secrets
+                .iter()
+                .map(|(k, v)| (k.as_str(), key.digest(v.expose())))
+                .collect();
+            e.map("secrets_keyed", keyed.iter().map(|(k, v)| (*k, v.as_str())));
         }
         if let Some(port) = port {
             e.field("port", &port.to_le_bytes());
@@ -259,6 +262,10 @@ mod tests {
         }
     }
 
+    fn key() -> SpecKey {
+        SpecKey::default()
+    }
+
     pub(crate) fn config() -> ContainerConfig {
         ContainerConfig {
             image: "registry.example.com/blog:1.4".into(),
@@ -279,27 +286,32 @@ mod tests {
     fn hash_is_stable() {
         // Pinned, and computed independently from the encoding described
         // on `SpecHash::of`: a change here replaces every container of
-        // every fleet.
-        assert_eq!(SpecHash::of(&config()).as_str(), "841c6cb16204");
-        assert_eq!(SpecHash::of(&config()), SpecHash::of(&config().clone()));
+        // every fleet. (With a secret: 841c6cb16204 until secret values
+        // counted only through the key.)
+        assert_eq!(SpecHash::of(&config(), &key()).as_str(), "7de9f9011c7b");
+        assert_eq!(
+            SpecHash::of(&config(), &key()),
+            SpecHash::of(&config().clone(), &key())
+        );
         // Host paths alone, or no volumes: the hashes Prism gave before
         // volumes belonged to pods (a named volume's changed, once, as its
-        // Docker volume did: 8cf88db68d43 then).
+        // Docker volume did: 8cf88db68d43 then), with the secret keyed
+        // (42368ee3c040 and f033dc1e3d15 before).
         let mut host = config();
         host.mounts = vec![MountSpec::Host {
             written: "/srv/storage:/var/www/storage".into(),
             target: "/var/www/storage".into(),
             read_only: false,
         }];
-        assert_eq!(SpecHash::of(&host).as_str(), "42368ee3c040");
+        assert_eq!(SpecHash::of(&host, &key()).as_str(), "c77c1212112d");
         let mut none = config();
         none.mounts.clear();
-        assert_eq!(SpecHash::of(&none).as_str(), "f033dc1e3d15");
+        assert_eq!(SpecHash::of(&none, &key()).as_str(), "bbb1a703ddde");
     }
 
     #[test]
     fn every_field_changes_the_hash() {
-        let base = SpecHash::of(&config());
+        let base = SpecHash::of(&config(), &key());
         type Change = Box<dyn Fn(&mut ContainerConfig)>;
         let changes: Vec<(&str, Change)> = vec![
             (
@@ -370,10 +382,32 @@ mod tests {
         for (what, change) in changes {
             let mut c = config();
             change(&mut c);
-            let h = SpecHash::of(&c);
+            let h = SpecHash::of(&c, &key());
             assert_ne!(h, base, "{what}");
             assert!(seen.insert(h), "{what} collides with another change");
         }
+    }
+
+    #[test]
+    fn secrets_count_only_through_the_key() {
+        let other = SpecKey([7; 64]);
+        // With a secret, whoever lacks the key cannot tell the hash.
+        assert_ne!(
+            SpecHash::of(&config(), &key()),
+            SpecHash::of(&config(), &other)
+        );
+        // Without one, the key changes nothing: no container without
+        // secrets is replaced for it.
+        let mut plain = config();
+        plain.secrets.clear();
+        assert_eq!(SpecHash::of(&plain, &key()), SpecHash::of(&plain, &other));
+        // The value still counts, under any one key.
+        let mut changed = config();
+        changed.secrets = BTreeMap::from([("APP_KEY".into(), Secret::new("other"))]);
+        assert_ne!(
+            SpecHash::of(&changed, &other),
+            SpecHash::of(&config(), &other)
+        );
     }
 
     #[test]
@@ -382,7 +416,7 @@ mod tests {
         a.command = Some(vec!["ab".into(), "c".into()]);
         let mut b = config();
         b.command = Some(vec!["a".into(), "bc".into()]);
-        assert_ne!(SpecHash::of(&a), SpecHash::of(&b));
+        assert_ne!(SpecHash::of(&a, &key()), SpecHash::of(&b, &key()));
     }
 
     #[test]

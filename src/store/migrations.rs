@@ -193,6 +193,13 @@ const STEPS: &[&str] = &[
     );
     CREATE UNIQUE INDEX api_tokens_name ON api_tokens (name) WHERE revoked IS NULL;
     "#,
+    // 12: values made once per state file (the spec hash's key).
+    r#"
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    "#,
 ];
 
 pub(crate) const LATEST: i64 = STEPS.len() as i64;
@@ -271,7 +278,8 @@ mod tests {
                 "placements",
                 "proxy_traffic",
                 "pull_failures",
-                "requests"
+                "requests",
+                "settings"
             ]
         );
     }

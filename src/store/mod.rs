@@ -17,6 +17,7 @@ mod migrations;
 mod nodes;
 mod pulls;
 mod requests;
+mod settings;
 mod tokens;
 mod traffic;
 mod writer;

@@ -825,7 +825,10 @@ fn a_service_with_a_writable_volume_stops_before_its_replacement_runs() {
 
     // An old one beside a new one that waits (say, on its lock): the old
     // one goes, without waiting for the new one to be ready.
-    let old = SpecHash::of(&desired(&apps).apps["shop"].services[0].container);
+    let old = SpecHash::of(
+        &desired(&apps).apps["shop"].services[0].container,
+        &crate::reconcile::SpecKey::default(),
+    );
     let mut labels = w.on("n1")[0].identity.prism().unwrap().clone();
     labels.spec = old.to_string();
     w.add("n1", labels, "old", "reg.example.com/shop:2");
