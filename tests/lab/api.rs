@@ -342,14 +342,38 @@ async fn deploys_through_the_api_with_scoped_tokens_and_roll_back_when_unhealthy
     assert_eq!(history[0]["who"], "token deployer");
     assert_eq!(history[0]["change"], format!("web={v2}").as_str());
 
+    // `prism rollback` through the API: the first image again, the file
+    // as it was before the deploy.
+    let out = api.prism(&deployer, &["rollback", "web", "--wait", "--timeout", "3m"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        d.text(),
+        before,
+        "rolled back to the file before the deploy"
+    );
+    serving(&d, &http, None).await;
+    let out = api.prism(&reader, &["history", "web", "--json"]);
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(
+        history[0]["change"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("rollback of #1")),
+        "{history}"
+    );
+
     // An image that never turns healthy: the old containers keep serving,
     // the deploy fails and puts the previous image back.
     let load = Load::start(&d.addr, &d.host, 8, Duration::from_millis(5));
     let (code, stdout, stderr) = api.deploy(&deployer, &bad, "40s", load).await;
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("rolled back"), "{stderr}");
-    assert_eq!(d.text(), after, "the previous image is back in fleet.toml");
-    serving(&d, &http, Some("image-2")).await;
+    assert_eq!(d.text(), before, "the previous image is back in fleet.toml");
+    serving(&d, &http, None).await;
     let out = api.prism(&reader, &["history", "web", "--json"]);
     let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert!(
