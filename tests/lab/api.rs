@@ -84,6 +84,14 @@ impl Api {
         (out.status.code(), text(&out.stdout), text(&out.stderr))
     }
 
+    /// The newest change of app web, as `prism history --remote` lists it.
+    fn newest_change(&self, token: &str) -> String {
+        let out = self.prism(token, &["history", "web", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        history[0]["change"].as_str().unwrap_or_default().to_owned()
+    }
+
     /// `prism ARGS --remote URL --ca CA` with PRISM_TOKEN = `token`.
     fn prism(&self, token: &str, args: &[&str]) -> Output {
         prism_command(args)
@@ -357,14 +365,8 @@ async fn deploys_through_the_api_with_scoped_tokens_and_roll_back_when_unhealthy
         "rolled back to the file before the deploy"
     );
     serving(&d, &http, None).await;
-    let out = api.prism(&reader, &["history", "web", "--json"]);
-    let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert!(
-        history[0]["change"]
-            .as_str()
-            .is_some_and(|c| c.starts_with("rollback of #1")),
-        "{history}"
-    );
+    let newest = api.newest_change(&reader);
+    assert!(newest.starts_with("rollback of #1"), "{newest}");
 
     // An image that never turns healthy: the old containers keep serving,
     // the deploy fails and puts the previous image back.
@@ -374,14 +376,8 @@ async fn deploys_through_the_api_with_scoped_tokens_and_roll_back_when_unhealthy
     assert!(stderr.contains("rolled back"), "{stderr}");
     assert_eq!(d.text(), before, "the previous image is back in fleet.toml");
     serving(&d, &http, None).await;
-    let out = api.prism(&reader, &["history", "web", "--json"]);
-    let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert!(
-        history[0]["change"]
-            .as_str()
-            .is_some_and(|c| c.starts_with("rollback of #")),
-        "{history}"
-    );
+    let newest = api.newest_change(&reader);
+    assert!(newest.starts_with("rollback of #"), "{newest}");
 
     // The stream carried the deploys, naming the token.
     let _ = events.kill();
